@@ -1,0 +1,405 @@
+//! The object manifest: everything needed to find, check and decode an object.
+//!
+//! A manifest is CBOR (ciborium) and carries a format version. It records the
+//! object's size and ID, the erasure [`Geometry`] (codec, k, m, segment
+//! size), and for every segment its length, shard size and the `k + m` shard
+//! IDs with the node that held each at write time. Holders are stored once in
+//! a table and referenced by index, which keeps a manifest of a large object
+//! about 36 bytes per shard.
+//!
+//! Decoding untrusted bytes ([`Manifest::decode`]) never panics: the input is
+//! refused above [`MAX_MANIFEST_BYTES`], and after parsing every derived
+//! quantity is checked against the recorded one ([`Manifest::validate`]), so
+//! a manifest that decodes is one the data path can follow without further
+//! bounds checks.
+
+use serde::{Deserialize, Serialize};
+
+use crate::erasure::{ErasureError, Geometry};
+use crate::ids::{NodeId, ObjectId, ShardId};
+
+/// Current manifest format version.
+pub const MANIFEST_VERSION: u16 = 1;
+/// Largest encoded manifest accepted: about 900k shards, i.e. objects of
+/// roughly 600 GB at the default 4 MiB segments with k = 4, m = 2.
+pub const MAX_MANIFEST_BYTES: usize = 32 << 20;
+/// Longest name, content type and similar metadata strings, in bytes.
+pub const MAX_META_LEN: usize = 4096;
+
+/// Why a manifest was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ManifestError {
+    #[error("manifest is {len} bytes, more than the limit of {MAX_MANIFEST_BYTES}")]
+    TooLarge { len: usize },
+    #[error("manifest is not valid CBOR for this format: {0}")]
+    Cbor(String),
+    #[error(
+        "manifest format version {found} is not supported (this build reads {MANIFEST_VERSION})"
+    )]
+    Version { found: u16 },
+    #[error("manifest geometry is invalid: {0}")]
+    Geometry(#[from] ErasureError),
+    #[error("manifest lists {found} segments, an object of {size} bytes has {expected}")]
+    SegmentCount {
+        size: u64,
+        expected: u64,
+        found: usize,
+    },
+    #[error("segment {segment}: {what}")]
+    Segment { segment: usize, what: String },
+    #[error("metadata field {field} is {len} bytes, more than {MAX_META_LEN}")]
+    Meta { field: &'static str, len: usize },
+}
+
+/// One shard of a segment and the node that holds it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardEntry {
+    pub id: ShardId,
+    /// Index into [`Manifest::holders`].
+    pub holder: u32,
+}
+
+/// One segment: its length, the size of each of its shards, and its `k + m`
+/// shards in order (data first, then parity).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SegmentEntry {
+    pub len: u64,
+    pub shard_size: u32,
+    pub shards: Vec<ShardEntry>,
+}
+
+/// Optional user metadata.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Metadata {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_type: Option<String>,
+    /// Milliseconds since the Unix epoch, supplied by the writer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_ms: Option<u64>,
+}
+
+/// A versioned object manifest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub version: u16,
+    pub object: ObjectId,
+    pub size: u64,
+    pub geometry: Geometry,
+    pub holders: Vec<NodeId>,
+    pub segments: Vec<SegmentEntry>,
+    #[serde(default)]
+    pub meta: Metadata,
+}
+
+impl Manifest {
+    /// An empty manifest of the current version for an object; segments are
+    /// added with [`Manifest::push_segment`].
+    pub fn new(object: ObjectId, size: u64, geometry: Geometry, meta: Metadata) -> Self {
+        Manifest {
+            version: MANIFEST_VERSION,
+            object,
+            size,
+            geometry,
+            holders: Vec::new(),
+            segments: Vec::new(),
+            meta,
+        }
+    }
+
+    /// Index of `node` in the holder table, adding it if new.
+    pub fn holder_index(&mut self, node: &NodeId) -> u32 {
+        match self.holders.iter().position(|h| h == node) {
+            Some(i) => i as u32,
+            None => {
+                self.holders.push(node.clone());
+                (self.holders.len() - 1) as u32
+            }
+        }
+    }
+
+    /// Appends the next segment from its shard IDs and holders, in shard order.
+    pub fn push_segment(&mut self, len: u64, shard_size: u32, shards: &[(ShardId, NodeId)]) {
+        let shards = shards
+            .iter()
+            .map(|(id, node)| ShardEntry {
+                id: *id,
+                holder: self.holder_index(node),
+            })
+            .collect();
+        self.segments.push(SegmentEntry {
+            len,
+            shard_size,
+            shards,
+        });
+    }
+
+    /// The holder of a shard entry. Valid for every entry of a validated manifest.
+    pub fn holder(&self, entry: &ShardEntry) -> Option<&NodeId> {
+        self.holders.get(entry.holder as usize)
+    }
+
+    /// Records `node` as the new holder of shard `shard_idx` of `segment`
+    /// (after a repair or a move). Returns false when the position does not exist.
+    pub fn set_holder(&mut self, segment: usize, shard_idx: usize, node: &NodeId) -> bool {
+        let idx = self.holder_index(node);
+        match self
+            .segments
+            .get_mut(segment)
+            .and_then(|s| s.shards.get_mut(shard_idx))
+        {
+            Some(entry) => {
+                entry.holder = idx;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Drops holders no shard refers to any more, keeping the table small
+    /// after repairs.
+    pub fn compact_holders(&mut self) {
+        let mut used = vec![false; self.holders.len()];
+        for e in self.segments.iter().flat_map(|s| &s.shards) {
+            if let Some(u) = used.get_mut(e.holder as usize) {
+                *u = true;
+            }
+        }
+        let mut remap = vec![0u32; self.holders.len()];
+        let mut kept = Vec::new();
+        for (i, h) in std::mem::take(&mut self.holders).into_iter().enumerate() {
+            if used[i] {
+                remap[i] = kept.len() as u32;
+                kept.push(h);
+            }
+        }
+        self.holders = kept;
+        for e in self.segments.iter_mut().flat_map(|s| &mut s.shards) {
+            e.holder = remap[e.holder as usize];
+        }
+    }
+
+    /// CBOR encoding.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        // Writing into a Vec cannot fail, and every field serialises.
+        if let Err(e) = ciborium::into_writer(self, &mut out) {
+            unreachable!("serialising a manifest into memory failed: {e}");
+        }
+        out
+    }
+
+    /// Decodes and validates untrusted bytes.
+    pub fn decode(bytes: &[u8]) -> Result<Self, ManifestError> {
+        if bytes.len() > MAX_MANIFEST_BYTES {
+            return Err(ManifestError::TooLarge { len: bytes.len() });
+        }
+        let m: Manifest =
+            ciborium::from_reader(bytes).map_err(|e| ManifestError::Cbor(e.to_string()))?;
+        m.validate()?;
+        Ok(m)
+    }
+
+    /// Checks every recorded quantity against what the geometry implies.
+    pub fn validate(&self) -> Result<(), ManifestError> {
+        if self.version != MANIFEST_VERSION {
+            return Err(ManifestError::Version {
+                found: self.version,
+            });
+        }
+        let g = self.geometry;
+        g.validate()?;
+        let expected = g.segment_count(self.size);
+        if expected != self.segments.len() as u64 {
+            return Err(ManifestError::SegmentCount {
+                size: self.size,
+                expected,
+                found: self.segments.len(),
+            });
+        }
+        let n = g.n();
+        for (i, seg) in self.segments.iter().enumerate() {
+            let bad = |what: String| ManifestError::Segment { segment: i, what };
+            let len = g.segment_len(self.size, i as u64);
+            if seg.len != len {
+                return Err(bad(format!(
+                    "length {} but the object implies {len}",
+                    seg.len
+                )));
+            }
+            let shard_size = g.shard_size(len);
+            if seg.shard_size as usize != shard_size {
+                return Err(bad(format!(
+                    "shard size {} but the geometry implies {shard_size}",
+                    seg.shard_size
+                )));
+            }
+            if seg.shards.len() != n {
+                return Err(bad(format!(
+                    "{} shards, expected k + m = {n}",
+                    seg.shards.len()
+                )));
+            }
+            if let Some(e) = seg
+                .shards
+                .iter()
+                .find(|e| e.holder as usize >= self.holders.len())
+            {
+                return Err(bad(format!(
+                    "holder index {} past the table of {}",
+                    e.holder,
+                    self.holders.len()
+                )));
+            }
+        }
+        for (field, v) in [
+            ("name", &self.meta.name),
+            ("content_type", &self.meta.content_type),
+        ] {
+            if let Some(v) = v {
+                if v.len() > MAX_META_LEN {
+                    return Err(ManifestError::Meta {
+                        field,
+                        len: v.len(),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Number of shards over all segments.
+    pub fn shard_count(&self) -> usize {
+        self.segments.iter().map(|s| s.shards.len()).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::erasure::CodecKind;
+    use proptest::prelude::*;
+
+    fn node(i: u8) -> NodeId {
+        NodeId::from_bytes(vec![0, 36, 8, 1, 18, 32, i]).unwrap()
+    }
+
+    fn sample(size: u64, segment_size: u32) -> Manifest {
+        let g = Geometry::new(CodecKind::ReedSolomonSimd, 4, 2, segment_size).unwrap();
+        let mut m = Manifest::new(
+            ObjectId::of(b"obj"),
+            size,
+            g,
+            Metadata {
+                name: Some("scan.dcm".into()),
+                content_type: None,
+                created_ms: Some(1_700_000_000_000),
+            },
+        );
+        for s in 0..g.segment_count(size) {
+            let len = g.segment_len(size, s);
+            let shards: Vec<_> = (0..g.n())
+                .map(|i| (ShardId::of(&[s as u8, i as u8]), node(i as u8)))
+                .collect();
+            m.push_segment(len, g.shard_size(len) as u32, &shards);
+        }
+        m
+    }
+
+    #[test]
+    fn round_trip() {
+        for size in [0, 1, 999, 1000, 1001, 5000] {
+            let m = sample(size, 1000);
+            let back = Manifest::decode(&m.encode()).unwrap();
+            assert_eq!(back, m);
+        }
+    }
+
+    #[test]
+    fn holders_are_shared_and_compacted() {
+        let mut m = sample(3000, 1000);
+        assert_eq!(m.holders.len(), 6);
+        assert!(m.set_holder(0, 0, &node(99)));
+        assert!(!m.set_holder(9, 0, &node(99)));
+        assert_eq!(m.holders.len(), 7);
+        // node 0 still holds shard 0 of segments 1 and 2.
+        m.compact_holders();
+        assert_eq!(m.holders.len(), 7);
+        for s in 1..3 {
+            assert!(m.set_holder(s, 0, &node(99)));
+        }
+        m.compact_holders();
+        assert_eq!(m.holders.len(), 6);
+        assert!(!m.holders.contains(&node(0)));
+        m.validate().unwrap();
+        assert_eq!(m.holder(&m.segments[2].shards[0]), Some(&node(99)));
+    }
+
+    #[test]
+    fn inconsistent_manifests_are_refused() {
+        let mut m = sample(2500, 1000);
+        m.segments[2].len = 1000;
+        assert!(matches!(
+            Manifest::decode(&m.encode()),
+            Err(ManifestError::Segment { segment: 2, .. })
+        ));
+        let mut m = sample(2500, 1000);
+        m.segments.pop();
+        assert!(matches!(
+            Manifest::decode(&m.encode()),
+            Err(ManifestError::SegmentCount { .. })
+        ));
+        let mut m = sample(2500, 1000);
+        m.segments[1].shards[3].holder = 77;
+        assert!(Manifest::decode(&m.encode()).is_err());
+        let mut m = sample(2500, 1000);
+        m.version = 9;
+        assert_eq!(
+            Manifest::decode(&m.encode()),
+            Err(ManifestError::Version { found: 9 })
+        );
+        let mut m = sample(2500, 1000);
+        m.geometry.k = 0;
+        assert!(matches!(
+            Manifest::decode(&m.encode()),
+            Err(ManifestError::Geometry(_))
+        ));
+        assert!(matches!(
+            Manifest::decode(&vec![0u8; MAX_MANIFEST_BYTES + 1]),
+            Err(ManifestError::TooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn every_truncation_is_an_error() {
+        let bytes = sample(3001, 1000).encode();
+        for cut in 0..bytes.len() {
+            assert!(Manifest::decode(&bytes[..cut]).is_err(), "cut at {cut}");
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..2048)) {
+            let _ = Manifest::decode(&bytes);
+        }
+
+        #[test]
+        fn mutated_manifests_never_panic(
+            size in 0u64..6000,
+            flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..8),
+        ) {
+            let mut bytes = sample(size, 1000).encode();
+            for (pos, val) in flips {
+                let len = bytes.len();
+                bytes[pos % len] ^= val;
+            }
+            if let Ok(m) = Manifest::decode(&bytes) {
+                // Whatever decodes must be self-consistent.
+                prop_assert!(m.validate().is_ok());
+            }
+        }
+    }
+}

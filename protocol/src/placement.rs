@@ -1,0 +1,334 @@
+//! Placement: weighted rendezvous hashing over a membership view.
+//!
+//! Any node computes where the shards of a segment go from the key and its
+//! own view of the membership; no coordinator is asked. Two nodes with the
+//! same view compute the same placement, whatever order they learnt the
+//! members in ([`View::new`] sorts them by node ID).
+//!
+//! # Formula
+//! For a key `x` (a 64-bit [`PlacementKey`] derived from the object ID and
+//! segment index) and an eligible member `j` with weight `w_j` (its free
+//! bytes) the score is
+//!
+//! ```text
+//! u_j     = (fmix64(x XOR h_j) >> 11 + 0.5) / 2^53      uniform in (0, 1)
+//! score_j = w_j / -ln(u_j)
+//! ```
+//!
+//! where `h_j` is the first 8 bytes of BLAKE3 of the node ID (computed once
+//! per view) and `fmix64` is a bijective 64-bit finaliser. `-ln(u)/w` is an
+//! exponential variable of rate `w`, so the member with the highest score
+//! (the smallest exponential) is member `j` with probability exactly
+//! `w_j / sum(w)`: first-choice shares are proportional to weights. Ties,
+//! which have probability 2^-53, are broken by node ID.
+//!
+//! # Properties (tested in `tests/placement.rs` against a naive oracle)
+//! - Proportionality: first-choice shares follow weights.
+//! - Minimal disruption: removing a member changes the top-n set only for
+//!   keys whose top-n contained it; adding one moves about its fair share of
+//!   keys and no more, because the scores of the others do not change.
+//! - Order independence: the ranking depends on the set of members only.
+//! - Distinctness: a placement never names one node twice.
+//! - Site spreading ([`View::place`]): the first pick of each site, in
+//!   ranking order, is taken before any site is used twice, so a stripe of
+//!   `n` shards over at least `n` sites lands on `n` distinct sites.
+//!
+//! Only `Alive` members with a weight above zero receive new shards;
+//! `Suspect` and `Down` members are skipped, which is what makes a suspect
+//! node drain of new writes.
+
+use std::cmp::Ordering;
+
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{NodeId, ObjectId};
+
+/// A member's liveness as seen by one node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
+#[serde(rename_all = "lowercase")]
+pub enum MemberState {
+    /// Announcing on time: eligible for new shards.
+    Alive,
+    /// Missed announcements: keeps its shards, receives no new ones.
+    Suspect,
+    /// Past the grace period: its shards are treated as lost and repaired.
+    Down,
+}
+
+impl MemberState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MemberState::Alive => "alive",
+            MemberState::Suspect => "suspect",
+            MemberState::Down => "down",
+        }
+    }
+}
+
+/// One member of the view: the input placement needs, nothing more.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    pub id: NodeId,
+    pub site: String,
+    /// Free bytes (0 = accepts nothing).
+    pub weight: u64,
+    pub state: MemberState,
+}
+
+/// What a ranking is weighted by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Weighting {
+    /// By each member's weight (free space): for shards.
+    Weighted,
+    /// Every eligible member alike: for manifest replicas, whose holders
+    /// must stay findable while free space changes.
+    Uniform,
+}
+
+/// A 64-bit placement key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PlacementKey(pub u64);
+
+impl PlacementKey {
+    fn derive(domain: &[u8], object: &ObjectId, idx: u64) -> Self {
+        let mut h = blake3::Hasher::new();
+        h.update(domain);
+        h.update(object.as_bytes());
+        h.update(&idx.to_le_bytes());
+        let b = h.finalize();
+        let mut first = [0u8; 8];
+        first.copy_from_slice(&b.as_bytes()[..8]);
+        PlacementKey(u64::from_le_bytes(first))
+    }
+
+    /// Key for the shards of segment `segment_idx` of an object.
+    pub fn for_segment(object: &ObjectId, segment_idx: u64) -> Self {
+        Self::derive(b"dynostore/placement/segment/1", object, segment_idx)
+    }
+
+    /// Key for an object's manifest replicas.
+    pub fn for_manifest(object: &ObjectId) -> Self {
+        Self::derive(b"dynostore/placement/manifest/1", object, 0)
+    }
+}
+
+/// A membership view prepared for placement queries.
+#[derive(Debug, Clone)]
+pub struct View {
+    members: Vec<Member>,
+    node_hash: Vec<u64>,
+    site: Vec<u32>,
+    eligible_sites: usize,
+}
+
+impl View {
+    /// Builds a view. Members are sorted by node ID; of duplicate IDs the
+    /// one that sorts first by (state, weight descending, site) is kept, so
+    /// the result does not depend on input order.
+    pub fn new(members: impl IntoIterator<Item = Member>) -> Self {
+        let mut members: Vec<Member> = members.into_iter().collect();
+        members.sort_by(|a, b| {
+            a.id.cmp(&b.id)
+                .then(a.state.cmp(&b.state))
+                .then(b.weight.cmp(&a.weight))
+                .then(a.site.cmp(&b.site))
+        });
+        members.dedup_by(|b, a| a.id == b.id);
+        let node_hash = members.iter().map(|m| node_hash(&m.id)).collect();
+        let mut sites: Vec<&str> = members.iter().map(|m| m.site.as_str()).collect();
+        sites.sort_unstable();
+        sites.dedup();
+        let site: Vec<u32> = members
+            .iter()
+            .map(|m| sites.binary_search(&m.site.as_str()).unwrap_or(0) as u32)
+            .collect();
+        let mut eligible: Vec<u32> = members
+            .iter()
+            .zip(&site)
+            .filter(|(m, _)| eligible_for_writes(m))
+            .map(|(_, s)| *s)
+            .collect();
+        eligible.sort_unstable();
+        eligible.dedup();
+        View {
+            members,
+            node_hash,
+            site,
+            eligible_sites: eligible.len(),
+        }
+    }
+
+    pub fn members(&self) -> &[Member] {
+        &self.members
+    }
+
+    pub fn len(&self) -> usize {
+        self.members.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.members.is_empty()
+    }
+
+    pub fn get(&self, id: &NodeId) -> Option<&Member> {
+        self.index_of(id).map(|i| &self.members[i])
+    }
+
+    fn index_of(&self, id: &NodeId) -> Option<usize> {
+        self.members.binary_search_by(|m| m.id.cmp(id)).ok()
+    }
+
+    /// Members that can take new shards now.
+    pub fn eligible_count(&self) -> usize {
+        self.members
+            .iter()
+            .filter(|m| eligible_for_writes(m))
+            .count()
+    }
+
+    /// Score of member `i` for `key`.
+    fn score(&self, key: PlacementKey, i: usize, weighting: Weighting) -> f64 {
+        let w = match weighting {
+            Weighting::Weighted => self.members[i].weight as f64,
+            Weighting::Uniform => 1.0,
+        };
+        w / -unit(key.0 ^ self.node_hash[i]).ln()
+    }
+
+    /// Every member that passes `filter`, best first.
+    pub fn ranking(
+        &self,
+        key: PlacementKey,
+        weighting: Weighting,
+        filter: impl Fn(&Member) -> bool,
+    ) -> Vec<&NodeId> {
+        let mut scored: Vec<(f64, usize)> = (0..self.members.len())
+            .filter(|&i| filter(&self.members[i]))
+            .map(|i| (self.score(key, i, weighting), i))
+            .collect();
+        scored.sort_unstable_by(by_score);
+        scored
+            .into_iter()
+            .map(|(_, i)| &self.members[i].id)
+            .collect()
+    }
+
+    /// The `n` distinct nodes that receive the shards for `key`: alive
+    /// members with free space, one per site (in ranking order) before any
+    /// site is reused. Fewer than `n` when fewer are eligible.
+    pub fn place(&self, key: PlacementKey, n: usize, weighting: Weighting) -> Vec<&NodeId> {
+        let mut scored: Vec<(f64, usize)> = (0..self.members.len())
+            .filter(|&i| eligible_for_writes(&self.members[i]))
+            .map(|i| (self.score(key, i, weighting), i))
+            .collect();
+        if n == 0 || scored.is_empty() {
+            return Vec::new();
+        }
+        let want_sites = n.min(self.eligible_sites);
+        // Most keys need only the head of the ranking: partition the best
+        // `window` first and fall back to a full sort when the head does not
+        // hold enough distinct sites.
+        let window = (4 * n).max(32);
+        if scored.len() > window {
+            scored.select_nth_unstable_by(window - 1, by_score);
+            scored[..window].sort_unstable_by(by_score);
+            if let Some(picks) = self.spread(&scored[..window], n, want_sites) {
+                return picks;
+            }
+        }
+        scored.sort_unstable_by(by_score);
+        self.spread(&scored, n, want_sites).unwrap_or_else(|| {
+            scored
+                .iter()
+                .take(n)
+                .map(|&(_, i)| &self.members[i].id)
+                .collect()
+        })
+    }
+
+    /// Site spreading over a sorted candidate list: first-of-site picks, then
+    /// fill in ranking order. `None` if the list holds fewer than
+    /// `want_sites` distinct sites.
+    fn spread(&self, sorted: &[(f64, usize)], n: usize, want_sites: usize) -> Option<Vec<&NodeId>> {
+        let mut picked = vec![false; sorted.len()];
+        let mut used_sites: Vec<u32> = Vec::with_capacity(want_sites);
+        let mut count = 0;
+        for (pos, &(_, i)) in sorted.iter().enumerate() {
+            if count == n || used_sites.len() == want_sites {
+                break;
+            }
+            let s = self.site[i];
+            if !used_sites.contains(&s) {
+                used_sites.push(s);
+                picked[pos] = true;
+                count += 1;
+            }
+        }
+        if used_sites.len() < want_sites {
+            return None;
+        }
+        for p in picked.iter_mut() {
+            if count == n {
+                break;
+            }
+            if !*p {
+                *p = true;
+                count += 1;
+            }
+        }
+        // Output in ranking order.
+        Some(
+            sorted
+                .iter()
+                .zip(&picked)
+                .filter(|(_, p)| **p)
+                .map(|(&(_, i), _)| &self.members[i].id)
+                .collect(),
+        )
+    }
+}
+
+/// Alive with free space.
+pub fn eligible_for_writes(m: &Member) -> bool {
+    m.state == MemberState::Alive && m.weight > 0
+}
+
+fn by_score(a: &(f64, usize), b: &(f64, usize)) -> Ordering {
+    b.0.total_cmp(&a.0).then(a.1.cmp(&b.1))
+}
+
+/// First 8 bytes of BLAKE3 of the node ID.
+pub fn node_hash(id: &NodeId) -> u64 {
+    let h = blake3::hash(id.as_bytes());
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&h.as_bytes()[..8]);
+    u64::from_le_bytes(first)
+}
+
+/// MurmurHash3's 64-bit finaliser: a bijection with full avalanche.
+pub fn fmix64(mut x: u64) -> u64 {
+    x ^= x >> 33;
+    x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    x ^= x >> 33;
+    x = x.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    x ^= x >> 33;
+    x
+}
+
+/// Maps 64 bits to a uniform value in the open interval (0, 1).
+pub fn unit(x: u64) -> f64 {
+    ((fmix64(x) >> 11) as f64 + 0.5) / (1u64 << 53) as f64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unit_is_open_interval() {
+        for x in [0u64, 1, u64::MAX, 1 << 63] {
+            let u = unit(x);
+            assert!(u > 0.0 && u < 1.0, "{u}");
+        }
+    }
+}

@@ -1,0 +1,503 @@
+//! Wire types of the node protocols, and their framing.
+//!
+//! Every message is CBOR (ciborium). On a stream a message travels as a
+//! frame: a 4-byte big-endian length, then that many bytes of CBOR. Each
+//! message type has its own size limit ([`WireMessage::MAX_BYTES`]); a frame
+//! announcing more is refused before anything is read or allocated, and
+//! [`WireMessage::decode`] never panics on untrusted bytes. Decoded messages
+//! are also checked for semantic limits (string lengths, list lengths).
+//!
+//! Protocols (names carry the version; a change of format is a new name):
+//! - [`SHARD_PROTOCOL`]: bulk shard transfer over a raw stream
+//!   (libp2p-stream). One request per stream: a [`ShardRequest`] frame, for
+//!   `Put` followed by exactly `len` shard bytes; then one [`ShardResponse`]
+//!   frame, for `Data` followed by exactly `len` bytes.
+//! - [`CONTROL_PROTOCOL`]: small requests over request-response
+//!   ([`ControlRequest`] / [`ControlResponse`]).
+//! - [`ANNOUNCE_TOPIC`]: the gossipsub topic of [`Announcement`]s. Gossipsub
+//!   signs every message with the author's key; a receiver accepts an
+//!   announcement only when its `node` is the message's signed source.
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::erasure::MAX_SEGMENT_SIZE;
+use crate::ids::{NodeId, ShardId};
+use crate::placement::MemberState;
+
+pub const SHARD_PROTOCOL: &str = "/dynostore/shard/1";
+pub const CONTROL_PROTOCOL: &str = "/dynostore/control/1";
+pub const ANNOUNCE_TOPIC: &str = "dynostore/announce/1";
+/// Version of the [`Announcement`] format.
+pub const ANNOUNCEMENT_VERSION: u16 = 1;
+
+/// Largest shard body: a shard is never larger than a segment.
+pub const MAX_SHARD_BYTES: usize = MAX_SEGMENT_SIZE as usize;
+/// Longest site label.
+pub const MAX_SITE_LEN: usize = 128;
+/// Longest free-text string in a message (error messages, versions, addresses).
+pub const MAX_TEXT_LEN: usize = 1024;
+/// Most addresses a node may announce.
+pub const MAX_ADDRS: usize = 32;
+/// Most containers a node may report.
+pub const MAX_CONTAINERS: usize = 64;
+/// Most shard IDs in one control request.
+pub const MAX_SHARDS_PER_REQUEST: usize = 4096;
+/// Most members in one membership report.
+pub const MAX_MEMBERS: usize = 16384;
+
+/// Why bytes from the network were refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum WireError {
+    #[error("{message} of {len} bytes exceeds the limit of {max}")]
+    TooLarge {
+        message: &'static str,
+        len: usize,
+        max: usize,
+    },
+    #[error("{message} is not valid CBOR for this protocol version: {reason}")]
+    Malformed {
+        message: &'static str,
+        reason: String,
+    },
+    #[error("{message} breaks a limit: {reason}")]
+    Invalid {
+        message: &'static str,
+        reason: String,
+    },
+}
+
+/// A message with a name, a size limit and a CBOR encoding.
+pub trait WireMessage: Serialize + DeserializeOwned {
+    const NAME: &'static str;
+    const MAX_BYTES: usize;
+
+    /// Semantic limits beyond what the type expresses.
+    fn check(&self) -> Result<(), String> {
+        Ok(())
+    }
+
+    fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        if let Err(e) = ciborium::into_writer(self, &mut out) {
+            unreachable!("serialising a message into memory failed: {e}");
+        }
+        out
+    }
+
+    /// Decodes untrusted bytes: size limit, CBOR, then [`WireMessage::check`].
+    fn decode(bytes: &[u8]) -> Result<Self, WireError> {
+        if bytes.len() > Self::MAX_BYTES {
+            return Err(WireError::TooLarge {
+                message: Self::NAME,
+                len: bytes.len(),
+                max: Self::MAX_BYTES,
+            });
+        }
+        let msg: Self = ciborium::from_reader(bytes).map_err(|e| WireError::Malformed {
+            message: Self::NAME,
+            reason: e.to_string(),
+        })?;
+        msg.check().map_err(|reason| WireError::Invalid {
+            message: Self::NAME,
+            reason,
+        })?;
+        Ok(msg)
+    }
+
+    /// `[len: u32 BE][CBOR]`.
+    fn to_frame(&self) -> Vec<u8> {
+        let body = self.encode();
+        let mut out = Vec::with_capacity(4 + body.len());
+        out.extend_from_slice(&(body.len() as u32).to_be_bytes());
+        out.extend_from_slice(&body);
+        out
+    }
+
+    /// Checks a frame's length prefix against the limit before the body is read.
+    fn frame_len(prefix: [u8; 4]) -> Result<usize, WireError> {
+        let len = u32::from_be_bytes(prefix) as usize;
+        if len > Self::MAX_BYTES {
+            return Err(WireError::TooLarge {
+                message: Self::NAME,
+                len,
+                max: Self::MAX_BYTES,
+            });
+        }
+        Ok(len)
+    }
+
+    /// Decodes one whole frame held in memory (length prefix and body).
+    fn from_frame(frame: &[u8]) -> Result<Self, WireError> {
+        let Some((prefix, body)) = frame.split_first_chunk::<4>() else {
+            return Err(WireError::Malformed {
+                message: Self::NAME,
+                reason: format!("frame of {} bytes has no length prefix", frame.len()),
+            });
+        };
+        let len = Self::frame_len(*prefix)?;
+        if body.len() != len {
+            return Err(WireError::Malformed {
+                message: Self::NAME,
+                reason: format!("frame announces {len} bytes, carries {}", body.len()),
+            });
+        }
+        Self::decode(body)
+    }
+}
+
+fn check_text(field: &str, s: &str, max: usize) -> Result<(), String> {
+    if s.len() > max {
+        return Err(format!("{field} is {} bytes, at most {max}", s.len()));
+    }
+    Ok(())
+}
+
+fn check_count(field: &str, n: usize, max: usize) -> Result<(), String> {
+    if n > max {
+        return Err(format!("{field} has {n} entries, at most {max}"));
+    }
+    Ok(())
+}
+
+/// First frame on a shard stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ShardRequest {
+    /// Store a shard; `len` bytes follow. The receiver hashes them and
+    /// refuses them unless they hash to `shard`.
+    Put { shard: ShardId, len: u32 },
+    /// Send a stored shard back.
+    Get { shard: ShardId },
+}
+
+impl WireMessage for ShardRequest {
+    const NAME: &'static str = "shard request";
+    const MAX_BYTES: usize = 1024;
+
+    fn check(&self) -> Result<(), String> {
+        match self {
+            ShardRequest::Put { len, .. } if *len as usize > MAX_SHARD_BYTES => {
+                Err(format!("shard of {len} bytes exceeds {MAX_SHARD_BYTES}"))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// What went wrong on the remote side, in a form every version understands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ErrorKind {
+    NotFound,
+    /// The bytes do not hash to the shard ID (sent or stored copy).
+    Integrity,
+    /// No container has room.
+    Full,
+    BadRequest,
+    Unavailable,
+    Internal,
+}
+
+/// An error returned over the wire.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemoteError {
+    pub kind: ErrorKind,
+    pub message: String,
+}
+
+impl std::fmt::Display for RemoteError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}: {}", self.kind, self.message)
+    }
+}
+
+/// Answer frame on a shard stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ShardResponse {
+    /// The shard is verified, written and indexed durably.
+    Stored {
+        shard: ShardId,
+    },
+    /// `len` verified bytes follow.
+    Data {
+        shard: ShardId,
+        len: u32,
+    },
+    Error(RemoteError),
+}
+
+impl WireMessage for ShardResponse {
+    const NAME: &'static str = "shard response";
+    const MAX_BYTES: usize = 4096;
+
+    fn check(&self) -> Result<(), String> {
+        match self {
+            ShardResponse::Data { len, .. } if *len as usize > MAX_SHARD_BYTES => {
+                Err(format!("shard of {len} bytes exceeds {MAX_SHARD_BYTES}"))
+            }
+            ShardResponse::Error(e) => check_text("error message", &e.message, MAX_TEXT_LEN),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Small requests between nodes and from clients.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ControlRequest {
+    /// Which of these shards are stored (and pass their index check)?
+    Has { shards: Vec<ShardId> },
+    /// Delete these shards.
+    Delete { shards: Vec<ShardId> },
+    /// The node's membership view and own state.
+    Status,
+}
+
+impl WireMessage for ControlRequest {
+    const NAME: &'static str = "control request";
+    const MAX_BYTES: usize = 256 << 10;
+
+    fn check(&self) -> Result<(), String> {
+        match self {
+            ControlRequest::Has { shards } | ControlRequest::Delete { shards } => {
+                check_count("shards", shards.len(), MAX_SHARDS_PER_REQUEST)
+            }
+            ControlRequest::Status => Ok(()),
+        }
+    }
+}
+
+/// Per-container capacity in an announcement or a report.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerReport {
+    pub name: String,
+    pub kind: String,
+    pub capacity_bytes: u64,
+    pub free_bytes: u64,
+}
+
+/// Load figures in an announcement.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Load {
+    pub requests_in_flight: u32,
+    /// Shard bytes in and out per second over the last interval.
+    pub bytes_per_sec: u64,
+}
+
+/// A node's periodic capacity and load announcement (gossipsub).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Announcement {
+    pub version: u16,
+    pub node: NodeId,
+    pub site: String,
+    pub addrs: Vec<String>,
+    pub containers: Vec<ContainerReport>,
+    pub load: Load,
+    pub software: String,
+    /// Strictly increasing per node: older or repeated ones are ignored.
+    pub seq: u64,
+}
+
+impl Announcement {
+    pub fn capacity_bytes(&self) -> u64 {
+        self.containers.iter().map(|c| c.capacity_bytes).sum()
+    }
+
+    pub fn free_bytes(&self) -> u64 {
+        self.containers.iter().map(|c| c.free_bytes).sum()
+    }
+}
+
+fn check_containers(containers: &[ContainerReport]) -> Result<(), String> {
+    check_count("containers", containers.len(), MAX_CONTAINERS)?;
+    for c in containers {
+        check_text("container name", &c.name, MAX_SITE_LEN)?;
+        check_text("container kind", &c.kind, MAX_SITE_LEN)?;
+        if c.free_bytes > c.capacity_bytes {
+            return Err(format!(
+                "container {} reports {} free of {} bytes",
+                c.name, c.free_bytes, c.capacity_bytes
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn check_addrs(addrs: &[String]) -> Result<(), String> {
+    check_count("addrs", addrs.len(), MAX_ADDRS)?;
+    addrs
+        .iter()
+        .try_for_each(|a| check_text("address", a, MAX_TEXT_LEN))
+}
+
+impl WireMessage for Announcement {
+    const NAME: &'static str = "announcement";
+    const MAX_BYTES: usize = 64 << 10;
+
+    fn check(&self) -> Result<(), String> {
+        if self.version != ANNOUNCEMENT_VERSION {
+            return Err(format!(
+                "version {} (this build reads {ANNOUNCEMENT_VERSION})",
+                self.version
+            ));
+        }
+        check_text("site", &self.site, MAX_SITE_LEN)?;
+        check_text("software", &self.software, MAX_TEXT_LEN)?;
+        check_addrs(&self.addrs)?;
+        check_containers(&self.containers)
+    }
+}
+
+/// One member as a node sees it, for `status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberReport {
+    pub id: NodeId,
+    pub site: String,
+    pub state: MemberState,
+    pub capacity_bytes: u64,
+    pub free_bytes: u64,
+    pub addrs: Vec<String>,
+    pub load: Load,
+    pub software: String,
+    /// Milliseconds since its last announcement arrived (0 for the node itself).
+    pub last_seen_ms: u64,
+    pub seq: u64,
+}
+
+/// A node's own state and its membership view.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusReport {
+    pub node: NodeId,
+    pub containers: Vec<ContainerReport>,
+    pub shards_stored: u64,
+    pub members: Vec<MemberReport>,
+}
+
+/// Answers on the control protocol.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ControlResponse {
+    /// One flag per requested shard, in order.
+    Has {
+        present: Vec<bool>,
+    },
+    Deleted {
+        count: u32,
+    },
+    Status(StatusReport),
+    Error(RemoteError),
+}
+
+impl WireMessage for ControlResponse {
+    const NAME: &'static str = "control response";
+    const MAX_BYTES: usize = 8 << 20;
+
+    fn check(&self) -> Result<(), String> {
+        match self {
+            ControlResponse::Has { present } => {
+                check_count("present", present.len(), MAX_SHARDS_PER_REQUEST)
+            }
+            ControlResponse::Deleted { .. } => Ok(()),
+            ControlResponse::Status(s) => {
+                check_containers(&s.containers)?;
+                check_count("members", s.members.len(), MAX_MEMBERS)?;
+                for m in &s.members {
+                    check_text("site", &m.site, MAX_SITE_LEN)?;
+                    check_text("software", &m.software, MAX_TEXT_LEN)?;
+                    check_addrs(&m.addrs)?;
+                }
+                Ok(())
+            }
+            ControlResponse::Error(e) => check_text("error message", &e.message, MAX_TEXT_LEN),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn announcement() -> Announcement {
+        Announcement {
+            version: ANNOUNCEMENT_VERSION,
+            node: NodeId::from_bytes(vec![1, 2, 3]).unwrap(),
+            site: "hospital-a".into(),
+            addrs: vec!["/ip4/127.0.0.1/tcp/4001".into()],
+            containers: vec![ContainerReport {
+                name: "disk0".into(),
+                kind: "fs".into(),
+                capacity_bytes: 100,
+                free_bytes: 40,
+            }],
+            load: Load::default(),
+            software: "0.1.0".into(),
+            seq: 7,
+        }
+    }
+
+    #[test]
+    fn frames_round_trip() {
+        let a = announcement();
+        assert_eq!(Announcement::from_frame(&a.to_frame()).unwrap(), a);
+        let r = ShardRequest::Put {
+            shard: ShardId::of(b"s"),
+            len: 10,
+        };
+        assert_eq!(ShardRequest::from_frame(&r.to_frame()).unwrap(), r);
+        let c = ControlRequest::Has {
+            shards: vec![ShardId::of(b"a"); 3],
+        };
+        assert_eq!(ControlRequest::decode(&c.encode()).unwrap(), c);
+    }
+
+    #[test]
+    fn limits_are_enforced() {
+        assert!(matches!(
+            ShardRequest::frame_len((2000u32).to_be_bytes()),
+            Err(WireError::TooLarge { .. })
+        ));
+        let big = ShardRequest::Put {
+            shard: ShardId::of(b"s"),
+            len: u32::MAX,
+        };
+        assert!(matches!(
+            ShardRequest::decode(&big.encode()),
+            Err(WireError::Invalid { .. })
+        ));
+        let mut a = announcement();
+        a.site = "x".repeat(MAX_SITE_LEN + 1);
+        assert!(Announcement::decode(&a.encode()).is_err());
+        let mut a = announcement();
+        a.containers[0].free_bytes = 101;
+        assert!(Announcement::decode(&a.encode()).is_err());
+        let many = ControlRequest::Has {
+            shards: vec![ShardId::of(b"a"); MAX_SHARDS_PER_REQUEST + 1],
+        };
+        assert!(ControlRequest::decode(&many.encode()).is_err());
+        // A frame whose prefix disagrees with its body.
+        let mut f = announcement().to_frame();
+        f.pop();
+        assert!(Announcement::from_frame(&f).is_err());
+        assert!(Announcement::from_frame(&[0, 0]).is_err());
+    }
+
+    #[test]
+    fn truncations_are_errors() {
+        let bytes = announcement().encode();
+        for cut in 0..bytes.len() {
+            assert!(Announcement::decode(&bytes[..cut]).is_err());
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn decoders_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = ShardRequest::decode(&bytes);
+            let _ = ShardResponse::decode(&bytes);
+            let _ = ControlRequest::decode(&bytes);
+            let _ = ControlResponse::decode(&bytes);
+            let _ = Announcement::decode(&bytes);
+            let _ = Announcement::from_frame(&bytes);
+        }
+    }
+}
