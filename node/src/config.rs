@@ -1,0 +1,364 @@
+//! The node's configuration file, `DIR/config.toml`.
+//!
+//! Written by `dynostore init`, read by `dynostore node`. Every field has a
+//! default where one makes sense; a bad value is refused at start with a
+//! message naming the field and what is allowed, and an unknown field (a
+//! typo) is refused too rather than silently ignored.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use libp2p::multiaddr::Protocol;
+use libp2p::Multiaddr;
+use serde::{Deserialize, Serialize};
+
+use crate::container::ContainerSpec;
+
+/// File name of the configuration inside the node directory.
+pub const CONFIG_FILE: &str = "config.toml";
+/// File name of the node identity inside the node directory.
+pub const IDENTITY_FILE: &str = "identity.key";
+/// File the running node writes its full multiaddrs to, one a line.
+pub const ADDR_FILE: &str = "node.addr";
+
+/// A refused configuration.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot write {path}: {source}")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path} is not a valid configuration: {reason}")]
+    Parse { path: PathBuf, reason: String },
+    #[error("config field `{field}` = {value}: {allowed}")]
+    Field {
+        field: &'static str,
+        value: String,
+        allowed: String,
+    },
+}
+
+fn field(field: &'static str, value: impl std::fmt::Display, allowed: &str) -> ConfigError {
+    ConfigError::Field {
+        field,
+        value: value.to_string(),
+        allowed: allowed.to_string(),
+    }
+}
+
+/// The node configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Multiaddrs to listen on, e.g. `/ip4/0.0.0.0/tcp/4001` (TCP; with no
+    /// network key also `/ip4/0.0.0.0/udp/4001/quic-v1`).
+    pub listen: Vec<String>,
+    /// Site label: placement puts the shards of a stripe on distinct sites first.
+    #[serde(default = "default_site")]
+    pub site: String,
+    /// Full multiaddrs (with `/p2p/<id>`) of nodes to join through.
+    #[serde(default)]
+    pub bootstrap: Vec<String>,
+    /// Path of the network's pre-shared key. Absent: an open network (for
+    /// experiments only; anyone can join).
+    #[serde(default)]
+    pub network_key: Option<PathBuf>,
+    /// Seconds between capacity/load announcements.
+    #[serde(default = "default_announce_ms")]
+    pub announce_interval_ms: u64,
+    /// Silence after which a member is suspect (no new shards).
+    #[serde(default = "default_suspect_ms")]
+    pub suspect_after_ms: u64,
+    /// Silence after which a member is down (its shards are repaired elsewhere).
+    #[serde(default = "default_down_ms")]
+    pub down_after_ms: u64,
+    /// Interval of Kademlia re-bootstrap.
+    #[serde(default = "default_rebootstrap_ms")]
+    pub rebootstrap_interval_ms: u64,
+    /// Timeout of every request to another node.
+    #[serde(default = "default_request_timeout_ms")]
+    pub request_timeout_ms: u64,
+    /// Data containers that hold this node's shards.
+    pub containers: Vec<ContainerSpec>,
+}
+
+fn default_site() -> String {
+    "default".into()
+}
+fn default_announce_ms() -> u64 {
+    5_000
+}
+fn default_suspect_ms() -> u64 {
+    15_000
+}
+fn default_down_ms() -> u64 {
+    60_000
+}
+fn default_rebootstrap_ms() -> u64 {
+    60_000
+}
+fn default_request_timeout_ms() -> u64 {
+    30_000
+}
+
+const HEADER: &str = "\
+# DynoStore node configuration (written by `dynostore init`).
+#
+# listen                   multiaddrs to listen on (TCP; QUIC only without a network key)
+# site                     site label; a stripe's shards go to distinct sites first
+# bootstrap                full multiaddrs (/p2p/<id>) of nodes to join through
+# network_key              path of the network's pre-shared key (absent = open network)
+# announce_interval_ms     how often this node announces capacity and load (default 5000)
+# suspect_after_ms         silence before a member is suspect (default 15000)
+# down_after_ms            silence before a member is down and repaired (default 60000)
+# rebootstrap_interval_ms  Kademlia re-bootstrap interval (default 60000)
+# request_timeout_ms       timeout of every request to another node (default 30000)
+# [[containers]]           where shards are kept: kind = dir | mem | s3 (see README)
+
+";
+
+impl Config {
+    /// A configuration with defaults for everything optional.
+    pub fn new(listen: Vec<String>, containers: Vec<ContainerSpec>) -> Self {
+        Config {
+            listen,
+            site: default_site(),
+            bootstrap: Vec::new(),
+            network_key: None,
+            announce_interval_ms: default_announce_ms(),
+            suspect_after_ms: default_suspect_ms(),
+            down_after_ms: default_down_ms(),
+            rebootstrap_interval_ms: default_rebootstrap_ms(),
+            request_timeout_ms: default_request_timeout_ms(),
+            containers,
+        }
+    }
+
+    /// Reads and validates `DIR/config.toml`.
+    pub fn load(dir: &Path) -> Result<Self, ConfigError> {
+        let path = dir.join(CONFIG_FILE);
+        let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        let cfg: Config = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Writes `DIR/config.toml` with a commented header.
+    pub fn save(&self, dir: &Path) -> Result<(), ConfigError> {
+        let path = dir.join(CONFIG_FILE);
+        let body = toml::to_string_pretty(self).map_err(|e| ConfigError::Parse {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+        std::fs::write(&path, format!("{HEADER}{body}"))
+            .map_err(|source| ConfigError::Write { path, source })
+    }
+
+    /// Checks every field; the error names the field and what is allowed.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.listen.is_empty() {
+            return Err(field("listen", "[]", "at least one multiaddr to listen on"));
+        }
+        for a in &self.listen {
+            let addr: Multiaddr = a.parse().map_err(|e| {
+                field(
+                    "listen",
+                    format!("{a:?}"),
+                    &format!("not a multiaddr ({e})"),
+                )
+            })?;
+            let quic = addr.iter().any(|p| matches!(p, Protocol::QuicV1));
+            let tcp = addr.iter().any(|p| matches!(p, Protocol::Tcp(_)));
+            if !tcp && !quic {
+                return Err(field(
+                    "listen",
+                    format!("{a:?}"),
+                    "a TCP (/tcp/PORT) or QUIC (/udp/PORT/quic-v1) address",
+                ));
+            }
+            if quic && self.network_key.is_some() {
+                return Err(field(
+                    "listen",
+                    format!("{a:?}"),
+                    "QUIC cannot carry the network key (pnet wraps TCP streams only); \
+                     listen on TCP in a private network",
+                ));
+            }
+        }
+        for b in &self.bootstrap {
+            bootstrap_peer(b)?;
+        }
+        let site_ok = !self.site.is_empty()
+            && self.site.len() <= dynostore_protocol::wire::MAX_SITE_LEN
+            && !self.site.chars().any(char::is_control);
+        if !site_ok {
+            return Err(field(
+                "site",
+                format!("{:?}", self.site),
+                "1 to 128 bytes of printable text",
+            ));
+        }
+        if self.announce_interval_ms == 0 {
+            return Err(field(
+                "announce_interval_ms",
+                0,
+                "a positive number of milliseconds",
+            ));
+        }
+        if self.suspect_after_ms <= self.announce_interval_ms {
+            return Err(field(
+                "suspect_after_ms",
+                self.suspect_after_ms,
+                &format!(
+                    "more than announce_interval_ms ({}), or every member is suspect between announcements",
+                    self.announce_interval_ms
+                ),
+            ));
+        }
+        if self.down_after_ms <= self.suspect_after_ms {
+            return Err(field(
+                "down_after_ms",
+                self.down_after_ms,
+                &format!("more than suspect_after_ms ({})", self.suspect_after_ms),
+            ));
+        }
+        if self.rebootstrap_interval_ms == 0 {
+            return Err(field(
+                "rebootstrap_interval_ms",
+                0,
+                "a positive number of milliseconds",
+            ));
+        }
+        if self.request_timeout_ms == 0 {
+            return Err(field(
+                "request_timeout_ms",
+                0,
+                "a positive number of milliseconds",
+            ));
+        }
+        if self.containers.is_empty() {
+            return Err(field(
+                "containers",
+                "[]",
+                "at least one container (kind = dir, mem or s3)",
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn announce_interval(&self) -> Duration {
+        Duration::from_millis(self.announce_interval_ms)
+    }
+
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.request_timeout_ms)
+    }
+
+    pub fn listen_addrs(&self) -> Vec<Multiaddr> {
+        self.listen.iter().filter_map(|a| a.parse().ok()).collect()
+    }
+
+    /// `(peer, address without /p2p)` of every bootstrap entry.
+    pub fn bootstrap_peers(&self) -> Vec<(libp2p::PeerId, Multiaddr)> {
+        self.bootstrap
+            .iter()
+            .filter_map(|b| bootstrap_peer(b).ok())
+            .collect()
+    }
+}
+
+/// Splits a full multiaddr into its peer ID and transport address.
+pub fn bootstrap_peer(s: &str) -> Result<(libp2p::PeerId, Multiaddr), ConfigError> {
+    let mut addr: Multiaddr = s.parse().map_err(|e| {
+        field(
+            "bootstrap",
+            format!("{s:?}"),
+            &format!("not a multiaddr ({e})"),
+        )
+    })?;
+    match addr.pop() {
+        Some(Protocol::P2p(peer)) => Ok((peer, addr)),
+        _ => Err(field(
+            "bootstrap",
+            format!("{s:?}"),
+            "a full multiaddr ending in /p2p/<peer id>, as printed in the node's node.addr",
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg() -> Config {
+        Config::new(
+            vec!["/ip4/127.0.0.1/tcp/0".into()],
+            vec!["mem:1MiB".parse().unwrap()],
+        )
+    }
+
+    #[test]
+    fn round_trip_through_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = cfg();
+        c.site = "observatory".into();
+        c.save(dir.path()).unwrap();
+        assert_eq!(Config::load(dir.path()).unwrap(), c);
+    }
+
+    #[test]
+    fn bad_values_name_their_field() {
+        type Mutation = Box<dyn Fn(&mut Config)>;
+        let cases: Vec<(&str, Mutation)> = vec![
+            ("listen", Box::new(|c| c.listen = vec!["nonsense".into()])),
+            ("listen", Box::new(|c| c.listen.clear())),
+            (
+                "bootstrap",
+                Box::new(|c| c.bootstrap = vec!["/ip4/1.2.3.4/tcp/1".into()]),
+            ),
+            ("site", Box::new(|c| c.site = String::new())),
+            ("suspect_after_ms", Box::new(|c| c.suspect_after_ms = 1)),
+            ("down_after_ms", Box::new(|c| c.down_after_ms = 2)),
+            ("containers", Box::new(|c| c.containers.clear())),
+            (
+                "listen",
+                Box::new(|c| {
+                    c.listen = vec!["/ip4/127.0.0.1/udp/0/quic-v1".into()];
+                    c.network_key = Some("k".into());
+                }),
+            ),
+        ];
+        for (name, mutate) in cases {
+            let mut c = cfg();
+            mutate(&mut c);
+            match c.validate() {
+                Err(ConfigError::Field { field, .. }) => assert_eq!(field, name),
+                other => panic!("{name}: expected a field error, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn unknown_fields_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        cfg().save(dir.path()).unwrap();
+        let p = dir.path().join(CONFIG_FILE);
+        let text = std::fs::read_to_string(&p).unwrap();
+        std::fs::write(&p, format!("annouce_interval_ms = 5\n{text}")).unwrap();
+        let err = Config::load(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("annouce_interval_ms"), "{err}");
+    }
+}

@@ -1,0 +1,20 @@
+//! The DynoStore node: all IO lives here.
+//!
+//! - [`config`]: `DIR/config.toml`, validated field by field.
+//! - [`keys`]: the node identity and the network's pre-shared key.
+//! - [`container`]: data containers (filesystem, memory, S3, ...) behind one trait.
+//! - [`store`]: the shard store: sled index + containers, BLAKE3-verified.
+//! - [`net`]: transports (TCP + pnet + Noise + Yamux; QUIC in open networks),
+//!   the control codec and stream framing.
+//! - [`shard_proto`]: the bulk shard protocol over raw streams, both sides.
+//! - [`node`]: the running node: event loop, announcements, membership.
+//! - [`client`]: the command-line client's connection to an entry peer.
+
+pub mod client;
+pub mod config;
+pub mod container;
+pub mod keys;
+pub mod net;
+pub mod node;
+pub mod shard_proto;
+pub mod store;

@@ -1,0 +1,333 @@
+//! `dynostore`: the node and its command-line client in one binary.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use libp2p::Multiaddr;
+
+use dynostore_node::client::Client;
+use dynostore_node::config::{Config, IDENTITY_FILE};
+use dynostore_node::container::ContainerSpec;
+use dynostore_node::{keys, node, shard_proto};
+use dynostore_protocol::wire::{ControlRequest, ControlResponse, StatusReport};
+use dynostore_protocol::ShardId;
+
+/// DynoStore: erasure-coded peer-to-peer storage across sites.
+#[derive(Debug, Parser)]
+#[command(name = "dynostore", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create a node directory: config.toml and the node's identity.
+    Init(InitArgs),
+    /// Run the node in DIR until SIGINT or SIGTERM.
+    Node {
+        #[arg(long)]
+        dir: PathBuf,
+    },
+    /// Write a new random network key to FILE (never overwrites).
+    NetworkKey { file: PathBuf },
+    /// Show a node's membership view.
+    Status {
+        #[command(flatten)]
+        conn: ConnArgs,
+        /// Print one JSON object instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Low-level shard operations against one node (for operators and tests).
+    #[command(subcommand)]
+    Shard(ShardCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum ShardCommand {
+    /// Store FILE as one shard on the node; prints its shard ID.
+    Put {
+        file: PathBuf,
+        #[command(flatten)]
+        conn: ConnArgs,
+    },
+    /// Fetch a shard by ID and verify it.
+    Get {
+        id: String,
+        /// Output file ('-' for standard output).
+        #[arg(short, long, default_value = "-")]
+        output: PathBuf,
+        #[command(flatten)]
+        conn: ConnArgs,
+    },
+}
+
+#[derive(Debug, Args)]
+struct InitArgs {
+    /// Node directory to create (may exist, but must not hold a config).
+    #[arg(long)]
+    dir: PathBuf,
+    /// Multiaddr to listen on, e.g. /ip4/0.0.0.0/tcp/4001 (repeatable).
+    #[arg(long, required = true)]
+    listen: Vec<String>,
+    /// Site label (hospital, observatory, ...).
+    #[arg(long, default_value = "default")]
+    site: String,
+    /// Full multiaddr of a node to join through (repeatable).
+    #[arg(long)]
+    bootstrap: Vec<String>,
+    /// Data container, e.g. dir:/data/shards:100GiB, mem:1GiB, s3:... (repeatable).
+    #[arg(long = "container", required = true)]
+    containers: Vec<ContainerSpec>,
+    /// The network's key file (copied into DIR).
+    #[arg(long, env = "DYNOSTORE_NETWORK_KEY")]
+    network_key: Option<PathBuf>,
+    #[arg(long)]
+    announce_interval_ms: Option<u64>,
+    #[arg(long)]
+    suspect_after_ms: Option<u64>,
+    #[arg(long)]
+    down_after_ms: Option<u64>,
+}
+
+#[derive(Debug, Args)]
+struct ConnArgs {
+    /// Multiaddr of any node (the entry peer).
+    #[arg(long, env = "DYNOSTORE_PEER")]
+    peer: Multiaddr,
+    /// The network's key file.
+    #[arg(long, env = "DYNOSTORE_NETWORK_KEY")]
+    network_key: Option<PathBuf>,
+    /// Seconds to wait for the node.
+    #[arg(long, default_value_t = 30)]
+    timeout_secs: u64,
+}
+
+impl ConnArgs {
+    async fn connect(&self) -> Result<Client> {
+        let psk = match &self.network_key {
+            Some(p) => Some(keys::load_network_key(p)?),
+            None => None,
+        };
+        Ok(Client::connect(self.peer.clone(), psk, self.timeout()).await?)
+    }
+
+    fn timeout(&self) -> Duration {
+        Duration::from_secs(self.timeout_secs.max(1))
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let default_level = if matches!(cli.command, Command::Node { .. }) {
+        "info"
+    } else {
+        "warn"
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level)),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Init(args) => init(args),
+        Command::Node { dir } => Ok(node::run(&dir, shutdown_signal()).await?),
+        Command::NetworkKey { file } => {
+            keys::create_network_key(&file)?;
+            println!("wrote a new network key to {}", file.display());
+            Ok(())
+        }
+        Command::Status { conn, json } => status(conn, json).await,
+        Command::Shard(ShardCommand::Put { file, conn }) => {
+            let bytes =
+                std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            let id = ShardId::of(&bytes);
+            let client = conn.connect().await?;
+            let mut streams = client.streams();
+            shard_proto::put_shard(&mut streams, client.peer(), id, &bytes, conn.timeout()).await?;
+            println!("{id}");
+            Ok(())
+        }
+        Command::Shard(ShardCommand::Get { id, output, conn }) => {
+            let id: ShardId = id.parse()?;
+            let client = conn.connect().await?;
+            let mut streams = client.streams();
+            let bytes =
+                shard_proto::get_shard(&mut streams, client.peer(), id, conn.timeout()).await?;
+            write_output(&output, &bytes)
+        }
+    }
+}
+
+fn write_output(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    if path == Path::new("-") {
+        std::io::stdout().write_all(bytes)?;
+        return Ok(());
+    }
+    std::fs::write(path, bytes).with_context(|| format!("cannot write {}", path.display()))
+}
+
+fn init(args: InitArgs) -> Result<()> {
+    let dir = &args.dir;
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    if dir.join(dynostore_node::config::CONFIG_FILE).exists() {
+        bail!("{} already holds a node configuration", dir.display());
+    }
+    let mut cfg = Config::new(args.listen, args.containers);
+    cfg.site = args.site;
+    cfg.bootstrap = args.bootstrap;
+    if let Some(v) = args.announce_interval_ms {
+        cfg.announce_interval_ms = v;
+    }
+    if let Some(v) = args.suspect_after_ms {
+        cfg.suspect_after_ms = v;
+    }
+    if let Some(v) = args.down_after_ms {
+        cfg.down_after_ms = v;
+    }
+    if let Some(key) = &args.network_key {
+        // Check it before copying it next to the node.
+        let psk = keys::load_network_key(key)?;
+        let local = PathBuf::from("network.key");
+        let dest = dir.join(&local);
+        if dest.exists() {
+            if keys::load_network_key(&dest)? != psk {
+                bail!("{} holds a different network key", dest.display());
+            }
+        } else {
+            keys::write_network_key(&dest, psk)?;
+        }
+        cfg.network_key = Some(local);
+    }
+    cfg.validate()?;
+    let id_path = dir.join(IDENTITY_FILE);
+    let kp = if id_path.exists() {
+        keys::load_identity(&id_path)?
+    } else {
+        keys::create_identity(&id_path)?
+    };
+    cfg.save(dir)?;
+    println!("{}", kp.public().to_peer_id());
+    Ok(())
+}
+
+async fn status(conn: ConnArgs, json: bool) -> Result<()> {
+    let client = conn.connect().await?;
+    let report = match client.control(ControlRequest::Status).await? {
+        ControlResponse::Status(r) => r,
+        ControlResponse::Error(e) => bail!("the node refused: {e}"),
+        other => bail!("unexpected answer: {other:?}"),
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&status_json(&report))?);
+    } else {
+        print_status(&report);
+    }
+    Ok(())
+}
+
+fn status_json(r: &StatusReport) -> serde_json::Value {
+    use serde_json::json;
+    json!({
+        "node": r.node.to_string(),
+        "shards_stored": r.shards_stored,
+        "containers": r.containers.iter().map(|c| json!({
+            "name": c.name, "kind": c.kind,
+            "capacity_bytes": c.capacity_bytes, "free_bytes": c.free_bytes,
+        })).collect::<Vec<_>>(),
+        "members": r.members.iter().map(|m| json!({
+            "id": m.id.to_string(),
+            "site": m.site,
+            "state": m.state.as_str(),
+            "capacity_bytes": m.capacity_bytes,
+            "free_bytes": m.free_bytes,
+            "addrs": m.addrs,
+            "last_seen_ms": m.last_seen_ms,
+            "seq": m.seq,
+            "software": m.software,
+            "requests_in_flight": m.load.requests_in_flight,
+            "bytes_per_sec": m.load.bytes_per_sec,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+fn print_status(r: &StatusReport) {
+    println!("node {}  ({} shards stored)", r.node, r.shards_stored);
+    println!(
+        "{:<54} {:<14} {:<8} {:>12} {:>12} {:>9}",
+        "member", "site", "state", "capacity", "free", "seen ago"
+    );
+    for m in &r.members {
+        println!(
+            "{:<54} {:<14} {:<8} {:>12} {:>12} {:>8.1}s",
+            m.id.to_string(),
+            m.site,
+            m.state.as_str(),
+            human_bytes(m.capacity_bytes),
+            human_bytes(m.free_bytes),
+            m.last_seen_ms as f64 / 1000.0
+        );
+    }
+}
+
+fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot listen for SIGTERM");
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+    tracing::info!("shutting down");
+}

@@ -1,0 +1,630 @@
+//! The running node: one task owns the libp2p swarm (the event loop); the
+//! rest talk to it through a bounded command channel.
+//!
+//! Data flow:
+//! - Announcer task: every `announce_interval` it reads the store's
+//!   capacity, builds the next [`Announcement`] (seq strictly increasing
+//!   across restarts: it starts at the wall clock in ms), records it in the
+//!   local membership and asks the event loop to publish it.
+//! - Event loop: gossipsub messages become membership observations (only
+//!   when the signed author is the announced node); identify feeds Kademlia;
+//!   control requests are answered from tasks that send their response back
+//!   as a command; members we know of but are not connected to are dialled.
+//! - Shard streams are accepted outside the event loop
+//!   ([`crate::shard_proto::serve_stream`]), at most
+//!   [`MAX_INBOUND_STREAMS`] at once.
+//!
+//! Shutdown: SIGINT/SIGTERM (or the future given to [`run`]) stops the
+//! loop, the store is flushed, `node.addr` is removed.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use futures::StreamExt;
+use libp2p::gossipsub::{self, IdentTopic, MessageAuthenticity, ValidationMode};
+use libp2p::identity::Keypair;
+use libp2p::kad::{self, store::MemoryStore};
+use libp2p::request_response::{self, ResponseChannel};
+use libp2p::swarm::dial_opts::DialOpts;
+use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
+use libp2p::{identify, Multiaddr, PeerId, StreamProtocol, Swarm};
+use tokio::sync::{mpsc, Semaphore};
+
+use dynostore_protocol::membership::{Membership, Timeouts};
+use dynostore_protocol::wire::{
+    Announcement, ControlRequest, ControlResponse, Load, MemberReport, RemoteError, StatusReport,
+    WireMessage, ANNOUNCEMENT_VERSION, ANNOUNCE_TOPIC,
+};
+use dynostore_protocol::{MemberState, NodeId};
+
+use crate::config::{Config, ADDR_FILE, IDENTITY_FILE};
+use crate::keys;
+use crate::net::{self, ControlBehaviour};
+use crate::store::ShardStore;
+
+/// Inbound shard streams served at once; bounds memory to this many shards.
+pub const MAX_INBOUND_STREAMS: usize = 32;
+/// Depth of the event loop's command queue.
+const COMMAND_QUEUE: usize = 256;
+/// Most peers dialled per announcement round.
+const MAX_DIALS_PER_ROUND: usize = 16;
+const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/dynostore/kad/1");
+const IDENTIFY_PROTOCOL: &str = "/dynostore/id/1";
+
+/// Why the node stopped or could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NodeError {
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error(transparent)]
+    Key(#[from] keys::KeyError),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    #[error(transparent)]
+    Net(#[from] net::NetError),
+    #[error("cannot listen on {addr}: {reason}")]
+    Listen { addr: Multiaddr, reason: String },
+    #[error("libp2p set-up failed: {0}")]
+    Setup(String),
+    #[error("cannot write {path}: {source}")]
+    AddrFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+#[derive(NetworkBehaviour)]
+struct NodeBehaviour {
+    identify: identify::Behaviour,
+    kad: kad::Behaviour<MemoryStore>,
+    gossipsub: gossipsub::Behaviour,
+    control: ControlBehaviour,
+    stream: libp2p_stream::Behaviour,
+}
+
+enum Command {
+    Publish(Vec<u8>),
+    Respond {
+        channel: ResponseChannel<ControlResponse>,
+        response: ControlResponse,
+    },
+}
+
+/// State shared by the event loop and the node's tasks.
+struct Shared {
+    local: NodeId,
+    site: String,
+    store: ShardStore,
+    membership: Mutex<Membership>,
+    start: Instant,
+    listen_addrs: Mutex<Vec<Multiaddr>>,
+    in_flight: AtomicU32,
+    bytes_moved: AtomicU64,
+    timeout: Duration,
+}
+
+impl Shared {
+    fn now_ms(&self) -> u64 {
+        self.start.elapsed().as_millis() as u64
+    }
+
+    fn membership(&self) -> std::sync::MutexGuard<'_, Membership> {
+        // A poisoned lock means a panic elsewhere already; the view itself
+        // is still consistent (every update is a single insert or field set).
+        self.membership
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    async fn status(&self) -> StatusReport {
+        let containers = self.store.reports().await;
+        let now = self.now_ms();
+        let members = self
+            .membership()
+            .entries()
+            .map(|(id, e)| {
+                let a = &e.announcement;
+                MemberReport {
+                    id: id.clone(),
+                    site: a.site.clone(),
+                    state: e.state,
+                    capacity_bytes: a.capacity_bytes(),
+                    free_bytes: a.free_bytes(),
+                    addrs: a.addrs.clone(),
+                    load: a.load,
+                    software: a.software.clone(),
+                    last_seen_ms: if *id == self.local {
+                        0
+                    } else {
+                        now.saturating_sub(e.last_seen_ms)
+                    },
+                    seq: a.seq,
+                }
+            })
+            .collect();
+        StatusReport {
+            node: self.local.clone(),
+            containers,
+            shards_stored: self.store.shard_count(),
+            members,
+        }
+    }
+}
+
+/// Runs the node in `dir` until `shutdown` completes or a signal arrives.
+pub async fn run(
+    dir: &Path,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), NodeError> {
+    let cfg = Config::load(dir)?;
+    let key = keys::load_identity(&dir.join(IDENTITY_FILE))?;
+    let psk = match &cfg.network_key {
+        Some(p) => Some(keys::load_network_key(&dir.join(p))?),
+        None => {
+            tracing::warn!("no network_key configured: this is an OPEN network, anyone can join");
+            None
+        }
+    };
+    let store = ShardStore::open(dir, &cfg.containers).await?;
+    let local = net::node_id(&key.public().to_peer_id());
+    let shared = Arc::new(Shared {
+        local: local.clone(),
+        site: cfg.site.clone(),
+        store,
+        membership: Mutex::new(Membership::new(
+            local,
+            Timeouts {
+                suspect_after_ms: cfg.suspect_after_ms,
+                down_after_ms: cfg.down_after_ms,
+            },
+        )),
+        start: Instant::now(),
+        listen_addrs: Mutex::new(Vec::new()),
+        in_flight: AtomicU32::new(0),
+        bytes_moved: AtomicU64::new(0),
+        timeout: cfg.request_timeout(),
+    });
+    let mut swarm = build_swarm(&key, psk, &cfg)?;
+    for addr in cfg.listen_addrs() {
+        swarm
+            .listen_on(addr.clone())
+            .map_err(|e| NodeError::Listen {
+                addr,
+                reason: e.to_string(),
+            })?;
+    }
+    for (peer, addr) in cfg.bootstrap_peers() {
+        swarm.behaviour_mut().kad.add_address(&peer, addr.clone());
+        if let Err(e) = swarm.dial(DialOpts::peer_id(peer).addresses(vec![addr]).build()) {
+            tracing::warn!(%peer, error = %e, "cannot dial bootstrap peer");
+        }
+    }
+    let topic = IdentTopic::new(ANNOUNCE_TOPIC);
+    swarm
+        .behaviour_mut()
+        .gossipsub
+        .subscribe(&topic)
+        .map_err(|e| NodeError::Setup(e.to_string()))?;
+
+    let (cmd_tx, cmd_rx) = mpsc::channel(COMMAND_QUEUE);
+    let streams = swarm.behaviour().stream.new_control();
+    spawn_shard_server(streams, shared.clone())?;
+    let announcer = tokio::spawn(announce_loop(
+        shared.clone(),
+        cfg.announce_interval(),
+        cmd_tx.clone(),
+    ));
+
+    let mut ev = EventLoop {
+        swarm,
+        shared: shared.clone(),
+        cmd_tx,
+        cmd_rx,
+        topic,
+        dir: dir.to_path_buf(),
+        rebootstrap: Duration::from_millis(cfg.rebootstrap_interval_ms),
+    };
+    let result = ev.run(shutdown).await;
+    announcer.abort();
+    let _ = std::fs::remove_file(dir.join(ADDR_FILE));
+    if let Err(e) = shared.store.flush().await {
+        tracing::error!(error = %e, "flushing the index at shutdown failed");
+    }
+    tracing::info!("node stopped");
+    result
+}
+
+fn build_swarm(
+    key: &Keypair,
+    psk: Option<libp2p::pnet::PreSharedKey>,
+    cfg: &Config,
+) -> Result<Swarm<NodeBehaviour>, NodeError> {
+    let transport = net::transport(key, psk)?;
+    let timeout = cfg.request_timeout();
+    let interval = cfg.announce_interval();
+    let swarm = libp2p::SwarmBuilder::with_existing_identity(key.clone())
+        .with_tokio()
+        .with_other_transport(|_| transport)
+        .map_err(|e| NodeError::Setup(e.to_string()))?
+        .with_behaviour(|key| {
+            let peer = key.public().to_peer_id();
+            let mut kad_cfg = kad::Config::new(KAD_PROTOCOL);
+            kad_cfg.set_periodic_bootstrap_interval(Some(Duration::from_millis(
+                cfg.rebootstrap_interval_ms,
+            )));
+            let mut kad = kad::Behaviour::with_config(peer, MemoryStore::new(peer), kad_cfg);
+            kad.set_mode(Some(kad::Mode::Server));
+            let gossip_cfg = gossipsub::ConfigBuilder::default()
+                .heartbeat_interval(Duration::from_millis(500).min(interval))
+                .validation_mode(ValidationMode::Strict)
+                .max_transmit_size(Announcement::MAX_BYTES + 4096)
+                .build()
+                .map_err(|e| e.to_string())?;
+            let gossipsub =
+                gossipsub::Behaviour::new(MessageAuthenticity::Signed(key.clone()), gossip_cfg)?;
+            Ok(NodeBehaviour {
+                identify: identify::Behaviour::new(
+                    identify::Config::new(IDENTIFY_PROTOCOL.into(), key.public())
+                        .with_agent_version(format!("dynostore/{}", env!("CARGO_PKG_VERSION"))),
+                ),
+                kad,
+                gossipsub,
+                control: net::control_behaviour(timeout, true),
+                stream: libp2p_stream::Behaviour::new(),
+            })
+        })
+        .map_err(|e| NodeError::Setup(e.to_string()))?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(120)))
+        .build();
+    Ok(swarm)
+}
+
+fn spawn_shard_server(
+    mut control: libp2p_stream::Control,
+    shared: Arc<Shared>,
+) -> Result<(), NodeError> {
+    let mut incoming = control
+        .accept(net::shard_protocol())
+        .map_err(|e| NodeError::Setup(e.to_string()))?;
+    let permits = Arc::new(Semaphore::new(MAX_INBOUND_STREAMS));
+    tokio::spawn(async move {
+        while let Some((peer, stream)) = incoming.next().await {
+            let Ok(permit) = permits.clone().acquire_owned().await else {
+                break;
+            };
+            let shared = shared.clone();
+            tokio::spawn(async move {
+                shared.in_flight.fetch_add(1, Ordering::Relaxed);
+                let r = crate::shard_proto::serve_stream(
+                    stream,
+                    peer,
+                    shared.store.clone(),
+                    shared.timeout,
+                )
+                .await;
+                shared.in_flight.fetch_sub(1, Ordering::Relaxed);
+                match r {
+                    Ok(n) => {
+                        shared.bytes_moved.fetch_add(n, Ordering::Relaxed);
+                    }
+                    Err(e) => tracing::debug!(%peer, error = %e, "shard stream failed"),
+                }
+                drop(permit);
+            });
+        }
+    });
+    Ok(())
+}
+
+async fn announce_loop(shared: Arc<Shared>, interval: Duration, cmd_tx: mpsc::Sender<Command>) {
+    let mut seq = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_bytes = 0u64;
+    loop {
+        ticker.tick().await;
+        seq += 1;
+        let moved = shared.bytes_moved.load(Ordering::Relaxed);
+        let bytes_per_sec = (moved - last_bytes) * 1000 / interval.as_millis().max(1) as u64;
+        last_bytes = moved;
+        let addrs = shared
+            .listen_addrs
+            .lock()
+            .map(|a| a.iter().map(ToString::to_string).collect())
+            .unwrap_or_default();
+        let ann = Announcement {
+            version: ANNOUNCEMENT_VERSION,
+            node: shared.local.clone(),
+            site: shared.site.clone(),
+            addrs,
+            containers: shared.store.reports().await,
+            load: Load {
+                requests_in_flight: shared.in_flight.load(Ordering::Relaxed),
+                bytes_per_sec,
+            },
+            software: env!("CARGO_PKG_VERSION").to_string(),
+            seq,
+        };
+        let bytes = ann.encode();
+        let now = shared.now_ms();
+        let changes = {
+            let mut m = shared.membership();
+            m.observe(ann, now);
+            m.tick(now)
+        };
+        for t in changes {
+            tracing::info!(node = %t.node, from = ?t.from, to = t.to.as_str(), "member state changed");
+        }
+        if cmd_tx.send(Command::Publish(bytes)).await.is_err() {
+            return;
+        }
+    }
+}
+
+struct EventLoop {
+    swarm: Swarm<NodeBehaviour>,
+    shared: Arc<Shared>,
+    cmd_tx: mpsc::Sender<Command>,
+    cmd_rx: mpsc::Receiver<Command>,
+    topic: IdentTopic,
+    dir: PathBuf,
+    rebootstrap: Duration,
+}
+
+impl EventLoop {
+    async fn run(
+        &mut self,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) -> Result<(), NodeError> {
+        tokio::pin!(shutdown);
+        let mut rebootstrap = tokio::time::interval(self.rebootstrap);
+        loop {
+            tokio::select! {
+                () = &mut shutdown => return Ok(()),
+                ev = self.swarm.select_next_some() => self.on_swarm_event(ev)?,
+                Some(cmd) = self.cmd_rx.recv() => self.on_command(cmd),
+                _ = rebootstrap.tick() => {
+                    // NoKnownPeers just means we are alone for now.
+                    let _ = self.swarm.behaviour_mut().kad.bootstrap();
+                }
+            }
+        }
+    }
+
+    fn on_command(&mut self, cmd: Command) {
+        match cmd {
+            Command::Publish(bytes) => {
+                if let Err(e) = self
+                    .swarm
+                    .behaviour_mut()
+                    .gossipsub
+                    .publish(self.topic.clone(), bytes)
+                {
+                    tracing::debug!(error = %e, "announcement not published");
+                }
+                self.dial_known_members();
+            }
+            Command::Respond { channel, response } => {
+                if self
+                    .swarm
+                    .behaviour_mut()
+                    .control
+                    .send_response(channel, response)
+                    .is_err()
+                {
+                    tracing::debug!("control response dropped: the requester went away");
+                }
+            }
+        }
+    }
+
+    /// Keeps connections to members we hear of, so that gossip does not
+    /// depend on one hub and shard streams open without a lookup.
+    fn dial_known_members(&mut self) {
+        let targets: Vec<(PeerId, Vec<Multiaddr>)> = self
+            .shared
+            .membership()
+            .entries()
+            .filter(|(id, e)| **id != self.shared.local && e.state != MemberState::Down)
+            .filter_map(|(id, e)| {
+                let peer = net::peer_id(id)?;
+                let addrs = e
+                    .announcement
+                    .addrs
+                    .iter()
+                    .filter_map(|a| a.parse().ok())
+                    .collect();
+                Some((peer, addrs))
+            })
+            .collect();
+        let mut dials = 0;
+        for (peer, addrs) in targets {
+            if dials == MAX_DIALS_PER_ROUND {
+                break;
+            }
+            if self.swarm.is_connected(&peer) {
+                continue;
+            }
+            dials += 1;
+            if let Err(e) = self
+                .swarm
+                .dial(DialOpts::peer_id(peer).addresses(addrs).build())
+            {
+                tracing::debug!(%peer, error = %e, "dial failed");
+            }
+        }
+    }
+
+    fn on_swarm_event(&mut self, ev: SwarmEvent<NodeBehaviourEvent>) -> Result<(), NodeError> {
+        match ev {
+            SwarmEvent::NewListenAddr { address, .. } => {
+                let full = address.clone().with(libp2p::multiaddr::Protocol::P2p(
+                    *self.swarm.local_peer_id(),
+                ));
+                println!("listening on {full}");
+                let all = {
+                    let mut addrs = self
+                        .shared
+                        .listen_addrs
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                    addrs.push(address);
+                    addrs.clone()
+                };
+                self.write_addr_file(&all)?;
+            }
+            SwarmEvent::ExpiredListenAddr { address, .. } => {
+                let mut addrs = self
+                    .shared
+                    .listen_addrs
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                addrs.retain(|a| *a != address);
+            }
+            SwarmEvent::IncomingConnectionError {
+                send_back_addr,
+                error,
+                ..
+            } => {
+                tracing::warn!(from = %send_back_addr, error = %error, "refused an incoming connection (wrong or missing network key?)");
+            }
+            SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
+                tracing::debug!(peer = ?peer_id, error = %error, "outgoing connection failed");
+            }
+            SwarmEvent::Behaviour(ev) => self.on_behaviour_event(ev),
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn write_addr_file(&self, addrs: &[Multiaddr]) -> Result<(), NodeError> {
+        let peer = *self.swarm.local_peer_id();
+        let text: String = addrs
+            .iter()
+            .map(|a| {
+                format!(
+                    "{}\n",
+                    a.clone().with(libp2p::multiaddr::Protocol::P2p(peer))
+                )
+            })
+            .collect();
+        let path = self.dir.join(ADDR_FILE);
+        let tmp = self.dir.join(format!("{ADDR_FILE}.tmp"));
+        std::fs::write(&tmp, text)
+            .and_then(|()| std::fs::rename(&tmp, &path))
+            .map_err(|source| NodeError::AddrFile { path, source })
+    }
+
+    fn on_behaviour_event(&mut self, ev: NodeBehaviourEvent) {
+        match ev {
+            NodeBehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. })
+                if info.protocols.contains(&KAD_PROTOCOL) =>
+            {
+                for addr in info.listen_addrs {
+                    self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
+                }
+            }
+            NodeBehaviourEvent::Gossipsub(gossipsub::Event::Message { message, .. }) => {
+                self.on_announcement(message);
+            }
+            NodeBehaviourEvent::Control(request_response::Event::Message {
+                peer,
+                message:
+                    request_response::Message::Request {
+                        request, channel, ..
+                    },
+                ..
+            }) => self.on_control_request(peer, request, channel),
+            NodeBehaviourEvent::Control(request_response::Event::InboundFailure {
+                peer,
+                error,
+                ..
+            }) => {
+                tracing::debug!(%peer, %error, "inbound control request failed");
+            }
+            _ => {}
+        }
+    }
+
+    fn on_announcement(&mut self, message: gossipsub::Message) {
+        let ann = match Announcement::decode(&message.data) {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(source = ?message.source, error = %e, "dropped a malformed announcement");
+                return;
+            }
+        };
+        // Gossipsub verified the signature of `source`; the announcement
+        // must speak for that same node.
+        let Some(source) = message.source else { return };
+        if ann.node != net::node_id(&source) {
+            tracing::warn!(%source, claimed = %ann.node, "dropped an announcement signed by another node");
+            return;
+        }
+        for a in &ann.addrs {
+            if let Ok(addr) = a.parse::<Multiaddr>() {
+                self.swarm.add_peer_address(source, addr);
+            }
+        }
+        let now = self.shared.now_ms();
+        if let Some(t) = self.shared.membership().observe(ann, now) {
+            tracing::info!(node = %t.node, from = ?t.from, to = t.to.as_str(), "member state changed");
+        }
+    }
+
+    fn on_control_request(
+        &mut self,
+        peer: PeerId,
+        request: ControlRequest,
+        channel: ResponseChannel<ControlResponse>,
+    ) {
+        let shared = self.shared.clone();
+        let tx = self.cmd_tx.clone();
+        tokio::spawn(async move {
+            let response = answer_control(&shared, request).await;
+            tracing::trace!(%peer, "control request answered");
+            let _ = tx.send(Command::Respond { channel, response }).await;
+        });
+    }
+}
+
+async fn answer_control(shared: &Shared, request: ControlRequest) -> ControlResponse {
+    let err = |e: crate::store::StoreError| {
+        let mut message = e.to_string();
+        message.truncate(dynostore_protocol::wire::MAX_TEXT_LEN);
+        ControlResponse::Error(RemoteError {
+            kind: e.kind(),
+            message,
+        })
+    };
+    match request {
+        ControlRequest::Status => ControlResponse::Status(shared.status().await),
+        ControlRequest::Has { shards } => {
+            let mut present = Vec::with_capacity(shards.len());
+            for s in &shards {
+                match shared.store.has(s).await {
+                    Ok(p) => present.push(p),
+                    Err(e) => return err(e),
+                }
+            }
+            ControlResponse::Has { present }
+        }
+        ControlRequest::Delete { shards } => {
+            let mut count = 0u32;
+            for s in &shards {
+                match shared.store.delete(s).await {
+                    Ok(true) => count += 1,
+                    Ok(false) => {}
+                    Err(e) => return err(e),
+                }
+            }
+            ControlResponse::Deleted { count }
+        }
+    }
+}

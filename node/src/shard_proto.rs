@@ -1,0 +1,216 @@
+//! The bulk shard protocol over raw libp2p streams, both sides.
+//!
+//! One request per stream (see `dynostore_protocol::wire`): a
+//! [`ShardRequest`] frame, for `Put` followed by the shard bytes; then one
+//! [`ShardResponse`] frame, for `Data` followed by the bytes. The server
+//! verifies a `Put` against its ID before storing it (inside the store) and
+//! the client verifies a `Get` before returning it, so neither side ever
+//! trusts the other's bytes.
+
+use std::io;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::AsyncWriteExt;
+use libp2p::{PeerId, Stream};
+use libp2p_stream::Control;
+
+use dynostore_protocol::wire::{ErrorKind, RemoteError, ShardRequest, ShardResponse};
+use dynostore_protocol::ShardId;
+
+use crate::net::{read_body, read_frame, shard_protocol, write_frame};
+use crate::store::ShardStore;
+
+/// Failure of a shard request seen from the client side.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ShardClientError {
+    #[error("cannot open a shard stream to {peer}: {reason}")]
+    Open { peer: PeerId, reason: String },
+    #[error("shard stream to {peer} failed: {source}")]
+    Io { peer: PeerId, source: io::Error },
+    #[error("{peer} timed out after {after:?}")]
+    Timeout { peer: PeerId, after: Duration },
+    #[error("{peer} refused shard {shard}: {error}")]
+    Remote {
+        peer: PeerId,
+        shard: ShardId,
+        error: RemoteError,
+    },
+    #[error("{peer} answered shard {shard} with bytes that hash to {actual}")]
+    Integrity {
+        peer: PeerId,
+        shard: ShardId,
+        actual: ShardId,
+    },
+    #[error("{peer} sent an unexpected answer: {what}")]
+    Protocol { peer: PeerId, what: String },
+}
+
+impl ShardClientError {
+    /// The remote error kind, when the peer answered with one.
+    pub fn remote_kind(&self) -> Option<ErrorKind> {
+        match self {
+            ShardClientError::Remote { error, .. } => Some(error.kind),
+            _ => None,
+        }
+    }
+}
+
+async fn open(control: &mut Control, peer: PeerId) -> Result<Stream, ShardClientError> {
+    control
+        .open_stream(peer, shard_protocol())
+        .await
+        .map_err(|e| ShardClientError::Open {
+            peer,
+            reason: e.to_string(),
+        })
+}
+
+async fn with_timeout<T>(
+    peer: PeerId,
+    after: Duration,
+    fut: impl std::future::Future<Output = Result<T, ShardClientError>>,
+) -> Result<T, ShardClientError> {
+    tokio::time::timeout(after, fut)
+        .await
+        .map_err(|_| ShardClientError::Timeout { peer, after })?
+}
+
+/// Stores `bytes` as shard `id` on `peer`; returns once the peer reports it durable.
+pub async fn put_shard(
+    control: &mut Control,
+    peer: PeerId,
+    id: ShardId,
+    bytes: &[u8],
+    timeout: Duration,
+) -> Result<(), ShardClientError> {
+    with_timeout(peer, timeout, async {
+        let mut s = open(control, peer).await?;
+        let io_err = |source| ShardClientError::Io { peer, source };
+        let req = ShardRequest::Put {
+            shard: id,
+            len: bytes.len() as u32,
+        };
+        write_frame(&mut s, &req).await.map_err(io_err)?;
+        s.write_all(bytes).await.map_err(io_err)?;
+        s.flush().await.map_err(io_err)?;
+        let resp: ShardResponse = read_frame(&mut s).await.map_err(io_err)?;
+        let _ = s.close().await;
+        match resp {
+            ShardResponse::Stored { shard } if shard == id => Ok(()),
+            ShardResponse::Error(error) => Err(ShardClientError::Remote {
+                peer,
+                shard: id,
+                error,
+            }),
+            other => Err(ShardClientError::Protocol {
+                peer,
+                what: format!("{other:?} to a put"),
+            }),
+        }
+    })
+    .await
+}
+
+/// Fetches shard `id` from `peer` and verifies it.
+pub async fn get_shard(
+    control: &mut Control,
+    peer: PeerId,
+    id: ShardId,
+    timeout: Duration,
+) -> Result<Bytes, ShardClientError> {
+    with_timeout(peer, timeout, async {
+        let mut s = open(control, peer).await?;
+        let io_err = |source| ShardClientError::Io { peer, source };
+        write_frame(&mut s, &ShardRequest::Get { shard: id })
+            .await
+            .map_err(io_err)?;
+        s.flush().await.map_err(io_err)?;
+        let resp: ShardResponse = read_frame(&mut s).await.map_err(io_err)?;
+        match resp {
+            ShardResponse::Data { shard, len } if shard == id => {
+                let body = read_body(&mut s, len as usize).await.map_err(io_err)?;
+                let _ = s.close().await;
+                let actual = ShardId::of(&body);
+                if actual != id {
+                    return Err(ShardClientError::Integrity {
+                        peer,
+                        shard: id,
+                        actual,
+                    });
+                }
+                Ok(Bytes::from(body))
+            }
+            ShardResponse::Error(error) => Err(ShardClientError::Remote {
+                peer,
+                shard: id,
+                error,
+            }),
+            other => Err(ShardClientError::Protocol {
+                peer,
+                what: format!("{other:?} to a get"),
+            }),
+        }
+    })
+    .await
+}
+
+fn remote(kind: ErrorKind, message: impl ToString) -> ShardResponse {
+    let mut message = message.to_string();
+    message.truncate(dynostore_protocol::wire::MAX_TEXT_LEN);
+    ShardResponse::Error(RemoteError { kind, message })
+}
+
+/// Serves one inbound shard stream. Returns the number of shard bytes moved.
+pub async fn serve_stream(
+    mut s: Stream,
+    peer: PeerId,
+    store: ShardStore,
+    timeout: Duration,
+) -> io::Result<u64> {
+    let work = async {
+        let req: ShardRequest = read_frame(&mut s).await?;
+        let (resp, body, moved) = match req {
+            ShardRequest::Put { shard, len } => {
+                let bytes = read_body(&mut s, len as usize).await?;
+                let n = bytes.len() as u64;
+                match store.put(shard, Bytes::from(bytes)).await {
+                    Ok(()) => (ShardResponse::Stored { shard }, None, n),
+                    Err(e) => {
+                        tracing::warn!(%peer, shard = %shard.short(), error = %e, "refused shard");
+                        (remote(e.kind(), &e), None, 0)
+                    }
+                }
+            }
+            ShardRequest::Get { shard } => match store.get(&shard).await {
+                Ok(bytes) => {
+                    let n = bytes.len() as u64;
+                    (
+                        ShardResponse::Data {
+                            shard,
+                            len: bytes.len() as u32,
+                        },
+                        Some(bytes),
+                        n,
+                    )
+                }
+                Err(e) => (remote(e.kind(), &e), None, 0),
+            },
+        };
+        write_frame(&mut s, &resp).await?;
+        if let Some(body) = body {
+            s.write_all(&body).await?;
+        }
+        s.flush().await?;
+        s.close().await?;
+        Ok(moved)
+    };
+    match tokio::time::timeout(timeout, work).await {
+        Ok(r) => r,
+        Err(_) => Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("shard stream from {peer} took longer than {timeout:?}"),
+        )),
+    }
+}

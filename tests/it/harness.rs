@@ -1,0 +1,301 @@
+//! Test harness: real `dynostore` node processes on loopback.
+//!
+//! Every node gets its own directory under one temporary network directory,
+//! its own free port on 127.0.0.1, and its log in `DIR/node.log`. Waiting is
+//! always on a condition with a deadline ([`wait_until`]), never a bare sleep.
+
+use std::fs;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// The node binary under test (built from `node/src/main.rs` in this package).
+pub fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_dynostore-it"))
+}
+
+/// Fast membership timings for tests.
+pub const ANNOUNCE_MS: u64 = 300;
+pub const SUSPECT_MS: u64 = 1_500;
+pub const DOWN_MS: u64 = 4_000;
+
+/// Polls `cond` every 100 ms until it returns `Some`, or panics after `limit`
+/// with `what` and the last observation.
+pub fn wait_until<T>(
+    limit: Duration,
+    what: &str,
+    mut cond: impl FnMut() -> Result<T, String>,
+) -> T {
+    let deadline = Instant::now() + limit;
+    let mut last;
+    loop {
+        match cond() {
+            Ok(v) => return v,
+            Err(e) => last = e,
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}; last: {last}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A free TCP port on 127.0.0.1 (the listener is dropped before use).
+pub fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    l.local_addr().expect("local addr").port()
+}
+
+/// A temporary network: a directory and a network key.
+pub struct Net {
+    pub root: tempfile::TempDir,
+    pub key: PathBuf,
+}
+
+impl Net {
+    pub fn new() -> Net {
+        let root = tempfile::tempdir().expect("tempdir");
+        let key = root.path().join("network.key");
+        let out = Command::new(bin())
+            .args(["network-key"])
+            .arg(&key)
+            .output()
+            .expect("run network-key");
+        assert!(out.status.success(), "network-key failed: {out:?}");
+        Net { root, key }
+    }
+
+    /// Runs a client command with this network's key; returns its output.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        cli_with_key(Some(&self.key), args)
+    }
+
+    /// `status --json` from `peer`.
+    pub fn status(&self, peer: &str) -> Result<Value, String> {
+        let out = self.cli(&["status", "--json", "--timeout-secs", "5", "--peer", peer]);
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+        }
+        serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())
+    }
+}
+
+/// Runs the CLI with the given key (or none, with the variable cleared).
+pub fn cli_with_key(key: Option<&Path>, args: &[&str]) -> Output {
+    let mut cmd = Command::new(bin());
+    cmd.args(args).env_remove("DYNOSTORE_PEER");
+    match key {
+        Some(k) => cmd.env("DYNOSTORE_NETWORK_KEY", k),
+        None => cmd.env_remove("DYNOSTORE_NETWORK_KEY"),
+    };
+    cmd.output().expect("run dynostore")
+}
+
+/// One node process.
+pub struct NodeProc {
+    pub name: String,
+    pub dir: PathBuf,
+    pub id: String,
+    pub port: u16,
+    child: Option<Child>,
+}
+
+/// How to initialise a node.
+pub struct NodeSpec<'a> {
+    pub site: &'a str,
+    pub containers: Vec<String>,
+    pub bootstrap: Option<&'a str>,
+    /// `None` = no key (an open node), `Some(path)` = that key file.
+    pub key: Option<&'a Path>,
+}
+
+impl NodeProc {
+    /// `dynostore init` in `root/name`.
+    pub fn init(root: &Path, name: &str, spec: NodeSpec<'_>) -> NodeProc {
+        let dir = root.join(name);
+        let port = free_port();
+        let listen = format!("/ip4/127.0.0.1/tcp/{port}");
+        let mut args: Vec<String> = vec![
+            "init".into(),
+            "--dir".into(),
+            dir.display().to_string(),
+            "--listen".into(),
+            listen,
+            "--site".into(),
+            spec.site.into(),
+            "--announce-interval-ms".into(),
+            ANNOUNCE_MS.to_string(),
+            "--suspect-after-ms".into(),
+            SUSPECT_MS.to_string(),
+            "--down-after-ms".into(),
+            DOWN_MS.to_string(),
+        ];
+        for c in &spec.containers {
+            args.push("--container".into());
+            args.push(c.clone());
+        }
+        if let Some(b) = spec.bootstrap {
+            args.push("--bootstrap".into());
+            args.push(b.into());
+        }
+        if let Some(k) = spec.key {
+            args.push("--network-key".into());
+            args.push(k.display().to_string());
+        }
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = cli_with_key(None, &refs);
+        assert!(
+            out.status.success(),
+            "init {name} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        NodeProc {
+            name: name.into(),
+            dir,
+            id,
+            port,
+            child: None,
+        }
+    }
+
+    /// Starts the process and waits until it has written `node.addr`.
+    pub fn start(&mut self) {
+        assert!(self.child.is_none(), "{} is already running", self.name);
+        let addr_file = self.dir.join("node.addr");
+        let _ = fs::remove_file(&addr_file);
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("node.log"))
+            .expect("open node log");
+        let child = Command::new(bin())
+            .args(["node", "--dir"])
+            .arg(&self.dir)
+            .env("RUST_LOG", "info,libp2p_gossipsub=warn")
+            .env_remove("DYNOSTORE_NETWORK_KEY")
+            .stdout(Stdio::from(log.try_clone().expect("clone log")))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("spawn node");
+        self.child = Some(child);
+        let name = self.name.clone();
+        wait_until(
+            Duration::from_secs(30),
+            &format!("{name} to listen"),
+            || {
+                if let Some(status) = self
+                    .child
+                    .as_mut()
+                    .and_then(|c| c.try_wait().ok().flatten())
+                {
+                    panic!("{name} exited with {status}: {}", self.log_tail());
+                }
+                match fs::read_to_string(&addr_file) {
+                    Ok(s) if s.lines().next().is_some() => Ok(()),
+                    _ => Err("no node.addr yet".into()),
+                }
+            },
+        );
+    }
+
+    /// The node's full multiaddr.
+    pub fn addr(&self) -> String {
+        format!("/ip4/127.0.0.1/tcp/{}/p2p/{}", self.port, self.id)
+    }
+
+    /// SIGKILL: a crash.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait: a clean stop.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill").arg(c.id().to_string()).status();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    pub fn log_tail(&self) -> String {
+        let log = fs::read_to_string(self.dir.join("node.log")).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+}
+
+impl Drop for NodeProc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The member entry for node `id` in a status report.
+pub fn member<'a>(status: &'a Value, id: &str) -> Option<&'a Value> {
+    status["members"]
+        .as_array()?
+        .iter()
+        .find(|m| m["id"].as_str() == Some(id))
+}
+
+/// The state (`alive`, `suspect`, `down`) of `id` in a status report.
+pub fn state_of(status: &Value, id: &str) -> Option<String> {
+    member(status, id).and_then(|m| m["state"].as_str().map(str::to_string))
+}
+
+/// Starts `n` nodes; every node after the first bootstraps from the first only.
+pub fn cluster(net: &Net, n: usize, containers: impl Fn(usize) -> Vec<String>) -> Vec<NodeProc> {
+    let mut nodes: Vec<NodeProc> = Vec::new();
+    for i in 0..n {
+        let first = nodes.first().map(NodeProc::addr);
+        let mut node = NodeProc::init(
+            net.root.path(),
+            &format!("n{i}"),
+            NodeSpec {
+                site: &format!("site-{}", i % 3),
+                containers: containers(i),
+                bootstrap: first.as_deref(),
+                key: Some(&net.key),
+            },
+        );
+        node.start();
+        nodes.push(node);
+    }
+    nodes
+}
+
+/// Waits until every node's view lists every node in `ids` as `state`.
+pub fn wait_all_see(net: &Net, observers: &[String], ids: &[&str], state: &str, limit: Duration) {
+    wait_until(
+        limit,
+        &format!("every node to see {} members {state}", ids.len()),
+        || {
+            for o in observers {
+                let s = net.status(o)?;
+                for id in ids {
+                    let got = state_of(&s, id);
+                    if got.as_deref() != Some(state) {
+                        return Err(format!("{o} sees {id} as {got:?}"));
+                    }
+                }
+            }
+            Ok(())
+        },
+    );
+}
+
+/// The addresses of `nodes`.
+pub fn addrs<'a>(nodes: impl IntoIterator<Item = &'a NodeProc>) -> Vec<String> {
+    nodes.into_iter().map(NodeProc::addr).collect()
+}

@@ -1,0 +1,8 @@
+//! One integration-test binary: real `dynostore` processes on loopback.
+
+mod federation;
+mod frames;
+mod harness;
+mod membership;
+mod s3;
+mod shards;
