@@ -11,7 +11,6 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use libp2p::identity::Keypair;
-use libp2p::pnet::PreSharedKey;
 use libp2p::request_response::{self, OutboundRequestId};
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{Multiaddr, PeerId, Swarm};
@@ -19,6 +18,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use dynostore_protocol::wire::{ControlRequest, ControlResponse};
 
+use crate::keys::NetworkKey;
 use crate::net::{self, ControlBehaviour};
 
 /// Failures of the client connection.
@@ -78,11 +78,12 @@ impl Client {
     /// Dials `addr` and waits until the connection is established.
     pub async fn connect(
         addr: Multiaddr,
-        psk: Option<PreSharedKey>,
+        network_key: Option<&NetworkKey>,
         timeout: Duration,
     ) -> Result<Client, ClientError> {
         let key = Keypair::generate_ed25519();
-        let transport = net::transport(&key, psk).map_err(|e| ClientError::Setup(e.to_string()))?;
+        let transport =
+            net::transport(&key, network_key).map_err(|e| ClientError::Setup(e.to_string()))?;
         let mut swarm = libp2p::SwarmBuilder::with_existing_identity(key)
             .with_tokio()
             .with_other_transport(|_| transport)

@@ -4,17 +4,53 @@
 //!   encoding, mode 0600), created by `init`. Its `PeerId` is the node's
 //!   `NodeId`, so a restart keeps the ID.
 //! - Network key: 32 random bytes in the go-libp2p pre-shared-key file
-//!   format (`/key/swarm/psk/1.0.0/`, `/base16/`, 64 hex characters). Every
-//!   TCP connection is encrypted with it (libp2p pnet, XSalsa20) before the
-//!   Noise handshake, so a peer without the same key cannot complete a
-//!   handshake at all: it sees no protocol, no peer ID, no shard.
+//!   format (`/key/swarm/psk/1.0.0/`, `/base16/`, 64 hex characters). A
+//!   secret derived from it is the prologue of every Noise handshake
+//!   ([`NetworkKey::noise_prologue`]): Noise mixes the prologue into the
+//!   handshake hash that authenticates every handshake message, so a peer
+//!   without the same key fails the handshake. It learns no peer ID, reaches
+//!   no protocol and touches no shard. (ARCHITECTURE.md says why this
+//!   replaced libp2p pnet.)
 
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use libp2p::identity::Keypair;
-use libp2p::pnet::PreSharedKey;
+
+/// The network's shared credential (32 secret bytes).
+#[derive(Clone, PartialEq, Eq)]
+pub struct NetworkKey([u8; 32]);
+
+impl NetworkKey {
+    pub fn random() -> Self {
+        NetworkKey(rand::random())
+    }
+
+    /// The go-libp2p key file text.
+    pub fn to_key_file(&self) -> String {
+        let hex: String = self.0.iter().map(|b| format!("{b:02x}")).collect();
+        format!("/key/swarm/psk/1.0.0/\n/base16/\n{hex}\n")
+    }
+
+    /// The Noise prologue: a key derived from the network key, so that the
+    /// key itself never enters another protocol.
+    pub fn noise_prologue(&self) -> Vec<u8> {
+        blake3::derive_key("dynostore 2026-11 noise prologue v1", &self.0).to_vec()
+    }
+
+    /// A short public fingerprint, for logs.
+    pub fn fingerprint(&self) -> String {
+        let h = blake3::derive_key("dynostore 2026-11 key fingerprint v1", &self.0);
+        h[..8].iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+impl std::fmt::Debug for NetworkKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "NetworkKey({})", self.fingerprint())
+    }
+}
 
 /// Problems with key files.
 #[derive(Debug, thiserror::Error)]
@@ -98,19 +134,19 @@ pub fn load_identity(path: &Path) -> Result<Keypair, KeyError> {
 }
 
 /// Writes a new random network key to `path` (refusing to overwrite).
-pub fn create_network_key(path: &Path) -> Result<PreSharedKey, KeyError> {
-    let psk = PreSharedKey::new(rand::random());
-    write_network_key(path, psk)?;
+pub fn create_network_key(path: &Path) -> Result<NetworkKey, KeyError> {
+    let psk = NetworkKey::random();
+    write_network_key(path, &psk)?;
     Ok(psk)
 }
 
 /// Writes `psk` to a new file at `path` (refusing to overwrite).
-pub fn write_network_key(path: &Path, psk: PreSharedKey) -> Result<(), KeyError> {
+pub fn write_network_key(path: &Path, psk: &NetworkKey) -> Result<(), KeyError> {
     write_secret(path, psk.to_key_file().as_bytes())
 }
 
 /// Reads and checks a network key file.
-pub fn load_network_key(path: &Path) -> Result<PreSharedKey, KeyError> {
+pub fn load_network_key(path: &Path) -> Result<NetworkKey, KeyError> {
     let text = fs::read_to_string(path).map_err(|source| KeyError::Read {
         path: path.to_path_buf(),
         source,
@@ -121,9 +157,8 @@ pub fn load_network_key(path: &Path) -> Result<PreSharedKey, KeyError> {
     })
 }
 
-/// Parses the key file text. Checked here rather than by libp2p's parser,
-/// which slices the hex by byte offsets and would panic on non-ASCII input.
-pub fn parse_network_key(text: &str) -> Result<PreSharedKey, String> {
+/// Parses the key file text (the go-libp2p pre-shared-key format).
+pub fn parse_network_key(text: &str) -> Result<NetworkKey, String> {
     let mut lines = text.lines();
     if lines.next() != Some("/key/swarm/psk/1.0.0/") {
         return Err("the first line is not '/key/swarm/psk/1.0.0/'".into());
@@ -143,7 +178,7 @@ pub fn parse_network_key(text: &str) -> Result<PreSharedKey, String> {
         *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16)
             .map_err(|e| format!("bad hex at byte {i}: {e}"))?;
     }
-    Ok(PreSharedKey::new(key))
+    Ok(NetworkKey(key))
 }
 
 #[cfg(test)]

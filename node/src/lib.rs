@@ -4,6 +4,8 @@
 //! - [`keys`]: the node identity and the network's pre-shared key.
 //! - [`container`]: data containers (filesystem, memory, S3, ...) behind one trait.
 //! - [`store`]: the shard store: sled index + containers, BLAKE3-verified.
+//! - [`manifests`]: the manifest replicas this node holds.
+//! - [`datapath`]: put/get/stat/rm/ls of objects as an entry peer.
 //! - [`net`]: transports (TCP + pnet + Noise + Yamux; QUIC in open networks),
 //!   the control codec and stream framing.
 //! - [`shard_proto`]: the bulk shard protocol over raw streams, both sides.
@@ -13,8 +15,11 @@
 pub mod client;
 pub mod config;
 pub mod container;
+pub mod datapath;
 pub mod keys;
+pub mod manifests;
 pub mod net;
 pub mod node;
+pub mod objects;
 pub mod shard_proto;
 pub mod store;

@@ -11,9 +11,13 @@ use libp2p::Multiaddr;
 use dynostore_node::client::Client;
 use dynostore_node::config::{Config, IDENTITY_FILE};
 use dynostore_node::container::ContainerSpec;
+use dynostore_node::objects::{self, Output, Progress, PutParams};
 use dynostore_node::{keys, node, shard_proto};
-use dynostore_protocol::wire::{ControlRequest, ControlResponse, StatusReport};
-use dynostore_protocol::ShardId;
+use dynostore_protocol::erasure::CodecKind;
+use dynostore_protocol::wire::{
+    ClientRequest, ClientResponse, ControlRequest, ControlResponse, ObjectStat, StatusReport,
+};
+use dynostore_protocol::{ObjectId, ShardId};
 
 /// DynoStore: erasure-coded peer-to-peer storage across sites.
 #[derive(Debug, Parser)]
@@ -42,9 +46,72 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Store files; prints each object's ID (its BLAKE3, as b3sum prints it).
+    Put(PutArgs),
+    /// Fetch an object by ID; verifies every byte against the ID.
+    Get {
+        id: String,
+        /// Output file ('-' for standard output). Written as FILE.partial
+        /// and renamed only once the whole object is verified.
+        #[arg(short, long, default_value = "-")]
+        output: PathBuf,
+        #[command(flatten)]
+        conn: ConnArgs,
+    },
+    /// Show an object's geometry, shard holders and health.
+    Stat {
+        id: String,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        conn: ConnArgs,
+    },
+    /// Remove an object: its shards and its manifest replicas.
+    Rm {
+        id: String,
+        #[command(flatten)]
+        conn: ConnArgs,
+    },
+    /// List the objects the network holds.
+    Ls {
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        conn: ConnArgs,
+    },
     /// Low-level shard operations against one node (for operators and tests).
     #[command(subcommand)]
     Shard(ShardCommand),
+}
+
+#[derive(Debug, Args)]
+struct PutArgs {
+    /// Files to store (with -r: one directory).
+    #[arg(required = true)]
+    files: Vec<PathBuf>,
+    /// Store every file under the directory, each named by its relative path.
+    #[arg(short = 'r', long)]
+    recursive: bool,
+    /// Data shards per stripe.
+    #[arg(long, default_value_t = 4)]
+    k: u16,
+    /// Parity shards per stripe: the number of node losses survived.
+    #[arg(long, default_value_t = 2)]
+    m: u16,
+    /// Erasure codec: reed-solomon-simd or reed-solomon-novelpoly.
+    #[arg(long, default_value = "reed-solomon-simd")]
+    codec: CodecKind,
+    /// Segment size in bytes (default: k MiB, i.e. 1 MiB shards).
+    #[arg(long)]
+    segment_size: Option<u32>,
+    /// Name recorded in the manifest (default: the file name).
+    #[arg(long)]
+    name: Option<String>,
+    /// One JSON object per file instead of the ID.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    conn: ConnArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -113,7 +180,7 @@ impl ConnArgs {
             Some(p) => Some(keys::load_network_key(p)?),
             None => None,
         };
-        Ok(Client::connect(self.peer.clone(), psk, self.timeout()).await?)
+        Ok(Client::connect(self.peer.clone(), psk.as_ref(), self.timeout()).await?)
     }
 
     fn timeout(&self) -> Duration {
@@ -161,6 +228,21 @@ async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Status { conn, json } => status(conn, json).await,
+        Command::Put(args) => put(args).await,
+        Command::Get { id, output, conn } => get(&id, output, conn).await,
+        Command::Stat { id, json, conn } => stat(&id, json, conn).await,
+        Command::Rm { id, conn } => {
+            let object = parse_object(&id)?;
+            let client = conn.connect().await?;
+            match objects::request(&client, ClientRequest::Remove { object }).await? {
+                ClientResponse::Removed { shards, manifests } => {
+                    println!("removed {object}: {shards} shards, {manifests} manifest replicas");
+                    Ok(())
+                }
+                other => bail!("unexpected answer: {other:?}"),
+            }
+        }
+        Command::Ls { json, conn } => ls(json, conn).await,
         Command::Shard(ShardCommand::Put { file, conn }) => {
             let bytes =
                 std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
@@ -180,6 +262,253 @@ async fn run(cli: Cli) -> Result<()> {
             write_output(&output, &bytes)
         }
     }
+}
+
+fn parse_object(id: &str) -> Result<ObjectId> {
+    id.parse::<ObjectId>()
+        .with_context(|| format!("{id:?} is not an object ID"))
+}
+
+/// An indicatif bar on a terminal; nothing when piped or with --json.
+struct Bar(Option<indicatif::ProgressBar>);
+
+impl Bar {
+    fn new(quiet: bool, what: &str) -> Bar {
+        use std::io::IsTerminal;
+        if quiet || !std::io::stderr().is_terminal() {
+            return Bar(None);
+        }
+        let pb = indicatif::ProgressBar::new(0);
+        pb.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> "),
+        );
+        pb.set_message(what.to_string());
+        Bar(Some(pb))
+    }
+
+    fn finish(&self) {
+        if let Some(pb) = &self.0 {
+            pb.finish_and_clear();
+        }
+    }
+}
+
+impl Progress for Bar {
+    fn set_len(&mut self, len: u64) {
+        if let Some(pb) = &self.0 {
+            pb.set_length(len);
+        }
+    }
+    fn advance(&mut self, done: u64) {
+        if let Some(pb) = &self.0 {
+            pb.set_position(done);
+        }
+    }
+}
+
+/// The files of a put, each with the name it is stored under.
+fn put_targets(args: &PutArgs) -> Result<Vec<(PathBuf, String)>> {
+    if !args.recursive {
+        return Ok(args
+            .files
+            .iter()
+            .map(|f| {
+                let name = args.name.clone().unwrap_or_else(|| {
+                    f.file_name()
+                        .map(|n| n.to_string_lossy().into_owned())
+                        .unwrap_or_else(|| f.display().to_string())
+                });
+                (f.clone(), name)
+            })
+            .collect());
+    }
+    let mut out = Vec::new();
+    for root in &args.files {
+        if !root.is_dir() {
+            bail!(
+                "{} is not a directory (put -r takes directories)",
+                root.display()
+            );
+        }
+        let mut stack = vec![root.clone()];
+        while let Some(dir) = stack.pop() {
+            let entries = std::fs::read_dir(&dir)
+                .with_context(|| format!("cannot read {}", dir.display()))?;
+            for e in entries {
+                let p = e
+                    .with_context(|| format!("cannot read {}", dir.display()))?
+                    .path();
+                if p.is_dir() {
+                    stack.push(p);
+                } else {
+                    let rel = p
+                        .strip_prefix(root)
+                        .unwrap_or(&p)
+                        .to_string_lossy()
+                        .into_owned();
+                    out.push((p, rel));
+                }
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+async fn put(args: PutArgs) -> Result<()> {
+    let targets = put_targets(&args)?;
+    let total = targets.len();
+    let client = args.conn.connect().await?;
+    let mut failures = 0;
+    for (path, name) in targets {
+        let params = PutParams {
+            codec: args.codec,
+            k: args.k,
+            m: args.m,
+            segment_size: args.segment_size,
+            name: Some(name.clone()),
+        };
+        let mut bar = Bar::new(args.json, &name);
+        let r = objects::put_file(&client, &path, &params, &mut bar).await;
+        bar.finish();
+        match r {
+            Ok(r) if args.json => println!(
+                "{}",
+                serde_json::json!({
+                    "id": r.object.to_string(), "size": r.size, "k": r.k, "m": r.m,
+                    "name": name, "segments": r.segments, "existed": r.existed,
+                    "manifest_replicas": r.manifest_replicas,
+                })
+            ),
+            Ok(r) => println!("{}", r.object),
+            Err(e) if total == 1 => bail!("{}: {e}", path.display()),
+            Err(e) => {
+                failures += 1;
+                eprintln!("error: {}: {e}", path.display());
+            }
+        }
+    }
+    if failures > 0 {
+        bail!("{failures} of {total} files not stored");
+    }
+    Ok(())
+}
+
+async fn get(id: &str, output: PathBuf, conn: ConnArgs) -> Result<()> {
+    let object = parse_object(id)?;
+    let out = if output == Path::new("-") {
+        Output::Stdout
+    } else {
+        Output::File(output)
+    };
+    let client = conn.connect().await?;
+    let mut bar = Bar::new(matches!(out, Output::Stdout), &object.short());
+    let r = objects::get_object(&client, object, &out, &mut bar).await;
+    bar.finish();
+    let (_, skipped) = r?;
+    for s in skipped {
+        eprintln!(
+            "warning: segment {}: shard {} on {} skipped: {}",
+            s.segment,
+            s.shard.short(),
+            s.holder,
+            s.reason
+        );
+    }
+    Ok(())
+}
+
+async fn stat(id: &str, json: bool, conn: ConnArgs) -> Result<()> {
+    let object = parse_object(id)?;
+    let client = conn.connect().await?;
+    let st = match objects::request(&client, ClientRequest::Stat { object }).await? {
+        ClientResponse::Stat(st) => st,
+        other => bail!("unexpected answer: {other:?}"),
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&stat_json(&st))?);
+        return Ok(());
+    }
+    println!("object   {}", st.object);
+    if let Some(n) = &st.meta.name {
+        println!("name     {n}");
+    }
+    println!("size     {} ({})", st.size, human_bytes(st.size));
+    println!(
+        "codec    {} k={} m={} segment {}",
+        st.codec,
+        st.k,
+        st.m,
+        human_bytes(u64::from(st.segment_size))
+    );
+    println!("segments {}", st.segments.len());
+    println!(
+        "health   {}",
+        serde_json::to_value(st.health)?.as_str().unwrap_or("?")
+    );
+    for (i, seg) in st.segments.iter().enumerate() {
+        let ok = seg.shards.iter().filter(|s| s.ok).count();
+        println!("  segment {i}: {ok}/{} shards verified", seg.shards.len());
+        for (j, sh) in seg.shards.iter().enumerate() {
+            println!(
+                "    {j:>3} {} on {} {}",
+                sh.id.short(),
+                sh.holder,
+                if sh.ok { "ok" } else { "MISSING" }
+            );
+        }
+    }
+    Ok(())
+}
+
+fn stat_json(st: &ObjectStat) -> serde_json::Value {
+    serde_json::json!({
+        "id": st.object.to_string(),
+        "size": st.size,
+        "codec": st.codec.name(),
+        "k": st.k,
+        "m": st.m,
+        "segment_size": st.segment_size,
+        "name": st.meta.name,
+        "health": st.health,
+        "segments": st.segments.iter().map(|seg| serde_json::json!({
+            "len": seg.len,
+            "shards": seg.shards.iter().map(|s| serde_json::json!({
+                "id": s.id.to_string(), "holder": s.holder.to_string(), "ok": s.ok,
+            })).collect::<Vec<_>>(),
+        })).collect::<Vec<_>>(),
+    })
+}
+
+async fn ls(json: bool, conn: ConnArgs) -> Result<()> {
+    let client = conn.connect().await?;
+    let objects = match objects::request(&client, ClientRequest::List).await? {
+        ClientResponse::List { objects } => objects,
+        other => bail!("unexpected answer: {other:?}"),
+    };
+    if json {
+        let v: Vec<_> = objects
+            .iter()
+            .map(
+                |o| serde_json::json!({"id": o.object.to_string(), "size": o.size, "name": o.name}),
+            )
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    for o in objects {
+        println!(
+            "{}  {:>12}  {}",
+            o.object,
+            human_bytes(o.size),
+            o.name.unwrap_or_default()
+        );
+    }
+    Ok(())
 }
 
 fn write_output(path: &Path, bytes: &[u8]) -> Result<()> {
@@ -219,7 +548,7 @@ fn init(args: InitArgs) -> Result<()> {
                 bail!("{} holds a different network key", dest.display());
             }
         } else {
-            keys::write_network_key(&dest, psk)?;
+            keys::write_network_key(&dest, &psk)?;
         }
         cfg.network_key = Some(local);
     }

@@ -1,11 +1,11 @@
 //! libp2p plumbing shared by the node and the command-line client:
 //! transports, the control-protocol codec, and framing on raw streams.
 //!
-//! Transport: TCP with, when a network key is given, libp2p pnet (a
-//! pre-shared-key XSalsa20 layer under everything else), then Noise and
-//! Yamux. Without a key, QUIC is offered as well. pnet wraps byte streams,
-//! and QUIC's handshake is its own TLS, so QUIC is never used in a private
-//! network: a QUIC listener would be a door that the key does not lock.
+//! Transport: TCP, then Noise (whose prologue, in a private network, is
+//! derived from the network key: see `keys`), then Yamux. Without a key,
+//! QUIC is offered as well. QUIC's handshake is its own TLS and cannot
+//! carry the key, so QUIC is never used in a private network: a QUIC
+//! listener would be a door the key does not lock.
 //!
 //! Every read from the network goes through [`read_frame`] or the control
 //! codec, which check the length prefix against the message's limit before
@@ -20,12 +20,12 @@ use libp2p::core::muxing::StreamMuxerBox;
 use libp2p::core::transport::{Boxed, Transport as _};
 use libp2p::core::upgrade::Version;
 use libp2p::identity::Keypair;
-use libp2p::pnet::{PnetConfig, PreSharedKey};
 use libp2p::request_response::{self, ProtocolSupport};
 use libp2p::{noise, tcp, yamux, PeerId, StreamProtocol};
 
+use crate::keys::NetworkKey;
 use dynostore_protocol::wire::{
-    ControlRequest, ControlResponse, WireMessage, CONTROL_PROTOCOL, SHARD_PROTOCOL,
+    ControlRequest, ControlResponse, WireMessage, CLIENT_PROTOCOL, CONTROL_PROTOCOL, SHARD_PROTOCOL,
 };
 
 /// Problems building the transport.
@@ -39,27 +39,20 @@ pub enum NetError {
 /// The authenticated, multiplexed transport for a node or a client.
 pub fn transport(
     key: &Keypair,
-    psk: Option<PreSharedKey>,
+    network_key: Option<&NetworkKey>,
 ) -> Result<Boxed<(PeerId, StreamMuxerBox)>, NetError> {
     let tcp_cfg = tcp::Config::default().nodelay(true);
-    let noise = noise::Config::new(key)?;
-    let yamux = yamux::Config::default();
-    let tcp = match psk {
-        Some(psk) => tcp::tokio::Transport::new(tcp_cfg)
-            .and_then(move |socket, _| PnetConfig::new(psk).handshake(socket))
-            .upgrade(Version::V1Lazy)
-            .authenticate(noise)
-            .multiplex(yamux)
-            .map(|(peer, muxer), _| (peer, StreamMuxerBox::new(muxer)))
-            .boxed(),
-        None => tcp::tokio::Transport::new(tcp_cfg)
-            .upgrade(Version::V1Lazy)
-            .authenticate(noise)
-            .multiplex(yamux)
-            .map(|(peer, muxer), _| (peer, StreamMuxerBox::new(muxer)))
-            .boxed(),
-    };
-    if psk.is_some() {
+    let mut noise = noise::Config::new(key)?;
+    if let Some(nk) = network_key {
+        noise = noise.with_prologue(nk.noise_prologue());
+    }
+    let tcp = tcp::tokio::Transport::new(tcp_cfg)
+        .upgrade(Version::V1Lazy)
+        .authenticate(noise)
+        .multiplex(yamux::Config::default())
+        .map(|(peer, muxer), _| (peer, StreamMuxerBox::new(muxer)))
+        .boxed();
+    if network_key.is_some() {
         return Ok(tcp);
     }
     let quic = libp2p::quic::tokio::Transport::new(libp2p::quic::Config::new(key))
@@ -74,6 +67,10 @@ pub fn transport(
 
 pub const fn shard_protocol() -> StreamProtocol {
     StreamProtocol::new(SHARD_PROTOCOL)
+}
+
+pub const fn client_protocol() -> StreamProtocol {
+    StreamProtocol::new(CLIENT_PROTOCOL)
 }
 
 pub const fn control_protocol() -> StreamProtocol {

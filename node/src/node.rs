@@ -17,6 +17,7 @@
 //! Shutdown: SIGINT/SIGTERM (or the future given to [`run`]) stops the
 //! loop, the store is flushed, `node.addr` is removed.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -26,11 +27,11 @@ use futures::StreamExt;
 use libp2p::gossipsub::{self, IdentTopic, MessageAuthenticity, ValidationMode};
 use libp2p::identity::Keypair;
 use libp2p::kad::{self, store::MemoryStore};
-use libp2p::request_response::{self, ResponseChannel};
+use libp2p::request_response::{self, OutboundRequestId, ResponseChannel};
 use libp2p::swarm::dial_opts::DialOpts;
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{identify, Multiaddr, PeerId, StreamProtocol, Swarm};
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use dynostore_protocol::membership::{Membership, Timeouts};
 use dynostore_protocol::wire::{
@@ -41,11 +42,14 @@ use dynostore_protocol::{MemberState, NodeId};
 
 use crate::config::{Config, ADDR_FILE, IDENTITY_FILE};
 use crate::keys;
+use crate::manifests::ManifestStore;
 use crate::net::{self, ControlBehaviour};
 use crate::store::ShardStore;
 
 /// Inbound shard streams served at once; bounds memory to this many shards.
 pub const MAX_INBOUND_STREAMS: usize = 32;
+/// Client operations (put, get, ...) served at once.
+pub const MAX_CLIENT_STREAMS: usize = 16;
 /// Depth of the event loop's command queue.
 const COMMAND_QUEUE: usize = 256;
 /// Most peers dialled per announcement round.
@@ -85,25 +89,34 @@ struct NodeBehaviour {
     stream: libp2p_stream::Behaviour,
 }
 
-enum Command {
+pub(crate) enum Command {
     Publish(Vec<u8>),
     Respond {
         channel: ResponseChannel<ControlResponse>,
         response: ControlResponse,
     },
+    Request {
+        peer: PeerId,
+        request: ControlRequest,
+        reply: oneshot::Sender<Result<ControlResponse, String>>,
+    },
 }
 
 /// State shared by the event loop and the node's tasks.
-struct Shared {
-    local: NodeId,
+pub(crate) struct Shared {
+    pub(crate) local: NodeId,
     site: String,
-    store: ShardStore,
+    pub(crate) store: ShardStore,
+    pub(crate) manifests: ManifestStore,
     membership: Mutex<Membership>,
     start: Instant,
     listen_addrs: Mutex<Vec<Multiaddr>>,
     in_flight: AtomicU32,
     bytes_moved: AtomicU64,
-    timeout: Duration,
+    pub(crate) timeout: Duration,
+    /// For opening shard streams to other nodes.
+    pub(crate) streams: libp2p_stream::Control,
+    cmd_tx: mpsc::Sender<Command>,
 }
 
 impl Shared {
@@ -111,7 +124,26 @@ impl Shared {
         self.start.elapsed().as_millis() as u64
     }
 
-    fn membership(&self) -> std::sync::MutexGuard<'_, Membership> {
+    /// Sends a control request to `peer` through the event loop.
+    pub(crate) async fn request(
+        &self,
+        peer: PeerId,
+        request: ControlRequest,
+    ) -> Result<ControlResponse, String> {
+        let (reply, rx) = oneshot::channel();
+        self.cmd_tx
+            .send(Command::Request {
+                peer,
+                request,
+                reply,
+            })
+            .await
+            .map_err(|_| "the node is shutting down".to_string())?;
+        rx.await
+            .map_err(|_| "the node is shutting down".to_string())?
+    }
+
+    pub(crate) fn membership(&self) -> std::sync::MutexGuard<'_, Membership> {
         // A poisoned lock means a panic elsewhere already; the view itself
         // is still consistent (every update is a single insert or field set).
         self.membership
@@ -169,11 +201,15 @@ pub async fn run(
         }
     };
     let store = ShardStore::open(dir, &cfg.containers).await?;
+    let manifests = ManifestStore::open(&store)?;
     let local = net::node_id(&key.public().to_peer_id());
+    let mut swarm = build_swarm(&key, psk.as_ref(), &cfg)?;
+    let (cmd_tx, cmd_rx) = mpsc::channel(COMMAND_QUEUE);
     let shared = Arc::new(Shared {
         local: local.clone(),
         site: cfg.site.clone(),
         store,
+        manifests,
         membership: Mutex::new(Membership::new(
             local,
             Timeouts {
@@ -186,8 +222,9 @@ pub async fn run(
         in_flight: AtomicU32::new(0),
         bytes_moved: AtomicU64::new(0),
         timeout: cfg.request_timeout(),
+        streams: swarm.behaviour().stream.new_control(),
+        cmd_tx: cmd_tx.clone(),
     });
-    let mut swarm = build_swarm(&key, psk, &cfg)?;
     for addr in cfg.listen_addrs() {
         swarm
             .listen_on(addr.clone())
@@ -209,9 +246,7 @@ pub async fn run(
         .subscribe(&topic)
         .map_err(|e| NodeError::Setup(e.to_string()))?;
 
-    let (cmd_tx, cmd_rx) = mpsc::channel(COMMAND_QUEUE);
-    let streams = swarm.behaviour().stream.new_control();
-    spawn_shard_server(streams, shared.clone())?;
+    spawn_servers(swarm.behaviour().stream.new_control(), shared.clone())?;
     let announcer = tokio::spawn(announce_loop(
         shared.clone(),
         cfg.announce_interval(),
@@ -223,6 +258,7 @@ pub async fn run(
         shared: shared.clone(),
         cmd_tx,
         cmd_rx,
+        pending: HashMap::new(),
         topic,
         dir: dir.to_path_buf(),
         rebootstrap: Duration::from_millis(cfg.rebootstrap_interval_ms),
@@ -239,10 +275,10 @@ pub async fn run(
 
 fn build_swarm(
     key: &Keypair,
-    psk: Option<libp2p::pnet::PreSharedKey>,
+    network_key: Option<&keys::NetworkKey>,
     cfg: &Config,
 ) -> Result<Swarm<NodeBehaviour>, NodeError> {
-    let transport = net::transport(key, psk)?;
+    let transport = net::transport(key, network_key)?;
     let timeout = cfg.request_timeout();
     let interval = cfg.announce_interval();
     let swarm = libp2p::SwarmBuilder::with_existing_identity(key.clone())
@@ -282,26 +318,34 @@ fn build_swarm(
     Ok(swarm)
 }
 
-fn spawn_shard_server(
+fn spawn_servers(
     mut control: libp2p_stream::Control,
     shared: Arc<Shared>,
 ) -> Result<(), NodeError> {
-    let mut incoming = control
+    let mut shards = control
         .accept(net::shard_protocol())
         .map_err(|e| NodeError::Setup(e.to_string()))?;
+    let mut clients = control
+        .accept(net::client_protocol())
+        .map_err(|e| NodeError::Setup(e.to_string()))?;
     let permits = Arc::new(Semaphore::new(MAX_INBOUND_STREAMS));
+    let s = shared.clone();
     tokio::spawn(async move {
-        while let Some((peer, stream)) = incoming.next().await {
-            let Ok(permit) = permits.clone().acquire_owned().await else {
-                break;
-            };
-            let shared = shared.clone();
+        // Receive and hand off at once: libp2p-stream queues one inbound
+        // stream at a time and resets the next while that slot is full.
+        while let Some((peer, stream)) = shards.next().await {
+            let permits = permits.clone();
+            let shared = s.clone();
             tokio::spawn(async move {
+                let Ok(permit) = permits.acquire_owned().await else {
+                    return;
+                };
                 shared.in_flight.fetch_add(1, Ordering::Relaxed);
                 let r = crate::shard_proto::serve_stream(
                     stream,
                     peer,
                     shared.store.clone(),
+                    shared.manifests.clone(),
                     shared.timeout,
                 )
                 .await;
@@ -312,6 +356,21 @@ fn spawn_shard_server(
                     }
                     Err(e) => tracing::debug!(%peer, error = %e, "shard stream failed"),
                 }
+                drop(permit);
+            });
+        }
+    });
+    // Client operations are long (a whole object); each holds a permit.
+    let client_permits = Arc::new(Semaphore::new(MAX_CLIENT_STREAMS));
+    tokio::spawn(async move {
+        while let Some((peer, stream)) = clients.next().await {
+            let permits = client_permits.clone();
+            let shared = shared.clone();
+            tokio::spawn(async move {
+                let Ok(permit) = permits.acquire_owned().await else {
+                    return;
+                };
+                crate::datapath::serve_client(stream, peer, shared).await;
                 drop(permit);
             });
         }
@@ -372,6 +431,7 @@ struct EventLoop {
     shared: Arc<Shared>,
     cmd_tx: mpsc::Sender<Command>,
     cmd_rx: mpsc::Receiver<Command>,
+    pending: HashMap<OutboundRequestId, oneshot::Sender<Result<ControlResponse, String>>>,
     topic: IdentTopic,
     dir: PathBuf,
     rebootstrap: Duration,
@@ -409,6 +469,18 @@ impl EventLoop {
                     tracing::debug!(error = %e, "announcement not published");
                 }
                 self.dial_known_members();
+            }
+            Command::Request {
+                peer,
+                request,
+                reply,
+            } => {
+                let id = self
+                    .swarm
+                    .behaviour_mut()
+                    .control
+                    .send_request(&peer, request);
+                self.pending.insert(id, reply);
             }
             Command::Respond { channel, response } => {
                 if self
@@ -541,6 +613,28 @@ impl EventLoop {
                     },
                 ..
             }) => self.on_control_request(peer, request, channel),
+            NodeBehaviourEvent::Control(request_response::Event::Message {
+                message:
+                    request_response::Message::Response {
+                        request_id,
+                        response,
+                    },
+                ..
+            }) => {
+                if let Some(reply) = self.pending.remove(&request_id) {
+                    let _ = reply.send(Ok(response));
+                }
+            }
+            NodeBehaviourEvent::Control(request_response::Event::OutboundFailure {
+                peer,
+                request_id,
+                error,
+                ..
+            }) => {
+                if let Some(reply) = self.pending.remove(&request_id) {
+                    let _ = reply.send(Err(format!("request to {peer} failed: {error}")));
+                }
+            }
             NodeBehaviourEvent::Control(request_response::Event::InboundFailure {
                 peer,
                 error,
@@ -626,5 +720,31 @@ async fn answer_control(shared: &Shared, request: ControlRequest) -> ControlResp
             }
             ControlResponse::Deleted { count }
         }
+        ControlRequest::Verify { shards } => {
+            let mut present = Vec::with_capacity(shards.len());
+            for s in &shards {
+                present.push(shared.store.get(s).await.is_ok());
+            }
+            ControlResponse::Has { present }
+        }
+        ControlRequest::DeleteManifest { object } => match shared.manifests.remove(&object).await {
+            Ok(existed) => ControlResponse::Deleted {
+                count: u32::from(existed),
+            },
+            Err(e) => remote_error(e.kind(), &e),
+        },
+        ControlRequest::ListManifests => match shared.manifests.summaries() {
+            Ok(objects) => ControlResponse::Manifests { objects },
+            Err(e) => remote_error(e.kind(), &e),
+        },
     }
+}
+
+fn remote_error(
+    kind: dynostore_protocol::wire::ErrorKind,
+    e: &dyn std::fmt::Display,
+) -> ControlResponse {
+    let mut message = e.to_string();
+    message.truncate(dynostore_protocol::wire::MAX_TEXT_LEN);
+    ControlResponse::Error(RemoteError { kind, message })
 }

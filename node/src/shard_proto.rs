@@ -15,9 +15,11 @@ use futures::AsyncWriteExt;
 use libp2p::{PeerId, Stream};
 use libp2p_stream::Control;
 
+use dynostore_protocol::manifest::Manifest;
 use dynostore_protocol::wire::{ErrorKind, RemoteError, ShardRequest, ShardResponse};
-use dynostore_protocol::ShardId;
+use dynostore_protocol::{ObjectId, ShardId};
 
+use crate::manifests::ManifestStore;
 use crate::net::{read_body, read_frame, shard_protocol, write_frame};
 use crate::store::ShardStore;
 
@@ -43,11 +45,28 @@ pub enum ShardClientError {
         shard: ShardId,
         actual: ShardId,
     },
+    #[error("{peer} sent an invalid manifest for {object}: {reason}")]
+    BadManifest {
+        peer: PeerId,
+        object: ObjectId,
+        reason: String,
+    },
     #[error("{peer} sent an unexpected answer: {what}")]
     Protocol { peer: PeerId, what: String },
 }
 
 impl ShardClientError {
+    /// A failure of the stream itself rather than an answer: worth another
+    /// try. libp2p-stream 0.5.0-alpha resets inbound streams that arrive
+    /// while its one-slot accept queue is full, which the client sees as a
+    /// closed stream; every request here is idempotent, so it is retried.
+    fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            ShardClientError::Io { .. } | ShardClientError::Open { .. }
+        )
+    }
+
     /// The remote error kind, when the peer answered with one.
     pub fn remote_kind(&self) -> Option<ErrorKind> {
         match self {
@@ -78,7 +97,7 @@ async fn with_timeout<T>(
 }
 
 /// Stores `bytes` as shard `id` on `peer`; returns once the peer reports it durable.
-pub async fn put_shard(
+async fn put_shard_once(
     control: &mut Control,
     peer: PeerId,
     id: ShardId,
@@ -114,7 +133,7 @@ pub async fn put_shard(
 }
 
 /// Fetches shard `id` from `peer` and verifies it.
-pub async fn get_shard(
+async fn get_shard_once(
     control: &mut Control,
     peer: PeerId,
     id: ShardId,
@@ -156,6 +175,174 @@ pub async fn get_shard(
     .await
 }
 
+/// Stores a manifest replica on `peer`; returns once it is durable there.
+async fn put_manifest_once(
+    control: &mut Control,
+    peer: PeerId,
+    object: ObjectId,
+    bytes: &[u8],
+    timeout: Duration,
+) -> Result<(), ShardClientError> {
+    with_timeout(peer, timeout, async {
+        let mut s = open(control, peer).await?;
+        let io_err = |source| ShardClientError::Io { peer, source };
+        let req = ShardRequest::PutManifest {
+            object,
+            len: bytes.len() as u32,
+        };
+        write_frame(&mut s, &req).await.map_err(io_err)?;
+        s.write_all(bytes).await.map_err(io_err)?;
+        s.flush().await.map_err(io_err)?;
+        let resp: ShardResponse = read_frame(&mut s).await.map_err(io_err)?;
+        let _ = s.close().await;
+        match resp {
+            ShardResponse::ManifestStored { object: o } if o == object => Ok(()),
+            ShardResponse::Error(error) => Err(ShardClientError::Remote {
+                peer,
+                shard: ShardId::from_bytes(*object.as_bytes()),
+                error,
+            }),
+            other => Err(ShardClientError::Protocol {
+                peer,
+                what: format!("{other:?} to a manifest put"),
+            }),
+        }
+    })
+    .await
+}
+
+/// Fetches and validates the manifest of `object` from `peer`; `None` when
+/// the peer holds none.
+async fn get_manifest_once(
+    control: &mut Control,
+    peer: PeerId,
+    object: ObjectId,
+    timeout: Duration,
+) -> Result<Option<Manifest>, ShardClientError> {
+    with_timeout(peer, timeout, async {
+        let mut s = open(control, peer).await?;
+        let io_err = |source| ShardClientError::Io { peer, source };
+        write_frame(&mut s, &ShardRequest::GetManifest { object })
+            .await
+            .map_err(io_err)?;
+        s.flush().await.map_err(io_err)?;
+        let resp: ShardResponse = read_frame(&mut s).await.map_err(io_err)?;
+        match resp {
+            ShardResponse::Manifest { object: o, len } if o == object => {
+                let body = read_body(&mut s, len as usize).await.map_err(io_err)?;
+                let _ = s.close().await;
+                let m = Manifest::decode(&body).map_err(|e| ShardClientError::BadManifest {
+                    peer,
+                    object,
+                    reason: e.to_string(),
+                })?;
+                if m.object != object {
+                    return Err(ShardClientError::BadManifest {
+                        peer,
+                        object,
+                        reason: format!("it describes {}", m.object),
+                    });
+                }
+                Ok(Some(m))
+            }
+            ShardResponse::Error(RemoteError {
+                kind: ErrorKind::NotFound,
+                ..
+            }) => Ok(None),
+            ShardResponse::Error(error) => Err(ShardClientError::Remote {
+                peer,
+                shard: ShardId::from_bytes(*object.as_bytes()),
+                error,
+            }),
+            other => Err(ShardClientError::Protocol {
+                peer,
+                what: format!("{other:?} to a manifest get"),
+            }),
+        }
+    })
+    .await
+}
+
+/// Attempts per request when the stream fails (see `is_transient`).
+const ATTEMPTS: u32 = 4;
+
+async fn retry<T, F, Fut>(mut f: F) -> Result<T, ShardClientError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, ShardClientError>>,
+{
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match f().await {
+            Err(e) if e.is_transient() && attempt < ATTEMPTS => {
+                tracing::debug!(error = %e, attempt, "retrying a shard request");
+                tokio::time::sleep(Duration::from_millis(10 << attempt)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Stores `bytes` as shard `id` on `peer`; returns once the peer reports it durable.
+pub async fn put_shard(
+    control: &mut Control,
+    peer: PeerId,
+    id: ShardId,
+    bytes: &[u8],
+    timeout: Duration,
+) -> Result<(), ShardClientError> {
+    retry(|| {
+        let mut c = control.clone();
+        async move { put_shard_once(&mut c, peer, id, bytes, timeout).await }
+    })
+    .await
+}
+
+/// Fetches shard `id` from `peer` and verifies it.
+pub async fn get_shard(
+    control: &mut Control,
+    peer: PeerId,
+    id: ShardId,
+    timeout: Duration,
+) -> Result<Bytes, ShardClientError> {
+    retry(|| {
+        let mut c = control.clone();
+        async move { get_shard_once(&mut c, peer, id, timeout).await }
+    })
+    .await
+}
+
+/// Stores a manifest replica on `peer`; returns once it is durable there.
+pub async fn put_manifest(
+    control: &mut Control,
+    peer: PeerId,
+    object: ObjectId,
+    bytes: &[u8],
+    timeout: Duration,
+) -> Result<(), ShardClientError> {
+    retry(|| {
+        let mut c = control.clone();
+        async move { put_manifest_once(&mut c, peer, object, bytes, timeout).await }
+    })
+    .await
+}
+
+/// Fetches and validates the manifest of `object` from `peer`; `None` when
+/// the peer holds none.
+pub async fn get_manifest(
+    control: &mut Control,
+    peer: PeerId,
+    object: ObjectId,
+    timeout: Duration,
+) -> Result<Option<Manifest>, ShardClientError> {
+    retry(|| {
+        let mut c = control.clone();
+        async move { get_manifest_once(&mut c, peer, object, timeout).await }
+    })
+    .await
+}
+
 fn remote(kind: ErrorKind, message: impl ToString) -> ShardResponse {
     let mut message = message.to_string();
     message.truncate(dynostore_protocol::wire::MAX_TEXT_LEN);
@@ -167,6 +354,7 @@ pub async fn serve_stream(
     mut s: Stream,
     peer: PeerId,
     store: ShardStore,
+    manifests: ManifestStore,
     timeout: Duration,
 ) -> io::Result<u64> {
     let work = async {
@@ -195,6 +383,32 @@ pub async fn serve_stream(
                         n,
                     )
                 }
+                Err(e) => (remote(e.kind(), &e), None, 0),
+            },
+            ShardRequest::PutManifest { object, len } => {
+                let bytes = read_body(&mut s, len as usize).await?;
+                match manifests.put(object, &bytes).await {
+                    Ok(()) => (ShardResponse::ManifestStored { object }, None, 0),
+                    Err(e) => {
+                        tracing::warn!(%peer, object = %object.short(), error = %e, "refused manifest");
+                        (remote(e.kind(), &e), None, 0)
+                    }
+                }
+            }
+            ShardRequest::GetManifest { object } => match manifests.get_bytes(&object) {
+                Ok(Some(bytes)) => (
+                    ShardResponse::Manifest {
+                        object,
+                        len: bytes.len() as u32,
+                    },
+                    Some(Bytes::from(bytes)),
+                    0,
+                ),
+                Ok(None) => (
+                    remote(ErrorKind::NotFound, format!("no manifest for {object}")),
+                    None,
+                    0,
+                ),
                 Err(e) => (remote(e.kind(), &e), None, 0),
             },
         };

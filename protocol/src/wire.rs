@@ -14,6 +14,12 @@
 //!   frame, for `Data` followed by exactly `len` bytes.
 //! - [`CONTROL_PROTOCOL`]: small requests over request-response
 //!   ([`ControlRequest`] / [`ControlResponse`]).
+//! - [`CLIENT_PROTOCOL`]: a client and its entry peer, over a raw stream.
+//!   A [`ClientRequest`] frame; for `Put` the peer answers `Ready` (or an
+//!   error, or `Stored` when the object already exists) before the client
+//!   sends `size` bytes, then a final [`ClientResponse`]. For `Get` the
+//!   answer `Object` is followed by [`Chunk`] frames, each `Data` followed
+//!   by its bytes, ending in `End` or `Error`.
 //! - [`ANNOUNCE_TOPIC`]: the gossipsub topic of [`Announcement`]s. Gossipsub
 //!   signs every message with the author's key; a receiver accepts an
 //!   announcement only when its `node` is the message's signed source.
@@ -21,12 +27,14 @@
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::erasure::MAX_SEGMENT_SIZE;
-use crate::ids::{NodeId, ShardId};
+use crate::erasure::{CodecKind, MAX_SEGMENT_SIZE};
+use crate::ids::{NodeId, ObjectId, ShardId};
+use crate::manifest::{Metadata, MAX_MANIFEST_BYTES, MAX_META_LEN};
 use crate::placement::MemberState;
 
 pub const SHARD_PROTOCOL: &str = "/dynostore/shard/1";
 pub const CONTROL_PROTOCOL: &str = "/dynostore/control/1";
+pub const CLIENT_PROTOCOL: &str = "/dynostore/client/1";
 pub const ANNOUNCE_TOPIC: &str = "dynostore/announce/1";
 /// Version of the [`Announcement`] format.
 pub const ANNOUNCEMENT_VERSION: u16 = 1;
@@ -169,6 +177,10 @@ pub enum ShardRequest {
     Put { shard: ShardId, len: u32 },
     /// Send a stored shard back.
     Get { shard: ShardId },
+    /// Store a manifest replica; `len` bytes of CBOR manifest follow.
+    PutManifest { object: ObjectId, len: u32 },
+    /// Send a stored manifest back.
+    GetManifest { object: ObjectId },
 }
 
 impl WireMessage for ShardRequest {
@@ -180,6 +192,9 @@ impl WireMessage for ShardRequest {
             ShardRequest::Put { len, .. } if *len as usize > MAX_SHARD_BYTES => {
                 Err(format!("shard of {len} bytes exceeds {MAX_SHARD_BYTES}"))
             }
+            ShardRequest::PutManifest { len, .. } if *len as usize > MAX_MANIFEST_BYTES => Err(
+                format!("manifest of {len} bytes exceeds {MAX_MANIFEST_BYTES}"),
+            ),
             _ => Ok(()),
         }
     }
@@ -190,6 +205,8 @@ impl WireMessage for ShardRequest {
 #[serde(rename_all = "kebab-case")]
 pub enum ErrorKind {
     NotFound,
+    /// Fewer live nodes than the stripe needs.
+    NotEnoughNodes,
     /// The bytes do not hash to the shard ID (sent or stored copy).
     Integrity,
     /// No container has room.
@@ -224,6 +241,15 @@ pub enum ShardResponse {
         shard: ShardId,
         len: u32,
     },
+    /// The manifest replica is stored durably.
+    ManifestStored {
+        object: ObjectId,
+    },
+    /// `len` bytes of manifest follow.
+    Manifest {
+        object: ObjectId,
+        len: u32,
+    },
     Error(RemoteError),
 }
 
@@ -236,6 +262,9 @@ impl WireMessage for ShardResponse {
             ShardResponse::Data { len, .. } if *len as usize > MAX_SHARD_BYTES => {
                 Err(format!("shard of {len} bytes exceeds {MAX_SHARD_BYTES}"))
             }
+            ShardResponse::Manifest { len, .. } if *len as usize > MAX_MANIFEST_BYTES => Err(
+                format!("manifest of {len} bytes exceeds {MAX_MANIFEST_BYTES}"),
+            ),
             ShardResponse::Error(e) => check_text("error message", &e.message, MAX_TEXT_LEN),
             _ => Ok(()),
         }
@@ -249,6 +278,12 @@ pub enum ControlRequest {
     Has { shards: Vec<ShardId> },
     /// Delete these shards.
     Delete { shards: Vec<ShardId> },
+    /// Read and re-hash these shards: which are stored and intact?
+    Verify { shards: Vec<ShardId> },
+    /// Delete the manifest replica of an object.
+    DeleteManifest { object: ObjectId },
+    /// Summaries of the manifests this node holds.
+    ListManifests,
     /// The node's membership view and own state.
     Status,
 }
@@ -259,10 +294,14 @@ impl WireMessage for ControlRequest {
 
     fn check(&self) -> Result<(), String> {
         match self {
-            ControlRequest::Has { shards } | ControlRequest::Delete { shards } => {
+            ControlRequest::Has { shards }
+            | ControlRequest::Delete { shards }
+            | ControlRequest::Verify { shards } => {
                 check_count("shards", shards.len(), MAX_SHARDS_PER_REQUEST)
             }
-            ControlRequest::Status => Ok(()),
+            ControlRequest::DeleteManifest { .. }
+            | ControlRequest::ListManifests
+            | ControlRequest::Status => Ok(()),
         }
     }
 }
@@ -376,12 +415,15 @@ pub struct StatusReport {
 /// Answers on the control protocol.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ControlResponse {
-    /// One flag per requested shard, in order.
+    /// One flag per requested shard, in order (answers `Has` and `Verify`).
     Has {
         present: Vec<bool>,
     },
     Deleted {
         count: u32,
+    },
+    Manifests {
+        objects: Vec<ObjectSummary>,
     },
     Status(StatusReport),
     Error(RemoteError),
@@ -397,6 +439,7 @@ impl WireMessage for ControlResponse {
                 check_count("present", present.len(), MAX_SHARDS_PER_REQUEST)
             }
             ControlResponse::Deleted { .. } => Ok(()),
+            ControlResponse::Manifests { objects } => check_summaries(objects),
             ControlResponse::Status(s) => {
                 check_containers(&s.containers)?;
                 check_count("members", s.members.len(), MAX_MEMBERS)?;
@@ -408,6 +451,195 @@ impl WireMessage for ControlResponse {
                 Ok(())
             }
             ControlResponse::Error(e) => check_text("error message", &e.message, MAX_TEXT_LEN),
+        }
+    }
+}
+
+/// Most objects in one listing.
+pub const MAX_LISTED_OBJECTS: usize = 100_000;
+
+/// An object in a listing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObjectSummary {
+    pub object: ObjectId,
+    pub size: u64,
+    pub name: Option<String>,
+}
+
+fn check_summaries(objects: &[ObjectSummary]) -> Result<(), String> {
+    check_count("objects", objects.len(), MAX_LISTED_OBJECTS)?;
+    objects
+        .iter()
+        .filter_map(|o| o.name.as_deref())
+        .try_for_each(|n| check_text("name", n, MAX_META_LEN))
+}
+
+/// First frame from a client on [`CLIENT_PROTOCOL`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ClientRequest {
+    /// Store an object of `size` bytes whose BLAKE3 is `object`; after the
+    /// peer answers `Ready`, exactly `size` bytes follow.
+    Put {
+        object: ObjectId,
+        size: u64,
+        codec: CodecKind,
+        k: u16,
+        m: u16,
+        segment_size: u32,
+        meta: Metadata,
+    },
+    Get {
+        object: ObjectId,
+    },
+    Stat {
+        object: ObjectId,
+    },
+    Remove {
+        object: ObjectId,
+    },
+    List,
+}
+
+impl WireMessage for ClientRequest {
+    const NAME: &'static str = "client request";
+    const MAX_BYTES: usize = 64 << 10;
+
+    fn check(&self) -> Result<(), String> {
+        if let ClientRequest::Put { meta, .. } = self {
+            for v in [&meta.name, &meta.content_type].into_iter().flatten() {
+                check_text("metadata", v, MAX_META_LEN)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The health of an object as seen now (ordered from best to worst).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Health {
+    /// Every segment has k + m verified shards on live nodes.
+    Healthy,
+    /// Every segment has at least k.
+    Degraded,
+    /// Some segment has fewer than k: the object cannot be read.
+    Lost,
+}
+
+/// One shard in a stat answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardStat {
+    pub id: ShardId,
+    pub holder: NodeId,
+    /// Stored on its holder and re-hashed correctly just now.
+    pub ok: bool,
+}
+
+/// One segment in a stat answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SegmentStat {
+    pub len: u64,
+    pub shards: Vec<ShardStat>,
+}
+
+/// What `stat` reports about an object.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObjectStat {
+    pub object: ObjectId,
+    pub size: u64,
+    pub codec: CodecKind,
+    pub k: u16,
+    pub m: u16,
+    pub segment_size: u32,
+    pub meta: Metadata,
+    pub health: Health,
+    pub segments: Vec<SegmentStat>,
+}
+
+/// A stored object, as acknowledged to the client.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PutReceipt {
+    pub object: ObjectId,
+    pub size: u64,
+    pub k: u16,
+    pub m: u16,
+    pub segments: u64,
+    /// Nodes holding a manifest replica.
+    pub manifest_replicas: u32,
+    /// True when the object was already stored and nothing was written.
+    pub existed: bool,
+}
+
+/// A shard passed over during a get, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SkippedShard {
+    pub segment: u64,
+    pub shard: ShardId,
+    pub holder: NodeId,
+    pub reason: String,
+}
+
+/// Answers on [`CLIENT_PROTOCOL`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ClientResponse {
+    /// Send the object's bytes now.
+    Ready,
+    Stored(PutReceipt),
+    /// `size` bytes follow as [`Chunk`] frames.
+    Object {
+        size: u64,
+        meta: Metadata,
+    },
+    Stat(ObjectStat),
+    Removed {
+        shards: u32,
+        manifests: u32,
+    },
+    List {
+        objects: Vec<ObjectSummary>,
+    },
+    Error(RemoteError),
+}
+
+impl WireMessage for ClientResponse {
+    const NAME: &'static str = "client response";
+    const MAX_BYTES: usize = 32 << 20;
+
+    fn check(&self) -> Result<(), String> {
+        match self {
+            ClientResponse::List { objects } => check_summaries(objects),
+            ClientResponse::Error(e) => check_text("error message", &e.message, MAX_TEXT_LEN),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Framing of an object's bytes on a get.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Chunk {
+    /// `len` bytes of the object follow.
+    Data {
+        len: u32,
+    },
+    /// All bytes sent; shards that were passed over on the way.
+    End {
+        skipped: Vec<SkippedShard>,
+    },
+    Error(RemoteError),
+}
+
+impl WireMessage for Chunk {
+    const NAME: &'static str = "chunk";
+    const MAX_BYTES: usize = 1 << 20;
+
+    fn check(&self) -> Result<(), String> {
+        match self {
+            Chunk::Data { len } if *len as usize > MAX_SEGMENT_SIZE as usize => {
+                Err(format!("chunk of {len} bytes exceeds {MAX_SEGMENT_SIZE}"))
+            }
+            Chunk::End { skipped } => check_count("skipped", skipped.len(), 4096),
+            Chunk::Error(e) => check_text("error message", &e.message, MAX_TEXT_LEN),
+            _ => Ok(()),
         }
     }
 }
@@ -498,6 +730,9 @@ mod tests {
             let _ = ControlResponse::decode(&bytes);
             let _ = Announcement::decode(&bytes);
             let _ = Announcement::from_frame(&bytes);
+            let _ = ClientRequest::decode(&bytes);
+            let _ = ClientResponse::decode(&bytes);
+            let _ = Chunk::decode(&bytes);
         }
     }
 }

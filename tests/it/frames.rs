@@ -67,7 +67,7 @@ async fn malformed_frames_are_refused_and_the_node_keeps_serving() {
     let n = node(&net);
     let psk = keys::load_network_key(&net.key).unwrap();
     let addr = n.addr().parse().unwrap();
-    let client = Client::connect(addr, Some(psk), Duration::from_secs(10))
+    let client = Client::connect(addr, Some(&psk), Duration::from_secs(10))
         .await
         .unwrap();
 

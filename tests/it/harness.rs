@@ -18,9 +18,9 @@ pub fn bin() -> PathBuf {
 }
 
 /// Fast membership timings for tests.
-pub const ANNOUNCE_MS: u64 = 300;
-pub const SUSPECT_MS: u64 = 1_500;
-pub const DOWN_MS: u64 = 4_000;
+pub const ANNOUNCE_MS: u64 = 500;
+pub const SUSPECT_MS: u64 = 2_500;
+pub const DOWN_MS: u64 = 6_000;
 
 /// Polls `cond` every 100 ms until it returns `Some`, or panics after `limit`
 /// with `what` and the last observation.
@@ -76,7 +76,7 @@ impl Net {
 
     /// `status --json` from `peer`.
     pub fn status(&self, peer: &str) -> Result<Value, String> {
-        let out = self.cli(&["status", "--json", "--timeout-secs", "5", "--peer", peer]);
+        let out = self.cli(&["status", "--json", "--timeout-secs", "15", "--peer", peer]);
         if !out.status.success() {
             return Err(String::from_utf8_lossy(&out.stderr).into_owned());
         }

@@ -4,5 +4,6 @@ mod federation;
 mod frames;
 mod harness;
 mod membership;
+mod objects;
 mod s3;
 mod shards;
