@@ -85,8 +85,41 @@ pub struct Config {
     /// Timeout of every request to another node.
     #[serde(default = "default_request_timeout_ms")]
     pub request_timeout_ms: u64,
+    /// How often this node checks the objects it is responsible for.
+    #[serde(default = "default_repair_interval_ms")]
+    pub repair_interval_ms: u64,
+    /// Repair traffic budget (bytes read plus written per second), so that
+    /// clients keep most of the throughput.
+    #[serde(default = "default_repair_rate")]
+    pub repair_rate_bytes_per_sec: u64,
+    /// Turns automatic repair off (for experiments that must see data decay).
+    #[serde(default = "default_true")]
+    pub repair_enabled: bool,
+    /// How often every stored shard is re-hashed (jittered by 10%).
+    #[serde(default = "default_scrub_interval_ms")]
+    pub scrub_interval_ms: u64,
+    /// How long a removed object's tombstone lives: a member down longer
+    /// than this may keep orphaned shards of it.
+    #[serde(default = "default_tombstone_ttl_ms")]
+    pub tombstone_ttl_ms: u64,
     /// Data containers that hold this node's shards.
     pub containers: Vec<ContainerSpec>,
+}
+
+fn default_repair_interval_ms() -> u64 {
+    30_000
+}
+fn default_repair_rate() -> u64 {
+    64 << 20
+}
+fn default_true() -> bool {
+    true
+}
+fn default_scrub_interval_ms() -> u64 {
+    24 * 3600 * 1000
+}
+fn default_tombstone_ttl_ms() -> u64 {
+    7 * 24 * 3600 * 1000
 }
 
 fn default_site() -> String {
@@ -120,6 +153,11 @@ const HEADER: &str = "\
 # down_after_ms            silence before a member is down and repaired (default 60000)
 # rebootstrap_interval_ms  Kademlia re-bootstrap interval (default 60000)
 # request_timeout_ms       timeout of every request to another node (default 30000)
+# repair_interval_ms       how often responsible objects are checked (default 30000)
+# repair_rate_bytes_per_sec  repair traffic budget (default 64 MiB/s)
+# repair_enabled           automatic repair on/off (default true)
+# scrub_interval_ms        how often every shard is re-hashed (default 1 day)
+# tombstone_ttl_ms         how long removals are remembered (default 7 days)
 # [[containers]]           where shards are kept: kind = dir | mem | s3 (see README)
 
 ";
@@ -137,6 +175,11 @@ impl Config {
             down_after_ms: default_down_ms(),
             rebootstrap_interval_ms: default_rebootstrap_ms(),
             request_timeout_ms: default_request_timeout_ms(),
+            repair_interval_ms: default_repair_interval_ms(),
+            repair_rate_bytes_per_sec: default_repair_rate(),
+            repair_enabled: true,
+            scrub_interval_ms: default_scrub_interval_ms(),
+            tombstone_ttl_ms: default_tombstone_ttl_ms(),
             containers,
         }
     }
@@ -248,6 +291,16 @@ impl Config {
                 0,
                 "a positive number of milliseconds",
             ));
+        }
+        for (name, v) in [
+            ("repair_interval_ms", self.repair_interval_ms),
+            ("repair_rate_bytes_per_sec", self.repair_rate_bytes_per_sec),
+            ("scrub_interval_ms", self.scrub_interval_ms),
+            ("tombstone_ttl_ms", self.tombstone_ttl_ms),
+        ] {
+            if v == 0 {
+                return Err(field(name, 0, "a positive number"));
+            }
         }
         if self.containers.is_empty() {
             return Err(field(

@@ -397,7 +397,12 @@ async fn write_segment(
     }
 }
 
-async fn put_one(shared: &Shared, node: &NodeId, id: ShardId, bytes: Bytes) -> Result<(), String> {
+pub(crate) async fn put_one(
+    shared: &Shared,
+    node: &NodeId,
+    id: ShardId,
+    bytes: Bytes,
+) -> Result<(), String> {
     if *node == shared.local {
         return shared.store.put(id, bytes).await.map_err(|e| e.to_string());
     }
@@ -422,7 +427,7 @@ async fn cleanup(shared: &Arc<Shared>, written: &[(ShardId, NodeId)]) {
     }
 }
 
-async fn delete_shards(
+pub(crate) async fn delete_shards(
     shared: &Shared,
     node: &NodeId,
     shards: Vec<ShardId>,
@@ -453,7 +458,7 @@ async fn delete_shards(
     Ok(deleted)
 }
 
-async fn control(
+pub(crate) async fn control(
     shared: &Shared,
     node: &NodeId,
     req: ControlRequest,
@@ -519,7 +524,7 @@ async fn store_manifest(
     Ok(stored)
 }
 
-async fn put_manifest_one(
+pub(crate) async fn put_manifest_one(
     shared: &Shared,
     node: &NodeId,
     object: ObjectId,
@@ -639,7 +644,7 @@ async fn get(shared: &Arc<Shared>, s: &mut Stream, object: ObjectId) -> Result<(
 }
 
 /// Fetches any `k` verified shards of segment `idx` and decodes it.
-async fn read_segment(
+pub(crate) async fn read_segment(
     shared: &Arc<Shared>,
     m: &Manifest,
     idx: usize,
@@ -861,25 +866,10 @@ async fn verify_on(shared: &Shared, node: &NodeId, shards: Vec<ShardId>) -> Hash
 
 async fn remove(shared: &Arc<Shared>, object: ObjectId) -> Result<ClientResponse, DataError> {
     let m = require_manifest(shared, object).await?;
-    let mut by_holder: BTreeMap<NodeId, Vec<ShardId>> = BTreeMap::new();
-    for seg in &m.segments {
-        for e in &seg.shards {
-            by_holder
-                .entry(m.holders[e.holder as usize].clone())
-                .or_default()
-                .push(e.id);
-        }
-    }
-    let mut shards = 0u32;
-    for (node, ids) in by_holder {
-        match delete_shards(shared, &node, ids).await {
-            Ok(n) => shards += n,
-            Err(e) => tracing::warn!(node = %node.short(), error = %e, "could not delete shards"),
-        }
-    }
+    let shards = crate::repair::remove_shards(shared, &m).await;
     // Manifest replicas may sit anywhere the ranking pointed over time: ask
-    // every live member (rm is rare; a later issue adds tombstones for
-    // members that are down now).
+    // every live member. Each keeps a tombstone, from which members that
+    // are down now learn of the removal when they return.
     let members: Vec<NodeId> = shared
         .membership()
         .entries()
@@ -889,7 +879,12 @@ async fn remove(shared: &Arc<Shared>, object: ObjectId) -> Result<ClientResponse
     let mut manifests = 0u32;
     for node in members {
         if node == shared.local {
-            if shared.manifests.remove(&object).await.unwrap_or(false) {
+            if shared
+                .manifests
+                .remove(&object, shared.tombstone_until())
+                .await
+                .unwrap_or(false)
+            {
                 manifests += 1;
             }
             continue;

@@ -10,6 +10,7 @@
 //!   the control codec and stream framing.
 //! - [`shard_proto`]: the bulk shard protocol over raw streams, both sides.
 //! - [`node`]: the running node: event loop, announcements, membership.
+//! - [`repair`]: repair, pending deletions, scrubbing.
 //! - [`client`]: the command-line client's connection to an entry peer.
 
 pub mod client;
@@ -21,5 +22,6 @@ pub mod manifests;
 pub mod net;
 pub mod node;
 pub mod objects;
+pub mod repair;
 pub mod shard_proto;
 pub mod store;

@@ -79,6 +79,13 @@ enum Command {
         #[command(flatten)]
         conn: ConnArgs,
     },
+    /// Re-hash every shard a node stores now; corrupt copies are deleted and rebuilt.
+    Scrub {
+        #[command(flatten)]
+        conn: ConnArgs,
+        #[arg(long)]
+        json: bool,
+    },
     /// Low-level shard operations against one node (for operators and tests).
     #[command(subcommand)]
     Shard(ShardCommand),
@@ -159,6 +166,15 @@ struct InitArgs {
     suspect_after_ms: Option<u64>,
     #[arg(long)]
     down_after_ms: Option<u64>,
+    #[arg(long)]
+    repair_interval_ms: Option<u64>,
+    #[arg(long)]
+    scrub_interval_ms: Option<u64>,
+    #[arg(long)]
+    repair_rate_bytes_per_sec: Option<u64>,
+    /// Create the node with automatic repair off.
+    #[arg(long)]
+    no_repair: bool,
 }
 
 #[derive(Debug, Args)]
@@ -243,6 +259,24 @@ async fn run(cli: Cli) -> Result<()> {
             }
         }
         Command::Ls { json, conn } => ls(json, conn).await,
+        Command::Scrub { conn, json } => {
+            let client = conn.connect().await?;
+            match client.control(ControlRequest::Scrub).await? {
+                ControlResponse::Scrubbed { checked, corrupt } if json => {
+                    println!(
+                        "{}",
+                        serde_json::json!({"checked": checked, "corrupt": corrupt})
+                    );
+                    Ok(())
+                }
+                ControlResponse::Scrubbed { checked, corrupt } => {
+                    println!("scrubbed {checked} shards, {corrupt} corrupt (deleted; they will be rebuilt)");
+                    Ok(())
+                }
+                ControlResponse::Error(e) => bail!("the node refused: {e}"),
+                other => bail!("unexpected answer: {other:?}"),
+            }
+        }
         Command::Shard(ShardCommand::Put { file, conn }) => {
             let bytes =
                 std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
@@ -538,6 +572,16 @@ fn init(args: InitArgs) -> Result<()> {
     if let Some(v) = args.down_after_ms {
         cfg.down_after_ms = v;
     }
+    if let Some(v) = args.repair_interval_ms {
+        cfg.repair_interval_ms = v;
+    }
+    if let Some(v) = args.scrub_interval_ms {
+        cfg.scrub_interval_ms = v;
+    }
+    if let Some(v) = args.repair_rate_bytes_per_sec {
+        cfg.repair_rate_bytes_per_sec = v;
+    }
+    cfg.repair_enabled = !args.no_repair;
     if let Some(key) = &args.network_key {
         // Check it before copying it next to the node.
         let psk = keys::load_network_key(key)?;
@@ -584,6 +628,16 @@ fn status_json(r: &StatusReport) -> serde_json::Value {
     json!({
         "node": r.node.to_string(),
         "shards_stored": r.shards_stored,
+        "repair": {
+            "queue_len": r.repair.queue_len,
+            "shards_repaired": r.repair.shards_repaired,
+            "bytes_repaired": r.repair.bytes_repaired,
+            "stripes_lost": r.repair.stripes_lost,
+            "pending_deletes": r.repair.pending_deletes,
+            "last_scrub_ms_ago": r.repair.last_scrub_ms_ago,
+            "last_scrub_checked": r.repair.last_scrub_checked,
+            "last_scrub_corrupt": r.repair.last_scrub_corrupt,
+        },
         "containers": r.containers.iter().map(|c| json!({
             "name": c.name, "kind": c.kind,
             "capacity_bytes": c.capacity_bytes, "free_bytes": c.free_bytes,
@@ -606,6 +660,21 @@ fn status_json(r: &StatusReport) -> serde_json::Value {
 
 fn print_status(r: &StatusReport) {
     println!("node {}  ({} shards stored)", r.node, r.shards_stored);
+    let rp = &r.repair;
+    println!(
+        "repair: queue {}, {} shards / {} rebuilt, {} pending deletions, last scrub {}",
+        rp.queue_len,
+        rp.shards_repaired,
+        human_bytes(rp.bytes_repaired),
+        rp.pending_deletes,
+        rp.last_scrub_ms_ago
+            .map_or("never".to_string(), |ms| format!(
+                "{:.0}s ago ({} checked, {} corrupt)",
+                ms as f64 / 1000.0,
+                rp.last_scrub_checked,
+                rp.last_scrub_corrupt
+            ))
+    );
     println!(
         "{:<54} {:<14} {:<8} {:>12} {:>12} {:>9}",
         "member", "site", "state", "capacity", "free", "seen ago"

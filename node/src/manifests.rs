@@ -15,6 +15,8 @@ use dynostore_protocol::ObjectId;
 use crate::store::{IndexError, KvTree, ShardStore, StoreError};
 
 const TREE: &str = "manifests/1";
+/// Object ID -> tombstone expiry (ms since the Unix epoch, u64 LE).
+const TOMBSTONES: &str = "tombstones/1";
 
 /// Failures of the manifest store.
 #[derive(Debug, thiserror::Error)]
@@ -25,6 +27,8 @@ pub enum ManifestStoreError {
         object: ObjectId,
         source: ManifestError,
     },
+    #[error("object {0} was removed; its manifest is not taken back")]
+    Deleted(ObjectId),
     #[error("manifest stored under {key} describes object {found}")]
     WrongObject { key: ObjectId, found: ObjectId },
     #[error(transparent)]
@@ -39,6 +43,7 @@ impl ManifestStoreError {
             ManifestStoreError::Invalid { .. } | ManifestStoreError::WrongObject { .. } => {
                 ErrorKind::BadRequest
             }
+            ManifestStoreError::Deleted(_) => ErrorKind::NotFound,
             ManifestStoreError::Index(_) => ErrorKind::Internal,
             ManifestStoreError::Store(e) => e.kind(),
         }
@@ -49,6 +54,7 @@ impl ManifestStoreError {
 #[derive(Debug, Clone)]
 pub struct ManifestStore {
     tree: Arc<dyn KvTree>,
+    tombstones: Arc<dyn KvTree>,
     store: ShardStore,
 }
 
@@ -56,6 +62,7 @@ impl ManifestStore {
     pub fn open(store: &ShardStore) -> Result<Self, StoreError> {
         Ok(ManifestStore {
             tree: store.kv_tree(TREE)?,
+            tombstones: store.kv_tree(TOMBSTONES)?,
             store: store.clone(),
         })
     }
@@ -69,6 +76,9 @@ impl ManifestStore {
                 key: object,
                 found: m.object,
             });
+        }
+        if self.is_deleted(&object, wall_ms())? {
+            return Err(ManifestStoreError::Deleted(object));
         }
         self.tree.insert(object.as_bytes(), bytes)?;
         self.store.flush().await?;
@@ -95,12 +105,58 @@ impl ManifestStore {
         Ok(self.get(object)?.map(|m| m.encode()))
     }
 
-    pub async fn remove(&self, object: &ObjectId) -> Result<bool, ManifestStoreError> {
+    /// Removes the replica and leaves a tombstone until `tombstone_until_ms`
+    /// (wall clock), so that a stale copy pushed back later is refused and
+    /// members that were down learn of the removal.
+    pub async fn remove(
+        &self,
+        object: &ObjectId,
+        tombstone_until_ms: u64,
+    ) -> Result<bool, ManifestStoreError> {
         let existed = self.tree.remove(object.as_bytes())?.is_some();
-        if existed {
-            self.store.flush().await?;
-        }
+        self.tombstones
+            .insert(object.as_bytes(), &tombstone_until_ms.to_le_bytes())?;
+        self.store.flush().await?;
         Ok(existed)
+    }
+
+    /// Whether `object` has an unexpired tombstone at `now_ms`.
+    pub fn is_deleted(&self, object: &ObjectId, now_ms: u64) -> Result<bool, ManifestStoreError> {
+        Ok(self
+            .tombstones
+            .get(object.as_bytes())?
+            .and_then(|v| v.try_into().ok().map(u64::from_le_bytes))
+            .is_some_and(|until| until > now_ms))
+    }
+
+    /// Drops expired tombstones; returns how many.
+    pub fn purge_tombstones(&self, now_ms: u64) -> Result<usize, ManifestStoreError> {
+        let mut n = 0;
+        for (k, v) in self.tombstones.iter()? {
+            let until = <[u8; 8]>::try_from(v.as_slice()).map_or(0, u64::from_le_bytes);
+            if until <= now_ms {
+                self.tombstones.remove(&k)?;
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    /// What this node knows of `object`'s manifest.
+    pub fn state(
+        &self,
+        object: &ObjectId,
+        now_ms: u64,
+    ) -> Result<dynostore_protocol::wire::ManifestState, ManifestStoreError> {
+        use dynostore_protocol::wire::ManifestState;
+        if self.is_deleted(object, now_ms)? {
+            return Ok(ManifestState::Deleted);
+        }
+        Ok(if self.tree.get(object.as_bytes())?.is_some() {
+            ManifestState::Held
+        } else {
+            ManifestState::Absent
+        })
     }
 
     /// Every held manifest that decodes (a bad record is logged and skipped).
@@ -126,4 +182,11 @@ impl ManifestStore {
             })
             .collect())
     }
+}
+
+/// Milliseconds since the Unix epoch (0 if the clock is before it).
+pub fn wall_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }

@@ -35,8 +35,8 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use dynostore_protocol::membership::{Membership, Timeouts};
 use dynostore_protocol::wire::{
-    Announcement, ControlRequest, ControlResponse, Load, MemberReport, RemoteError, StatusReport,
-    WireMessage, ANNOUNCEMENT_VERSION, ANNOUNCE_TOPIC,
+    Announcement, ControlRequest, ControlResponse, Load, MemberReport, RemoteError, RepairReport,
+    StatusReport, WireMessage, ANNOUNCEMENT_VERSION, ANNOUNCE_TOPIC,
 };
 use dynostore_protocol::{MemberState, NodeId};
 
@@ -109,7 +109,7 @@ pub(crate) struct Shared {
     pub(crate) store: ShardStore,
     pub(crate) manifests: ManifestStore,
     membership: Mutex<Membership>,
-    start: Instant,
+    pub(crate) start: Instant,
     listen_addrs: Mutex<Vec<Multiaddr>>,
     in_flight: AtomicU32,
     bytes_moved: AtomicU64,
@@ -117,9 +117,45 @@ pub(crate) struct Shared {
     /// For opening shard streams to other nodes.
     pub(crate) streams: libp2p_stream::Control,
     cmd_tx: mpsc::Sender<Command>,
+    pub(crate) pending: crate::repair::PendingDeletes,
+    pub(crate) repair_wake: tokio::sync::Notify,
+    pub(crate) repair_rate: crate::repair::RateLimit,
+    pub(crate) scrub_lock: tokio::sync::Mutex<()>,
+    /// `now_ms` of the last finished scrub plus one (0: never).
+    pub(crate) last_scrub_ms: AtomicU64,
+    stats: Mutex<RepairReport>,
+    tombstone_ttl_ms: u64,
 }
 
 impl Shared {
+    pub(crate) fn repair_stats(&self, f: impl FnOnce(&mut RepairReport)) {
+        f(&mut self
+            .stats
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner));
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.cmd_tx.is_closed()
+    }
+
+    /// Wall-clock expiry for a tombstone made now.
+    pub(crate) fn tombstone_until(&self) -> u64 {
+        crate::manifests::wall_ms() + self.tombstone_ttl_ms
+    }
+
+    fn repair_report(&self) -> RepairReport {
+        let mut r = self
+            .stats
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        r.pending_deletes = self.pending.count();
+        let last = self.last_scrub_ms.load(Ordering::Relaxed);
+        r.last_scrub_ms_ago = (last > 0).then(|| self.now_ms().saturating_sub(last - 1));
+        r
+    }
+
     fn now_ms(&self) -> u64 {
         self.start.elapsed().as_millis() as u64
     }
@@ -182,6 +218,7 @@ impl Shared {
             containers,
             shards_stored: self.store.shard_count(),
             members,
+            repair: self.repair_report(),
         }
     }
 }
@@ -202,6 +239,7 @@ pub async fn run(
     };
     let store = ShardStore::open(dir, &cfg.containers).await?;
     let manifests = ManifestStore::open(&store)?;
+    let pending_tree = store.kv_tree("pending-deletes/1")?;
     let local = net::node_id(&key.public().to_peer_id());
     let mut swarm = build_swarm(&key, psk.as_ref(), &cfg)?;
     let (cmd_tx, cmd_rx) = mpsc::channel(COMMAND_QUEUE);
@@ -224,6 +262,13 @@ pub async fn run(
         timeout: cfg.request_timeout(),
         streams: swarm.behaviour().stream.new_control(),
         cmd_tx: cmd_tx.clone(),
+        pending: crate::repair::PendingDeletes::new(pending_tree),
+        repair_wake: tokio::sync::Notify::new(),
+        repair_rate: crate::repair::RateLimit::new(cfg.repair_rate_bytes_per_sec),
+        scrub_lock: tokio::sync::Mutex::new(()),
+        last_scrub_ms: AtomicU64::new(0),
+        stats: Mutex::new(RepairReport::default()),
+        tombstone_ttl_ms: cfg.tombstone_ttl_ms,
     });
     for addr in cfg.listen_addrs() {
         swarm
@@ -247,6 +292,16 @@ pub async fn run(
         .map_err(|e| NodeError::Setup(e.to_string()))?;
 
     spawn_servers(swarm.behaviour().stream.new_control(), shared.clone())?;
+    let repairer = tokio::spawn(crate::repair::run(
+        shared.clone(),
+        crate::repair::RepairConfig {
+            interval: Duration::from_millis(cfg.repair_interval_ms),
+            rate_bytes_per_sec: cfg.repair_rate_bytes_per_sec,
+            enabled: cfg.repair_enabled,
+            scrub_interval: Duration::from_millis(cfg.scrub_interval_ms),
+            tombstone_ttl: Duration::from_millis(cfg.tombstone_ttl_ms),
+        },
+    ));
     let announcer = tokio::spawn(announce_loop(
         shared.clone(),
         cfg.announce_interval(),
@@ -265,6 +320,7 @@ pub async fn run(
     };
     let result = ev.run(shutdown).await;
     announcer.abort();
+    repairer.abort();
     let _ = std::fs::remove_file(dir.join(ADDR_FILE));
     if let Err(e) = shared.store.flush().await {
         tracing::error!(error = %e, "flushing the index at shutdown failed");
@@ -419,6 +475,9 @@ async fn announce_loop(shared: Arc<Shared>, interval: Duration, cmd_tx: mpsc::Se
         };
         for t in changes {
             tracing::info!(node = %t.node, from = ?t.from, to = t.to.as_str(), "member state changed");
+            if t.to == MemberState::Down {
+                shared.repair_wake.notify_one();
+            }
         }
         if cmd_tx.send(Command::Publish(bytes)).await.is_err() {
             return;
@@ -688,7 +747,7 @@ impl EventLoop {
     }
 }
 
-async fn answer_control(shared: &Shared, request: ControlRequest) -> ControlResponse {
+async fn answer_control(shared: &Arc<Shared>, request: ControlRequest) -> ControlResponse {
     let err = |e: crate::store::StoreError| {
         let mut message = e.to_string();
         message.truncate(dynostore_protocol::wire::MAX_TEXT_LEN);
@@ -727,12 +786,31 @@ async fn answer_control(shared: &Shared, request: ControlRequest) -> ControlResp
             }
             ControlResponse::Has { present }
         }
-        ControlRequest::DeleteManifest { object } => match shared.manifests.remove(&object).await {
+        ControlRequest::DeleteManifest { object } => match shared
+            .manifests
+            .remove(&object, shared.tombstone_until())
+            .await
+        {
             Ok(existed) => ControlResponse::Deleted {
                 count: u32::from(existed),
             },
             Err(e) => remote_error(e.kind(), &e),
         },
+        ControlRequest::ManifestStates { objects } => {
+            let now = crate::manifests::wall_ms();
+            let mut states = Vec::with_capacity(objects.len());
+            for o in &objects {
+                match shared.manifests.state(o, now) {
+                    Ok(s) => states.push(s),
+                    Err(e) => return remote_error(e.kind(), &e),
+                }
+            }
+            ControlResponse::ManifestStates { states }
+        }
+        ControlRequest::Scrub => {
+            let (checked, corrupt) = crate::repair::scrub(shared).await;
+            ControlResponse::Scrubbed { checked, corrupt }
+        }
         ControlRequest::ListManifests => match shared.manifests.summaries() {
             Ok(objects) => ControlResponse::Manifests { objects },
             Err(e) => remote_error(e.kind(), &e),

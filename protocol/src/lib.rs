@@ -11,6 +11,7 @@
 //! - [`manifest`]: the versioned CBOR manifest of an object.
 //! - [`membership`]: the alive/suspect/down view, driven by announcements and time.
 //! - [`placement`]: weighted rendezvous hashing with site spreading.
+//! - [`repair`]: who repairs an object and where rebuilt shards go.
 //! - [`wire`]: the node protocols' messages, limits and framing.
 
 pub mod erasure;
@@ -18,6 +19,7 @@ pub mod ids;
 pub mod manifest;
 pub mod membership;
 pub mod placement;
+pub mod repair;
 pub mod wire;
 
 pub use erasure::{CodecKind, Encoder, ErasureError, Geometry};

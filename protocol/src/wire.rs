@@ -284,6 +284,10 @@ pub enum ControlRequest {
     DeleteManifest { object: ObjectId },
     /// Summaries of the manifests this node holds.
     ListManifests,
+    /// Which of these manifests does this node hold (or know deleted)?
+    ManifestStates { objects: Vec<ObjectId> },
+    /// Re-hash every stored shard now; corrupt copies are deleted.
+    Scrub,
     /// The node's membership view and own state.
     Status,
 }
@@ -299,7 +303,11 @@ impl WireMessage for ControlRequest {
             | ControlRequest::Verify { shards } => {
                 check_count("shards", shards.len(), MAX_SHARDS_PER_REQUEST)
             }
+            ControlRequest::ManifestStates { objects } => {
+                check_count("objects", objects.len(), MAX_SHARDS_PER_REQUEST)
+            }
             ControlRequest::DeleteManifest { .. }
+            | ControlRequest::Scrub
             | ControlRequest::ListManifests
             | ControlRequest::Status => Ok(()),
         }
@@ -410,6 +418,35 @@ pub struct StatusReport {
     pub containers: Vec<ContainerReport>,
     pub shards_stored: u64,
     pub members: Vec<MemberReport>,
+    #[serde(default)]
+    pub repair: RepairReport,
+}
+
+/// A node's repair and scrub counters.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RepairReport {
+    /// Stripes found short of k + m in the last round and not yet repaired.
+    pub queue_len: u64,
+    pub shards_repaired: u64,
+    pub bytes_repaired: u64,
+    /// Stripes with fewer than k shards left (unrecoverable).
+    pub stripes_lost: u64,
+    /// Shard deletions waiting for their node to come back.
+    pub pending_deletes: u64,
+    /// Milliseconds since the last completed scrub (None: never).
+    pub last_scrub_ms_ago: Option<u64>,
+    pub last_scrub_checked: u64,
+    pub last_scrub_corrupt: u64,
+}
+
+/// What a node knows of one object's manifest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ManifestState {
+    Held,
+    Absent,
+    /// Removed by `rm`; the tombstone has not expired.
+    Deleted,
 }
 
 /// Answers on the control protocol.
@@ -424,6 +461,14 @@ pub enum ControlResponse {
     },
     Manifests {
         objects: Vec<ObjectSummary>,
+    },
+    /// One state per requested object, in order.
+    ManifestStates {
+        states: Vec<ManifestState>,
+    },
+    Scrubbed {
+        checked: u64,
+        corrupt: u64,
     },
     Status(StatusReport),
     Error(RemoteError),
@@ -440,6 +485,10 @@ impl WireMessage for ControlResponse {
             }
             ControlResponse::Deleted { .. } => Ok(()),
             ControlResponse::Manifests { objects } => check_summaries(objects),
+            ControlResponse::ManifestStates { states } => {
+                check_count("states", states.len(), MAX_SHARDS_PER_REQUEST)
+            }
+            ControlResponse::Scrubbed { .. } => Ok(()),
             ControlResponse::Status(s) => {
                 check_containers(&s.containers)?;
                 check_count("members", s.members.len(), MAX_MEMBERS)?;

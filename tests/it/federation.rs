@@ -25,6 +25,7 @@ fn nodes_and_clients_without_the_key_are_refused() {
             containers: vec!["mem:1MiB".into()],
             bootstrap: Some(&first),
             key: Some(&other.key),
+            extra: &[],
         },
     );
     let mut open = NodeProc::init(
@@ -35,6 +36,7 @@ fn nodes_and_clients_without_the_key_are_refused() {
             containers: vec!["mem:1MiB".into()],
             bootstrap: Some(&first),
             key: None,
+            extra: &[],
         },
     );
     wrong.start();
@@ -104,4 +106,76 @@ fn nodes_and_clients_without_the_key_are_refused() {
     }
     let out = net.cli(&["shard", "get", &id, "--peer", &first]);
     assert_eq!(out.stdout, b"patient record");
+}
+
+#[test]
+fn open_networks_also_speak_quic() {
+    // Without a network key a node may listen on QUIC; a second node joins
+    // through the QUIC address and clients talk to it over QUIC.
+    let net = Net::new();
+    let port = crate::harness::free_port();
+    let quic = format!("/ip4/127.0.0.1/udp/{port}/quic-v1");
+    let dir0 = net.root.path().join("q0");
+    let tcp0 = format!("/ip4/127.0.0.1/tcp/{}", crate::harness::free_port());
+    let out = cli_with_key(
+        None,
+        &[
+            "init",
+            "--dir",
+            dir0.to_str().unwrap(),
+            "--listen",
+            &tcp0,
+            "--listen",
+            &quic,
+            "--container",
+            "mem:8MiB",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let id0 = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let mut n0 = NodeProc::attach(dir0, "q0", id0.clone());
+    n0.start();
+    let quic_full = format!("{quic}/p2p/{id0}");
+    let mut n1 = NodeProc::init(
+        net.root.path(),
+        "q1",
+        NodeSpec {
+            site: "y",
+            containers: vec!["mem:8MiB".into()],
+            bootstrap: Some(&quic_full),
+            key: None,
+            extra: &[],
+        },
+    );
+    n1.start();
+    wait_until(
+        Duration::from_secs(30),
+        "both open nodes to see each other over QUIC",
+        || {
+            let out = cli_with_key(
+                None,
+                &[
+                    "status",
+                    "--json",
+                    "--timeout-secs",
+                    "10",
+                    "--peer",
+                    &quic_full,
+                ],
+            );
+            if !out.status.success() {
+                return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+            }
+            let s: serde_json::Value =
+                serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())?;
+            match crate::harness::state_of(&s, &n1.id).as_deref() {
+                Some("alive") => Ok(()),
+                other => Err(format!("q1 is {other:?}")),
+            }
+        },
+    );
 }

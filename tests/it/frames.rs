@@ -24,6 +24,7 @@ fn node(net: &Net) -> NodeProc {
             containers: vec!["mem:16MiB".into()],
             bootstrap: None,
             key: Some(&net.key),
+            extra: &[],
         },
     );
     n.start();

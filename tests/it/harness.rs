@@ -21,6 +21,7 @@ pub fn bin() -> PathBuf {
 pub const ANNOUNCE_MS: u64 = 500;
 pub const SUSPECT_MS: u64 = 2_500;
 pub const DOWN_MS: u64 = 6_000;
+pub const REPAIR_MS: u64 = 1_000;
 
 /// Polls `cond` every 100 ms until it returns `Some`, or panics after `limit`
 /// with `what` and the last observation.
@@ -111,6 +112,8 @@ pub struct NodeSpec<'a> {
     pub bootstrap: Option<&'a str>,
     /// `None` = no key (an open node), `Some(path)` = that key file.
     pub key: Option<&'a Path>,
+    /// More `init` arguments.
+    pub extra: &'a [&'a str],
 }
 
 impl NodeProc {
@@ -133,7 +136,10 @@ impl NodeProc {
             SUSPECT_MS.to_string(),
             "--down-after-ms".into(),
             DOWN_MS.to_string(),
+            "--repair-interval-ms".into(),
+            REPAIR_MS.to_string(),
         ];
+        args.extend(spec.extra.iter().map(|s| s.to_string()));
         for c in &spec.containers {
             args.push("--container".into());
             args.push(c.clone());
@@ -159,6 +165,18 @@ impl NodeProc {
             dir,
             id,
             port,
+            child: None,
+        }
+    }
+
+    /// A node initialised by hand in `dir`, listening where its config says;
+    /// `addr()` is only meaningful for nodes made by [`NodeProc::init`].
+    pub fn attach(dir: PathBuf, name: &str, id: String) -> NodeProc {
+        NodeProc {
+            name: name.into(),
+            dir,
+            id,
+            port: 0,
             child: None,
         }
     }
@@ -256,6 +274,16 @@ pub fn state_of(status: &Value, id: &str) -> Option<String> {
 
 /// Starts `n` nodes; every node after the first bootstraps from the first only.
 pub fn cluster(net: &Net, n: usize, containers: impl Fn(usize) -> Vec<String>) -> Vec<NodeProc> {
+    cluster_with(net, n, containers, &[])
+}
+
+/// [`cluster`] with more `init` arguments for every node.
+pub fn cluster_with(
+    net: &Net,
+    n: usize,
+    containers: impl Fn(usize) -> Vec<String>,
+    extra: &[&str],
+) -> Vec<NodeProc> {
     let mut nodes: Vec<NodeProc> = Vec::new();
     for i in 0..n {
         let first = nodes.first().map(NodeProc::addr);
@@ -267,6 +295,7 @@ pub fn cluster(net: &Net, n: usize, containers: impl Fn(usize) -> Vec<String>) -
                 containers: containers(i),
                 bootstrap: first.as_deref(),
                 key: Some(&net.key),
+                extra,
             },
         );
         node.start();

@@ -5,5 +5,6 @@ mod frames;
 mod harness;
 mod membership;
 mod objects;
+mod repair;
 mod s3;
 mod shards;

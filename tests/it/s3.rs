@@ -21,6 +21,7 @@ fn shards_go_through_a_real_s3_server() {
             containers: vec![spec],
             bootstrap: None,
             key: Some(&net.key),
+            extra: &[],
         },
     );
     node.start();

@@ -38,6 +38,7 @@ fn single(net: &Net, name: &str, container: String) -> NodeProc {
             containers: vec![container],
             bootstrap: None,
             key: Some(&net.key),
+            extra: &[],
         },
     );
     n.start();

@@ -1,0 +1,159 @@
+//! Repair planning: who repairs an object, which shards are missing, and
+//! where the rebuilt ones go. Pure functions of a [`View`] and what the
+//! caller observed; the node does the IO, the scale simulator runs the same
+//! code.
+//!
+//! Responsibility. An object's manifest replicas belong on the first `r`
+//! alive members of its manifest ranking (uniform weights, see
+//! [`manifest_ranking`]). The member responsible for the object's health is
+//! the first member *in that ranking* that actually holds a replica
+//! ([`responsible`]). In a stable view exactly one member qualifies; when it
+//! dies, the next holder in the ranking takes over with no message
+//! exchanged, and when a new member joins at the top, it becomes
+//! responsible as soon as the current one has copied the manifest to it.
+//!
+//! Targets. A rebuilt shard goes to the best-ranked eligible member (alive,
+//! with room) of the stripe's weighted ranking that holds no other shard of
+//! the stripe, preferring sites the stripe does not use yet
+//! ([`repair_targets`]), so that repair keeps the write-time invariants:
+//! distinct nodes, distinct sites first.
+
+use std::collections::HashSet;
+
+use crate::erasure::Geometry;
+use crate::ids::{NodeId, ObjectId};
+use crate::placement::{eligible_for_writes, MemberState, PlacementKey, View, Weighting};
+
+/// Alive members in the order that should hold `object`'s manifest.
+pub fn manifest_ranking<'a>(view: &'a View, object: &ObjectId) -> Vec<&'a NodeId> {
+    view.ranking(
+        PlacementKey::for_manifest(object),
+        Weighting::Uniform,
+        |m| m.state == MemberState::Alive,
+    )
+}
+
+/// Number of manifest replicas for a geometry: `m + 1`, so that the
+/// manifest survives as many losses as the data.
+pub fn manifest_replicas(g: &Geometry) -> usize {
+    usize::from(g.m) + 1
+}
+
+/// The member responsible for an object: the first in `ranking` for which
+/// `holds` is true.
+pub fn responsible<'a>(
+    ranking: &[&'a NodeId],
+    holds: impl Fn(&NodeId) -> bool,
+) -> Option<&'a NodeId> {
+    ranking.iter().copied().find(|n| holds(n))
+}
+
+/// Targets for `count` rebuilt shards of the stripe `key`. `keep` are the
+/// members that hold a healthy shard of the stripe (never chosen). Fewer
+/// than `count` when too few members are eligible.
+pub fn repair_targets(
+    view: &View,
+    key: PlacementKey,
+    count: usize,
+    keep: &[NodeId],
+) -> Vec<NodeId> {
+    let used_sites: HashSet<&str> = keep
+        .iter()
+        .filter_map(|id| view.get(id).map(|m| m.site.as_str()))
+        .collect();
+    let candidates: Vec<&NodeId> = view
+        .ranking(key, Weighting::Weighted, eligible_for_writes)
+        .into_iter()
+        .filter(|id| !keep.contains(id))
+        .collect();
+    let mut chosen: Vec<NodeId> = Vec::with_capacity(count);
+    let mut sites = used_sites;
+    // First pass: members of sites the stripe does not use yet.
+    for id in &candidates {
+        if chosen.len() == count {
+            break;
+        }
+        if let Some(m) = view.get(id) {
+            if sites.insert(m.site.as_str()) {
+                chosen.push((*id).clone());
+            }
+        }
+    }
+    // Then anyone, in ranking order.
+    for id in &candidates {
+        if chosen.len() == count {
+            break;
+        }
+        if !chosen.contains(id) {
+            chosen.push((*id).clone());
+        }
+    }
+    chosen
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::placement::Member;
+
+    fn node(i: u8) -> NodeId {
+        NodeId::from_bytes(vec![0, 36, 8, 1, 18, 32, i]).unwrap()
+    }
+
+    fn view(states: &[(u8, &str, MemberState)]) -> View {
+        View::new(states.iter().map(|(i, site, st)| Member {
+            id: node(*i),
+            site: site.to_string(),
+            weight: 100,
+            state: *st,
+        }))
+    }
+
+    #[test]
+    fn responsibility_passes_down_the_ranking() {
+        let v = view(&[
+            (1, "a", MemberState::Alive),
+            (2, "b", MemberState::Alive),
+            (3, "c", MemberState::Alive),
+            (4, "d", MemberState::Alive),
+        ]);
+        let obj = ObjectId::of(b"x");
+        let ranking = manifest_ranking(&v, &obj);
+        assert_eq!(ranking.len(), 4);
+        let holders = [ranking[1].clone(), ranking[2].clone()];
+        assert_eq!(
+            responsible(&ranking, |n| holders.contains(n)),
+            Some(ranking[1])
+        );
+        // The responsible one dies: the next holder takes over.
+        let dead = ranking[1].clone();
+        let v2 = View::new(v.members().iter().cloned().map(|mut m| {
+            if m.id == dead {
+                m.state = MemberState::Down;
+            }
+            m
+        }));
+        let r2 = manifest_ranking(&v2, &obj);
+        assert!(!r2.contains(&&dead));
+        assert_eq!(responsible(&r2, |n| holders.contains(n)), Some(&holders[1]));
+    }
+
+    #[test]
+    fn targets_avoid_holders_and_prefer_new_sites() {
+        let v = view(&[
+            (1, "a", MemberState::Alive),
+            (2, "a", MemberState::Alive),
+            (3, "b", MemberState::Alive),
+            (4, "c", MemberState::Alive),
+            (5, "c", MemberState::Down),
+        ]);
+        let key = PlacementKey(42);
+        let keep = vec![node(1), node(3)];
+        let t = repair_targets(&v, key, 2, &keep);
+        assert_eq!(t.len(), 2);
+        assert!(!t.contains(&node(1)) && !t.contains(&node(3)) && !t.contains(&node(5)));
+        // Site c is unused by the stripe, so node 4 comes first.
+        assert_eq!(t[0], node(4));
+        assert_eq!(repair_targets(&v, key, 5, &keep).len(), 2);
+    }
+}
