@@ -546,28 +546,55 @@ pub(crate) async fn put_manifest_one(
 
 /// The manifest of `object`: from this node if it holds a replica, else
 /// from the first `depth` nodes of the manifest ranking, in order.
-async fn find_manifest(
+pub(crate) async fn find_manifest(
     shared: &Arc<Shared>,
     view: &View,
     object: ObjectId,
     depth: usize,
 ) -> Option<Manifest> {
-    if let Ok(Some(m)) = shared.manifests.get(&object) {
-        return Some(m);
-    }
-    for node in manifest_ranking(view, &object).into_iter().take(depth) {
-        if node == shared.local {
-            continue;
+    let ranking = manifest_ranking(view, &object);
+    let mut found = shared.manifests.get(&object).ok().flatten();
+    let mut asked = Vec::new();
+    if found.is_none() {
+        for node in ranking.iter().take(depth) {
+            if *node == shared.local {
+                continue;
+            }
+            asked.push(node.clone());
+            if let Some(m) = remote_manifest(shared, node, object).await {
+                found = Some(m);
+                break;
+            }
         }
-        let Some(peer) = peer_id(&node) else { continue };
-        let mut control = shared.streams.clone();
-        match shard_proto::get_manifest(&mut control, peer, object, shared.timeout).await {
-            Ok(Some(m)) => return Some(m),
-            Ok(None) => {}
-            Err(e) => tracing::debug!(node = %node.short(), error = %e, "manifest lookup failed"),
+    }
+    let mut best = found?;
+    // Replicas can lag behind a repair: read the top r and keep the newest.
+    let r = manifest_replicas(&best.geometry);
+    let others: Vec<NodeId> = ranking
+        .into_iter()
+        .take(r)
+        .filter(|n| *n != shared.local && !asked.contains(n))
+        .collect();
+    let copies =
+        futures::future::join_all(others.iter().map(|n| remote_manifest(shared, n, object))).await;
+    for m in copies.into_iter().flatten() {
+        if m.revision > best.revision {
+            best = m;
         }
     }
-    None
+    Some(best)
+}
+
+async fn remote_manifest(shared: &Shared, node: &NodeId, object: ObjectId) -> Option<Manifest> {
+    let peer = peer_id(node)?;
+    let mut control = shared.streams.clone();
+    match shard_proto::get_manifest(&mut control, peer, object, shared.timeout).await {
+        Ok(m) => m,
+        Err(e) => {
+            tracing::debug!(node = %node.short(), error = %e, "manifest lookup failed");
+            None
+        }
+    }
 }
 
 async fn require_manifest(shared: &Arc<Shared>, object: ObjectId) -> Result<Manifest, DataError> {
@@ -744,7 +771,7 @@ pub(crate) async fn read_segment(
     Ok((bytes, skipped))
 }
 
-async fn get_one(shared: &Shared, node: &NodeId, id: ShardId) -> Result<Bytes, String> {
+pub(crate) async fn get_one(shared: &Shared, node: &NodeId, id: ShardId) -> Result<Bytes, String> {
     if *node == shared.local {
         return shared.store.get(&id).await.map_err(|e| e.to_string());
     }

@@ -632,6 +632,7 @@ fn status_json(r: &StatusReport) -> serde_json::Value {
             "queue_len": r.repair.queue_len,
             "shards_repaired": r.repair.shards_repaired,
             "bytes_repaired": r.repair.bytes_repaired,
+            "shards_moved": r.repair.shards_moved,
             "stripes_lost": r.repair.stripes_lost,
             "pending_deletes": r.repair.pending_deletes,
             "last_scrub_ms_ago": r.repair.last_scrub_ms_ago,

@@ -29,6 +29,12 @@ pub enum ManifestStoreError {
     },
     #[error("object {0} was removed; its manifest is not taken back")]
     Deleted(ObjectId),
+    #[error("manifest for {object} at revision {offered} is not newer than the stored revision {stored}")]
+    Stale {
+        object: ObjectId,
+        offered: u64,
+        stored: u64,
+    },
     #[error("manifest stored under {key} describes object {found}")]
     WrongObject { key: ObjectId, found: ObjectId },
     #[error(transparent)]
@@ -44,6 +50,7 @@ impl ManifestStoreError {
                 ErrorKind::BadRequest
             }
             ManifestStoreError::Deleted(_) => ErrorKind::NotFound,
+            ManifestStoreError::Stale { .. } => ErrorKind::BadRequest,
             ManifestStoreError::Index(_) => ErrorKind::Internal,
             ManifestStoreError::Store(e) => e.kind(),
         }
@@ -79,6 +86,18 @@ impl ManifestStore {
         }
         if self.is_deleted(&object, wall_ms())? {
             return Err(ManifestStoreError::Deleted(object));
+        }
+        if let Some(old) = self.get(&object).ok().flatten() {
+            if old == m {
+                return Ok(());
+            }
+            if m.revision <= old.revision {
+                return Err(ManifestStoreError::Stale {
+                    object,
+                    offered: m.revision,
+                    stored: old.revision,
+                });
+            }
         }
         self.tree.insert(object.as_bytes(), bytes)?;
         self.store.flush().await?;
@@ -118,6 +137,14 @@ impl ManifestStore {
             .insert(object.as_bytes(), &tombstone_until_ms.to_le_bytes())?;
         self.store.flush().await?;
         Ok(existed)
+    }
+
+    /// Drops a replica this node no longer needs to hold (no tombstone).
+    pub async fn discard(&self, object: &ObjectId) -> Result<(), ManifestStoreError> {
+        if self.tree.remove(object.as_bytes())?.is_some() {
+            self.store.flush().await?;
+        }
+        Ok(())
     }
 
     /// Whether `object` has an unexpired tombstone at `now_ms`.

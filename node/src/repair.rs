@@ -34,14 +34,21 @@ use dynostore_protocol::erasure::Encoder;
 use dynostore_protocol::manifest::Manifest;
 use dynostore_protocol::placement::{PlacementKey, View};
 use dynostore_protocol::repair::{
-    manifest_ranking, manifest_replicas, repair_targets, responsible,
+    manifest_ranking, manifest_replicas, rebalance_moves, repair_targets, responsible,
 };
 use dynostore_protocol::wire::{
     ControlRequest, ControlResponse, ErrorKind, ManifestState, MAX_SHARDS_PER_REQUEST,
 };
 use dynostore_protocol::{MemberState, NodeId, ObjectId, ShardId};
 
-use crate::datapath::{control, delete_shards, put_one, read_segment};
+use crate::datapath::{control, delete_shards, get_one, put_one, read_segment};
+
+/// A shard moves only to a member whose fill fraction is lower by more than
+/// this share of the holder's.
+const REBALANCE_MARGIN: f64 = 0.1;
+/// Most shards one node moves per round, so that announcements of free
+/// space can catch up before the next round decides more moves.
+const MAX_MOVES_PER_ROUND: usize = 64;
 use crate::manifests::wall_ms;
 use crate::node::Shared;
 use crate::store::KvTree;
@@ -83,7 +90,10 @@ impl RateLimit {
 }
 
 /// Pending shard deletions per member, persisted in the index:
-/// key = node ID length (1 byte) + node ID + shard ID.
+/// key = node ID length (1 byte) + node ID + object ID + shard ID. Before
+/// one is sent, the object's manifest is consulted: a shard the current
+/// manifest still places on that member is kept (two writers of one
+/// manifest can race; a deletion must never act on the losing view).
 pub(crate) struct PendingDeletes(Arc<dyn KvTree>);
 
 impl PendingDeletes {
@@ -91,47 +101,49 @@ impl PendingDeletes {
         PendingDeletes(tree)
     }
 
-    fn key(node: &NodeId, shard: &ShardId) -> Vec<u8> {
+    fn key(node: &NodeId, object: &ObjectId, shard: &ShardId) -> Vec<u8> {
         let n = node.as_bytes();
-        let mut k = Vec::with_capacity(1 + n.len() + 32);
+        let mut k = Vec::with_capacity(1 + n.len() + 64);
         k.push(n.len() as u8);
         k.extend_from_slice(n);
+        k.extend_from_slice(object.as_bytes());
         k.extend_from_slice(shard.as_bytes());
         k
     }
 
-    pub(crate) fn add(&self, node: &NodeId, shards: &[ShardId]) {
+    pub(crate) fn add(&self, node: &NodeId, object: &ObjectId, shards: &[ShardId]) {
         for s in shards {
-            if let Err(e) = self.0.insert(&Self::key(node, s), &[]) {
+            if let Err(e) = self.0.insert(&Self::key(node, object, s), &[]) {
                 tracing::warn!(error = %e, "cannot record a pending deletion");
             }
         }
     }
 
-    fn all(&self) -> BTreeMap<NodeId, Vec<ShardId>> {
-        let mut out: BTreeMap<NodeId, Vec<ShardId>> = BTreeMap::new();
+    fn all(&self) -> BTreeMap<NodeId, Vec<(ObjectId, ShardId)>> {
+        let mut out: BTreeMap<NodeId, Vec<(ObjectId, ShardId)>> = BTreeMap::new();
         for (k, _) in self.0.iter().unwrap_or_default() {
             let Some((&len, rest)) = k.split_first() else {
                 continue;
             };
             let len = usize::from(len);
-            if rest.len() != len + 32 {
+            if rest.len() != len + 64 {
                 continue;
             }
-            let (Ok(node), Ok(shard)) = (
+            let (Ok(node), Ok(object), Ok(shard)) = (
                 NodeId::from_bytes(rest[..len].to_vec()),
-                ShardId::try_from_slice(&rest[len..]),
+                ObjectId::try_from_slice(&rest[len..len + 32]),
+                ShardId::try_from_slice(&rest[len + 32..]),
             ) else {
                 continue;
             };
-            out.entry(node).or_default().push(shard);
+            out.entry(node).or_default().push((object, shard));
         }
         out
     }
 
-    fn remove(&self, node: &NodeId, shards: &[ShardId]) {
-        for s in shards {
-            let _ = self.0.remove(&Self::key(node, s));
+    fn remove(&self, node: &NodeId, entries: &[(ObjectId, ShardId)]) {
+        for (o, s) in entries {
+            let _ = self.0.remove(&Self::key(node, o, s));
         }
     }
 
@@ -166,7 +178,9 @@ pub(crate) async fn run(shared: Arc<Shared>, cfg: RepairConfig) {
 
 async fn send_pending_deletes(shared: &Arc<Shared>) {
     let pending = shared.pending.all();
-    for (node, shards) in pending {
+    let view = shared.membership().view();
+    let mut manifests: HashMap<ObjectId, Option<Manifest>> = HashMap::new();
+    for (node, entries) in pending {
         let alive = node == shared.local
             || shared
                 .membership()
@@ -175,10 +189,32 @@ async fn send_pending_deletes(shared: &Arc<Shared>) {
         if !alive {
             continue;
         }
-        match delete_shards(shared, &node, shards.clone()).await {
+        // Keep what the current manifest still places on this member.
+        let mut shards = Vec::new();
+        for (object, shard) in &entries {
+            if !manifests.contains_key(object) {
+                let m = crate::datapath::find_manifest(shared, &view, *object, 8).await;
+                manifests.insert(*object, m);
+            }
+            let referenced = manifests[object].as_ref().is_some_and(|m| {
+                m.segments
+                    .iter()
+                    .flat_map(|s| &s.shards)
+                    .any(|e| e.id == *shard && m.holders.get(e.holder as usize) == Some(&node))
+            });
+            if !referenced {
+                shards.push(*shard);
+            }
+        }
+        let result = if shards.is_empty() {
+            Ok(0)
+        } else {
+            delete_shards(shared, &node, shards).await
+        };
+        match result {
             Ok(n) => {
                 tracing::info!(node = %node.short(), deleted = n, "sent pending deletions");
-                shared.pending.remove(&node, &shards);
+                shared.pending.remove(&node, &entries);
             }
             Err(e) => {
                 tracing::debug!(node = %node.short(), error = %e, "pending deletions not sent yet")
@@ -243,6 +279,7 @@ async fn round(shared: &Arc<Shared>, cfg: &RepairConfig) {
         }
     }
     let mut queue = 0u64;
+    let mut moves_left = MAX_MOVES_PER_ROUND;
     for mut m in manifests {
         let object = m.object;
         if states
@@ -257,15 +294,40 @@ async fn round(shared: &Arc<Shared>, cfg: &RepairConfig) {
             *n == shared.local || states.get(&(n.clone(), object)) == Some(&ManifestState::Held)
         };
         if responsible(&ranking, holds) != Some(&shared.local) {
+            // A replica outside the top r is surplus once the top r all
+            // hold the manifest: drop it, so that it cannot go stale.
+            let r = manifest_replicas(&m.geometry);
+            let top: Vec<&NodeId> = ranking.iter().take(r).copied().collect();
+            if top.len() == r && !top.contains(&&shared.local) && top.iter().all(|n| holds(n)) {
+                if let Err(e) = shared.manifests.discard(&object).await {
+                    tracing::debug!(error = %e, "cannot drop a surplus manifest replica");
+                }
+            }
             continue;
         }
-        let changed = repair_object(shared, &view, &mut m, &mut queue).await;
+        let (mut changed, whole) = repair_object(shared, &view, &mut m, &mut queue).await;
+        if whole && moves_left > 0 {
+            changed |= rebalance_object(shared, &view, &mut m, &mut moves_left).await;
+        }
         // A removal may have raced with the rebuild: then the rebuilt
         // shards are orphans, and go too.
-        if changed && shared.manifests.is_deleted(&object, wall_ms()).unwrap_or(false) {
+        if changed
+            && shared
+                .manifests
+                .is_deleted(&object, wall_ms())
+                .unwrap_or(false)
+        {
             tracing::info!(object = %object.short(), "object removed during its repair");
             remove_shards(shared, &m).await;
             continue;
+        }
+        if changed {
+            m.revision += 1;
+            // Keep the local replica current first: it decides the next round.
+            if let Err(e) = shared.manifests.put(object, &m.encode()).await {
+                tracing::info!(object = %object.short(), error = %e, "updated manifest not taken locally; another node got there first");
+                continue;
+            }
         }
         // Every replica, and the top r of the ranking, get the manifest.
         let r = manifest_replicas(&m.geometry);
@@ -290,15 +352,85 @@ async fn round(shared: &Arc<Shared>, cfg: &RepairConfig) {
     shared.repair_stats(|s| s.queue_len = queue);
 }
 
+/// Moves shards of a whole object towards the members the current ranking
+/// prefers, when those are clearly emptier (copy first; the old copy is
+/// deleted later through a pending deletion). Returns whether any holder
+/// changed.
+async fn rebalance_object(
+    shared: &Arc<Shared>,
+    view: &View,
+    m: &mut Manifest,
+    moves_left: &mut usize,
+) -> bool {
+    let fills: HashMap<NodeId, f64> = shared
+        .membership()
+        .entries()
+        .filter(|(_, e)| e.state == MemberState::Alive)
+        .filter_map(|(id, e)| {
+            let cap = e.announcement.capacity_bytes();
+            (cap > 0).then(|| {
+                (
+                    id.clone(),
+                    1.0 - e.announcement.free_bytes() as f64 / cap as f64,
+                )
+            })
+        })
+        .collect();
+    let mut changed = false;
+    for idx in 0..m.segments.len() {
+        let holders: Vec<NodeId> = m.segments[idx]
+            .shards
+            .iter()
+            .map(|e| m.holders[e.holder as usize].clone())
+            .collect();
+        let key = PlacementKey::for_segment(&m.object, idx as u64);
+        let moves = rebalance_moves(
+            view,
+            key,
+            &holders,
+            |n| fills.get(n).copied(),
+            REBALANCE_MARGIN,
+        );
+        for (i, target) in moves {
+            if *moves_left == 0 {
+                return changed;
+            }
+            let id = m.segments[idx].shards[i].id;
+            let size = u64::from(m.segments[idx].shard_size);
+            shared.repair_rate.take(2 * size).await;
+            let bytes = match get_one(shared, &holders[i], id).await {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::debug!(shard = %id.short(), error = %e, "cannot read a shard to move");
+                    continue;
+                }
+            };
+            if let Err(e) = put_one(shared, &target, id, bytes).await {
+                tracing::debug!(shard = %id.short(), to = %target.short(), error = %e, "cannot move a shard");
+                continue;
+            }
+            m.set_holder(idx, i, &target);
+            shared.pending.add(&holders[i], &m.object, &[id]);
+            *moves_left -= 1;
+            changed = true;
+            shared.repair_stats(|s| s.shards_moved += 1);
+        }
+    }
+    if changed {
+        m.compact_holders();
+    }
+    changed
+}
+
 /// Rebuilds the stripes of `m` that are short of shards. Returns whether
-/// any holder changed.
+/// any holder changed, and whether every stripe was whole to begin with.
 #[tracing::instrument(skip_all, fields(object = %m.object.short()))]
 async fn repair_object(
     shared: &Arc<Shared>,
     view: &View,
     m: &mut Manifest,
     queue: &mut u64,
-) -> bool {
+) -> (bool, bool) {
     let g = m.geometry;
     let k = usize::from(g.k);
     // Which shards are where, and which holders answer.
@@ -309,6 +441,7 @@ async fn repair_object(
         }
     }
     let mut present: HashMap<(u32, ShardId), bool> = HashMap::new();
+    let mut whole = true;
     for (h, ids) in by_holder {
         let node = m.holders[h as usize].clone();
         let state = shared.membership().get(&node).map(|e| e.state);
@@ -351,7 +484,7 @@ async fn repair_object(
         Ok(e) => e,
         Err(e) => {
             tracing::warn!(error = %e, "cannot repair: bad geometry");
-            return false;
+            return (false, false);
         }
     };
     for idx in 0..m.segments.len() {
@@ -366,6 +499,7 @@ async fn repair_object(
         if missing.is_empty() {
             continue;
         }
+        whole = false;
         *queue += 1;
         let healthy = seg.shards.len() - missing.len();
         if healthy < k {
@@ -427,7 +561,7 @@ async fn repair_object(
                     let old = m.holders[m.segments[idx].shards[i].holder as usize].clone();
                     m.set_holder(idx, i, target);
                     if old != *target {
-                        shared.pending.add(&old, &[expected]);
+                        shared.pending.add(&old, &m.object, &[expected]);
                     }
                     changed = true;
                     repaired_here += 1;
@@ -450,7 +584,7 @@ async fn repair_object(
     if changed {
         m.compact_holders();
     }
-    changed
+    (changed, whole)
 }
 
 async fn cfg_rate(shared: &Shared, bytes: u64) {
@@ -487,7 +621,7 @@ pub(crate) async fn remove_shards(shared: &Arc<Shared>, m: &Manifest) -> u32 {
             Ok(n) => deleted += n,
             Err(e) => {
                 tracing::info!(node = %node.short(), error = %e, "holder unreachable: deletion kept for its return");
-                shared.pending.add(&node, &ids);
+                shared.pending.add(&node, &m.object, &ids);
             }
         }
     }

@@ -92,6 +92,10 @@ pub struct Manifest {
     pub segments: Vec<SegmentEntry>,
     #[serde(default)]
     pub meta: Metadata,
+    /// Bumped by every change of holders (repair, rebalancing); a replica
+    /// never takes a manifest older than the one it has.
+    #[serde(default)]
+    pub revision: u64,
 }
 
 impl Manifest {
@@ -106,6 +110,7 @@ impl Manifest {
             holders: Vec::new(),
             segments: Vec::new(),
             meta,
+            revision: 0,
         }
     }
 

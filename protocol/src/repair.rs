@@ -91,6 +91,44 @@ pub fn repair_targets(
     chosen
 }
 
+/// Rebalancing moves for one stripe: `(shard index, new holder)` pairs.
+///
+/// The stripe's desired holders are what [`View::place`] picks now. A shard
+/// whose holder is not desired moves to a desired member that holds none of
+/// the stripe, but only when that member's fill fraction (0..=1, from
+/// `fill`) is below the holder's by more than the relative `margin`
+/// (`to < from * (1 - margin)`), so that the small drift of rankings as free
+/// space changes does not make shards wander. The caller
+/// copies first and deletes after, so the stripe never drops below k + m.
+pub fn rebalance_moves(
+    view: &View,
+    key: PlacementKey,
+    holders: &[NodeId],
+    fill: impl Fn(&NodeId) -> Option<f64>,
+    margin: f64,
+) -> Vec<(usize, NodeId)> {
+    let desired: Vec<&NodeId> = view.place(key, holders.len(), Weighting::Weighted);
+    let mut free_targets: Vec<&NodeId> = desired
+        .iter()
+        .copied()
+        .filter(|d| !holders.contains(d))
+        .collect();
+    let mut moves = Vec::new();
+    for (i, h) in holders.iter().enumerate() {
+        if desired.contains(&h) || free_targets.is_empty() {
+            continue;
+        }
+        let Some(from) = fill(h) else { continue };
+        if let Some(pos) = free_targets
+            .iter()
+            .position(|t| fill(t).is_some_and(|to| to < from * (1.0 - margin)))
+        {
+            moves.push((i, free_targets.remove(pos).clone()));
+        }
+    }
+    moves
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -136,6 +174,35 @@ mod tests {
         let r2 = manifest_ranking(&v2, &obj);
         assert!(!r2.contains(&&dead));
         assert_eq!(responsible(&r2, |n| holders.contains(n)), Some(&holders[1]));
+    }
+
+    #[test]
+    fn rebalance_moves_only_to_emptier_desired_members() {
+        let v = view(&[
+            (1, "a", MemberState::Alive),
+            (2, "b", MemberState::Alive),
+            (3, "c", MemberState::Alive),
+        ]);
+        let key = PlacementKey(7);
+        let desired: Vec<NodeId> = v
+            .place(key, 2, Weighting::Weighted)
+            .into_iter()
+            .cloned()
+            .collect();
+        let outsider = [node(1), node(2), node(3)]
+            .into_iter()
+            .find(|n| !desired.contains(n))
+            .unwrap();
+        // Holders: one desired member and the outsider.
+        let holders = vec![desired[0].clone(), outsider.clone()];
+        let full = |n: &NodeId| Some(if *n == outsider { 0.9 } else { 0.1 });
+        let moves = rebalance_moves(&v, key, &holders, full, 0.1);
+        assert_eq!(moves, vec![(1, desired[1].clone())]);
+        // Not worth it when the target is about as full.
+        let even = |_: &NodeId| Some(0.5);
+        assert!(rebalance_moves(&v, key, &holders, even, 0.1).is_empty());
+        // Nothing to do when the holders are the desired ones.
+        assert!(rebalance_moves(&v, key, &desired, full, 0.1).is_empty());
     }
 
     #[test]

@@ -429,6 +429,9 @@ pub struct RepairReport {
     pub queue_len: u64,
     pub shards_repaired: u64,
     pub bytes_repaired: u64,
+    /// Shards moved to emptier members by rebalancing.
+    #[serde(default)]
+    pub shards_moved: u64,
     /// Stripes with fewer than k shards left (unrecoverable).
     pub stripes_lost: u64,
     /// Shard deletions waiting for their node to come back.

@@ -297,3 +297,114 @@ fn scrub_finds_corruption_and_rm_reaches_a_node_that_was_down() {
     let out = net.cli(&["get", id, "--peer", &nodes[entry].addr(), "-o", "/dev/null"]);
     assert!(!out.status.success(), "a removed object is still readable");
 }
+
+/// (max - min) and max/min of the members' fill fractions, as one node sees them.
+fn fill_spread(net: &Net, observer: &NodeProc) -> (f64, f64) {
+    let s = net.status(&observer.addr()).unwrap();
+    let fills: Vec<f64> = s["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            let cap = m["capacity_bytes"].as_f64().unwrap();
+            1.0 - m["free_bytes"].as_f64().unwrap() / cap
+        })
+        .collect();
+    let max = fills.iter().cloned().fold(0.0, f64::max);
+    let min = fills.iter().cloned().fold(1.0, f64::min);
+    (max - min, if min > 0.0 { max / min } else { f64::INFINITY })
+}
+
+#[test]
+fn a_joining_node_receives_shards_and_fill_evens_out() {
+    let net = Net::new();
+    let root = net.root.path().to_path_buf();
+    let mut nodes = cluster_with(
+        &net,
+        8,
+        |i| vec![format!("dir:{}/n{i}/shards:16MiB", root.display())],
+        &[],
+    );
+    let ids: Vec<String> = nodes.iter().map(|n| n.id.clone()).collect();
+    let id_refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+    wait_all_see(
+        &net,
+        &addrs(&nodes),
+        &id_refs,
+        "alive",
+        Duration::from_secs(60),
+    );
+    let objects = store(&net, &nodes[0], 30, 200_000);
+    let first = nodes[0].addr();
+    let mut joiner = NodeProc::init(
+        net.root.path(),
+        "n8",
+        crate::harness::NodeSpec {
+            site: "site-new",
+            containers: vec![format!("dir:{}/n8/shards:16MiB", root.display())],
+            bootstrap: Some(&first),
+            key: Some(&net.key),
+            extra: &[],
+        },
+    );
+    joiner.start();
+    wait_all_see(
+        &net,
+        &addrs(&nodes),
+        &[&joiner.id],
+        "alive",
+        Duration::from_secs(30),
+    );
+    let (before_diff, _) = fill_spread(&net, &nodes[0]);
+    // While shards move, no object may ever drop below k + m.
+    let moved = wait_until(
+        Duration::from_secs(120),
+        "the new node to receive shards",
+        || {
+            for (id, _) in objects.iter().step_by(5) {
+                let s = stat(&net, &nodes[1], id)?;
+                assert_eq!(
+                    s["health"], "healthy",
+                    "{id} dropped below k + m during the move"
+                );
+            }
+            let s = net.status(&joiner.addr())?;
+            match s["shards_stored"].as_u64() {
+                Some(n) if n >= 20 => Ok(n),
+                n => Err(format!("the new node holds {n:?} shards")),
+            }
+        },
+    );
+    // Let the moves settle: two polls a few rounds apart with no change.
+    let total_moved = |nodes: &[NodeProc]| -> u64 {
+        nodes
+            .iter()
+            .filter_map(|n| net.status(&n.addr()).ok())
+            .map(|s| s["repair"]["shards_moved"].as_u64().unwrap_or(0))
+            .sum()
+    };
+    let mut last = total_moved(&nodes);
+    wait_until(Duration::from_secs(60), "rebalancing to settle", || {
+        std::thread::sleep(Duration::from_millis(2500));
+        let now = total_moved(&nodes);
+        if now == last {
+            Ok(())
+        } else {
+            last = now;
+            Err(format!("{now} moved so far"))
+        }
+    });
+    for (id, _) in &objects {
+        assert_eq!(stat(&net, &nodes[1], id).unwrap()["health"], "healthy");
+    }
+    read_back(&net, &joiner, &objects[..3]);
+    let (after_diff, after_ratio) = fill_spread(&net, &nodes[0]);
+    println!(
+        "figure: join moved {last} shards; new node holds {moved}+; fill spread (max-min) {before_diff:.4} -> {after_diff:.4}, max/min after {after_ratio:.2}"
+    );
+    assert!(
+        after_diff < before_diff,
+        "the spread of fill fractions did not shrink"
+    );
+    nodes.push(joiner);
+}
