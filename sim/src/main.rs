@@ -1,10 +1,50 @@
-//! `dynostore-sim`: the local cluster harness with fault injection and the
-//! scale model of thousands of nodes. Neither exists yet (issue 6); the
-//! binary says so instead of pretending.
+//! `dynostore-sim`: the command line of the simulations.
+//!
+//! One subcommand per module of the library: `scale` (the scale model).
+//! A new subcommand is a sibling module with `Args` and `run`, plus one
+//! variant of [`Command`] and one arm in `main`.
 
 use std::process::ExitCode;
 
+use clap::{CommandFactory, Parser, Subcommand};
+use dynostore_sim::scale;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "dynostore-sim",
+    version,
+    about = "Simulations of a DynoStore network"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// The protocol's placement over thousands of virtual nodes (no
+    /// network): fill spread, data moved on join and leave, durability,
+    /// each beside two baselines. Deterministic for a seed.
+    Scale(scale::Args),
+}
+
 fn main() -> ExitCode {
-    eprintln!("dynostore-sim: no simulation is implemented yet (see issue 6)");
-    ExitCode::from(2)
+    let cli = Cli::parse();
+    let result = match &cli.command {
+        Command::Scale(args) => {
+            if let Err(msg) = args.validate() {
+                Cli::command()
+                    .error(clap::error::ErrorKind::ArgumentConflict, msg)
+                    .exit();
+            }
+            scale::run(args)
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("dynostore-sim: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }

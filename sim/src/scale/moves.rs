@@ -1,0 +1,460 @@
+//! Report 2: data moved when 1 % of nodes join and when 1 % leave, as a
+//! ratio to the ideal.
+//!
+//! # Ideal
+//! - Join: the share the joiners should hold by capacity,
+//!   `stored * C_join / (C + C_join)`: no rebalance that ends at
+//!   proportional fill can move less.
+//! - Leave: the bytes the leavers hold: they must all be re-created.
+//!
+//! # Rendezvous
+//! Every stored object is re-placed with the protocol's [`View::place`]
+//! under the view before and the view after the change, and the moved
+//! bytes are `sum over objects of |after \ before| * shard_bytes` (a shard
+//! is moved when its stripe gains a holder; holders that stay keep their
+//! shard). "Before" is the view at the end of the fill (every node weighted
+//! by its free bytes); "after" keeps those weights for the members that
+//! stay, and gives each joiner the free bytes it will have once the network
+//! is evenly filled again, `(1 - mean fill) * capacity`. A second row
+//! weights joiners by their free bytes now (their whole capacity, as they
+//! are empty): free-space weights rate an empty node `1 / (1 - fill)` times
+//! higher per byte of capacity than a full one, so a rebalance by that
+//! ranking would overshoot; new writes are what should fill new nodes.
+//!
+//! Also reported: the *drift*, the fraction of stored bytes whose holder at
+//! write time differs from the ranking at the end of the fill (objects
+//! written under older views with other weights); a rebalancer that chased
+//! the current ranking would move that much with no membership change.
+//!
+//! ## Exact shortcuts (verified on a sample)
+//! A full `place` over 10,000 nodes costs about 170 µs, and the rendezvous
+//! score of a node depends only on the key, the node and its weight. Hence
+//! the lemma: if `V' ⊆ V` (same weights) and `V'` contains `place(V, n)`,
+//! then `place(V', n) = place(V, n)`. (The site-first picks of `V` are
+//! still the first of their sites in `V'` and no other site's best node in
+//! `V'` ranks higher; the fill-in picks are still the best non-site-first
+//! nodes; `V'` spans as many sites as the stripe needs.) So:
+//! - join: `place(before ∪ joiners, n)` over the small view of the
+//!   stripe's before-holders and the joiners equals `place` over the whole
+//!   grown view, because that contains the full placement (every node of it
+//!   was a before-holder or is a joiner);
+//! - leave: an object none of whose before-holders leaves keeps its
+//!   placement; only the others are re-placed over the whole shrunk view.
+//!
+//! Most objects do not change on a join at all, so before building the
+//! small view a conservative pre-filter computes the protocol's score
+//! (`w / -ln(unit(key ^ node_hash))`, with the protocol's public `unit` and
+//! `node_hash`) of the stripe's holders and of the joiners: a joiner that
+//! ranks below every holder cannot be picked (the holders fill the stripe
+//! first), so when none outscores the weakest holder the placement is
+//! unchanged. The filter is off if a joiner brings a site with no eligible
+//! member yet (that would add a site to spread over).
+//!
+//! Every `verify_every`-th stored object is also re-placed over the whole
+//! view for both cases and compared with the shortcut's result (filter
+//! included); the count of mismatches is reported (and must be 0).
+//!
+//! # Baselines
+//! Neither baseline has a placement function to consult, so "what moves"
+//! needs a definition:
+//! - **re-run**: the policy's own fill re-run from empty on the new node set
+//!   with the same objects (and, for random, the same RNG stream), counting
+//!   shards whose holder set changed: what the policy would move if its
+//!   decisions were recomputed.
+//! - **targeted rebalance (lower bound)**: move exactly the ideal (shards to
+//!   joiners until their fill matches, or the leavers' shards); achievable
+//!   only with a directory that records every shard's location, which is
+//!   what both baselines need anyway to find data.
+
+use dynostore_protocol::placement::{node_hash, unit, Member, PlacementKey, View};
+use serde::Serialize;
+
+use super::fill::{fill, FillConfig, FillOutcome, Policy};
+use super::log::EventLog;
+use super::world::{node_index, par_map, place_indices, World};
+
+/// One way of counting moved bytes for a join and a leave.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct MoveRow {
+    pub policy: Policy,
+    pub method: String,
+    pub join: Moved,
+    pub leave: Option<Moved>,
+}
+
+/// Moved bytes against the ideal.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Moved {
+    pub moved_bytes: u64,
+    pub ideal_bytes: u64,
+    pub ratio: f64,
+}
+
+impl Moved {
+    fn new(moved_bytes: u64, ideal_bytes: u64) -> Moved {
+        Moved {
+            moved_bytes,
+            ideal_bytes,
+            ratio: moved_bytes as f64 / ideal_bytes.max(1) as f64,
+        }
+    }
+}
+
+/// Report 2.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct MovesReport {
+    pub joiners: usize,
+    /// Joiners' capacity / the initial capacity.
+    pub joiner_capacity_share: f64,
+    pub leavers: usize,
+    /// Leavers' capacity / the initial capacity.
+    pub leaver_capacity_share: f64,
+    pub rows: Vec<MoveRow>,
+    /// Stored bytes whose write-time holder differs from the ranking at the
+    /// end of the fill, as a fraction of the stored bytes.
+    pub rendezvous_drift: f64,
+    /// Objects re-placed over the whole view to check the shortcuts.
+    pub shortcut_checks: u64,
+    pub shortcut_mismatches: u64,
+}
+
+/// How the moves phase is set up.
+#[derive(Debug, Clone)]
+pub struct MovesConfig {
+    pub threads: usize,
+    pub verify_every: usize,
+    /// For the baseline re-runs (checkpoints are ignored).
+    pub fill: FillConfig,
+}
+
+/// Per-object results of the rendezvous pass, in shards.
+#[derive(Debug, Clone, Copy, Default)]
+struct PerObject {
+    join: u8,
+    join_naive: u8,
+    leave: u8,
+    leave_ideal: u8,
+    drift: u8,
+    checks: u8,
+    mismatches: u8,
+}
+
+/// Runs report 2 on the fills of report 1.
+pub fn moves(
+    world: &World,
+    fills: &[FillOutcome],
+    cfg: &MovesConfig,
+    log: &mut EventLog,
+) -> MovesReport {
+    let initial: Vec<u32> = world.initial_range().collect();
+    let joiners: Vec<u32> = world.joiner_range().collect();
+    let mut is_leaver = vec![false; world.all_nodes.len()];
+    for &l in &world.leavers {
+        is_leaver[l as usize] = true;
+    }
+    let staying: Vec<u32> = initial
+        .iter()
+        .copied()
+        .filter(|&i| !is_leaver[i as usize])
+        .collect();
+    let cap = |set: &[u32]| -> u128 { set.iter().map(|&i| u128::from(world.capacity(i))).sum() };
+    let (c_initial, c_join, c_leave) = (cap(&initial), cap(&joiners), cap(&world.leavers));
+    let join_share = c_join as f64 / (c_initial + c_join) as f64;
+
+    // The baselines' re-runs are independent: run them in parallel, each
+    // into a child log, absorbed in order.
+    let mut grown = initial.clone();
+    grown.extend(&joiners);
+    let reruns: Vec<(usize, &[u32])> = fills
+        .iter()
+        .enumerate()
+        .filter(|(_, f)| f.policy != Policy::Rendezvous)
+        .flat_map(|(i, _)| [(i, grown.as_slice()), (i, staying.as_slice())])
+        .collect();
+    let parent: &EventLog = log;
+    let rerun_outcomes = par_map(cfg.threads, reruns.len(), |j| {
+        let (f, nodes) = reruns[j];
+        let policy = fills[f].policy;
+        let mut child = parent.child(&format!("rerun-{}-{j}", policy.name()));
+        let outcome = fill(world, nodes, policy, &cfg.fill, &mut child);
+        (outcome, child)
+    });
+    let mut rerun_outcomes: Vec<Option<FillOutcome>> = rerun_outcomes
+        .into_iter()
+        .enumerate()
+        .map(|(j, (outcome, child))| {
+            log.absorb("rerun-log", &[outcome.policy.tag(), j as u64], child);
+            Some(outcome)
+        })
+        .collect();
+
+    let mut rows = Vec::new();
+    let mut drift = 0.0;
+    let (mut checks, mut mismatches) = (0, 0);
+    for (f, outcome) in fills.iter().enumerate() {
+        let stored_bytes: u128 = stored_bytes(world, outcome);
+        let ideal_join = (stored_bytes as f64 * join_share).round() as u64;
+        match outcome.policy {
+            Policy::Rendezvous => {
+                let r = rendezvous(
+                    world, outcome, &initial, &joiners, &staying, &is_leaver, cfg,
+                );
+                log.event(
+                    "moves-rendezvous",
+                    &[
+                        r.join,
+                        r.join_naive,
+                        r.leave,
+                        r.leave_ideal,
+                        r.drift,
+                        r.mismatches,
+                    ],
+                );
+                drift = r.drift as f64 / stored_bytes.max(1) as f64;
+                checks = r.checks;
+                mismatches = r.mismatches;
+                rows.push(MoveRow {
+                    policy: Policy::Rendezvous,
+                    method:
+                        "re-place every object; joiners weighted by their free bytes at even fill"
+                            .into(),
+                    join: Moved::new(r.join, ideal_join),
+                    leave: Some(Moved::new(r.leave, r.leave_ideal)),
+                });
+                rows.push(MoveRow {
+                    policy: Policy::Rendezvous,
+                    method:
+                        "re-place every object; joiners weighted by their free bytes now (empty)"
+                            .into(),
+                    join: Moved::new(r.join_naive, ideal_join),
+                    leave: None,
+                });
+            }
+            policy => {
+                let leave_ideal = bytes_on(world, outcome, &is_leaver);
+                let mine: Vec<usize> = (0..reruns.len()).filter(|&j| reruns[j].0 == f).collect();
+                let (Some(after_join), Some(after_leave)) = (
+                    rerun_outcomes[mine[0]].take(),
+                    rerun_outcomes[mine[1]].take(),
+                ) else {
+                    continue;
+                };
+                let join = changed_bytes(world, outcome, &after_join);
+                let leave = changed_bytes(world, outcome, &after_leave);
+                log.event("moves-rerun", &[policy.tag(), join, leave]);
+                rows.push(MoveRow {
+                    policy,
+                    method: "re-run the policy from empty on the new node set".into(),
+                    join: Moved::new(join, ideal_join),
+                    leave: Some(Moved::new(leave, leave_ideal)),
+                });
+                rows.push(MoveRow {
+                    policy,
+                    method: "targeted rebalance with a directory (lower bound: the ideal)".into(),
+                    join: Moved::new(ideal_join, ideal_join),
+                    leave: Some(Moved::new(leave_ideal, leave_ideal)),
+                });
+            }
+        }
+    }
+    MovesReport {
+        joiners: joiners.len(),
+        joiner_capacity_share: c_join as f64 / c_initial as f64,
+        leavers: world.leavers.len(),
+        leaver_capacity_share: c_leave as f64 / c_initial as f64,
+        rows,
+        rendezvous_drift: drift,
+        shortcut_checks: checks,
+        shortcut_mismatches: mismatches,
+    }
+}
+
+/// Totals of the rendezvous pass, in bytes (checks in objects).
+#[derive(Debug, Default)]
+struct RendezvousTotals {
+    join: u64,
+    join_naive: u64,
+    leave: u64,
+    leave_ideal: u64,
+    drift: u64,
+    checks: u64,
+    mismatches: u64,
+}
+
+fn rendezvous(
+    world: &World,
+    outcome: &FillOutcome,
+    initial: &[u32],
+    joiners: &[u32],
+    staying: &[u32],
+    is_leaver: &[bool],
+    cfg: &MovesConfig,
+) -> RendezvousTotals {
+    let n = world.n;
+    let ledger = &outcome.ledger;
+    let free = |i: u32| ledger.free(i);
+    let used: u128 = initial
+        .iter()
+        .map(|&i| u128::from(ledger.used[i as usize]))
+        .sum();
+    let capacity: u128 = initial.iter().map(|&i| u128::from(world.capacity(i))).sum();
+    let free_fraction = 1.0 - used as f64 / capacity as f64;
+    let target = |i: u32| (world.capacity(i) as f64 * free_fraction) as u64;
+
+    let before_view = world.view(initial.iter().copied(), free);
+    let grown: Vec<u32> = initial.iter().chain(joiners).copied().collect();
+    let join_view = world.view(grown.iter().copied(), |i| {
+        if (i as usize) < world.initial {
+            free(i)
+        } else {
+            target(i)
+        }
+    });
+    let naive_view = world.view(grown.iter().copied(), |i| {
+        if (i as usize) < world.initial {
+            free(i)
+        } else {
+            world.capacity(i)
+        }
+    });
+    let leave_view = world.view(staying.iter().copied(), free);
+    let joiners_target: Vec<Member> = joiners
+        .iter()
+        .map(|&j| world.member(j, target(j)))
+        .collect();
+    let joiners_naive: Vec<Member> = joiners
+        .iter()
+        .map(|&j| world.member(j, world.capacity(j)))
+        .collect();
+
+    // The pre-filter (module header): node hashes and the sites that
+    // already have an eligible member.
+    let hashes: Vec<u64> = world.all_nodes.iter().map(|x| node_hash(&x.id)).collect();
+    let score = |key: PlacementKey, i: u32, w: u64| -> f64 {
+        w as f64 / -unit(key.0 ^ hashes[i as usize]).ln()
+    };
+    let mut site_has_eligible = vec![false; world.sites.len()];
+    for &i in initial {
+        if free(i) > 0 {
+            site_has_eligible[world.site_of(i) as usize] = true;
+        }
+    }
+    let filter_sound = joiners
+        .iter()
+        .all(|&j| site_has_eligible[world.site_of(j) as usize]);
+
+    let stored: Vec<usize> = (0..world.objects.len())
+        .filter(|&i| outcome.stored[i])
+        .collect();
+    let verify_every = cfg.verify_every.max(1);
+    let per_object = par_map(cfg.threads, stored.len(), |j| {
+        let obj = &world.objects[stored[j]];
+        let verify = j % verify_every == 0;
+        let mut r = PerObject::default();
+        let before = place_indices(&before_view, obj.key, n);
+        let actual = outcome.holders_of(stored[j], n);
+        r.drift = gained(&before, actual);
+
+        // Re-place over the small view, unless no joiner outscores the
+        // weakest holder (then nothing can change).
+        let min_before = before
+            .iter()
+            .map(|&i| score(obj.key, i, free(i)))
+            .fold(f64::INFINITY, f64::min);
+        let place_with = |joining: &[Member]| -> Vec<u32> {
+            let may_change = !filter_sound
+                || before.len() < n
+                || joining
+                    .iter()
+                    .any(|m| score(obj.key, node_index(&m.id), m.weight) >= min_before);
+            if !may_change {
+                return before.clone();
+            }
+            let small = View::new(
+                before
+                    .iter()
+                    .map(|&i| world.member(i, free(i)))
+                    .chain(joining.iter().cloned()),
+            );
+            place_indices(&small, obj.key, n)
+        };
+        let after = place_with(&joiners_target);
+        r.join = gained(&after, &before);
+        let after_naive = place_with(&joiners_naive);
+        r.join_naive = gained(&after_naive, &before);
+        if verify {
+            r.checks += 1;
+            let full = place_indices(&join_view, obj.key, n);
+            let full_naive = place_indices(&naive_view, obj.key, n);
+            r.mismatches += u8::from(full != after || full_naive != after_naive);
+        }
+
+        let leaving = before.iter().filter(|&&i| is_leaver[i as usize]).count() as u8;
+        r.leave_ideal = leaving;
+        if leaving > 0 || verify {
+            let after = place_indices(&leave_view, obj.key, n);
+            r.leave = gained(&after, &before);
+            if leaving == 0 {
+                r.mismatches += u8::from(after != before);
+            }
+        }
+        r
+    });
+
+    let mut t = RendezvousTotals::default();
+    for (j, r) in per_object.iter().enumerate() {
+        let shard = world.objects[stored[j]].shard_bytes;
+        t.join += u64::from(r.join) * shard;
+        t.join_naive += u64::from(r.join_naive) * shard;
+        t.leave += u64::from(r.leave) * shard;
+        t.leave_ideal += u64::from(r.leave_ideal) * shard;
+        t.drift += u64::from(r.drift) * shard;
+        t.checks += u64::from(r.checks);
+        t.mismatches += u64::from(r.mismatches);
+    }
+    t
+}
+
+/// How many of `after`'s nodes are not in `before`.
+fn gained(after: &[u32], before: &[u32]) -> u8 {
+    after.iter().filter(|x| !before.contains(x)).count() as u8
+}
+
+fn stored_bytes(world: &World, outcome: &FillOutcome) -> u128 {
+    world
+        .objects
+        .iter()
+        .zip(&outcome.stored)
+        .filter(|(_, &s)| s)
+        .map(|(o, _)| u128::from(o.shard_bytes) * world.n as u128)
+        .sum()
+}
+
+/// Bytes `outcome` stored on the nodes marked in `on`.
+fn bytes_on(world: &World, outcome: &FillOutcome, on: &[bool]) -> u64 {
+    let n = world.n;
+    (0..world.objects.len())
+        .filter(|&i| outcome.stored[i])
+        .map(|i| {
+            let hits = outcome
+                .holders_of(i, n)
+                .iter()
+                .filter(|&&h| on[h as usize])
+                .count() as u64;
+            hits * world.objects[i].shard_bytes
+        })
+        .sum()
+}
+
+/// Bytes of the shards whose stripe gained a holder from `before` to
+/// `after`, over objects both stored.
+fn changed_bytes(world: &World, before: &FillOutcome, after: &FillOutcome) -> u64 {
+    let n = world.n;
+    (0..world.objects.len())
+        .filter(|&i| before.stored[i] && after.stored[i])
+        .map(|i| {
+            u64::from(gained(after.holders_of(i, n), before.holders_of(i, n)))
+                * world.objects[i].shard_bytes
+        })
+        .sum()
+}
