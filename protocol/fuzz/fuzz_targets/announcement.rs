@@ -1,0 +1,42 @@
+//! `Announcement` from untrusted bytes, as a bare message
+//! (`WireMessage::decode`) and as a frame (`WireMessage::from_frame`): it
+//! must never panic, and whatever is accepted must round-trip.
+#![no_main]
+
+use dynostore_protocol::wire::{Announcement, WireMessage};
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    if let Ok(msg) = Announcement::decode(data) {
+        round_trip(&msg);
+    }
+    if let Ok(msg) = Announcement::from_frame(data) {
+        round_trip(&msg);
+    }
+});
+
+fn round_trip(msg: &Announcement) {
+    let bytes = msg.encode();
+    let again = Announcement::decode(&bytes)
+        .unwrap_or_else(|e| panic!("re-encoded {} is refused: {e}", Announcement::NAME));
+    assert_eq!(
+        &again,
+        msg,
+        "{} changed in a round trip",
+        Announcement::NAME
+    );
+    assert_eq!(
+        again.encode(),
+        bytes,
+        "{} encoding is not stable",
+        Announcement::NAME
+    );
+    let framed = Announcement::from_frame(&msg.to_frame())
+        .unwrap_or_else(|e| panic!("re-framed {} is refused: {e}", Announcement::NAME));
+    assert_eq!(
+        &framed,
+        msg,
+        "{} changed in a frame round trip",
+        Announcement::NAME
+    );
+}

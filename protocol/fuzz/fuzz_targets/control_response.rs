@@ -1,0 +1,42 @@
+//! `ControlResponse` from untrusted bytes, as a bare message
+//! (`WireMessage::decode`) and as a frame (`WireMessage::from_frame`): it
+//! must never panic, and whatever is accepted must round-trip.
+#![no_main]
+
+use dynostore_protocol::wire::{ControlResponse, WireMessage};
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    if let Ok(msg) = ControlResponse::decode(data) {
+        round_trip(&msg);
+    }
+    if let Ok(msg) = ControlResponse::from_frame(data) {
+        round_trip(&msg);
+    }
+});
+
+fn round_trip(msg: &ControlResponse) {
+    let bytes = msg.encode();
+    let again = ControlResponse::decode(&bytes)
+        .unwrap_or_else(|e| panic!("re-encoded {} is refused: {e}", ControlResponse::NAME));
+    assert_eq!(
+        &again,
+        msg,
+        "{} changed in a round trip",
+        ControlResponse::NAME
+    );
+    assert_eq!(
+        again.encode(),
+        bytes,
+        "{} encoding is not stable",
+        ControlResponse::NAME
+    );
+    let framed = ControlResponse::from_frame(&msg.to_frame())
+        .unwrap_or_else(|e| panic!("re-framed {} is refused: {e}", ControlResponse::NAME));
+    assert_eq!(
+        &framed,
+        msg,
+        "{} changed in a frame round trip",
+        ControlResponse::NAME
+    );
+}
