@@ -103,10 +103,18 @@ pub trait WireMessage: Serialize + DeserializeOwned {
                 max: Self::MAX_BYTES,
             });
         }
-        let msg: Self = ciborium::from_reader(bytes).map_err(|e| WireError::Malformed {
+        let mut rest = bytes;
+        let msg: Self = ciborium::from_reader(&mut rest).map_err(|e| WireError::Malformed {
             message: Self::NAME,
             reason: e.to_string(),
         })?;
+        // One encoding per message: bytes after the CBOR item are refused.
+        if !rest.is_empty() {
+            return Err(WireError::Malformed {
+                message: Self::NAME,
+                reason: format!("{} bytes after the message", rest.len()),
+            });
+        }
         msg.check().map_err(|reason| WireError::Invalid {
             message: Self::NAME,
             reason,
@@ -763,6 +771,13 @@ mod tests {
         f.pop();
         assert!(Announcement::from_frame(&f).is_err());
         assert!(Announcement::from_frame(&[0, 0]).is_err());
+    }
+
+    #[test]
+    fn trailing_bytes_are_refused() {
+        let mut bytes = announcement().encode();
+        bytes.extend_from_slice(&[0; 3]);
+        assert!(Announcement::decode(&bytes).is_err());
     }
 
     #[test]
