@@ -29,8 +29,10 @@
 //! Without `--bench` (as under `cargo test --benches`) it runs a 4 MiB smoke
 //! round only.
 
+mod common;
+
 use std::future::Future;
-use std::io::{BufRead, BufReader, Write as _};
+use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, ExitCode, Stdio};
@@ -40,19 +42,22 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context as _, Result};
 use bytes::Bytes;
+use common::{
+    build_swarm, connect, drive, env_number, exit_with_parent, fill, listen, mb_per_s, median,
+    pool, read_ready_line, runtime, serve_sinks, start_sink_swarm, stream_copy, READY_TIMEOUT,
+    SINK_MAX_BYTES, SINK_PROTOCOL,
+};
 use dynostore_node::container::ContainerSpec;
 use dynostore_node::keys::parse_network_key;
 use dynostore_node::keys::NetworkKey;
 use dynostore_node::manifests::ManifestStore;
-use dynostore_node::net::{shard_protocol, transport};
+use dynostore_node::net::shard_protocol;
 use dynostore_node::shard_proto::{get_shard, put_shard, serve_stream, ShardClientError};
 use dynostore_node::store::ShardStore;
 use dynostore_protocol::ShardId;
-use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
+use futures::StreamExt;
 use libp2p::identity::Keypair;
-use libp2p::multiaddr::Protocol;
-use libp2p::swarm::SwarmEvent;
-use libp2p::{Multiaddr, PeerId, Stream, StreamProtocol, Swarm, SwarmBuilder};
+use libp2p::{Multiaddr, PeerId};
 use libp2p_stream::Control;
 use tokio::task::JoinSet;
 
@@ -74,14 +79,8 @@ const CONCURRENCY: u64 = 4;
 const MAX_ATTEMPTS: usize = 20;
 /// Per shard request, as the node's default `request_timeout_ms`.
 const OP_TIMEOUT: Duration = Duration::from_secs(30);
-const READY_TIMEOUT: Duration = Duration::from_secs(60);
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 /// A server left behind exits on its own after this long.
 const SERVER_MAX_LIFETIME: Duration = Duration::from_secs(3 * 3600);
-/// Largest sink transfer the server accepts.
-const SINK_MAX_BYTES: u64 = 1 << 40;
-
-const SINK_PROTOCOL: StreamProtocol = StreamProtocol::new("/dynostore-bench/sink/1");
 
 fn main() -> ExitCode {
     // Warnings and errors of both sides go to stderr; RUST_LOG for more.
@@ -103,24 +102,6 @@ fn main() -> ExitCode {
             eprintln!("transfer bench failed: {e:#}");
             ExitCode::FAILURE
         }
-    }
-}
-
-fn runtime() -> Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("cannot build a tokio runtime")
-}
-
-fn env_number(name: &str, default: u64) -> Result<u64> {
-    match std::env::var(name) {
-        Err(std::env::VarError::NotPresent) => Ok(default),
-        Err(e) => bail!("{name}: {e}"),
-        Ok(s) => match s.trim().parse::<u64>() {
-            Ok(n) if n > 0 => Ok(n),
-            _ => bail!("{name}={s:?}: expected a positive whole number"),
-        },
     }
 }
 
@@ -172,16 +153,7 @@ fn server_process_main() -> Result<()> {
     let dir = std::env::var_os(DIR_ENV).with_context(|| format!("{DIR_ENV} is not set"))?;
     // The client closes our stdin when it is done or gone; a server left
     // behind anyway ends after SERVER_MAX_LIFETIME.
-    std::thread::spawn(|| {
-        let mut sink = Vec::new();
-        let _ = std::io::Read::read_to_end(&mut std::io::stdin(), &mut sink);
-        std::process::exit(0);
-    });
-    std::thread::spawn(|| {
-        std::thread::sleep(SERVER_MAX_LIFETIME);
-        eprintln!("bench server: still running after {SERVER_MAX_LIFETIME:?}; exiting");
-        std::process::exit(2);
-    });
+    exit_with_parent(SERVER_MAX_LIFETIME);
     let rt = runtime()?;
     rt.block_on(async move {
         let (_state, ready) = start_server(psk, quota_mib, Path::new(&dir)).await?;
@@ -192,54 +164,6 @@ fn server_process_main() -> Result<()> {
         std::future::pending::<()>().await;
         Ok(())
     })
-}
-
-/// Builds a swarm with the node's real transport and only `libp2p-stream`.
-fn build_swarm(key: &Keypair, psk: Option<NetworkKey>) -> Result<Swarm<libp2p_stream::Behaviour>> {
-    let transport = transport(key, psk.as_ref()).context("building the node transport")?;
-    Ok(SwarmBuilder::with_existing_identity(key.clone())
-        .with_tokio()
-        .with_other_transport(|_| transport)
-        .map_err(|e| anyhow!("swarm transport: {e}"))?
-        .with_behaviour(|_| libp2p_stream::Behaviour::new())
-        .map_err(|e| anyhow!("swarm behaviour: {e}"))?
-        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(3600)))
-        .build())
-}
-
-/// Polls a swarm forever, logging connection losses.
-async fn drive(mut swarm: Swarm<libp2p_stream::Behaviour>) {
-    loop {
-        match swarm.select_next_some().await {
-            SwarmEvent::ConnectionClosed { peer_id, cause, .. } => {
-                tracing::debug!(%peer_id, ?cause, "bench connection closed");
-            }
-            SwarmEvent::IncomingConnectionError { error, .. } => {
-                tracing::warn!(%error, "bench incoming connection failed");
-            }
-            _ => {}
-        }
-    }
-}
-
-/// Listens on loopback and returns the address with `/p2p/...`.
-async fn listen(swarm: &mut Swarm<libp2p_stream::Behaviour>) -> Result<Multiaddr> {
-    let addr: Multiaddr = "/ip4/127.0.0.1/tcp/0".parse().context("listen address")?;
-    swarm.listen_on(addr).context("cannot listen on loopback")?;
-    let peer = *swarm.local_peer_id();
-    tokio::time::timeout(READY_TIMEOUT, async {
-        loop {
-            match swarm.select_next_some().await {
-                SwarmEvent::NewListenAddr { address, .. } => {
-                    return Ok(address.with(Protocol::P2p(peer)));
-                }
-                SwarmEvent::ListenerError { error, .. } => bail!("listener failed: {error}"),
-                _ => {}
-            }
-        }
-    })
-    .await
-    .context("no listen address")?
 }
 
 /// Starts every server-side listener; the shard store lives in `dir`.
@@ -302,15 +226,7 @@ async fn start_server(psk: NetworkKey, quota_mib: u64, dir: &Path) -> Result<(Se
     tasks.spawn(drive(swarm));
 
     // Without a network key: the sink only.
-    let mut swarm = build_swarm(&Keypair::generate_ed25519(), None)?;
-    let open_addr = listen(&mut swarm).await?;
-    let sinks = swarm
-        .behaviour()
-        .new_control()
-        .accept(SINK_PROTOCOL)
-        .map_err(|e| anyhow!("sink protocol: {e}"))?;
-    tasks.spawn(serve_sinks(sinks));
-    tasks.spawn(drive(swarm));
+    let open_addr = start_sink_swarm(None, &mut tasks).await?;
 
     let ready = Ready {
         tcp: tcp_addr,
@@ -319,42 +235,6 @@ async fn start_server(psk: NetworkKey, quota_mib: u64, dir: &Path) -> Result<(Se
         dir: dir.display().to_string(),
     };
     Ok((ServerState { _tasks: tasks }, ready))
-}
-
-async fn serve_sinks(mut incoming: libp2p_stream::IncomingStreams) {
-    while let Some((peer, stream)) = incoming.next().await {
-        tokio::spawn(async move {
-            if let Err(e) = sink(stream).await {
-                tracing::warn!(%peer, error = %e, "stream sink failed");
-            }
-        });
-    }
-}
-
-/// Reads an 8-byte length, then that many bytes into a discarded buffer,
-/// then answers one byte.
-async fn sink(mut s: Stream) -> std::io::Result<()> {
-    let mut header = [0u8; 8];
-    s.read_exact(&mut header).await?;
-    let mut left = u64::from_le_bytes(header);
-    if left > SINK_MAX_BYTES {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            format!("sink of {left} bytes refused"),
-        ));
-    }
-    let mut buf = vec![0u8; SHARD_BYTES];
-    while left > 0 {
-        let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
-        let n = s.read(&mut buf[..want]).await?;
-        if n == 0 {
-            return Err(std::io::ErrorKind::UnexpectedEof.into());
-        }
-        left -= n as u64;
-    }
-    s.write_all(&[1]).await?;
-    s.flush().await?;
-    s.close().await
 }
 
 /// The plain TCP reference, with tokio's IO traits only.
@@ -470,20 +350,7 @@ fn spawn_server_process(psk: NetworkKey, quota_mib: u64, dir: &Path) -> Result<(
     // From here on, dropping `server` kills the child.
     let server = Server::Process { child };
     let stdout = stdout.ok_or_else(|| anyhow!("the server process has no stdout pipe"))?;
-    let (tx, rx) = mpsc::sync_channel(1);
-    std::thread::spawn(move || {
-        let mut line = String::new();
-        let r = BufReader::new(stdout).read_line(&mut line).map(|_| line);
-        let _ = tx.send(r);
-    });
-    let line = match rx.recv_timeout(READY_TIMEOUT) {
-        Ok(Ok(line)) if line.is_empty() => {
-            bail!("the server process exited before it was ready (its errors are above)")
-        }
-        Ok(Ok(line)) => line,
-        Ok(Err(e)) => bail!("cannot read the server's READY line: {e}"),
-        Err(_) => bail!("the server process was not ready within {READY_TIMEOUT:?}"),
-    };
+    let line = read_ready_line(stdout)?;
     let ready = Ready::parse(&line)?;
     Ok((server, ready))
 }
@@ -530,77 +397,7 @@ fn spawn_server_thread(psk: NetworkKey, quota_mib: u64, dir: &Path) -> Result<(S
 
 // ---------------------------------------------------------------- client
 
-/// Dials `addr` and returns a stream control once connected; the swarm is
-/// driven by a spawned task.
-async fn connect(psk: Option<NetworkKey>, addr: &Multiaddr) -> Result<(Control, PeerId)> {
-    let peer = match addr.iter().last() {
-        Some(Protocol::P2p(p)) => p,
-        _ => bail!("{addr} does not end in /p2p/..."),
-    };
-    let mut swarm = build_swarm(&Keypair::generate_ed25519(), psk)?;
-    let control = swarm.behaviour().new_control();
-    swarm
-        .dial(addr.clone())
-        .with_context(|| format!("cannot dial {addr}"))?;
-    tokio::time::timeout(CONNECT_TIMEOUT, async {
-        loop {
-            match swarm.select_next_some().await {
-                SwarmEvent::ConnectionEstablished { peer_id, .. } if peer_id == peer => {
-                    return Ok(())
-                }
-                SwarmEvent::OutgoingConnectionError { error, .. } => {
-                    bail!("cannot connect to {addr}: {error}")
-                }
-                _ => {}
-            }
-        }
-    })
-    .await
-    .with_context(|| format!("no connection to {addr} within {CONNECT_TIMEOUT:?}"))??;
-    tokio::spawn(drive(swarm));
-    Ok((control, peer))
-}
-
-/// Copies `total` bytes over one new stream in writes of `chunk.len()`;
-/// the time runs from opening the stream to the server's acknowledgement.
-async fn stream_copy(
-    control: &mut Control,
-    peer: PeerId,
-    total: u64,
-    chunk: &[u8],
-) -> Result<Duration> {
-    let start = Instant::now();
-    let mut s = control
-        .open_stream(peer, SINK_PROTOCOL)
-        .await
-        .map_err(|e| anyhow!("cannot open a stream to {peer}: {e}"))?;
-    s.write_all(&total.to_le_bytes()).await?;
-    let mut left = total;
-    while left > 0 {
-        let n = chunk.len().min(usize::try_from(left).unwrap_or(usize::MAX));
-        s.write_all(&chunk[..n]).await?;
-        left -= n as u64;
-    }
-    s.flush().await?;
-    let mut ack = [0u8; 1];
-    s.read_exact(&mut ack).await?;
-    let elapsed = start.elapsed();
-    let _ = s.close().await;
-    Ok(elapsed)
-}
-
 type Shard = (ShardId, Bytes);
-
-/// Fills `buf` from a xorshift generator: incompressible, distinct per seed.
-fn fill(buf: &mut [u8], seed: u64) {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    for word in buf.chunks_exact_mut(8) {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        word.copy_from_slice(&x.to_le_bytes());
-    }
-}
 
 /// `n` distinct 1 MiB shards of set `set`, with their IDs.
 fn make_shards(set: u64, n: usize) -> Arc<Vec<Shard>> {
@@ -613,34 +410,6 @@ fn make_shards(set: u64, n: usize) -> Arc<Vec<Shard>> {
             })
             .collect(),
     )
-}
-
-/// Runs `op(i)` for `i` in `0..n` on `concurrency` spawned workers; returns
-/// the wall time of the whole batch. The first error aborts the rest.
-async fn pool<F, Fut>(n: usize, concurrency: usize, op: F) -> Result<Duration>
-where
-    F: Fn(usize) -> Fut + Clone + Send + 'static,
-    Fut: Future<Output = Result<()>> + Send + 'static,
-{
-    let next = Arc::new(AtomicUsize::new(0));
-    let start = Instant::now();
-    let mut workers: JoinSet<Result<()>> = JoinSet::new();
-    for _ in 0..concurrency {
-        let (next, op) = (next.clone(), op.clone());
-        workers.spawn(async move {
-            loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= n {
-                    return Ok(());
-                }
-                op(i).await?;
-            }
-        });
-    }
-    while let Some(r) = workers.join_next().await {
-        r.context("a worker panicked")??;
-    }
-    Ok(start.elapsed())
 }
 
 /// Whether a shard request failed because the server reset the stream
@@ -754,20 +523,6 @@ where
         .await
         .with_context(|| format!("{what} did not finish within {limit:?}"))?
         .with_context(|| format!("{what} failed"))
-}
-
-fn mb_per_s(bytes: u64, d: Duration) -> f64 {
-    bytes as f64 / d.as_secs_f64().max(1e-9) / 1e6
-}
-
-fn median(v: &[f64]) -> f64 {
-    let mut s = v.to_vec();
-    s.sort_by(f64::total_cmp);
-    match s.len() {
-        0 => f64::NAN,
-        n if n % 2 == 1 => s[n / 2],
-        n => (s[n / 2 - 1] + s[n / 2]) / 2.0,
-    }
 }
 
 /// One row of the table: MB/s and retried streams per round.

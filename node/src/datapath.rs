@@ -254,48 +254,59 @@ async fn put_segments(
 ) -> Result<Vec<Holders>, DataError> {
     let mut encoder = Encoder::new(g).map_err(|e| DataError::BadRequest(e.to_string()))?;
     let mut hasher = Hasher::new();
+    // Segment writes run as tasks, so that shards keep flowing while the
+    // next segment is read from the client.
     let mut in_flight = FuturesOrdered::new();
     let mut done: Vec<Holders> = Vec::new();
     let segments = g.segment_count(size);
-    for idx in 0..segments {
-        let len = g.segment_len(size, idx) as usize;
-        let mut buf = vec![0u8; len];
-        s.read_exact(&mut buf).await?;
-        hasher.update(&buf);
-        let seg = Bytes::from(buf);
-        let encoded = encoder
-            .encode(&seg)
-            .map_err(|e| DataError::Internal(e.to_string()))?;
-        let shards: Vec<Bytes> = encoded
-            .iter()
-            .map(|sh| {
-                if sh.as_ptr() >= seg.as_ptr() && sh.as_ptr() < seg.as_ptr().wrapping_add(seg.len())
-                {
-                    seg.slice_ref(sh)
-                } else {
-                    Bytes::copy_from_slice(sh)
-                }
-            })
-            .collect();
-        drop(encoded);
-        let shared = shared.clone();
-        let view = view.clone();
-        in_flight.push_back(async move {
-            write_segment(
-                &shared,
-                &view,
-                PlacementKey::for_segment(&object, idx),
-                idx,
-                shards,
-            )
-            .await
-        });
-        if in_flight.len() >= SEGMENTS_IN_FLIGHT {
+    let result: Result<(), DataError> = async {
+        for idx in 0..segments {
+            let len = g.segment_len(size, idx) as usize;
+            let mut buf = vec![0u8; len];
+            s.read_exact(&mut buf).await?;
+            hasher.update(&buf);
+            let seg = Bytes::from(buf);
+            let encoded = encoder
+                .encode(&seg)
+                .map_err(|e| DataError::Internal(e.to_string()))?;
+            let shards: Vec<Bytes> = encoded
+                .iter()
+                .map(|sh| {
+                    let inside = sh.as_ptr() >= seg.as_ptr()
+                        && sh.as_ptr() < seg.as_ptr().wrapping_add(seg.len());
+                    if inside {
+                        seg.slice_ref(sh)
+                    } else {
+                        Bytes::copy_from_slice(sh)
+                    }
+                })
+                .collect();
+            drop(encoded);
+            let shared = shared.clone();
+            let view = view.clone();
+            in_flight.push_back(tokio::spawn(async move {
+                let key = PlacementKey::for_segment(&object, idx);
+                write_segment(&shared, &view, key, idx, shards).await
+            }));
+            if in_flight.len() >= SEGMENTS_IN_FLIGHT {
+                collect_one(&mut in_flight, &mut done, written).await?;
+            }
+        }
+        while !in_flight.is_empty() {
             collect_one(&mut in_flight, &mut done, written).await?;
         }
+        Ok(())
     }
-    while !in_flight.is_empty() {
-        collect_one(&mut in_flight, &mut done, written).await?;
+    .await;
+    if let Err(e) = result {
+        // Let the writes still running finish, so that every shard they
+        // store is known and removed with the rest.
+        while let Some(joined) = in_flight.next().await {
+            if let Ok((holders, _)) = joined {
+                written.extend(holders);
+            }
+        }
+        return Err(e);
     }
     let actual = ObjectId::from_hash(hasher.finalize());
     if actual != object {
@@ -310,11 +321,13 @@ async fn put_segments(
 type SegmentWrite = (Holders, Result<(), DataError>);
 
 async fn collect_one(
-    in_flight: &mut FuturesOrdered<impl std::future::Future<Output = SegmentWrite>>,
+    in_flight: &mut FuturesOrdered<tokio::task::JoinHandle<SegmentWrite>>,
     done: &mut Vec<Holders>,
     written: &mut Vec<(ShardId, NodeId)>,
 ) -> Result<(), DataError> {
-    if let Some((holders, result)) = in_flight.next().await {
+    if let Some(joined) = in_flight.next().await {
+        let (holders, result) =
+            joined.map_err(|e| DataError::Internal(format!("a segment write failed: {e}")))?;
         written.extend(holders.iter().cloned());
         result?;
         done.push(holders);
@@ -625,7 +638,13 @@ async fn get(shared: &Arc<Shared>, s: &mut Stream, object: ObjectId) -> Result<(
             let shared = shared.clone();
             let manifest = manifest.clone();
             let idx = next;
-            in_flight.push_back(async move { read_segment(&shared, &manifest, idx).await });
+            // A task, so that fetching goes on while the client is written to.
+            let task = tokio::spawn(async move { read_segment(&shared, &manifest, idx).await });
+            in_flight.push_back(async move {
+                task.await.unwrap_or_else(|e| {
+                    Err(DataError::Internal(format!("a segment read failed: {e}")))
+                })
+            });
             next += 1;
         }
         let Some(result) = in_flight.next().await else {

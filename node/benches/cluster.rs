@@ -1,0 +1,1618 @@
+//! Figure (issue 4): the data path through a six-node loopback cluster of
+//! real `dynostore` node processes, against a raw libp2p stream measured in
+//! the same run.
+//!
+//! `cargo bench -p dynostore-node --bench cluster` prints markdown tables:
+//! 1. A cluster of six `dynostore node` processes (this package's binary),
+//!    each with its own directory, a `dir:` container (or `mem:`), its own
+//!    site and one fresh network key; announce every 500 ms. The bench
+//!    waits until every node's `status --json` lists all six as alive.
+//! 2. Put of a 1 GiB file (k = 4, m = 2, default segment size) with the
+//!    `dynostore put` CLI through one node, and get with `dynostore get`
+//!    through another; the got file's BLAKE3 must equal the ID. The CLI
+//!    runs under GNU time (`/usr/bin/time`, when present) for its peak RSS.
+//! 3. 1,000 objects of 64 KiB put and then got with the client library in
+//!    this process: one `Client` connection per node, objects spread over
+//!    the six entry peers, a fixed number of operations in flight.
+//! 4. The same as 2 with a 2 GiB file, then the peak RSS (`VmHWM`, read
+//!    just before each node is stopped) of every process, against 300 MiB.
+//! 5. The reference: 1 GiB copied over one raw `libp2p-stream` stream with
+//!    the node's transport (TCP + Noise with the network-key prologue +
+//!    Yamux) to a sink in a second process (this binary re-executed with
+//!    `DYNOSTORE_BENCH_ROLE=sink`), before the put, between put and get and
+//!    after the get; put and get are given as ratios to the median.
+//!    Targets: put >= 0.3x and get >= 0.4x of it.
+//! 6. Where the time goes: CPU seconds of every process per phase (from
+//!    `/proc/PID/stat` and GNU time), CPU seconds per GiB, and the MB/s a
+//!    phase would reach if it had every CPU and never waited; and the MB/s
+//!    of writing the input file (fresh page-cache pages), which a `dir:`
+//!    container and a get into a file pay too.
+//!
+//! Environment:
+//! - `DYNOSTORE_BENCH_FILE_MB`: the throughput file, MiB (default 1024);
+//!   the reference copies as many bytes.
+//! - `DYNOSTORE_BENCH_BIG_MB`: the memory-target file, MiB (default 2048;
+//!   0 skips it).
+//! - `DYNOSTORE_BENCH_OBJECTS`, `DYNOSTORE_BENCH_OBJECT_KIB`: small objects
+//!   (default 1000 of 64 KiB).
+//! - `DYNOSTORE_BENCH_CONCURRENCY`: small-object operations in flight
+//!   (default 8; 1 = sequential).
+//! - `DYNOSTORE_BENCH_CONTAINER`: `dir` (default) or `mem`.
+//! - `DYNOSTORE_BENCH_QUOTA_MIB`: each node's container quota (default 4096).
+//! - `TMPDIR`: where the node directories, shards and files go.
+//!
+//! Without `--bench` (as under `cargo test --benches`) it runs a smoke
+//! round: 8 MiB and 16 MiB files and 24 small objects.
+
+mod common;
+
+use std::fs;
+use std::io::{Read as _, Write as _};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context as _, Result};
+use common::{
+    connect, env_number, exit_with_parent, fill, mb_per_s, median, pool, read_ready_line, runtime,
+    start_sink_swarm, stream_copy, COPY_CHUNK, MIB,
+};
+use dynostore_node::client::Client;
+use dynostore_node::keys::{load_network_key, parse_network_key, NetworkKey};
+use dynostore_node::objects::{get_object, put_file, NoProgress, ObjectError, Output, PutParams};
+use dynostore_protocol::erasure::CodecKind;
+use dynostore_protocol::ObjectId;
+use libp2p::{Multiaddr, PeerId};
+use libp2p_stream::Control;
+use tokio::task::JoinSet;
+
+const ROLE_ENV: &str = "DYNOSTORE_BENCH_ROLE";
+const PSK_ENV: &str = "DYNOSTORE_BENCH_PSK";
+const FILE_MB_ENV: &str = "DYNOSTORE_BENCH_FILE_MB";
+const BIG_MB_ENV: &str = "DYNOSTORE_BENCH_BIG_MB";
+const OBJECTS_ENV: &str = "DYNOSTORE_BENCH_OBJECTS";
+const OBJECT_KIB_ENV: &str = "DYNOSTORE_BENCH_OBJECT_KIB";
+const CONCURRENCY_ENV: &str = "DYNOSTORE_BENCH_CONCURRENCY";
+const CONTAINER_ENV: &str = "DYNOSTORE_BENCH_CONTAINER";
+const QUOTA_ENV: &str = "DYNOSTORE_BENCH_QUOTA_MIB";
+
+/// The node binary of this package (release build under `cargo bench`).
+const NODE_BIN: &str = env!("CARGO_BIN_EXE_dynostore");
+const GNU_TIME: &str = "/usr/bin/time";
+
+const NODES: usize = 6;
+const K: u16 = 4;
+const M: u16 = 2;
+/// Membership timings: fast announcements, and silence thresholds loose
+/// enough that a node starved of CPU by a transfer is not declared suspect.
+const ANNOUNCE_MS: u64 = 500;
+const SUSPECT_MS: u64 = 5_000;
+const DOWN_MS: u64 = 20_000;
+
+/// The issue's targets.
+const PUT_TARGET: f64 = 0.3;
+const GET_TARGET: f64 = 0.4;
+const RSS_LIMIT_MIB: f64 = 300.0;
+
+/// Reference copies per run: before the put, between put and get, after the get.
+const REF_RUNS: usize = 3;
+/// Attempts of one small-object operation whose stream the entry peer dropped.
+const SMALL_ATTEMPTS: usize = 5;
+const SERVER_MAX_LIFETIME: Duration = Duration::from_secs(3600);
+const NODE_START_TIMEOUT: Duration = Duration::from_secs(60);
+const CONVERGE_TIMEOUT: Duration = Duration::from_secs(120);
+const STOP_TIMEOUT: Duration = Duration::from_secs(15);
+/// File generation and hashing block size.
+const IO_BLOCK: usize = 8 * MIB;
+/// Linux `USER_HZ`: the unit of the CPU times in `/proc/PID/stat`.
+const CLOCK_TICKS: f64 = 100.0;
+
+fn main() -> ExitCode {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .try_init();
+    let result = if std::env::var(ROLE_ENV).as_deref() == Ok("sink") {
+        sink_process_main()
+    } else {
+        coordinator_main(std::env::args().any(|a| a == "--bench"))
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("cluster bench failed: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+// ---------------------------------------------------------------- settings
+
+#[derive(Debug, Clone)]
+struct Settings {
+    file_bytes: u64,
+    big_bytes: u64,
+    objects: usize,
+    object_bytes: usize,
+    concurrency: usize,
+    container: ContainerKind,
+    quota_mib: u64,
+    smoke: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ContainerKind {
+    Dir,
+    Mem,
+}
+
+/// Like [`env_number`], but 0 is allowed.
+fn env_number_or_zero(name: &str, default: u64) -> Result<u64> {
+    match std::env::var(name) {
+        Ok(s) if s.trim() == "0" => Ok(0),
+        _ => env_number(name, default),
+    }
+}
+
+fn settings(bench: bool) -> Result<Settings> {
+    let (file_mb, big_mb, objects, quota) = if bench {
+        (
+            env_number(FILE_MB_ENV, 1024)?,
+            env_number_or_zero(BIG_MB_ENV, 2048)?,
+            env_number(OBJECTS_ENV, 1000)?,
+            env_number(QUOTA_ENV, 4096)?,
+        )
+    } else {
+        (8, 16, 24, env_number(QUOTA_ENV, 256)?)
+    };
+    let container = match std::env::var(CONTAINER_ENV).as_deref() {
+        Err(_) | Ok("dir") => ContainerKind::Dir,
+        Ok("mem") => ContainerKind::Mem,
+        Ok(other) => bail!("{CONTAINER_ENV}={other:?}: expected dir or mem"),
+    };
+    Ok(Settings {
+        file_bytes: file_mb * MIB as u64,
+        big_bytes: big_mb * MIB as u64,
+        objects: usize::try_from(objects).context("too many objects")?,
+        object_bytes: usize::try_from(env_number(OBJECT_KIB_ENV, 64)? * 1024)
+            .context("object size too large")?,
+        concurrency: usize::try_from(env_number(CONCURRENCY_ENV, 8)?)
+            .context("concurrency too large")?,
+        container,
+        quota_mib: quota,
+        smoke: !bench,
+    })
+}
+
+// ---------------------------------------------------------------- the reference sink process
+
+/// The re-executed sink: one swarm with the node's transport and the
+/// network key from `DYNOSTORE_BENCH_PSK`; prints `READY <multiaddr>`.
+fn sink_process_main() -> Result<()> {
+    let psk_text = std::env::var(PSK_ENV).with_context(|| format!("{PSK_ENV} is not set"))?;
+    let psk = parse_network_key(&psk_text).map_err(|e| anyhow!("{PSK_ENV}: {e}"))?;
+    exit_with_parent(SERVER_MAX_LIFETIME);
+    let rt = runtime()?;
+    rt.block_on(async move {
+        let mut tasks = JoinSet::new();
+        let addr = start_sink_swarm(Some(psk), &mut tasks).await?;
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "READY {addr}").context("cannot write the READY line")?;
+        out.flush().context("cannot write the READY line")?;
+        drop(out);
+        std::future::pending::<()>().await;
+        Ok(())
+    })
+}
+
+/// The sink process, killed when dropped.
+#[derive(Debug)]
+struct SinkProcess {
+    child: Child,
+    addr: Multiaddr,
+}
+
+impl Drop for SinkProcess {
+    fn drop(&mut self) {
+        drop(self.child.stdin.take());
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn spawn_sink(psk: &NetworkKey) -> Result<SinkProcess> {
+    let exe = std::env::current_exe().context("cannot find this bench binary to re-execute")?;
+    let mut child = Command::new(&exe)
+        .env(ROLE_ENV, "sink")
+        .env(PSK_ENV, psk.to_key_file())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .with_context(|| format!("cannot start the sink process {}", exe.display()))?;
+    let stdout = child.stdout.take();
+    let mut sink = SinkProcess {
+        child,
+        addr: Multiaddr::empty(),
+    };
+    let stdout = stdout.ok_or_else(|| anyhow!("the sink process has no stdout pipe"))?;
+    let line = read_ready_line(stdout)?;
+    sink.addr = line
+        .trim_end()
+        .strip_prefix("READY ")
+        .ok_or_else(|| anyhow!("the sink announced {line:?}, not a READY line"))?
+        .parse()
+        .context("the sink's multiaddr")?;
+    Ok(sink)
+}
+
+/// A connection to the sink and the bytes it copies.
+struct Reference {
+    control: Control,
+    peer: PeerId,
+    chunk: Vec<u8>,
+    bytes: u64,
+    sink_pid: u32,
+    runs: Vec<RefRun>,
+}
+
+/// One counted reference copy.
+#[derive(Debug, Clone, Copy)]
+struct RefRun {
+    mb_s: f64,
+    /// CPU seconds of the sending (bench) process and of the sink process.
+    cpu_sender: f64,
+    cpu_sink: f64,
+}
+
+impl Reference {
+    async fn connect(psk: &NetworkKey, sink: &SinkProcess, bytes: u64) -> Result<Reference> {
+        let (control, peer) = connect(Some(psk.clone()), &sink.addr).await?;
+        let mut chunk = vec![0u8; COPY_CHUNK];
+        fill(&mut chunk, 0xC0FFEE);
+        let mut r = Reference {
+            control,
+            peer,
+            chunk,
+            bytes,
+            sink_pid: sink.child.id(),
+            runs: Vec::new(),
+        };
+        // Warm-up, not counted: connection set-up, page faults, windows.
+        let warm = (32 * MIB as u64).min(bytes);
+        r.copy(warm).await?;
+        Ok(r)
+    }
+
+    async fn copy(&mut self, bytes: u64) -> Result<Duration> {
+        let limit = budget(bytes);
+        tokio::time::timeout(
+            limit,
+            stream_copy(&mut self.control, self.peer, bytes, &self.chunk),
+        )
+        .await
+        .with_context(|| format!("raw stream copy did not finish within {limit:?}"))?
+        .context("raw stream copy failed")
+    }
+
+    /// One counted run.
+    async fn run(&mut self) -> Result<()> {
+        let me = std::process::id();
+        let (s0, k0) = (cpu_secs(me), cpu_secs(self.sink_pid));
+        let d = self.copy(self.bytes).await?;
+        let (s1, k1) = (cpu_secs(me), cpu_secs(self.sink_pid));
+        let run = RefRun {
+            mb_s: mb_per_s(self.bytes, d),
+            cpu_sender: s1.zip(s0).map_or(f64::NAN, |(a, b)| a - b),
+            cpu_sink: k1.zip(k0).map_or(f64::NAN, |(a, b)| a - b),
+        };
+        note(&format!("reference: raw stream {:.0} MB/s", run.mb_s));
+        self.runs.push(run);
+        Ok(())
+    }
+}
+
+/// A progress line on stderr, with the time since the bench started.
+fn note(msg: &str) {
+    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    let t = START.get_or_init(Instant::now).elapsed();
+    eprintln!("[{:6.1} s] {msg}", t.as_secs_f64());
+}
+
+/// Time allowed for moving `bytes` once: two minutes plus 4 MB/s.
+fn budget(bytes: u64) -> Duration {
+    Duration::from_secs(120 + bytes / 4_000_000)
+}
+
+// ---------------------------------------------------------------- /proc
+
+/// Peak resident set (`VmHWM`) of a live process, in KiB.
+fn vm_hwm_kib(pid: u32) -> Option<u64> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// User + system CPU seconds of a live process.
+fn cpu_secs(pid: u32) -> Option<f64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name, which may hold spaces: state is the
+    // first, utime and stime are the 12th and 13th.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let utime: f64 = f.get(11)?.parse().ok()?;
+    let stime: f64 = f.get(12)?.parse().ok()?;
+    Some((utime + stime) / CLOCK_TICKS)
+}
+
+fn mib(kib: u64) -> f64 {
+    kib as f64 / 1024.0
+}
+
+/// Available bytes of the filesystem holding `path`.
+fn free_disk(path: &Path) -> Result<u64> {
+    let st = rustix::fs::statvfs(path).with_context(|| format!("statvfs {}", path.display()))?;
+    Ok(st.f_bavail.saturating_mul(st.f_frsize))
+}
+
+fn mem_available() -> Option<u64> {
+    let info = fs::read_to_string("/proc/meminfo").ok()?;
+    info.lines()
+        .find_map(|l| l.strip_prefix("MemAvailable:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map(|k| k * 1024)
+}
+
+// ---------------------------------------------------------------- nodes
+
+/// One node process, killed when dropped.
+#[derive(Debug)]
+struct NodeProc {
+    name: String,
+    dir: PathBuf,
+    id: String,
+    addr: String,
+    child: Option<Child>,
+    /// Peak RSS (KiB) and CPU seconds, read just before the node was stopped.
+    final_hwm_kib: Option<u64>,
+    final_cpu: Option<f64>,
+}
+
+impl Drop for NodeProc {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl NodeProc {
+    fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    fn log_tail(&self) -> String {
+        let log = fs::read_to_string(self.dir.join("node.log")).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(20)..].join("\n")
+    }
+
+    /// Fails if the process has exited.
+    fn check_running(&mut self) -> Result<()> {
+        if let Some(c) = self.child.as_mut() {
+            if let Some(status) = c.try_wait().context("waiting for a node")? {
+                self.child = None;
+                bail!(
+                    "node {} exited with {status}; its log ends:\n{}",
+                    self.name,
+                    self.log_tail()
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads the peak RSS and CPU time, then SIGTERM, then SIGKILL after
+    /// [`STOP_TIMEOUT`].
+    fn stop(&mut self) {
+        let Some(mut c) = self.child.take() else {
+            return;
+        };
+        self.final_hwm_kib = vm_hwm_kib(c.id());
+        self.final_cpu = cpu_secs(c.id());
+        if matches!(c.try_wait(), Ok(None)) {
+            let _ = Command::new("kill")
+                .arg(c.id().to_string())
+                .stderr(Stdio::null())
+                .status();
+            let deadline = Instant::now() + STOP_TIMEOUT;
+            while matches!(c.try_wait(), Ok(None)) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+}
+
+/// A free TCP port on 127.0.0.1 (the listener is dropped before use).
+fn free_port() -> Result<u16> {
+    let l = TcpListener::bind("127.0.0.1:0").context("bind an ephemeral port")?;
+    Ok(l.local_addr().context("local addr")?.port())
+}
+
+fn dynostore(key: &Path) -> Command {
+    let mut cmd = Command::new(NODE_BIN);
+    cmd.env("DYNOSTORE_NETWORK_KEY", key)
+        .env_remove("DYNOSTORE_PEER");
+    cmd
+}
+
+#[derive(Debug)]
+struct Cluster {
+    nodes: Vec<NodeProc>,
+    key: PathBuf,
+}
+
+impl Cluster {
+    /// Initialises and starts [`NODES`] nodes under `root`; every node
+    /// after the first bootstraps from the first.
+    fn start(root: &Path, cfg: &Settings) -> Result<Cluster> {
+        let key = root.join("network.key");
+        let out = Command::new(NODE_BIN)
+            .arg("network-key")
+            .arg(&key)
+            .output()
+            .context("cannot run dynostore network-key")?;
+        if !out.status.success() {
+            bail!(
+                "dynostore network-key failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let mut cluster = Cluster {
+            nodes: Vec::new(),
+            key,
+        };
+        for i in 0..NODES {
+            let name = format!("n{i}");
+            let dir = root.join(&name);
+            let port = free_port()?;
+            let container = match cfg.container {
+                ContainerKind::Dir => {
+                    format!("dir:{}:{}MiB", dir.join("shards").display(), cfg.quota_mib)
+                }
+                ContainerKind::Mem => format!("mem:{}MiB", cfg.quota_mib),
+            };
+            let mut cmd = dynostore(&cluster.key);
+            cmd.arg("init")
+                .arg("--dir")
+                .arg(&dir)
+                .args(["--listen", &format!("/ip4/127.0.0.1/tcp/{port}")])
+                .args(["--site", &format!("site-{i}")])
+                .args(["--container", &container])
+                .arg("--network-key")
+                .arg(&cluster.key)
+                .args(["--announce-interval-ms", &ANNOUNCE_MS.to_string()])
+                .args(["--suspect-after-ms", &SUSPECT_MS.to_string()])
+                .args(["--down-after-ms", &DOWN_MS.to_string()]);
+            if let Some(first) = cluster.nodes.first() {
+                cmd.args(["--bootstrap", &first.addr]);
+            }
+            let out = cmd.output().context("cannot run dynostore init")?;
+            if !out.status.success() {
+                bail!(
+                    "init {name} failed: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+            let log = fs::File::create(dir.join("node.log")).context("node log")?;
+            let child = Command::new(NODE_BIN)
+                .arg("node")
+                .arg("--dir")
+                .arg(&dir)
+                .env("RUST_LOG", "info,libp2p_gossipsub=warn")
+                .env_remove("DYNOSTORE_NETWORK_KEY")
+                .stdin(Stdio::null())
+                .stdout(Stdio::from(log.try_clone().context("node log")?))
+                .stderr(Stdio::from(log))
+                .spawn()
+                .with_context(|| format!("cannot start node {name}"))?;
+            cluster.nodes.push(NodeProc {
+                name,
+                addr: format!("/ip4/127.0.0.1/tcp/{port}/p2p/{id}"),
+                dir,
+                id,
+                child: Some(child),
+                final_hwm_kib: None,
+                final_cpu: None,
+            });
+            let node = cluster.nodes.last_mut().expect("just pushed");
+            let deadline = Instant::now() + NODE_START_TIMEOUT;
+            loop {
+                node.check_running()?;
+                if fs::read_to_string(node.dir.join("node.addr"))
+                    .is_ok_and(|s| s.lines().next().is_some())
+                {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    bail!(
+                        "node {} wrote no node.addr within {NODE_START_TIMEOUT:?}",
+                        node.name
+                    );
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        Ok(cluster)
+    }
+
+    /// Polls `status --json` on every node until each lists every node as
+    /// alive with free space; returns how long that took.
+    fn wait_converged(&mut self) -> Result<Duration> {
+        let start = Instant::now();
+        let ids: Vec<String> = self.nodes.iter().map(|n| n.id.clone()).collect();
+        let mut last = String::new();
+        while start.elapsed() < CONVERGE_TIMEOUT {
+            match self.converged(&ids) {
+                Ok(()) => return Ok(start.elapsed()),
+                Err(e) => last = format!("{e:#}"),
+            }
+            for n in &mut self.nodes {
+                n.check_running()?;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        bail!("the cluster did not converge within {CONVERGE_TIMEOUT:?}; last: {last}")
+    }
+
+    fn converged(&self, ids: &[String]) -> Result<()> {
+        for n in &self.nodes {
+            let out = dynostore(&self.key)
+                .args(["status", "--json", "--timeout-secs", "5", "--peer", &n.addr])
+                .output()
+                .context("cannot run dynostore status")?;
+            if !out.status.success() {
+                bail!(
+                    "status of {}: {}",
+                    n.name,
+                    String::from_utf8_lossy(&out.stderr).trim()
+                );
+            }
+            let v: serde_json::Value =
+                serde_json::from_slice(&out.stdout).context("status --json output")?;
+            let members = v["members"].as_array().cloned().unwrap_or_default();
+            for id in ids {
+                let m = members.iter().find(|m| m["id"].as_str() == Some(id));
+                let state = m.and_then(|m| m["state"].as_str());
+                let free = m.and_then(|m| m["free_bytes"].as_u64()).unwrap_or(0);
+                if state != Some("alive") || free == 0 {
+                    bail!("{} sees {id} as {state:?} with {free} bytes free", n.name);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// CPU seconds of every node so far.
+    fn cpu(&self) -> Vec<f64> {
+        self.nodes
+            .iter()
+            .map(|n| n.pid().and_then(cpu_secs).unwrap_or(f64::NAN))
+            .collect()
+    }
+
+    fn check_running(&mut self) -> Result<()> {
+        for n in &mut self.nodes {
+            n.check_running()?;
+        }
+        Ok(())
+    }
+
+    fn stop(&mut self) {
+        for n in &mut self.nodes {
+            n.stop();
+        }
+    }
+}
+
+// ---------------------------------------------------------------- CLI processes
+
+/// A finished CLI command. Peak RSS comes from GNU time's `%M` (the
+/// kernel's `ru_maxrss` at exit) when `/usr/bin/time` works, else from
+/// `VmHWM` polled every 5 ms while the process runs.
+#[derive(Debug)]
+struct Measured {
+    elapsed: Duration,
+    stdout: String,
+    peak_kib: Option<u64>,
+    cpu: Option<f64>,
+}
+
+/// A CLI process, killed (with its process group, under GNU time) when dropped.
+#[derive(Debug)]
+struct CliGuard {
+    child: Child,
+    group: bool,
+}
+
+impl Drop for CliGuard {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            if self.group {
+                let _ = Command::new("kill")
+                    .args(["-KILL", "--", &format!("-{}", self.child.id())])
+                    .stderr(Stdio::null())
+                    .status();
+            }
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn gnu_time_works() -> bool {
+    Command::new(GNU_TIME)
+        .args(["-f", "%M", "-o", "/dev/null", "true"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Runs `dynostore ARGS` with the network key, measuring wall time, peak
+/// RSS and CPU time; fails on a non-zero exit or after `limit`.
+fn run_cli(
+    key: &Path,
+    work: &Path,
+    label: &str,
+    args: &[&str],
+    limit: Duration,
+    use_time: bool,
+) -> Result<Measured> {
+    let out_path = work.join(format!("{label}.stdout"));
+    let err_path = work.join(format!("{label}.stderr"));
+    let time_path = work.join(format!("{label}.time"));
+    let mut cmd = if use_time {
+        use std::os::unix::process::CommandExt as _;
+        let mut c = Command::new(GNU_TIME);
+        c.args(["-f", "%M %U %S", "-o"])
+            .arg(&time_path)
+            .arg(NODE_BIN)
+            .args(args)
+            // Its own group, so that a timeout kills GNU time and the CLI.
+            .process_group(0);
+        c
+    } else {
+        let mut c = Command::new(NODE_BIN);
+        c.args(args);
+        c
+    };
+    cmd.env("DYNOSTORE_NETWORK_KEY", key)
+        .env_remove("DYNOSTORE_PEER")
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(fs::File::create(&out_path)?))
+        .stderr(Stdio::from(fs::File::create(&err_path)?));
+    let start = Instant::now();
+    let child = cmd
+        .spawn()
+        .with_context(|| format!("cannot run dynostore {}", args.join(" ")))?;
+    let mut guard = CliGuard {
+        child,
+        group: use_time,
+    };
+    let pid = guard.child.id();
+    let (mut peak, mut cpu) = (None::<u64>, None::<f64>);
+    let status = loop {
+        if let Some(s) = guard.child.try_wait().context("waiting for the CLI")? {
+            break s;
+        }
+        if !use_time {
+            if let Some(h) = vm_hwm_kib(pid) {
+                peak = Some(peak.map_or(h, |p| p.max(h)));
+            }
+            cpu = cpu_secs(pid).or(cpu);
+        }
+        if start.elapsed() > limit {
+            bail!(
+                "dynostore {} did not finish within {limit:?}",
+                args.join(" ")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let elapsed = start.elapsed();
+    let stderr = fs::read_to_string(&err_path).unwrap_or_default();
+    if !status.success() {
+        bail!(
+            "dynostore {} failed ({status}): {}",
+            args.join(" "),
+            stderr.trim()
+        );
+    }
+    if use_time {
+        let text = fs::read_to_string(&time_path).context("GNU time's output")?;
+        let last = text.lines().last().unwrap_or_default();
+        let f: Vec<&str> = last.split_whitespace().collect();
+        peak = f.first().and_then(|v| v.parse().ok());
+        cpu = match (
+            f.get(1).and_then(|v| v.parse::<f64>().ok()),
+            f.get(2).and_then(|v| v.parse::<f64>().ok()),
+        ) {
+            (Some(u), Some(s)) => Some(u + s),
+            _ => None,
+        };
+    }
+    Ok(Measured {
+        elapsed,
+        stdout: fs::read_to_string(&out_path).unwrap_or_default(),
+        peak_kib: peak,
+        cpu,
+    })
+}
+
+// ---------------------------------------------------------------- files
+
+/// Writes `bytes` of deterministic incompressible data; returns its BLAKE3
+/// and the time spent in the write calls (a page-cache write reference).
+fn write_file(path: &Path, bytes: u64, seed: u64) -> Result<(String, Duration)> {
+    let mut f = std::io::BufWriter::with_capacity(
+        IO_BLOCK,
+        fs::File::create(path).with_context(|| format!("create {}", path.display()))?,
+    );
+    let mut hasher = blake3::Hasher::new();
+    let mut buf = vec![0u8; IO_BLOCK];
+    let mut left = bytes;
+    let mut block = 0u64;
+    let mut writing = Duration::ZERO;
+    while left > 0 {
+        let n = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+        fill(&mut buf[..n], (seed << 32) ^ block);
+        hasher.update(&buf[..n]);
+        let t = Instant::now();
+        f.write_all(&buf[..n])
+            .with_context(|| format!("write {}", path.display()))?;
+        writing += t.elapsed();
+        left -= n as u64;
+        block += 1;
+    }
+    let t = Instant::now();
+    f.flush()
+        .with_context(|| format!("write {}", path.display()))?;
+    writing += t.elapsed();
+    Ok((hasher.finalize().to_hex().to_string(), writing))
+}
+
+fn hash_file(path: &Path) -> Result<String> {
+    let mut f = fs::File::open(path).with_context(|| format!("open {}", path.display()))?;
+    let mut hasher = blake3::Hasher::new();
+    let mut buf = vec![0u8; IO_BLOCK];
+    loop {
+        let n = f
+            .read(&mut buf)
+            .with_context(|| format!("read {}", path.display()))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hasher.finalize().to_hex().to_string())
+}
+
+// ---------------------------------------------------------------- large objects
+
+/// One large put or get through the CLI.
+#[derive(Debug)]
+struct LargeOp {
+    what: String,
+    bytes: u64,
+    entry: String,
+    measured: Measured,
+    /// CPU seconds of each node during the operation.
+    node_cpu: Vec<f64>,
+}
+
+impl LargeOp {
+    fn mb_s(&self) -> f64 {
+        mb_per_s(self.bytes, self.measured.elapsed)
+    }
+}
+
+/// A large put and get, and how fast the input file was written.
+#[derive(Debug)]
+struct LargeRound {
+    put: LargeOp,
+    get: LargeOp,
+    /// MB/s of the write calls that wrote the input file: what writing
+    /// fresh file pages costs on this machine (the get writes as many).
+    file_write_mb_s: f64,
+}
+
+/// Puts a file of `bytes` through node `put_at` and gets it back through
+/// node `get_at`, verifying the got bytes; `between` runs after the put,
+/// `after` after the get (reference copies).
+#[allow(clippy::too_many_arguments)]
+fn large_round(
+    cluster: &mut Cluster,
+    work: &Path,
+    label: &str,
+    bytes: u64,
+    put_at: usize,
+    get_at: usize,
+    use_time: bool,
+    mut between: impl FnMut() -> Result<()>,
+) -> Result<LargeRound> {
+    let input = work.join(format!("{label}.in"));
+    let output = work.join(format!("{label}.out"));
+    note(&format!(
+        "{label}: writing a {} MiB file",
+        bytes / MIB as u64
+    ));
+    let (expected, writing) = write_file(&input, bytes, 0xB16_F11E ^ bytes)?;
+    let limit = budget(bytes);
+
+    let put_entry = cluster.nodes[put_at].addr.clone();
+    let before = cluster.cpu();
+    let put = run_cli(
+        &cluster.key,
+        work,
+        &format!("{label}-put"),
+        &[
+            "put",
+            "--json",
+            "--k",
+            &K.to_string(),
+            "--m",
+            &M.to_string(),
+            "--peer",
+            &put_entry,
+            input.to_str().context("non-UTF-8 temporary path")?,
+        ],
+        limit,
+        use_time,
+    )?;
+    let put_cpu = cpu_delta(&before, &cluster.cpu());
+    cluster.check_running()?;
+    let receipt: serde_json::Value = serde_json::from_str(put.stdout.trim())
+        .with_context(|| format!("put --json printed {:?}", put.stdout))?;
+    let id = receipt["id"]
+        .as_str()
+        .ok_or_else(|| anyhow!("put --json printed no id: {receipt}"))?
+        .to_string();
+    if id != expected {
+        bail!("{label}: the put returned ID {id}, the file's BLAKE3 is {expected}");
+    }
+    note(&format!(
+        "{label}: put {:.0} MB/s through {}",
+        mb_per_s(bytes, put.elapsed),
+        cluster.nodes[put_at].name
+    ));
+    between()?;
+
+    let get_entry = cluster.nodes[get_at].addr.clone();
+    let before = cluster.cpu();
+    let got = run_cli(
+        &cluster.key,
+        work,
+        &format!("{label}-get"),
+        &[
+            "get",
+            &id,
+            "--peer",
+            &get_entry,
+            "-o",
+            output.to_str().context("non-UTF-8 temporary path")?,
+        ],
+        limit,
+        use_time,
+    )?;
+    let get_cpu = cpu_delta(&before, &cluster.cpu());
+    cluster.check_running()?;
+    let actual = hash_file(&output)?;
+    if actual != id {
+        bail!("{label}: the got file hashes to {actual}, not to its ID {id}");
+    }
+    note(&format!(
+        "{label}: get {:.0} MB/s through {}; BLAKE3 verified",
+        mb_per_s(bytes, got.elapsed),
+        cluster.nodes[get_at].name
+    ));
+    let _ = fs::remove_file(&input);
+    let _ = fs::remove_file(&output);
+    Ok(LargeRound {
+        file_write_mb_s: mb_per_s(bytes, writing),
+        put: LargeOp {
+            what: format!("put {} MiB (`dynostore put`)", bytes / MIB as u64),
+            bytes,
+            entry: cluster.nodes[put_at].name.clone(),
+            measured: put,
+            node_cpu: put_cpu,
+        },
+        get: LargeOp {
+            what: format!("get {} MiB (`dynostore get -o FILE`)", bytes / MIB as u64),
+            bytes,
+            entry: cluster.nodes[get_at].name.clone(),
+            measured: got,
+            node_cpu: get_cpu,
+        },
+    })
+}
+
+fn cpu_delta(before: &[f64], after: &[f64]) -> Vec<f64> {
+    before.iter().zip(after).map(|(b, a)| a - b).collect()
+}
+
+// ---------------------------------------------------------------- small objects
+
+#[derive(Debug)]
+struct SmallOps {
+    what: &'static str,
+    wall: Duration,
+    latencies: Vec<Duration>,
+    retries: usize,
+    node_cpu: Vec<f64>,
+    client_cpu: f64,
+}
+
+impl SmallOps {
+    fn percentile_ms(&self, q: f64) -> f64 {
+        let mut v = self.latencies.clone();
+        v.sort();
+        if v.is_empty() {
+            return f64::NAN;
+        }
+        let rank = ((q * v.len() as f64).ceil() as usize).clamp(1, v.len());
+        v[rank - 1].as_secs_f64() * 1e3
+    }
+}
+
+/// Whether a small operation failed because its stream was dropped before
+/// the entry peer served it (worth another attempt).
+fn dropped(e: &ObjectError) -> bool {
+    matches!(e, ObjectError::Stream(_))
+}
+
+async fn small_objects(
+    cluster: &Cluster,
+    psk: &NetworkKey,
+    dir: &Path,
+    cfg: &Settings,
+) -> Result<(SmallOps, SmallOps)> {
+    let n = cfg.objects;
+    let mut paths = Vec::with_capacity(n);
+    let mut ids = Vec::with_capacity(n);
+    let mut data = vec![0u8; cfg.object_bytes];
+    for i in 0..n {
+        fill(&mut data, 0x5_3A11 + i as u64);
+        let p = dir.join(format!("obj-{i}"));
+        fs::write(&p, &data).with_context(|| format!("write {}", p.display()))?;
+        paths.push(p);
+        ids.push(ObjectId::from_hash(blake3::hash(&data)));
+    }
+    let mut clients = Vec::with_capacity(NODES);
+    for node in &cluster.nodes {
+        let addr: Multiaddr = node.addr.parse().context("node multiaddr")?;
+        clients.push(
+            Client::connect(addr, Some(psk), Duration::from_secs(30))
+                .await
+                .with_context(|| format!("cannot connect to {}", node.name))?,
+        );
+    }
+    let clients = Arc::new(clients);
+    let paths = Arc::new(paths);
+    let ids = Arc::new(ids);
+    let size = cfg.object_bytes as u64;
+
+    // Put: object i through node i mod 6.
+    let lat = Arc::new(Mutex::new(Vec::with_capacity(n)));
+    let retries = Arc::new(AtomicUsize::new(0));
+    let (cpu0, self0) = (cluster.cpu(), cpu_secs(std::process::id()).unwrap_or(0.0));
+    let wall = {
+        let (clients, paths, ids, lat, retries) = (
+            clients.clone(),
+            paths.clone(),
+            ids.clone(),
+            lat.clone(),
+            retries.clone(),
+        );
+        pool(n, cfg.concurrency, move |i| {
+            let (clients, paths, ids, lat, retries) = (
+                clients.clone(),
+                paths.clone(),
+                ids.clone(),
+                lat.clone(),
+                retries.clone(),
+            );
+            async move {
+                let params = PutParams {
+                    codec: CodecKind::ReedSolomonSimd,
+                    k: K,
+                    m: M,
+                    segment_size: None,
+                    name: Some(format!("small-{i}")),
+                };
+                let client = &clients[i % NODES];
+                let start = Instant::now();
+                let mut attempt = 0;
+                loop {
+                    attempt += 1;
+                    match put_file(client, &paths[i], &params, &mut NoProgress).await {
+                        Ok(r) if r.object == ids[i] => break,
+                        Ok(r) => bail!("object {i}: the put returned ID {}", r.object),
+                        Err(e) if dropped(&e) && attempt < SMALL_ATTEMPTS => {
+                            retries.fetch_add(1, Ordering::Relaxed);
+                            tokio::time::sleep(Duration::from_millis(10 * attempt as u64)).await;
+                        }
+                        Err(e) => bail!("put of object {i} through n{}: {e}", i % NODES),
+                    }
+                }
+                lat.lock().expect("latency lock").push(start.elapsed());
+                Ok(())
+            }
+        })
+    };
+    let wall = tokio::time::timeout(budget(size * n as u64 * 4), wall)
+        .await
+        .context("small-object puts did not finish in time")??;
+    let put = SmallOps {
+        what: "put",
+        wall,
+        latencies: std::mem::take(&mut *lat.lock().expect("latency lock")),
+        retries: retries.swap(0, Ordering::Relaxed),
+        node_cpu: cpu_delta(&cpu0, &cluster.cpu()),
+        client_cpu: cpu_secs(std::process::id()).unwrap_or(0.0) - self0,
+    };
+    note(&format!(
+        "small objects: put {:.0} ops/s",
+        n as f64 / put.wall.as_secs_f64()
+    ));
+
+    // Get: object i through node (i + 3) mod 6, never the one it was put through.
+    let (cpu0, self0) = (cluster.cpu(), cpu_secs(std::process::id()).unwrap_or(0.0));
+    let wall = {
+        let (clients, ids, lat, retries) =
+            (clients.clone(), ids.clone(), lat.clone(), retries.clone());
+        let dir = dir.to_path_buf();
+        pool(n, cfg.concurrency, move |i| {
+            let (clients, ids, lat, retries) =
+                (clients.clone(), ids.clone(), lat.clone(), retries.clone());
+            let out = Output::File(dir.join(format!("got-{i}")));
+            async move {
+                let entry = (i + NODES / 2) % NODES;
+                let client = &clients[entry];
+                let start = Instant::now();
+                let mut attempt = 0;
+                loop {
+                    attempt += 1;
+                    // `get_object` verifies every byte against the ID.
+                    match get_object(client, ids[i], &out, &mut NoProgress).await {
+                        Ok((got, _)) if got == size => break,
+                        Ok((got, _)) => bail!("object {i}: got {got} bytes, put {size}"),
+                        Err(e) if dropped(&e) && attempt < SMALL_ATTEMPTS => {
+                            retries.fetch_add(1, Ordering::Relaxed);
+                            tokio::time::sleep(Duration::from_millis(10 * attempt as u64)).await;
+                        }
+                        Err(e) => bail!("get of object {i} through n{entry}: {e}"),
+                    }
+                }
+                lat.lock().expect("latency lock").push(start.elapsed());
+                Ok(())
+            }
+        })
+    };
+    let wall = tokio::time::timeout(budget(size * n as u64 * 4), wall)
+        .await
+        .context("small-object gets did not finish in time")??;
+    let get = SmallOps {
+        what: "get",
+        wall,
+        latencies: std::mem::take(&mut *lat.lock().expect("latency lock")),
+        retries: retries.load(Ordering::Relaxed),
+        node_cpu: cpu_delta(&cpu0, &cluster.cpu()),
+        client_cpu: cpu_secs(std::process::id()).unwrap_or(0.0) - self0,
+    };
+    note(&format!(
+        "small objects: get {:.0} ops/s",
+        n as f64 / get.wall.as_secs_f64()
+    ));
+    Ok((put, get))
+}
+
+// ---------------------------------------------------------------- the run
+
+fn coordinator_main(bench: bool) -> Result<()> {
+    let cfg = settings(bench)?;
+    let started = Instant::now();
+    note("starting");
+    let use_time = gnu_time_works();
+    let work = tempfile::Builder::new()
+        .prefix("dynostore-cluster-bench-")
+        .tempdir()
+        .context("cannot create a temporary directory")?;
+
+    // Room for every shard (1.5x of each object), the input and output of
+    // the largest file at once, and a margin.
+    let shard_bytes =
+        (cfg.file_bytes + cfg.big_bytes + (cfg.objects * cfg.object_bytes) as u64) * 3 / 2;
+    let local_bytes =
+        2 * cfg.file_bytes.max(cfg.big_bytes) + 2 * (cfg.objects * cfg.object_bytes) as u64;
+    let margin = if cfg.smoke { 64 * MIB as u64 } else { 1 << 30 };
+    let free = free_disk(work.path())?;
+    let disk_need = local_bytes
+        + margin
+        + if cfg.container == ContainerKind::Dir {
+            shard_bytes
+        } else {
+            0
+        };
+    if free < disk_need {
+        bail!(
+            "{} has {} MiB free, the bench needs about {} MiB; set TMPDIR elsewhere or lower \
+             {FILE_MB_ENV} / {BIG_MB_ENV}",
+            work.path().display(),
+            free / MIB as u64,
+            disk_need / MIB as u64
+        );
+    }
+    if cfg.container == ContainerKind::Mem {
+        if let Some(avail) = mem_available() {
+            if avail < shard_bytes + margin {
+                bail!(
+                    "mem: containers need about {} MiB of memory, {} MiB are available",
+                    (shard_bytes + margin) / MIB as u64,
+                    avail / MIB as u64
+                );
+            }
+        }
+    }
+    let per_node = shard_bytes / NODES as u64;
+    if per_node * 2 > cfg.quota_mib * MIB as u64 {
+        bail!(
+            "{QUOTA_ENV}={} is tight for about {} MiB of shards per node",
+            cfg.quota_mib,
+            per_node / MIB as u64
+        );
+    }
+
+    let rt = runtime()?;
+    // Network key first: the nodes, the in-process clients and the
+    // reference all use it.
+    let mut cluster = Cluster::start(work.path(), &cfg)?;
+    let psk = load_network_key(&cluster.key).context("the network key")?;
+    let sink = spawn_sink(&psk)?;
+    let mut reference = rt.block_on(Reference::connect(&psk, &sink, cfg.file_bytes))?;
+    let converge = cluster.wait_converged()?;
+    note(&format!(
+        "cluster converged in {:.1} s",
+        converge.as_secs_f64()
+    ));
+
+    // 1. Throughput file, with the reference before, between and after.
+    rt.block_on(reference.run())?;
+    let first = large_round(
+        &mut cluster,
+        work.path(),
+        "file",
+        cfg.file_bytes,
+        0,
+        3,
+        use_time,
+        || rt.block_on(reference.run()),
+    )?;
+    rt.block_on(reference.run())?;
+    debug_assert_eq!(reference.runs.len(), REF_RUNS);
+
+    // 2. Small objects through the client library in this process.
+    let small_dir = work.path().join("small");
+    fs::create_dir_all(&small_dir).context("small-object directory")?;
+    let (small_put, small_get) = rt.block_on(small_objects(&cluster, &psk, &small_dir, &cfg))?;
+    let _ = fs::remove_dir_all(&small_dir);
+    cluster.check_running()?;
+
+    // 3. The memory target: a big file through two other entry peers.
+    let big = if cfg.big_bytes > 0 {
+        Some(large_round(
+            &mut cluster,
+            work.path(),
+            "big",
+            cfg.big_bytes,
+            1,
+            4,
+            use_time,
+            || Ok(()),
+        )?)
+    } else {
+        None
+    };
+
+    // 4. Peak RSS of every process, then stop.
+    let bench_hwm = vm_hwm_kib(std::process::id());
+    let sink_hwm = vm_hwm_kib(sink.child.id());
+    note("stopping the nodes");
+    cluster.stop();
+    let refs = std::mem::take(&mut reference.runs);
+    drop(reference);
+    drop(sink);
+    drop(rt);
+    note("stopped");
+
+    report(&Report {
+        cfg: &cfg,
+        converge,
+        use_time,
+        refs: &refs,
+        first: &first,
+        small: [&small_put, &small_get],
+        big: big.as_ref(),
+        cluster: &cluster,
+        bench_hwm,
+        sink_hwm,
+        total: started.elapsed(),
+    });
+    drop(cluster);
+    note("removing the temporary directory");
+    drop(work);
+    note("done");
+    Ok(())
+}
+
+// ---------------------------------------------------------------- the report
+
+#[derive(Debug)]
+struct Report<'a> {
+    cfg: &'a Settings,
+    converge: Duration,
+    use_time: bool,
+    refs: &'a [RefRun],
+    first: &'a LargeRound,
+    small: [&'a SmallOps; 2],
+    big: Option<&'a LargeRound>,
+    cluster: &'a Cluster,
+    bench_hwm: Option<u64>,
+    sink_hwm: Option<u64>,
+    total: Duration,
+}
+
+fn fmt_mib(kib: Option<u64>) -> String {
+    kib.map_or_else(|| "?".to_string(), |k| format!("{:.0}", mib(k)))
+}
+
+fn under_limit(kib: Option<u64>) -> &'static str {
+    match kib {
+        Some(k) if mib(k) < RSS_LIMIT_MIB => "PASS",
+        Some(_) => "FAIL",
+        None => "unknown",
+    }
+}
+
+fn fmt_secs(s: Option<f64>) -> String {
+    s.map_or_else(|| "?".to_string(), |c| format!("{c:.2}"))
+}
+
+fn met(ok: bool) -> &'static str {
+    if ok {
+        "met"
+    } else {
+        "NOT met"
+    }
+}
+
+fn report(r: &Report<'_>) {
+    let cfg = r.cfg;
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let ref_mb_s: Vec<f64> = r.refs.iter().map(|x| x.mb_s).collect();
+    let reference = median(&ref_mb_s);
+    let names: Vec<&str> = r.cluster.nodes.iter().map(|n| n.name.as_str()).collect();
+    let gib = |bytes: u64| bytes as f64 / (1u64 << 30) as f64;
+    let rss_method = if r.use_time {
+        "GNU time %M, the kernel's ru_maxrss"
+    } else {
+        "VmHWM polled every 5 ms"
+    };
+    let mut rounds = vec![r.first];
+    rounds.extend(r.big);
+
+    println!();
+    println!("## Data path through a six-node loopback cluster (issue 4)");
+    println!();
+    println!(
+        "{NODES} `dynostore node` processes ({NODE_BIN}), one site each, `{}` containers of {} \
+         MiB under {}; announce {ANNOUNCE_MS} ms; converged (every node's `status --json` lists \
+         all six alive) in {:.1} s. Objects k={K}, m={M}, codec reed-solomon-simd, default \
+         segment size ({K} MiB, so 1 MiB shards). MB = 10^6 bytes, MiB = 2^20. {cpus} CPUs. \
+         Whole run {:.0} s.{}",
+        match cfg.container {
+            ContainerKind::Dir => "dir:",
+            ContainerKind::Mem => "mem:",
+        },
+        cfg.quota_mib,
+        std::env::temp_dir().display(),
+        r.converge.as_secs_f64(),
+        r.total.as_secs_f64(),
+        if cfg.smoke {
+            " SMOKE RUN (not run with --bench): tiny sizes, the figures mean nothing."
+        } else {
+            ""
+        },
+    );
+
+    println!();
+    println!(
+        "### Reference: {} MiB over one raw libp2p stream (the node's transport: TCP + Noise \
+         with the network-key prologue + Yamux), bench process to a sink process",
+        cfg.file_bytes / MIB as u64
+    );
+    println!();
+    println!("| when | MB/s | CPU s, sender + sink | CPU s per GiB |");
+    println!("|---|---:|---:|---:|");
+    for (when, x) in ["before the put", "between put and get", "after the get"]
+        .iter()
+        .zip(r.refs)
+    {
+        let cpu = x.cpu_sender + x.cpu_sink;
+        println!(
+            "| {when} | {:.0} | {:.2} + {:.2} | {:.2} |",
+            x.mb_s,
+            x.cpu_sender,
+            x.cpu_sink,
+            cpu / gib(cfg.file_bytes)
+        );
+    }
+    println!("| **median: the reference below** | **{reference:.0}** | | |");
+    println!();
+    for round in &rounds {
+        println!(
+            "Writing the {} MiB input file (write calls only, fresh page-cache pages): {:.0} MB/s.",
+            round.put.bytes / MIB as u64,
+            round.file_write_mb_s
+        );
+    }
+
+    println!();
+    println!(
+        "### Large objects through the CLI (a separate client process; wall time from spawn to \
+         exit, including hashing the file before a put and writing the file on a get)"
+    );
+    println!();
+    println!(
+        "| operation | entry node | wall s | MB/s | ratio to the raw stream | target | \
+         client peak RSS MiB | client CPU s |"
+    );
+    println!("|---|---|---:|---:|---:|---|---:|---:|");
+    let mut large: Vec<(&LargeOp, Option<f64>)> = Vec::new();
+    for (i, round) in rounds.iter().enumerate() {
+        let first = i == 0;
+        large.push((&round.put, first.then_some(PUT_TARGET)));
+        large.push((&round.get, first.then_some(GET_TARGET)));
+    }
+    for (op, target) in &large {
+        let ratio = op.mb_s() / reference;
+        println!(
+            "| {} | {} | {:.2} | {:.0} | {:.3} | {} | {} | {} |",
+            op.what,
+            op.entry,
+            op.measured.elapsed.as_secs_f64(),
+            op.mb_s(),
+            ratio,
+            target.map_or_else(
+                || "-".to_string(),
+                |t| format!(">= {t}x: {}", met(ratio >= t))
+            ),
+            fmt_mib(op.measured.peak_kib),
+            fmt_secs(op.measured.cpu),
+        );
+    }
+    println!();
+    println!(
+        "Every got file's BLAKE3 equals its put ID (checked by the bench after each get, besides \
+         the CLI's own check). The get goes through a different node than the put. Client peak \
+         RSS: {rss_method}."
+    );
+
+    println!();
+    println!(
+        "### Small objects through the client library in the bench process ({} objects of {} KiB)",
+        cfg.objects,
+        cfg.object_bytes / 1024
+    );
+    println!();
+    println!(
+        "One `Client` connection per node; object i is put through node i mod {NODES} and got \
+         through node (i + {}) mod {NODES}; {} operations in flight ({}). A put is \
+         `objects::put_file` (hash the file, stream it, wait for the receipt); a get is \
+         `objects::get_object` into a file (verified against the ID). An operation's latency \
+         includes any retry of a stream the entry peer dropped.",
+        NODES / 2,
+        cfg.concurrency,
+        if cfg.concurrency == 1 {
+            "sequential"
+        } else {
+            "a pool of workers"
+        }
+    );
+    println!();
+    println!(
+        "| operation | in flight | wall s | ops/s | MB/s | p50 ms | p99 ms | max ms | retried |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for s in r.small {
+        let n = s.latencies.len();
+        println!(
+            "| {} | {} | {:.2} | {:.0} | {:.1} | {:.1} | {:.1} | {:.1} | {} |",
+            s.what,
+            cfg.concurrency,
+            s.wall.as_secs_f64(),
+            n as f64 / s.wall.as_secs_f64(),
+            mb_per_s((n * cfg.object_bytes) as u64, s.wall),
+            s.percentile_ms(0.50),
+            s.percentile_ms(0.99),
+            s.percentile_ms(1.0),
+            s.retries
+        );
+    }
+
+    println!();
+    println!(
+        "### Where the time goes: CPU seconds (user + system) per phase, by process ({cpus} CPUs \
+         give at most {cpus} CPU-seconds per wall second; the rest of the machine's time went to \
+         other processes or to waiting)"
+    );
+    println!();
+    println!(
+        "| phase | wall s | client | {} | all | share of the machine | CPU s per GiB | \
+         CPU-bound ceiling MB/s (ratio to the raw stream) |",
+        names.join(" | ")
+    );
+    println!(
+        "|---|---:|---:|{}---:|---:|---:|---:|",
+        "---:|".repeat(names.len())
+    );
+    let mut phases: Vec<(String, f64, f64, &[f64], u64)> = Vec::new();
+    for (op, _) in &large {
+        phases.push((
+            format!("{} via {}", op.what, op.entry),
+            op.measured.elapsed.as_secs_f64(),
+            op.measured.cpu.unwrap_or(f64::NAN),
+            &op.node_cpu,
+            op.bytes,
+        ));
+    }
+    for s in r.small {
+        phases.push((
+            format!(
+                "{} small objects {} ({} in flight)",
+                cfg.objects, s.what, cfg.concurrency
+            ),
+            s.wall.as_secs_f64(),
+            s.client_cpu,
+            &s.node_cpu,
+            (s.latencies.len() * cfg.object_bytes) as u64,
+        ));
+    }
+    for (what, wall, client, nodes, bytes) in &phases {
+        let all = client + nodes.iter().sum::<f64>();
+        let ceiling = *bytes as f64 / 1e6 / (all / cpus as f64);
+        println!(
+            "| {what} | {wall:.2} | {client:.2} | {} | {all:.2} | {:.0}% | {:.1} | {:.0} ({:.2}) |",
+            nodes
+                .iter()
+                .map(|c| format!("{c:.2}"))
+                .collect::<Vec<_>>()
+                .join(" | "),
+            100.0 * all / (wall * cpus as f64),
+            all / gib(*bytes),
+            ceiling,
+            ceiling / reference,
+        );
+    }
+    println!();
+    println!(
+        "CPU-bound ceiling: the MB/s the phase would reach if its processes had all {cpus} CPUs \
+         and never waited. The small-object client column is the whole bench process (its \
+         runtime and the reference's idle connection included)."
+    );
+
+    println!();
+    println!(
+        "### Peak resident memory of every process (target: each under {RSS_LIMIT_MIB:.0} MiB \
+         while putting and getting a {} MiB file)",
+        cfg.big_bytes / MIB as u64
+    );
+    println!();
+    println!(
+        "| process | role | peak RSS MiB | CPU s over the run | under {RSS_LIMIT_MIB:.0} MiB |"
+    );
+    println!("|---|---|---:|---:|---|");
+    let mut counted: Vec<(String, Option<u64>)> = Vec::new();
+    for n in &r.cluster.nodes {
+        println!(
+            "| {} | node; VmHWM read just before it was stopped, so over the whole run | {} | {} \
+             | {} |",
+            n.name,
+            fmt_mib(n.final_hwm_kib),
+            fmt_secs(n.final_cpu),
+            under_limit(n.final_hwm_kib)
+        );
+        counted.push((n.name.clone(), n.final_hwm_kib));
+    }
+    for (op, _) in &large {
+        let label = format!("`dynostore` CLI, {}", op.what);
+        println!(
+            "| {label} | client ({rss_method}) | {} | {} | {} |",
+            fmt_mib(op.measured.peak_kib),
+            fmt_secs(op.measured.cpu),
+            under_limit(op.measured.peak_kib)
+        );
+        counted.push((label, op.measured.peak_kib));
+    }
+    println!(
+        "| bench process | in-process client of the small objects; reference sender | {} | - \
+         | {} |",
+        fmt_mib(r.bench_hwm),
+        under_limit(r.bench_hwm)
+    );
+    println!(
+        "| reference sink process | raw-stream sink | {} | - | {} |",
+        fmt_mib(r.sink_hwm),
+        under_limit(r.sink_hwm)
+    );
+    if cfg.container == ContainerKind::Mem {
+        println!();
+        println!("With `mem:` containers a node's RSS includes the shards it stores.");
+    }
+
+    println!();
+    println!("### Verdict");
+    println!();
+    let (put, get) = (&r.first.put, &r.first.get);
+    let put_ratio = put.mb_s() / reference;
+    let get_ratio = get.mb_s() / reference;
+    println!(
+        "- put {} MiB: {:.0} MB/s = {:.3}x of the raw stream ({reference:.0} MB/s); target >= \
+         {PUT_TARGET}x: **{}**",
+        put.bytes / MIB as u64,
+        put.mb_s(),
+        put_ratio,
+        met(put_ratio >= PUT_TARGET)
+    );
+    println!(
+        "- get {} MiB: {:.0} MB/s = {:.3}x of the raw stream; target >= {GET_TARGET}x: **{}**",
+        get.bytes / MIB as u64,
+        get.mb_s(),
+        get_ratio,
+        met(get_ratio >= GET_TARGET)
+    );
+    if r.big.is_some() {
+        let over: Vec<String> = counted
+            .iter()
+            .filter(|(_, k)| under_limit(*k) != "PASS")
+            .map(|(n, k)| format!("{n} ({} MiB)", fmt_mib(*k)))
+            .collect();
+        println!(
+            "- peak RSS of every node and CLI process through the {} MiB put and get: **{}**{}",
+            cfg.big_bytes / MIB as u64,
+            if over.is_empty() { "PASS" } else { "FAIL" },
+            if over.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    " (over {RSS_LIMIT_MIB:.0} MiB or unknown: {})",
+                    over.join(", ")
+                )
+            }
+        );
+    } else {
+        println!("- peak RSS: not judged ({BIG_MB_ENV}=0 skipped the big file)");
+    }
+}
