@@ -328,3 +328,16 @@ pub fn wait_all_see(net: &Net, observers: &[String], ids: &[&str], state: &str, 
 pub fn addrs<'a>(nodes: impl IntoIterator<Item = &'a NodeProc>) -> Vec<String> {
     nodes.into_iter().map(NodeProc::addr).collect()
 }
+
+/// Deterministic test bytes (xorshift32 from `seed`).
+pub fn data(len: usize, seed: u32) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(2_654_435_761) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x as u8
+        })
+        .collect()
+}

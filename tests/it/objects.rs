@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::harness::{addrs, cluster, wait_all_see, wait_until, Net, NodeProc};
+use crate::harness::{addrs, cluster, data, wait_all_see, wait_until, Net, NodeProc};
 
 /// Segment size used by these tests: small, so several segments are cheap.
 const SEG: usize = 64 * 1024;
@@ -22,18 +22,6 @@ fn six_nodes(net: &Net) -> Vec<NodeProc> {
     let ids: Vec<&str> = nodes.iter().map(|n| n.id.as_str()).collect();
     wait_all_see(net, &addrs(&nodes), &ids, "alive", Duration::from_secs(60));
     nodes
-}
-
-fn data(len: usize, seed: u32) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(2_654_435_761) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            x as u8
-        })
-        .collect()
 }
 
 fn text(o: &Output) -> String {
