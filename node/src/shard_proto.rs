@@ -96,7 +96,50 @@ async fn with_timeout<T>(
         .map_err(|_| ShardClientError::Timeout { peer, after })?
 }
 
-/// Stores `bytes` as shard `id` on `peer`; returns once the peer reports it durable.
+/// One exchange on a fresh stream: the request frame and `body`, then the
+/// answer frame. The stream is returned for reading an answer's body.
+async fn exchange(
+    control: &mut Control,
+    peer: PeerId,
+    req: &ShardRequest,
+    body: &[u8],
+) -> Result<(Stream, ShardResponse), ShardClientError> {
+    let io_err = |source| ShardClientError::Io { peer, source };
+    let mut s = open(control, peer).await?;
+    write_frame(&mut s, req).await.map_err(io_err)?;
+    if !body.is_empty() {
+        s.write_all(body).await.map_err(io_err)?;
+    }
+    s.flush().await.map_err(io_err)?;
+    let resp = read_frame(&mut s).await.map_err(io_err)?;
+    Ok((s, resp))
+}
+
+/// Reads the `len` bytes that follow an answer frame and closes the stream.
+async fn answer_body(mut s: Stream, peer: PeerId, len: u32) -> Result<Vec<u8>, ShardClientError> {
+    let body = read_body(&mut s, len as usize)
+        .await
+        .map_err(|source| ShardClientError::Io { peer, source })?;
+    let _ = s.close().await;
+    Ok(body)
+}
+
+/// The error for an answer that is a refusal or does not fit the request.
+fn refused(peer: PeerId, shard: ShardId, resp: ShardResponse, what: &str) -> ShardClientError {
+    match resp {
+        ShardResponse::Error(error) => ShardClientError::Remote { peer, shard, error },
+        other => ShardClientError::Protocol {
+            peer,
+            what: format!("{other:?} to a {what}"),
+        },
+    }
+}
+
+/// The manifest's object ID in the `shard` field of errors about it.
+fn as_key(object: ObjectId) -> ShardId {
+    ShardId::from_bytes(*object.as_bytes())
+}
+
 async fn put_shard_once(
     control: &mut Control,
     peer: PeerId,
@@ -105,34 +148,20 @@ async fn put_shard_once(
     timeout: Duration,
 ) -> Result<(), ShardClientError> {
     with_timeout(peer, timeout, async {
-        let mut s = open(control, peer).await?;
-        let io_err = |source| ShardClientError::Io { peer, source };
         let req = ShardRequest::Put {
             shard: id,
             len: bytes.len() as u32,
         };
-        write_frame(&mut s, &req).await.map_err(io_err)?;
-        s.write_all(bytes).await.map_err(io_err)?;
-        s.flush().await.map_err(io_err)?;
-        let resp: ShardResponse = read_frame(&mut s).await.map_err(io_err)?;
+        let (mut s, resp) = exchange(control, peer, &req, bytes).await?;
         let _ = s.close().await;
         match resp {
             ShardResponse::Stored { shard } if shard == id => Ok(()),
-            ShardResponse::Error(error) => Err(ShardClientError::Remote {
-                peer,
-                shard: id,
-                error,
-            }),
-            other => Err(ShardClientError::Protocol {
-                peer,
-                what: format!("{other:?} to a put"),
-            }),
+            other => Err(refused(peer, id, other, "put")),
         }
     })
     .await
 }
 
-/// Fetches shard `id` from `peer` and verifies it.
 async fn get_shard_once(
     control: &mut Control,
     peer: PeerId,
@@ -140,17 +169,10 @@ async fn get_shard_once(
     timeout: Duration,
 ) -> Result<Bytes, ShardClientError> {
     with_timeout(peer, timeout, async {
-        let mut s = open(control, peer).await?;
-        let io_err = |source| ShardClientError::Io { peer, source };
-        write_frame(&mut s, &ShardRequest::Get { shard: id })
-            .await
-            .map_err(io_err)?;
-        s.flush().await.map_err(io_err)?;
-        let resp: ShardResponse = read_frame(&mut s).await.map_err(io_err)?;
+        let (s, resp) = exchange(control, peer, &ShardRequest::Get { shard: id }, &[]).await?;
         match resp {
             ShardResponse::Data { shard, len } if shard == id => {
-                let body = read_body(&mut s, len as usize).await.map_err(io_err)?;
-                let _ = s.close().await;
+                let body = answer_body(s, peer, len).await?;
                 let actual = ShardId::of(&body);
                 if actual != id {
                     return Err(ShardClientError::Integrity {
@@ -161,21 +183,12 @@ async fn get_shard_once(
                 }
                 Ok(Bytes::from(body))
             }
-            ShardResponse::Error(error) => Err(ShardClientError::Remote {
-                peer,
-                shard: id,
-                error,
-            }),
-            other => Err(ShardClientError::Protocol {
-                peer,
-                what: format!("{other:?} to a get"),
-            }),
+            other => Err(refused(peer, id, other, "get")),
         }
     })
     .await
 }
 
-/// Stores a manifest replica on `peer`; returns once it is durable there.
 async fn put_manifest_once(
     control: &mut Control,
     peer: PeerId,
@@ -184,35 +197,20 @@ async fn put_manifest_once(
     timeout: Duration,
 ) -> Result<(), ShardClientError> {
     with_timeout(peer, timeout, async {
-        let mut s = open(control, peer).await?;
-        let io_err = |source| ShardClientError::Io { peer, source };
         let req = ShardRequest::PutManifest {
             object,
             len: bytes.len() as u32,
         };
-        write_frame(&mut s, &req).await.map_err(io_err)?;
-        s.write_all(bytes).await.map_err(io_err)?;
-        s.flush().await.map_err(io_err)?;
-        let resp: ShardResponse = read_frame(&mut s).await.map_err(io_err)?;
+        let (mut s, resp) = exchange(control, peer, &req, bytes).await?;
         let _ = s.close().await;
         match resp {
             ShardResponse::ManifestStored { object: o } if o == object => Ok(()),
-            ShardResponse::Error(error) => Err(ShardClientError::Remote {
-                peer,
-                shard: ShardId::from_bytes(*object.as_bytes()),
-                error,
-            }),
-            other => Err(ShardClientError::Protocol {
-                peer,
-                what: format!("{other:?} to a manifest put"),
-            }),
+            other => Err(refused(peer, as_key(object), other, "manifest put")),
         }
     })
     .await
 }
 
-/// Fetches and validates the manifest of `object` from `peer`; `None` when
-/// the peer holds none.
 async fn get_manifest_once(
     control: &mut Control,
     peer: PeerId,
@@ -220,28 +218,19 @@ async fn get_manifest_once(
     timeout: Duration,
 ) -> Result<Option<Manifest>, ShardClientError> {
     with_timeout(peer, timeout, async {
-        let mut s = open(control, peer).await?;
-        let io_err = |source| ShardClientError::Io { peer, source };
-        write_frame(&mut s, &ShardRequest::GetManifest { object })
-            .await
-            .map_err(io_err)?;
-        s.flush().await.map_err(io_err)?;
-        let resp: ShardResponse = read_frame(&mut s).await.map_err(io_err)?;
+        let req = ShardRequest::GetManifest { object };
+        let (s, resp) = exchange(control, peer, &req, &[]).await?;
         match resp {
             ShardResponse::Manifest { object: o, len } if o == object => {
-                let body = read_body(&mut s, len as usize).await.map_err(io_err)?;
-                let _ = s.close().await;
-                let m = Manifest::decode(&body).map_err(|e| ShardClientError::BadManifest {
+                let body = answer_body(s, peer, len).await?;
+                let bad = |reason: String| ShardClientError::BadManifest {
                     peer,
                     object,
-                    reason: e.to_string(),
-                })?;
+                    reason,
+                };
+                let m = Manifest::decode(&body).map_err(|e| bad(e.to_string()))?;
                 if m.object != object {
-                    return Err(ShardClientError::BadManifest {
-                        peer,
-                        object,
-                        reason: format!("it describes {}", m.object),
-                    });
+                    return Err(bad(format!("it describes {}", m.object)));
                 }
                 Ok(Some(m))
             }
@@ -249,15 +238,7 @@ async fn get_manifest_once(
                 kind: ErrorKind::NotFound,
                 ..
             }) => Ok(None),
-            ShardResponse::Error(error) => Err(ShardClientError::Remote {
-                peer,
-                shard: ShardId::from_bytes(*object.as_bytes()),
-                error,
-            }),
-            other => Err(ShardClientError::Protocol {
-                peer,
-                what: format!("{other:?} to a manifest get"),
-            }),
+            other => Err(refused(peer, as_key(object), other, "manifest get")),
         }
     })
     .await

@@ -341,3 +341,19 @@ pub fn data(len: usize, seed: u32) -> Vec<u8> {
         })
         .collect()
 }
+
+/// The file called `name` anywhere under `root` (a shard file is named by
+/// its ID in every container layout).
+pub fn find_file(root: &Path, name: &str) -> Option<PathBuf> {
+    for entry in fs::read_dir(root).ok()?.flatten() {
+        let p = entry.path();
+        if p.is_dir() {
+            if let Some(f) = find_file(&p, name) {
+                return Some(f);
+            }
+        } else if p.file_name().and_then(|n| n.to_str()) == Some(name) {
+            return Some(p);
+        }
+    }
+    None
+}

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::harness::{addrs, cluster, data, wait_all_see, wait_until, Net, NodeProc};
+use crate::harness::{addrs, cluster, data, find_file, wait_all_see, wait_until, Net, NodeProc};
 
 /// Segment size used by these tests: small, so several segments are cheap.
 const SEG: usize = 64 * 1024;
@@ -217,7 +217,7 @@ fn corruption_bad_input_and_a_crash_during_put() {
         victim["holder"].as_str().unwrap(),
     );
     let holder_node = nodes.iter().find(|n| n.id == holder).unwrap();
-    let path = find(&holder_node.dir, shard).expect("the shard file");
+    let path = find_file(&holder_node.dir, shard).expect("the shard file");
     let mut bytes = std::fs::read(&path).unwrap();
     bytes[7] ^= 0x55;
     std::fs::write(&path, bytes).unwrap();
@@ -368,18 +368,4 @@ fn shards_on(net: &Net, node: &NodeProc) -> u64 {
         .ok()
         .and_then(|s| s["shards_stored"].as_u64())
         .unwrap_or(0)
-}
-
-fn find(root: &Path, name: &str) -> Option<PathBuf> {
-    for entry in std::fs::read_dir(root).ok()?.flatten() {
-        let p = entry.path();
-        if p.is_dir() {
-            if let Some(f) = find(&p, name) {
-                return Some(f);
-            }
-        } else if p.file_name().and_then(|n| n.to_str()) == Some(name) {
-            return Some(p);
-        }
-    }
-    None
 }

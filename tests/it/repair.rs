@@ -2,12 +2,14 @@
 //! repairer that dies mid-way, scrubbing, and removal with a holder down.
 
 use std::collections::HashSet;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::harness::{addrs, cluster_with, data, wait_all_see, wait_until, Net, NodeProc};
+use crate::harness::{
+    addrs, cluster_with, data, find_file, wait_all_see, wait_until, Net, NodeProc,
+};
 
 const SEG: usize = 64 * 1024;
 
@@ -175,20 +177,6 @@ fn a_repairer_that_dies_is_replaced() {
     read_back(&net, observer, &objects);
 }
 
-fn find_shard(root: &Path, name: &str) -> Option<PathBuf> {
-    for entry in std::fs::read_dir(root).ok()?.flatten() {
-        let p = entry.path();
-        if p.is_dir() {
-            if let Some(f) = find_shard(&p, name) {
-                return Some(f);
-            }
-        } else if p.file_name().and_then(|n| n.to_str()) == Some(name) {
-            return Some(p);
-        }
-    }
-    None
-}
-
 #[test]
 fn scrub_finds_corruption_and_rm_reaches_a_node_that_was_down() {
     let net = Net::new();
@@ -204,7 +192,7 @@ fn scrub_finds_corruption_and_rm_reaches_a_node_that_was_down() {
             .iter()
             .position(|n| n.id == sh["holder"].as_str().unwrap())
             .unwrap();
-        let path = find_shard(&nodes[holder].dir, sh["id"].as_str().unwrap()).unwrap();
+        let path = find_file(&nodes[holder].dir, sh["id"].as_str().unwrap()).unwrap();
         let mut b = std::fs::read(&path).unwrap();
         b[3] ^= 0xa5;
         std::fs::write(&path, b).unwrap();
@@ -274,7 +262,7 @@ fn scrub_finds_corruption_and_rm_reaches_a_node_that_was_down() {
         || {
             for n in &nodes {
                 for s in &shard_ids {
-                    if find_shard(&n.dir, s).is_some() {
+                    if find_file(&n.dir, s).is_some() {
                         return Err(format!("{} still holds {}", n.name, &s[..8]));
                     }
                 }

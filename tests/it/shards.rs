@@ -3,7 +3,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use crate::harness::{member, wait_until, Net, NodeProc, NodeSpec};
+use crate::harness::{find_file, member, wait_until, Net, NodeProc, NodeSpec};
 
 fn put(net: &Net, node: &NodeProc, file: &Path) -> Result<String, String> {
     let out = net.cli(&[
@@ -85,24 +85,6 @@ fn dir_shards_survive_restart_and_corruption_is_detected() {
     assert!(err.to_lowercase().contains("not"), "{err}");
     let err = get(&net, &node, "xyz").unwrap_err();
     assert!(err.contains("64 hex"), "{err}");
-}
-
-fn find_file(root: &Path, name: &str) -> Option<std::path::PathBuf> {
-    for entry in std::fs::read_dir(root).ok()? {
-        let p = entry.ok()?.path();
-        if p.is_dir() {
-            if let Some(f) = find_file(&p, name) {
-                return Some(f);
-            }
-        } else if p
-            .file_name()
-            .and_then(|n| n.to_str())
-            .is_some_and(|n| n.contains(name))
-        {
-            return Some(p);
-        }
-    }
-    None
 }
 
 #[test]
