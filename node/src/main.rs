@@ -17,7 +17,7 @@ use dynostore_protocol::erasure::CodecKind;
 use dynostore_protocol::wire::{
     ClientRequest, ClientResponse, ControlRequest, ControlResponse, ObjectStat, StatusReport,
 };
-use dynostore_protocol::{ObjectId, ShardId};
+use dynostore_protocol::{NodeId, ObjectId, ShardId};
 
 /// DynoStore: erasure-coded peer-to-peer storage across sites.
 #[derive(Debug, Parser)]
@@ -85,6 +85,15 @@ enum Command {
         conn: ConnArgs,
         #[arg(long)]
         json: bool,
+    },
+    /// Replace a node's deny-list: it refuses and closes connections to
+    /// these node IDs until the next `deny` (none: heal). Not kept across
+    /// restarts. Quarantines a member, or partitions a test network.
+    Deny {
+        /// Node IDs to deny; none clears the list.
+        ids: Vec<NodeId>,
+        #[command(flatten)]
+        conn: ConnArgs,
     },
     /// Low-level shard operations against one node (for operators and tests).
     #[command(subcommand)]
@@ -271,6 +280,17 @@ async fn run(cli: Cli) -> Result<()> {
                 }
                 ControlResponse::Scrubbed { checked, corrupt } => {
                     println!("scrubbed {checked} shards, {corrupt} corrupt (deleted; they will be rebuilt)");
+                    Ok(())
+                }
+                ControlResponse::Error(e) => bail!("the node refused: {e}"),
+                other => bail!("unexpected answer: {other:?}"),
+            }
+        }
+        Command::Deny { ids, conn } => {
+            let client = conn.connect().await?;
+            match client.control(ControlRequest::Deny { peers: ids }).await? {
+                ControlResponse::Denied { count } => {
+                    println!("the node now denies {count} peers");
                     Ok(())
                 }
                 ControlResponse::Error(e) => bail!("the node refused: {e}"),
@@ -632,6 +652,7 @@ fn status_json(r: &StatusReport) -> serde_json::Value {
             "queue_len": r.repair.queue_len,
             "shards_repaired": r.repair.shards_repaired,
             "bytes_repaired": r.repair.bytes_repaired,
+            "bytes_read": r.repair.bytes_read,
             "shards_moved": r.repair.shards_moved,
             "stripes_lost": r.repair.stripes_lost,
             "pending_deletes": r.repair.pending_deletes,
@@ -663,10 +684,11 @@ fn print_status(r: &StatusReport) {
     println!("node {}  ({} shards stored)", r.node, r.shards_stored);
     let rp = &r.repair;
     println!(
-        "repair: queue {}, {} shards / {} rebuilt, {} pending deletions, last scrub {}",
+        "repair: queue {}, {} shards / {} rebuilt (from {} read), {} pending deletions, last scrub {}",
         rp.queue_len,
         rp.shards_repaired,
         human_bytes(rp.bytes_repaired),
+        human_bytes(rp.bytes_read),
         rp.pending_deletes,
         rp.last_scrub_ms_ago
             .map_or("never".to_string(), |ms| format!(

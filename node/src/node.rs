@@ -17,7 +17,7 @@
 //! Shutdown: SIGINT/SIGTERM (or the future given to [`run`]) stops the
 //! loop, the store is flushed, `node.addr` is removed.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -30,7 +30,7 @@ use libp2p::kad::{self, store::MemoryStore};
 use libp2p::request_response::{self, OutboundRequestId, ResponseChannel};
 use libp2p::swarm::dial_opts::DialOpts;
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
-use libp2p::{identify, Multiaddr, PeerId, StreamProtocol, Swarm};
+use libp2p::{allow_block_list, identify, Multiaddr, PeerId, StreamProtocol, Swarm};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use dynostore_protocol::membership::{Membership, Timeouts};
@@ -82,6 +82,8 @@ pub enum NodeError {
 
 #[derive(NetworkBehaviour)]
 struct NodeBehaviour {
+    /// The deny-list (`ControlRequest::Deny`): checked before the others.
+    blocked: allow_block_list::Behaviour<allow_block_list::BlockedPeers>,
     identify: identify::Behaviour,
     kad: kad::Behaviour<MemoryStore>,
     gossipsub: gossipsub::Behaviour,
@@ -358,6 +360,7 @@ fn build_swarm(
             let gossipsub =
                 gossipsub::Behaviour::new(MessageAuthenticity::Signed(key.clone()), gossip_cfg)?;
             Ok(NodeBehaviour {
+                blocked: allow_block_list::Behaviour::default(),
                 identify: identify::Behaviour::new(
                     identify::Config::new(IDENTIFY_PROTOCOL.into(), key.public())
                         .with_agent_version(format!("dynostore/{}", env!("CARGO_PKG_VERSION"))),
@@ -731,12 +734,49 @@ impl EventLoop {
         }
     }
 
+    /// Replaces the deny-list; the behaviour closes connections to newly
+    /// denied peers, and `dial_known_members` reconnects to released ones
+    /// on the next announcement.
+    fn deny(&mut self, peers: &[NodeId]) -> ControlResponse {
+        let mut wanted = HashSet::new();
+        for node in peers {
+            match net::peer_id(node) {
+                Some(p) => {
+                    wanted.insert(p);
+                }
+                None => {
+                    return remote_error(
+                        dynostore_protocol::wire::ErrorKind::BadRequest,
+                        &format!("{node} is not a peer ID"),
+                    )
+                }
+            }
+        }
+        let blocked = &mut self.swarm.behaviour_mut().blocked;
+        let old: Vec<PeerId> = blocked.blocked_peers().iter().copied().collect();
+        for p in old.iter().filter(|p| !wanted.contains(p)) {
+            blocked.unblock_peer(*p);
+        }
+        for p in &wanted {
+            blocked.block_peer(*p);
+        }
+        tracing::info!(denied = wanted.len(), "deny-list replaced");
+        ControlResponse::Denied {
+            count: wanted.len() as u32,
+        }
+    }
+
     fn on_control_request(
         &mut self,
         peer: PeerId,
         request: ControlRequest,
         channel: ResponseChannel<ControlResponse>,
     ) {
+        if let ControlRequest::Deny { peers } = request {
+            let response = self.deny(&peers);
+            self.on_command(Command::Respond { channel, response });
+            return;
+        }
         let shared = self.shared.clone();
         let tx = self.cmd_tx.clone();
         tokio::spawn(async move {
@@ -758,6 +798,11 @@ async fn answer_control(shared: &Arc<Shared>, request: ControlRequest) -> Contro
     };
     match request {
         ControlRequest::Status => ControlResponse::Status(shared.status().await),
+        // Answered by the event loop, which owns the swarm.
+        ControlRequest::Deny { .. } => remote_error(
+            dynostore_protocol::wire::ErrorKind::BadRequest,
+            &"deny is handled by the event loop",
+        ),
         ControlRequest::Has { shards } => {
             let mut present = Vec::with_capacity(shards.len());
             for s in &shards {

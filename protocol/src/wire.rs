@@ -53,6 +53,8 @@ pub const MAX_CONTAINERS: usize = 64;
 pub const MAX_SHARDS_PER_REQUEST: usize = 4096;
 /// Most members in one membership report.
 pub const MAX_MEMBERS: usize = 16384;
+/// Peers in one deny-list (a `Deny` request stays under its 256 KiB limit).
+pub const MAX_DENIED: usize = 4096;
 
 /// Why bytes from the network were refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -298,6 +300,11 @@ pub enum ControlRequest {
     Scrub,
     /// The node's membership view and own state.
     Status,
+    /// Replace this node's deny-list: refuse and close every connection to
+    /// these peers until the next `Deny` (an empty list heals). Not kept
+    /// across restarts. Fault injection and quarantine of a misbehaving
+    /// member; anyone holding the network key may send it, as `Delete`.
+    Deny { peers: Vec<NodeId> },
 }
 
 impl WireMessage for ControlRequest {
@@ -314,6 +321,7 @@ impl WireMessage for ControlRequest {
             ControlRequest::ManifestStates { objects } => {
                 check_count("objects", objects.len(), MAX_SHARDS_PER_REQUEST)
             }
+            ControlRequest::Deny { peers } => check_count("peers", peers.len(), MAX_DENIED),
             ControlRequest::DeleteManifest { .. }
             | ControlRequest::Scrub
             | ControlRequest::ListManifests
@@ -437,6 +445,14 @@ pub struct RepairReport {
     pub queue_len: u64,
     pub shards_repaired: u64,
     pub bytes_repaired: u64,
+    /// Shard bytes read to rebuild: the `k` verified shards each rebuilt
+    /// stripe was decoded from (fetched from their holders, or read from
+    /// this node's own store when it holds one). `bytes_read /
+    /// bytes_repaired` is the read amplification: `k` for Reed-Solomon
+    /// when one shard of a stripe is missing. A hedged extra request that
+    /// lost the race is not counted.
+    #[serde(default)]
+    pub bytes_read: u64,
     /// Shards moved to emptier members by rebalancing.
     #[serde(default)]
     pub shards_moved: u64,
@@ -482,6 +498,10 @@ pub enum ControlResponse {
         corrupt: u64,
     },
     Status(StatusReport),
+    /// The deny-list now holds `count` peers.
+    Denied {
+        count: u32,
+    },
     Error(RemoteError),
 }
 
@@ -499,7 +519,7 @@ impl WireMessage for ControlResponse {
             ControlResponse::ManifestStates { states } => {
                 check_count("states", states.len(), MAX_SHARDS_PER_REQUEST)
             }
-            ControlResponse::Scrubbed { .. } => Ok(()),
+            ControlResponse::Scrubbed { .. } | ControlResponse::Denied { .. } => Ok(()),
             ControlResponse::Status(s) => {
                 check_containers(&s.containers)?;
                 check_count("members", s.members.len(), MAX_MEMBERS)?;

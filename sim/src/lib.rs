@@ -6,8 +6,13 @@
 //!   leave, and how many objects survive years of failures, each beside two
 //!   baselines on the same inputs.
 //!
+//! - [`cluster`]: real `dynostore` node processes on loopback with a seeded
+//!   workload and a fault schedule (kill, restart, partition, corruption),
+//!   checked end to end: every acknowledged object reads back, and full
+//!   redundancy returns after the faults.
+//!
 //! Each subcommand of the binary is one module here with an `Args` (clap)
-//! and a `run`; the cluster harness (real node processes with fault
-//! injection, issue 6) is meant to sit beside `scale` as `cluster`.
+//! and a `run`.
 
+pub mod cluster;
 pub mod scale;

@@ -1,13 +1,14 @@
 //! `dynostore-sim`: the command line of the simulations.
 //!
-//! One subcommand per module of the library: `scale` (the scale model).
+//! One subcommand per module of the library: `cluster` (real nodes with
+//! faults) and `scale` (the scale model).
 //! A new subcommand is a sibling module with `Args` and `run`, plus one
 //! variant of [`Command`] and one arm in `main`.
 
 use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser, Subcommand};
-use dynostore_sim::scale;
+use dynostore_sim::{cluster, scale};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -22,6 +23,10 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Real `dynostore` nodes on loopback: a seeded workload, a fault
+    /// schedule (kill, restart, partition, corruption) and end-to-end
+    /// checks. With no flags, the default scenario (a few minutes).
+    Cluster(cluster::Args),
     /// The protocol's placement over thousands of virtual nodes (no
     /// network): fill spread, data moved on join and leave, durability,
     /// each beside two baselines. Deterministic for a seed.
@@ -31,6 +36,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match &cli.command {
+        Command::Cluster(args) => cluster::run(args),
         Command::Scale(args) => {
             if let Err(msg) = args.validate() {
                 Cli::command()

@@ -8,3 +8,4 @@ mod objects;
 mod repair;
 mod s3;
 mod shards;
+mod sim_cluster;
