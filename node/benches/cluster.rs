@@ -47,22 +47,23 @@
 mod common;
 
 use std::fs;
-use std::io::{Read as _, Write as _};
-use std::net::TcpListener;
-use std::path::{Path, PathBuf};
+use std::io::Write as _;
+use std::path::Path;
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context as _, Result};
+use common::cluster::{Cluster, ClusterSpec, ContainerKind, NODE_BIN};
 use common::{
-    connect, env_number, exit_with_parent, fill, mb_per_s, median, pool, read_ready_line, runtime,
-    start_sink_swarm, stream_copy, COPY_CHUNK, MIB,
+    budget, connect, cpu_delta, cpu_secs, env_number, exit_with_parent, fill, free_disk,
+    get_retrying, hash_file, mb_per_s, median, mem_available, met, note, pool, put_retrying,
+    read_ready_line, runtime, smoke_note, start_sink_swarm, stream_copy, vm_hwm_kib, write_file,
+    COPY_CHUNK, MIB,
 };
-use dynostore_node::client::Client;
 use dynostore_node::keys::{load_network_key, parse_network_key, NetworkKey};
-use dynostore_node::objects::{get_object, put_file, NoProgress, ObjectError, Output, PutParams};
+use dynostore_node::objects::{Output, PutParams};
 use dynostore_protocol::erasure::CodecKind;
 use dynostore_protocol::ObjectId;
 use libp2p::{Multiaddr, PeerId};
@@ -79,8 +80,6 @@ const CONCURRENCY_ENV: &str = "DYNOSTORE_BENCH_CONCURRENCY";
 const CONTAINER_ENV: &str = "DYNOSTORE_BENCH_CONTAINER";
 const QUOTA_ENV: &str = "DYNOSTORE_BENCH_QUOTA_MIB";
 
-/// The node binary of this package (release build under `cargo bench`).
-const NODE_BIN: &str = env!("CARGO_BIN_EXE_dynostore");
 const GNU_TIME: &str = "/usr/bin/time";
 
 const NODES: usize = 6;
@@ -99,25 +98,10 @@ const RSS_LIMIT_MIB: f64 = 300.0;
 
 /// Reference copies per run: before the put, between put and get, after the get.
 const REF_RUNS: usize = 3;
-/// Attempts of one small-object operation whose stream the entry peer dropped.
-const SMALL_ATTEMPTS: usize = 5;
 const SERVER_MAX_LIFETIME: Duration = Duration::from_secs(3600);
-const NODE_START_TIMEOUT: Duration = Duration::from_secs(60);
-const CONVERGE_TIMEOUT: Duration = Duration::from_secs(120);
-const STOP_TIMEOUT: Duration = Duration::from_secs(15);
-/// File generation and hashing block size.
-const IO_BLOCK: usize = 8 * MIB;
-/// Linux `USER_HZ`: the unit of the CPU times in `/proc/PID/stat`.
-const CLOCK_TICKS: f64 = 100.0;
 
 fn main() -> ExitCode {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .try_init();
+    common::init_tracing();
     let result = if std::env::var(ROLE_ENV).as_deref() == Ok("sink") {
         sink_process_main()
     } else {
@@ -144,12 +128,6 @@ struct Settings {
     container: ContainerKind,
     quota_mib: u64,
     smoke: bool,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum ContainerKind {
-    Dir,
-    Mem,
 }
 
 /// Like [`env_number`], but 0 is allowed.
@@ -318,313 +296,8 @@ impl Reference {
     }
 }
 
-/// A progress line on stderr, with the time since the bench started.
-fn note(msg: &str) {
-    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
-    let t = START.get_or_init(Instant::now).elapsed();
-    eprintln!("[{:6.1} s] {msg}", t.as_secs_f64());
-}
-
-/// Time allowed for moving `bytes` once: two minutes plus 4 MB/s.
-fn budget(bytes: u64) -> Duration {
-    Duration::from_secs(120 + bytes / 4_000_000)
-}
-
-// ---------------------------------------------------------------- /proc
-
-/// Peak resident set (`VmHWM`) of a live process, in KiB.
-fn vm_hwm_kib(pid: u32) -> Option<u64> {
-    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-}
-
-/// User + system CPU seconds of a live process.
-fn cpu_secs(pid: u32) -> Option<f64> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the command name, which may hold spaces: state is the
-    // first, utime and stime are the 12th and 13th.
-    let rest = &stat[stat.rfind(')')? + 1..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let utime: f64 = f.get(11)?.parse().ok()?;
-    let stime: f64 = f.get(12)?.parse().ok()?;
-    Some((utime + stime) / CLOCK_TICKS)
-}
-
 fn mib(kib: u64) -> f64 {
     kib as f64 / 1024.0
-}
-
-/// Available bytes of the filesystem holding `path`.
-fn free_disk(path: &Path) -> Result<u64> {
-    let st = rustix::fs::statvfs(path).with_context(|| format!("statvfs {}", path.display()))?;
-    Ok(st.f_bavail.saturating_mul(st.f_frsize))
-}
-
-fn mem_available() -> Option<u64> {
-    let info = fs::read_to_string("/proc/meminfo").ok()?;
-    info.lines()
-        .find_map(|l| l.strip_prefix("MemAvailable:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map(|k| k * 1024)
-}
-
-// ---------------------------------------------------------------- nodes
-
-/// One node process, killed when dropped.
-#[derive(Debug)]
-struct NodeProc {
-    name: String,
-    dir: PathBuf,
-    id: String,
-    addr: String,
-    child: Option<Child>,
-    /// Peak RSS (KiB) and CPU seconds, read just before the node was stopped.
-    final_hwm_kib: Option<u64>,
-    final_cpu: Option<f64>,
-}
-
-impl Drop for NodeProc {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl NodeProc {
-    fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
-    }
-
-    fn log_tail(&self) -> String {
-        let log = fs::read_to_string(self.dir.join("node.log")).unwrap_or_default();
-        let lines: Vec<&str> = log.lines().collect();
-        lines[lines.len().saturating_sub(20)..].join("\n")
-    }
-
-    /// Fails if the process has exited.
-    fn check_running(&mut self) -> Result<()> {
-        if let Some(c) = self.child.as_mut() {
-            if let Some(status) = c.try_wait().context("waiting for a node")? {
-                self.child = None;
-                bail!(
-                    "node {} exited with {status}; its log ends:\n{}",
-                    self.name,
-                    self.log_tail()
-                );
-            }
-        }
-        Ok(())
-    }
-
-    /// Reads the peak RSS and CPU time, then SIGTERM, then SIGKILL after
-    /// [`STOP_TIMEOUT`].
-    fn stop(&mut self) {
-        let Some(mut c) = self.child.take() else {
-            return;
-        };
-        self.final_hwm_kib = vm_hwm_kib(c.id());
-        self.final_cpu = cpu_secs(c.id());
-        if matches!(c.try_wait(), Ok(None)) {
-            let _ = Command::new("kill")
-                .arg(c.id().to_string())
-                .stderr(Stdio::null())
-                .status();
-            let deadline = Instant::now() + STOP_TIMEOUT;
-            while matches!(c.try_wait(), Ok(None)) && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
-        let _ = c.kill();
-        let _ = c.wait();
-    }
-}
-
-/// A free TCP port on 127.0.0.1 (the listener is dropped before use).
-fn free_port() -> Result<u16> {
-    let l = TcpListener::bind("127.0.0.1:0").context("bind an ephemeral port")?;
-    Ok(l.local_addr().context("local addr")?.port())
-}
-
-fn dynostore(key: &Path) -> Command {
-    let mut cmd = Command::new(NODE_BIN);
-    cmd.env("DYNOSTORE_NETWORK_KEY", key)
-        .env_remove("DYNOSTORE_PEER");
-    cmd
-}
-
-#[derive(Debug)]
-struct Cluster {
-    nodes: Vec<NodeProc>,
-    key: PathBuf,
-}
-
-impl Cluster {
-    /// Initialises and starts [`NODES`] nodes under `root`; every node
-    /// after the first bootstraps from the first.
-    fn start(root: &Path, cfg: &Settings) -> Result<Cluster> {
-        let key = root.join("network.key");
-        let out = Command::new(NODE_BIN)
-            .arg("network-key")
-            .arg(&key)
-            .output()
-            .context("cannot run dynostore network-key")?;
-        if !out.status.success() {
-            bail!(
-                "dynostore network-key failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        let mut cluster = Cluster {
-            nodes: Vec::new(),
-            key,
-        };
-        for i in 0..NODES {
-            let name = format!("n{i}");
-            let dir = root.join(&name);
-            let port = free_port()?;
-            let container = match cfg.container {
-                ContainerKind::Dir => {
-                    format!("dir:{}:{}MiB", dir.join("shards").display(), cfg.quota_mib)
-                }
-                ContainerKind::Mem => format!("mem:{}MiB", cfg.quota_mib),
-            };
-            let mut cmd = dynostore(&cluster.key);
-            cmd.arg("init")
-                .arg("--dir")
-                .arg(&dir)
-                .args(["--listen", &format!("/ip4/127.0.0.1/tcp/{port}")])
-                .args(["--site", &format!("site-{i}")])
-                .args(["--container", &container])
-                .arg("--network-key")
-                .arg(&cluster.key)
-                .args(["--announce-interval-ms", &ANNOUNCE_MS.to_string()])
-                .args(["--suspect-after-ms", &SUSPECT_MS.to_string()])
-                .args(["--down-after-ms", &DOWN_MS.to_string()]);
-            if let Some(first) = cluster.nodes.first() {
-                cmd.args(["--bootstrap", &first.addr]);
-            }
-            let out = cmd.output().context("cannot run dynostore init")?;
-            if !out.status.success() {
-                bail!(
-                    "init {name} failed: {}",
-                    String::from_utf8_lossy(&out.stderr)
-                );
-            }
-            let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
-            let log = fs::File::create(dir.join("node.log")).context("node log")?;
-            let child = Command::new(NODE_BIN)
-                .arg("node")
-                .arg("--dir")
-                .arg(&dir)
-                .env("RUST_LOG", "info,libp2p_gossipsub=warn")
-                .env_remove("DYNOSTORE_NETWORK_KEY")
-                .stdin(Stdio::null())
-                .stdout(Stdio::from(log.try_clone().context("node log")?))
-                .stderr(Stdio::from(log))
-                .spawn()
-                .with_context(|| format!("cannot start node {name}"))?;
-            cluster.nodes.push(NodeProc {
-                name,
-                addr: format!("/ip4/127.0.0.1/tcp/{port}/p2p/{id}"),
-                dir,
-                id,
-                child: Some(child),
-                final_hwm_kib: None,
-                final_cpu: None,
-            });
-            let node = cluster.nodes.last_mut().expect("just pushed");
-            let deadline = Instant::now() + NODE_START_TIMEOUT;
-            loop {
-                node.check_running()?;
-                if fs::read_to_string(node.dir.join("node.addr"))
-                    .is_ok_and(|s| s.lines().next().is_some())
-                {
-                    break;
-                }
-                if Instant::now() > deadline {
-                    bail!(
-                        "node {} wrote no node.addr within {NODE_START_TIMEOUT:?}",
-                        node.name
-                    );
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        }
-        Ok(cluster)
-    }
-
-    /// Polls `status --json` on every node until each lists every node as
-    /// alive with free space; returns how long that took.
-    fn wait_converged(&mut self) -> Result<Duration> {
-        let start = Instant::now();
-        let ids: Vec<String> = self.nodes.iter().map(|n| n.id.clone()).collect();
-        let mut last = String::new();
-        while start.elapsed() < CONVERGE_TIMEOUT {
-            match self.converged(&ids) {
-                Ok(()) => return Ok(start.elapsed()),
-                Err(e) => last = format!("{e:#}"),
-            }
-            for n in &mut self.nodes {
-                n.check_running()?;
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        bail!("the cluster did not converge within {CONVERGE_TIMEOUT:?}; last: {last}")
-    }
-
-    fn converged(&self, ids: &[String]) -> Result<()> {
-        for n in &self.nodes {
-            let out = dynostore(&self.key)
-                .args(["status", "--json", "--timeout-secs", "5", "--peer", &n.addr])
-                .output()
-                .context("cannot run dynostore status")?;
-            if !out.status.success() {
-                bail!(
-                    "status of {}: {}",
-                    n.name,
-                    String::from_utf8_lossy(&out.stderr).trim()
-                );
-            }
-            let v: serde_json::Value =
-                serde_json::from_slice(&out.stdout).context("status --json output")?;
-            let members = v["members"].as_array().cloned().unwrap_or_default();
-            for id in ids {
-                let m = members.iter().find(|m| m["id"].as_str() == Some(id));
-                let state = m.and_then(|m| m["state"].as_str());
-                let free = m.and_then(|m| m["free_bytes"].as_u64()).unwrap_or(0);
-                if state != Some("alive") || free == 0 {
-                    bail!("{} sees {id} as {state:?} with {free} bytes free", n.name);
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// CPU seconds of every node so far.
-    fn cpu(&self) -> Vec<f64> {
-        self.nodes
-            .iter()
-            .map(|n| n.pid().and_then(cpu_secs).unwrap_or(f64::NAN))
-            .collect()
-    }
-
-    fn check_running(&mut self) -> Result<()> {
-        for n in &mut self.nodes {
-            n.check_running()?;
-        }
-        Ok(())
-    }
-
-    fn stop(&mut self) {
-        for n in &mut self.nodes {
-            n.stop();
-        }
-    }
 }
 
 // ---------------------------------------------------------------- CLI processes
@@ -760,54 +433,6 @@ fn run_cli(
         peak_kib: peak,
         cpu,
     })
-}
-
-// ---------------------------------------------------------------- files
-
-/// Writes `bytes` of deterministic incompressible data; returns its BLAKE3
-/// and the time spent in the write calls (a page-cache write reference).
-fn write_file(path: &Path, bytes: u64, seed: u64) -> Result<(String, Duration)> {
-    let mut f = std::io::BufWriter::with_capacity(
-        IO_BLOCK,
-        fs::File::create(path).with_context(|| format!("create {}", path.display()))?,
-    );
-    let mut hasher = blake3::Hasher::new();
-    let mut buf = vec![0u8; IO_BLOCK];
-    let mut left = bytes;
-    let mut block = 0u64;
-    let mut writing = Duration::ZERO;
-    while left > 0 {
-        let n = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
-        fill(&mut buf[..n], (seed << 32) ^ block);
-        hasher.update(&buf[..n]);
-        let t = Instant::now();
-        f.write_all(&buf[..n])
-            .with_context(|| format!("write {}", path.display()))?;
-        writing += t.elapsed();
-        left -= n as u64;
-        block += 1;
-    }
-    let t = Instant::now();
-    f.flush()
-        .with_context(|| format!("write {}", path.display()))?;
-    writing += t.elapsed();
-    Ok((hasher.finalize().to_hex().to_string(), writing))
-}
-
-fn hash_file(path: &Path) -> Result<String> {
-    let mut f = fs::File::open(path).with_context(|| format!("open {}", path.display()))?;
-    let mut hasher = blake3::Hasher::new();
-    let mut buf = vec![0u8; IO_BLOCK];
-    loop {
-        let n = f
-            .read(&mut buf)
-            .with_context(|| format!("read {}", path.display()))?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-    }
-    Ok(hasher.finalize().to_hex().to_string())
 }
 
 // ---------------------------------------------------------------- large objects
@@ -949,10 +574,6 @@ fn large_round(
     })
 }
 
-fn cpu_delta(before: &[f64], after: &[f64]) -> Vec<f64> {
-    before.iter().zip(after).map(|(b, a)| a - b).collect()
-}
-
 // ---------------------------------------------------------------- small objects
 
 #[derive(Debug)]
@@ -977,12 +598,6 @@ impl SmallOps {
     }
 }
 
-/// Whether a small operation failed because its stream was dropped before
-/// the entry peer served it (worth another attempt).
-fn dropped(e: &ObjectError) -> bool {
-    matches!(e, ObjectError::Stream(_))
-}
-
 async fn small_objects(
     cluster: &Cluster,
     psk: &NetworkKey,
@@ -1000,16 +615,7 @@ async fn small_objects(
         paths.push(p);
         ids.push(ObjectId::from_hash(blake3::hash(&data)));
     }
-    let mut clients = Vec::with_capacity(NODES);
-    for node in &cluster.nodes {
-        let addr: Multiaddr = node.addr.parse().context("node multiaddr")?;
-        clients.push(
-            Client::connect(addr, Some(psk), Duration::from_secs(30))
-                .await
-                .with_context(|| format!("cannot connect to {}", node.name))?,
-        );
-    }
-    let clients = Arc::new(clients);
+    let clients = Arc::new(cluster.clients(psk).await?);
     let paths = Arc::new(paths);
     let ids = Arc::new(ids);
     let size = cfg.object_bytes as u64;
@@ -1044,18 +650,10 @@ async fn small_objects(
                 };
                 let client = &clients[i % NODES];
                 let start = Instant::now();
-                let mut attempt = 0;
-                loop {
-                    attempt += 1;
-                    match put_file(client, &paths[i], &params, &mut NoProgress).await {
-                        Ok(r) if r.object == ids[i] => break,
-                        Ok(r) => bail!("object {i}: the put returned ID {}", r.object),
-                        Err(e) if dropped(&e) && attempt < SMALL_ATTEMPTS => {
-                            retries.fetch_add(1, Ordering::Relaxed);
-                            tokio::time::sleep(Duration::from_millis(10 * attempt as u64)).await;
-                        }
-                        Err(e) => bail!("put of object {i} through n{}: {e}", i % NODES),
-                    }
+                match put_retrying(client, &paths[i], &params, &retries).await {
+                    Ok(r) if r.object == ids[i] => {}
+                    Ok(r) => bail!("object {i}: the put returned ID {}", r.object),
+                    Err(e) => bail!("put of object {i} through n{}: {e}", i % NODES),
                 }
                 lat.lock().expect("latency lock").push(start.elapsed());
                 Ok(())
@@ -1092,19 +690,10 @@ async fn small_objects(
                 let entry = (i + NODES / 2) % NODES;
                 let client = &clients[entry];
                 let start = Instant::now();
-                let mut attempt = 0;
-                loop {
-                    attempt += 1;
-                    // `get_object` verifies every byte against the ID.
-                    match get_object(client, ids[i], &out, &mut NoProgress).await {
-                        Ok((got, _)) if got == size => break,
-                        Ok((got, _)) => bail!("object {i}: got {got} bytes, put {size}"),
-                        Err(e) if dropped(&e) && attempt < SMALL_ATTEMPTS => {
-                            retries.fetch_add(1, Ordering::Relaxed);
-                            tokio::time::sleep(Duration::from_millis(10 * attempt as u64)).await;
-                        }
-                        Err(e) => bail!("get of object {i} through n{entry}: {e}"),
-                    }
+                match get_retrying(client, ids[i], &out, &retries).await {
+                    Ok((got, _)) if got == size => {}
+                    Ok((got, _)) => bail!("object {i}: got {got} bytes, put {size}"),
+                    Err(e) => bail!("get of object {i} through n{entry}: {e}"),
                 }
                 lat.lock().expect("latency lock").push(start.elapsed());
                 Ok(())
@@ -1188,7 +777,18 @@ fn coordinator_main(bench: bool) -> Result<()> {
     let rt = runtime()?;
     // Network key first: the nodes, the in-process clients and the
     // reference all use it.
-    let mut cluster = Cluster::start(work.path(), &cfg)?;
+    let mut cluster = Cluster::start(
+        work.path(),
+        &ClusterSpec {
+            nodes: NODES,
+            container: cfg.container,
+            quota_mib: cfg.quota_mib,
+            announce_ms: ANNOUNCE_MS,
+            suspect_ms: SUSPECT_MS,
+            down_ms: DOWN_MS,
+            init_args: Vec::new(),
+        },
+    )?;
     let psk = load_network_key(&cluster.key).context("the network key")?;
     let sink = spawn_sink(&psk)?;
     let mut reference = rt.block_on(Reference::connect(&psk, &sink, cfg.file_bytes))?;
@@ -1300,14 +900,6 @@ fn fmt_secs(s: Option<f64>) -> String {
     s.map_or_else(|| "?".to_string(), |c| format!("{c:.2}"))
 }
 
-fn met(ok: bool) -> &'static str {
-    if ok {
-        "met"
-    } else {
-        "NOT met"
-    }
-}
-
 fn report(r: &Report<'_>) {
     let cfg = r.cfg;
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -1340,11 +932,7 @@ fn report(r: &Report<'_>) {
         std::env::temp_dir().display(),
         r.converge.as_secs_f64(),
         r.total.as_secs_f64(),
-        if cfg.smoke {
-            " SMOKE RUN (not run with --bench): tiny sizes, the figures mean nothing."
-        } else {
-            ""
-        },
+        smoke_note(cfg.smoke),
     );
 
     println!();

@@ -44,8 +44,8 @@ use anyhow::{anyhow, bail, Context as _, Result};
 use bytes::Bytes;
 use common::{
     build_swarm, connect, drive, env_number, exit_with_parent, fill, listen, mb_per_s, median,
-    pool, read_ready_line, runtime, serve_sinks, start_sink_swarm, stream_copy, READY_TIMEOUT,
-    SINK_MAX_BYTES, SINK_PROTOCOL,
+    pool, read_ready_line, retry_dropped, runtime, serve_sinks, start_sink_swarm, stream_copy,
+    READY_TIMEOUT, SINK_MAX_BYTES, SINK_PROTOCOL,
 };
 use dynostore_node::container::ContainerSpec;
 use dynostore_node::keys::parse_network_key;
@@ -84,13 +84,7 @@ const SERVER_MAX_LIFETIME: Duration = Duration::from_secs(3 * 3600);
 
 fn main() -> ExitCode {
     // Warnings and errors of both sides go to stderr; RUST_LOG for more.
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .try_init();
+    common::init_tracing();
     let result = if std::env::var(ROLE_ENV).as_deref() == Ok("server") {
         server_process_main()
     } else {
@@ -434,18 +428,15 @@ where
     F: Fn() -> Fut,
     Fut: Future<Output = Result<T, ShardClientError>>,
 {
-    let mut n = 0;
-    loop {
-        n += 1;
-        match attempt().await {
-            Ok(v) => return Ok(v),
-            Err(e) if dropped_stream(&e) && n < MAX_ATTEMPTS => {
-                retries.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(%what, error = %e, "stream dropped; retrying");
-            }
-            Err(e) => return Err(anyhow!(e).context(format!("{what}, attempt {n}"))),
-        }
-    }
+    retry_dropped(
+        MAX_ATTEMPTS,
+        Duration::ZERO,
+        retries,
+        dropped_stream,
+        attempt,
+    )
+    .await
+    .map_err(|(e, n)| anyhow!(e).context(format!("{what}, attempt {n}")))
 }
 
 /// Puts every shard; returns the wall time and the number of retries.

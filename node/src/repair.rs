@@ -515,7 +515,11 @@ async fn repair_object(
         let shard_size = u64::from(seg.shard_size);
         cfg_rate(shared, (k + missing.len()) as u64 * shard_size).await;
         let bytes = match read_segment(shared, m, idx).await {
-            Ok((b, _)) => b,
+            Ok((b, _)) => {
+                let read = k as u64 * shard_size;
+                shared.repair_stats(|s| s.bytes_read += read);
+                b
+            }
             Err(e) => {
                 tracing::warn!(segment = idx, error = %e, "cannot read the stripe for repair");
                 continue;

@@ -235,6 +235,15 @@ fn scrub_finds_corruption_and_rm_reaches_a_node_that_was_down() {
         .position(|n| n.id == st["segments"][0]["shards"][0]["holder"].as_str().unwrap())
         .unwrap();
     let entry = (down + 1) % nodes.len();
+    // What the cluster stores before the rm, and what the rm must free.
+    let before = used_space(&net, &nodes).unwrap();
+    let removed_bytes: u64 = shard_ids
+        .iter()
+        .map(|s| {
+            let holder = nodes.iter().find_map(|n| find_file(&n.dir, s)).unwrap();
+            std::fs::metadata(holder).unwrap().len()
+        })
+        .sum();
     nodes[down].kill();
     wait_all_see(
         &net,
@@ -270,8 +279,49 @@ fn scrub_finds_corruption_and_rm_reaches_a_node_that_was_down() {
             Ok(())
         },
     );
+    // And the space is back: every container's accounting, as `status`
+    // reports it, dropped by exactly the removed shards.
+    let want = UsedSpace {
+        bytes: before.bytes - removed_bytes,
+        shards: before.shards - shard_ids.len() as u64,
+    };
+    wait_until(
+        Duration::from_secs(60),
+        "the removed object's space to be free again",
+        || match used_space(&net, &nodes)? {
+            now if now == want => Ok(()),
+            now => Err(format!(
+                "{now:?} used, want {want:?} ({before:?} before the rm of {removed_bytes} bytes)"
+            )),
+        },
+    );
     let out = net.cli(&["get", id, "--peer", &nodes[entry].addr(), "-o", "/dev/null"]);
     assert!(!out.status.success(), "a removed object is still readable");
+}
+
+/// Container bytes in use (capacity - free) and shards stored, summed over
+/// `nodes` from each one's `status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct UsedSpace {
+    bytes: u64,
+    shards: u64,
+}
+
+fn used_space(net: &Net, nodes: &[NodeProc]) -> Result<UsedSpace, String> {
+    let mut used = UsedSpace {
+        bytes: 0,
+        shards: 0,
+    };
+    for n in nodes {
+        let s = net.status(&n.addr())?;
+        for c in s["containers"].as_array().ok_or("no containers")? {
+            let cap = c["capacity_bytes"].as_u64().ok_or("no capacity")?;
+            let free = c["free_bytes"].as_u64().ok_or("no free bytes")?;
+            used.bytes += cap - free;
+        }
+        used.shards += s["shards_stored"].as_u64().ok_or("no shards_stored")?;
+    }
+    Ok(used)
 }
 
 /// (max - min) and max/min of the members' fill fractions, as one node sees them.

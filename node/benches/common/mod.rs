@@ -1,19 +1,29 @@
-//! Shared by the node's benches (`transfer`, `cluster`): the raw-stream
-//! reference (a byte sink over libp2p-stream with the node's transport),
-//! the re-executed server process's READY line, small runners and helpers.
+//! Shared by the node's benches (`transfer`, `cluster`, `repair`): the
+//! raw-stream reference (a byte sink over libp2p-stream with the node's
+//! transport), the re-executed server process's READY line, node processes
+//! ([`cluster`]), object operations that retry a dropped stream, `/proc`
+//! readings, test files, small runners and helpers.
 //!
 //! Each bench uses a subset, hence `dead_code` is allowed here.
 #![allow(dead_code)]
 
+pub mod cluster;
+
+use std::fs;
 use std::future::Future;
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read as _, Write as _};
+use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context as _, Result};
+use dynostore_node::client::Client;
 use dynostore_node::keys::NetworkKey;
 use dynostore_node::net::transport;
+use dynostore_node::objects::{get_object, put_file, NoProgress, ObjectError, Output, PutParams};
+use dynostore_protocol::wire::{PutReceipt, SkippedShard};
+use dynostore_protocol::ObjectId;
 use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
 use libp2p::identity::Keypair;
 use libp2p::multiaddr::Protocol;
@@ -30,8 +40,27 @@ pub const READY_TIMEOUT: Duration = Duration::from_secs(60);
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 /// Largest sink transfer a server accepts.
 pub const SINK_MAX_BYTES: u64 = 1 << 40;
+/// File generation and hashing block size.
+pub const IO_BLOCK: usize = 8 * MIB;
+/// Linux `USER_HZ`: the unit of the CPU times in `/proc/PID/stat`.
+const CLOCK_TICKS: f64 = 100.0;
+/// Attempts of one object operation whose stream the entry peer dropped,
+/// and the wait before the second (the n-th waits n - 1 times as long).
+pub const OBJECT_ATTEMPTS: usize = 5;
+pub const OBJECT_BACKOFF: Duration = Duration::from_millis(10);
 
 pub const SINK_PROTOCOL: StreamProtocol = StreamProtocol::new("/dynostore-bench/sink/1");
+
+/// Logs to stderr, at `warn` unless `RUST_LOG` says otherwise.
+pub fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .try_init();
+}
 
 pub fn runtime() -> Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
@@ -289,6 +318,24 @@ where
     Ok(start.elapsed())
 }
 
+/// A target's verdict in a report.
+pub fn met(ok: bool) -> &'static str {
+    if ok {
+        "met"
+    } else {
+        "NOT met"
+    }
+}
+
+/// Ends the first paragraph of a report of a run without `--bench`.
+pub fn smoke_note(smoke: bool) -> &'static str {
+    if smoke {
+        " SMOKE RUN (not run with --bench): tiny sizes, the figures mean nothing."
+    } else {
+        ""
+    }
+}
+
 pub fn mb_per_s(bytes: u64, d: Duration) -> f64 {
     bytes as f64 / d.as_secs_f64().max(1e-9) / 1e6
 }
@@ -301,4 +348,180 @@ pub fn median(v: &[f64]) -> f64 {
         n if n % 2 == 1 => s[n / 2],
         n => (s[n / 2 - 1] + s[n / 2]) / 2.0,
     }
+}
+
+/// A progress line on stderr, with the time since the bench started.
+pub fn note(msg: &str) {
+    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    let t = START.get_or_init(Instant::now).elapsed();
+    eprintln!("[{:6.1} s] {msg}", t.as_secs_f64());
+}
+
+/// Time allowed for moving `bytes` once: two minutes plus 4 MB/s.
+pub fn budget(bytes: u64) -> Duration {
+    Duration::from_secs(120 + bytes / 4_000_000)
+}
+
+pub fn cpu_delta(before: &[f64], after: &[f64]) -> Vec<f64> {
+    before.iter().zip(after).map(|(b, a)| a - b).collect()
+}
+
+// ---------------------------------------------------------------- /proc
+
+/// Peak resident set (`VmHWM`) of a live process, in KiB.
+pub fn vm_hwm_kib(pid: u32) -> Option<u64> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// User + system CPU seconds of a live process.
+pub fn cpu_secs(pid: u32) -> Option<f64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name, which may hold spaces: state is the
+    // first, utime and stime are the 12th and 13th.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let utime: f64 = f.get(11)?.parse().ok()?;
+    let stime: f64 = f.get(12)?.parse().ok()?;
+    Some((utime + stime) / CLOCK_TICKS)
+}
+
+/// Available bytes of the filesystem holding `path`.
+pub fn free_disk(path: &Path) -> Result<u64> {
+    let st = rustix::fs::statvfs(path).with_context(|| format!("statvfs {}", path.display()))?;
+    Ok(st.f_bavail.saturating_mul(st.f_frsize))
+}
+
+pub fn mem_available() -> Option<u64> {
+    let info = fs::read_to_string("/proc/meminfo").ok()?;
+    info.lines()
+        .find_map(|l| l.strip_prefix("MemAvailable:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map(|k| k * 1024)
+}
+
+// ---------------------------------------------------------------- files
+
+/// Writes `bytes` of deterministic incompressible data; returns its BLAKE3
+/// and the time spent in the write calls (a page-cache write reference).
+pub fn write_file(path: &Path, bytes: u64, seed: u64) -> Result<(String, Duration)> {
+    let mut f = std::io::BufWriter::with_capacity(
+        IO_BLOCK,
+        fs::File::create(path).with_context(|| format!("create {}", path.display()))?,
+    );
+    let mut hasher = blake3::Hasher::new();
+    let mut buf = vec![0u8; IO_BLOCK];
+    let mut left = bytes;
+    let mut block = 0u64;
+    let mut writing = Duration::ZERO;
+    while left > 0 {
+        let n = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+        fill(&mut buf[..n], (seed << 32) ^ block);
+        hasher.update(&buf[..n]);
+        let t = Instant::now();
+        f.write_all(&buf[..n])
+            .with_context(|| format!("write {}", path.display()))?;
+        writing += t.elapsed();
+        left -= n as u64;
+        block += 1;
+    }
+    let t = Instant::now();
+    f.flush()
+        .with_context(|| format!("write {}", path.display()))?;
+    writing += t.elapsed();
+    Ok((hasher.finalize().to_hex().to_string(), writing))
+}
+
+pub fn hash_file(path: &Path) -> Result<String> {
+    let mut f = fs::File::open(path).with_context(|| format!("open {}", path.display()))?;
+    let mut hasher = blake3::Hasher::new();
+    let mut buf = vec![0u8; IO_BLOCK];
+    loop {
+        let n = f
+            .read(&mut buf)
+            .with_context(|| format!("read {}", path.display()))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hasher.finalize().to_hex().to_string())
+}
+
+// ---------------------------------------------------------------- object operations
+
+/// Whether an object operation failed because its stream was dropped
+/// before the entry peer served it (worth another attempt).
+fn dropped(e: &ObjectError) -> bool {
+    matches!(e, ObjectError::Stream(_))
+}
+
+/// Runs `op` until it succeeds, fails otherwise than `dropped` says, or ran
+/// `attempts` times; counts each retry in `retries` and waits `backoff`
+/// times the attempt number before it. An error carries its attempt number.
+pub async fn retry_dropped<T, E, F, Fut>(
+    attempts: usize,
+    backoff: Duration,
+    retries: &AtomicUsize,
+    dropped: impl Fn(&E) -> bool,
+    mut op: F,
+) -> Result<T, (E, usize)>
+where
+    E: std::fmt::Display,
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+{
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match op().await {
+            Ok(v) => return Ok(v),
+            Err(e) if dropped(&e) && attempt < attempts => {
+                retries.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(error = %e, attempt, "stream dropped; retrying");
+                tokio::time::sleep(backoff * attempt as u32).await;
+            }
+            Err(e) => return Err((e, attempt)),
+        }
+    }
+}
+
+/// `objects::put_file`, retried while the entry peer drops its stream.
+pub async fn put_retrying(
+    client: &Client,
+    path: &Path,
+    params: &PutParams,
+    retries: &AtomicUsize,
+) -> Result<PutReceipt, ObjectError> {
+    retry_dropped(
+        OBJECT_ATTEMPTS,
+        OBJECT_BACKOFF,
+        retries,
+        dropped,
+        || async { put_file(client, path, params, &mut NoProgress).await },
+    )
+    .await
+    .map_err(|(e, _)| e)
+}
+
+/// `objects::get_object` (which verifies every byte against the ID),
+/// retried while the entry peer drops its stream.
+pub async fn get_retrying(
+    client: &Client,
+    object: ObjectId,
+    out: &Output,
+    retries: &AtomicUsize,
+) -> Result<(u64, Vec<SkippedShard>), ObjectError> {
+    retry_dropped(
+        OBJECT_ATTEMPTS,
+        OBJECT_BACKOFF,
+        retries,
+        dropped,
+        || async { get_object(client, object, out, &mut NoProgress).await },
+    )
+    .await
+    .map_err(|(e, _)| e)
 }
