@@ -598,7 +598,11 @@ pub(crate) async fn find_manifest(
     Some(best)
 }
 
-async fn remote_manifest(shared: &Shared, node: &NodeId, object: ObjectId) -> Option<Manifest> {
+pub(crate) async fn remote_manifest(
+    shared: &Shared,
+    node: &NodeId,
+    object: ObjectId,
+) -> Option<Manifest> {
     let peer = peer_id(node)?;
     let mut control = shared.streams.clone();
     match shard_proto::get_manifest(&mut control, peer, object, shared.timeout).await {

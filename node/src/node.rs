@@ -844,13 +844,19 @@ async fn answer_control(shared: &Arc<Shared>, request: ControlRequest) -> Contro
         ControlRequest::ManifestStates { objects } => {
             let now = crate::manifests::wall_ms();
             let mut states = Vec::with_capacity(objects.len());
+            let mut revisions = Vec::with_capacity(objects.len());
             for o in &objects {
                 match shared.manifests.state(o, now) {
                     Ok(s) => states.push(s),
                     Err(e) => return remote_error(e.kind(), &e),
                 }
+                let revision = match shared.manifests.get(o) {
+                    Ok(m) => m.map_or(0, |m| m.revision),
+                    Err(e) => return remote_error(e.kind(), &e),
+                };
+                revisions.push(revision);
             }
-            ControlResponse::ManifestStates { states }
+            ControlResponse::ManifestStates { states, revisions }
         }
         ControlRequest::Scrub => {
             let (checked, corrupt) = crate::repair::scrub(shared).await;

@@ -248,7 +248,7 @@ async fn round(shared: &Arc<Shared>, cfg: &RepairConfig) {
             }
         }
     }
-    let mut states: HashMap<(NodeId, ObjectId), ManifestState> = HashMap::new();
+    let mut states: HashMap<(NodeId, ObjectId), (ManifestState, u64)> = HashMap::new();
     let answers = futures::future::join_all(ask.into_iter().map(|(node, objects)| async move {
         let mut got = Vec::new();
         for chunk in objects.chunks(MAX_SHARDS_PER_REQUEST) {
@@ -261,8 +261,12 @@ async fn round(shared: &Arc<Shared>, cfg: &RepairConfig) {
             )
             .await
             {
-                Ok(ControlResponse::ManifestStates { states }) if states.len() == chunk.len() => {
-                    got.extend(chunk.iter().copied().zip(states));
+                Ok(ControlResponse::ManifestStates { states, revisions })
+                    if states.len() == chunk.len() =>
+                {
+                    // An older node sends no revisions: count them as 0.
+                    let revs = revisions.into_iter().chain(std::iter::repeat(0));
+                    got.extend(chunk.iter().copied().zip(states.into_iter().zip(revs)));
                 }
                 Ok(other) => tracing::debug!(node = %node.short(), "unexpected answer {other:?}"),
                 Err(e) => {
@@ -284,15 +288,39 @@ async fn round(shared: &Arc<Shared>, cfg: &RepairConfig) {
         let object = m.object;
         if states
             .iter()
-            .any(|((_, o), s)| *o == object && *s == ManifestState::Deleted)
+            .any(|((_, o), (s, _))| *o == object && *s == ManifestState::Deleted)
         {
             forget_removed(shared, &m, cfg).await;
             continue;
         }
+        // A replica that missed a repair (its node was down or cut off)
+        // must not act on what it holds: its holders are out of date, and
+        // its deletions would remove shards the current manifest needs.
+        // Fetch the newest and act on it next round.
+        let newest = states
+            .iter()
+            .filter(|((_, o), (s, _))| *o == object && *s == ManifestState::Held)
+            .max_by_key(|(_, (_, rev))| *rev)
+            .map(|((n, _), (_, rev))| (n.clone(), *rev));
+        if let Some((node, rev)) = newest.filter(|(_, rev)| *rev > m.revision) {
+            match crate::datapath::remote_manifest(shared, &node, object).await {
+                Some(fresh) if fresh.revision > m.revision => {
+                    if let Err(e) = shared.manifests.put(object, &fresh.encode()).await {
+                        tracing::debug!(object = %object.short(), error = %e, "newer manifest not taken");
+                    } else {
+                        tracing::info!(object = %object.short(), from = m.revision, to = fresh.revision, "stale manifest replica brought up to date");
+                    }
+                }
+                _ => {
+                    tracing::debug!(object = %object.short(), node = %node.short(), revision = rev, "newer manifest not fetched")
+                }
+            }
+            continue;
+        }
         let ranking = manifest_ranking(&view, &object);
-        let holds = |n: &NodeId| {
-            *n == shared.local || states.get(&(n.clone(), object)) == Some(&ManifestState::Held)
-        };
+        let revision = m.revision;
+        let current = |n: &NodeId| matches!(states.get(&(n.clone(), object)), Some((ManifestState::Held, rev)) if *rev >= revision);
+        let holds = |n: &NodeId| *n == shared.local || current(n);
         if responsible(&ranking, holds) != Some(&shared.local) {
             // A replica outside the top r is surplus once the top r all
             // hold the manifest: drop it, so that it cannot go stale.
@@ -333,14 +361,14 @@ async fn round(shared: &Arc<Shared>, cfg: &RepairConfig) {
         let r = manifest_replicas(&m.geometry);
         let bytes = m.encode();
         let mut targets: Vec<NodeId> = ranking.iter().take(r).map(|n| (*n).clone()).collect();
-        for ((n, o), s) in &states {
+        for ((n, o), (s, _)) in &states {
             if *o == object && *s == ManifestState::Held && !targets.contains(n) {
                 targets.push(n.clone());
             }
         }
         for node in targets {
-            let has = node == shared.local
-                || states.get(&(node.clone(), object)) == Some(&ManifestState::Held);
+            // Stale replicas get the current manifest even when nothing changed.
+            let has = node == shared.local || current(&node);
             if has && !changed {
                 continue;
             }

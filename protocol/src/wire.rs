@@ -489,9 +489,13 @@ pub enum ControlResponse {
     Manifests {
         objects: Vec<ObjectSummary>,
     },
-    /// One state per requested object, in order.
+    /// One state per requested object, in order, and the revision of each
+    /// held replica (0 where not held), so that a replica that missed a
+    /// repair is seen as stale and never decides anything.
     ManifestStates {
         states: Vec<ManifestState>,
+        #[serde(default)]
+        revisions: Vec<u64>,
     },
     Scrubbed {
         checked: u64,
@@ -516,7 +520,8 @@ impl WireMessage for ControlResponse {
             }
             ControlResponse::Deleted { .. } => Ok(()),
             ControlResponse::Manifests { objects } => check_summaries(objects),
-            ControlResponse::ManifestStates { states } => {
+            ControlResponse::ManifestStates { states, revisions } => {
+                check_count("revisions", revisions.len(), MAX_SHARDS_PER_REQUEST)?;
                 check_count("states", states.len(), MAX_SHARDS_PER_REQUEST)
             }
             ControlResponse::Scrubbed { .. } | ControlResponse::Denied { .. } => Ok(()),
