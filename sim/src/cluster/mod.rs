@@ -28,6 +28,7 @@ use anyhow::{anyhow, bail, Context as _, Result};
 use libp2p::Multiaddr;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use tokio::sync::Notify;
 
 use dynostore_node::client::Client;
 use dynostore_node::container::s3s::{S3sServer, ACCESS_KEY, SECRET_KEY};
@@ -227,9 +228,9 @@ struct Watch {
     /// Bumped by every fault: results of a pass begun before it are void.
     epoch: u64,
     healthy: HashSet<ObjectId>,
-    /// Faults not yet followed by full redundancy: (fault index, when).
+    /// Faults not yet followed by full redundancy: (index in the report, when).
     pending: Vec<(usize, Instant)>,
-    /// Per fault, the time until full redundancy.
+    /// Per fault (index in the report), the time until full redundancy.
     resolved: HashMap<usize, Duration>,
     /// Where the watcher asks (a node on the majority side that is up).
     entry: Option<Multiaddr>,
@@ -247,6 +248,8 @@ struct Run<'a> {
     minority: HashSet<usize>,
     started: Instant,
     watch: Arc<Mutex<Watch>>,
+    /// Signalled by the watcher whenever pending faults are resolved.
+    resolved: Arc<Notify>,
     errors: Vec<String>,
     faults: Vec<FaultReport>,
 }
@@ -310,6 +313,7 @@ impl<'a> Run<'a> {
             minority: HashSet::new(),
             started: Instant::now(),
             watch: Arc::new(Mutex::new(Watch::default())),
+            resolved: Arc::new(Notify::new()),
             errors: Vec::new(),
             faults: Vec::new(),
         };
@@ -416,7 +420,11 @@ impl<'a> Run<'a> {
         let data_dir = self.root.join("data");
         std::fs::create_dir_all(&data_dir)?;
         self.set_watch_entry();
-        let watcher = tokio::spawn(watch_health(self.watch.clone(), self.key.clone()));
+        let watcher = tokio::spawn(watch_health(
+            self.watch.clone(),
+            self.resolved.clone(),
+            self.key.clone(),
+        ));
         let pb = bar(self.opts.progress, plan.len() as u64);
         let (mut puts, mut gets) = (Vec::new(), Vec::new());
         let (mut put_failed, mut get_failed) = (0, 0);
@@ -497,16 +505,7 @@ impl<'a> Run<'a> {
             }
         }
         pb.set_message("waiting for full redundancy");
-        let last_fault = self.faults.last().map(|f| f.at_s);
-        let deadline = Duration::from_secs(s.redundancy_deadline_secs);
-        let settle_start = Instant::now();
-        loop {
-            let pending = !lock(&self.watch).pending.is_empty();
-            if !pending || settle_start.elapsed() > deadline {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        self.settle().await;
         lock(&self.watch).stop = true;
         let _ = watcher.await;
         pb.set_message("reading every object back");
@@ -561,9 +560,9 @@ impl<'a> Run<'a> {
                 s.redundancy_deadline_secs
             ),
             passed: never == 0,
-            detail: match (never, last_fault) {
-                (0, _) => "every object is healthy (k + m verified shards on live nodes)".into(),
-                (n, _) => format!("{n} faults were never followed by full redundancy"),
+            detail: match never {
+                0 => "every object is healthy (k + m verified shards on live nodes)".into(),
+                n => format!("{n} faults were never followed by full redundancy"),
             },
         });
         let passed = checks.iter().all(|c| c.passed);
@@ -587,6 +586,25 @@ impl<'a> Run<'a> {
             passed,
             elapsed_s: self.started.elapsed().as_secs_f64(),
         })
+    }
+
+    /// Waits until no fault awaits full redundancy, for at most the
+    /// scenario's deadline.
+    async fn settle(&self) {
+        let deadline =
+            tokio::time::Instant::now() + Duration::from_secs(self.s.redundancy_deadline_secs);
+        loop {
+            let resolved = self.resolved.notified();
+            tokio::pin!(resolved);
+            resolved.as_mut().enable();
+            if lock(&self.watch).pending.is_empty() {
+                return;
+            }
+            tokio::select! {
+                () = resolved => {}
+                () = tokio::time::sleep_until(deadline) => return,
+            }
+        }
     }
 
     /// Gets `a` through node `reader` into a file and checks its BLAKE3.
@@ -614,7 +632,22 @@ impl<'a> Run<'a> {
 
     async fn apply_fault(&mut self, fi: usize) -> Result<()> {
         let f = self.s.faults[fi].clone();
+        if f.action == Action::Settle {
+            self.settle().await;
+            return Ok(());
+        }
         let mut detail = String::new();
+        // The clock starts now, and any health pass in flight is void.
+        // Pending faults are keyed by their place in the report.
+        let at = Instant::now();
+        let at_s = self.started.elapsed().as_secs_f64();
+        let report_index = self.faults.len();
+        {
+            let mut w = lock(&self.watch);
+            w.epoch += 1;
+            w.healthy.clear();
+            w.pending.push((report_index, at));
+        }
         match f.action {
             Action::Kill => {
                 for &x in &f.nodes {
@@ -659,6 +692,7 @@ impl<'a> Run<'a> {
                 let took = self.wait_converged(&up).await?;
                 detail = format!("views whole again in {:.1} s", took.as_secs_f64());
             }
+            Action::Settle => {}
             Action::Corrupt => {
                 let mut rng = ChaCha8Rng::seed_from_u64(self.s.seed ^ (fi as u64 + 1) << 32);
                 let mut done = 0;
@@ -680,18 +714,17 @@ impl<'a> Run<'a> {
             }
         }
         self.set_watch_entry();
-        let now = Instant::now();
         {
+            // Passes that overlapped the action saw a half-applied fault.
             let mut w = lock(&self.watch);
             w.epoch += 1;
             w.healthy.clear();
-            w.pending.push((fi, now));
         }
         self.faults.push(FaultReport {
             after: f.after,
             action: format!("{:?}", f.action).to_lowercase(),
             nodes: f.nodes.clone(),
-            at_s: self.started.elapsed().as_secs_f64(),
+            at_s,
             time_to_full_redundancy_s: None,
             detail,
         });
@@ -750,7 +783,7 @@ fn lock(w: &Mutex<Watch>) -> std::sync::MutexGuard<'_, Watch> {
 /// The health watcher: after each fault, `stat`s every acknowledged object
 /// not yet seen healthy since that fault, until all are; then the pending
 /// faults get their time to full redundancy.
-async fn watch_health(watch: Arc<Mutex<Watch>>, key: NetworkKey) {
+async fn watch_health(watch: Arc<Mutex<Watch>>, resolved: Arc<Notify>, key: NetworkKey) {
     let mut client: Option<(Multiaddr, Client)> = None;
     loop {
         tokio::time::sleep(WATCH_EVERY).await;
@@ -807,6 +840,7 @@ async fn watch_health(watch: Arc<Mutex<Watch>>, key: NetworkKey) {
             for (fi, t) in std::mem::take(&mut w.pending) {
                 w.resolved.insert(fi, now - t);
             }
+            resolved.notify_waiters();
         }
     }
 }

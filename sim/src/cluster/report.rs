@@ -74,7 +74,9 @@ pub struct FaultReport {
     /// Seconds since the run started.
     pub at_s: f64,
     /// Seconds from the fault until every acknowledged object was healthy
-    /// again (`None`: it never was before the deadline).
+    /// again, by repair or by the faulty nodes' return, whichever came
+    /// first; a later fault before that shares the same moment (`None`: it
+    /// never was before the deadline).
     pub time_to_full_redundancy_s: Option<f64>,
     pub detail: String,
 }

@@ -91,6 +91,10 @@ pub enum Action {
     Heal,
     /// Flip a byte in `shards` shard files in the node's directory containers.
     Corrupt,
+    /// Not a fault: pause the workload until every acknowledged object is
+    /// healthy again (or the redundancy deadline passes), so that the next
+    /// step meets a repaired network.
+    Settle,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -255,10 +259,10 @@ impl Scenario {
                 ));
             }
             match f.action {
-                Action::Heal if !f.nodes.is_empty() => {
-                    return Err(invalid(field, "heal takes no nodes"))
+                Action::Heal | Action::Settle if !f.nodes.is_empty() => {
+                    return Err(invalid(field, "heal and settle take no nodes"))
                 }
-                Action::Heal => {}
+                Action::Heal | Action::Settle => {}
                 _ if f.nodes.is_empty() => return Err(invalid(field, "names no nodes")),
                 Action::Corrupt => {
                     if f.shards.unwrap_or(0) == 0 {
