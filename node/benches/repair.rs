@@ -613,17 +613,12 @@ fn run(bench: bool) -> Result<()> {
     ));
     let psk = load_network_key(&cluster.key).context("the network key")?;
     let rt = runtime()?;
-    let clients = Arc::new(rt.block_on(cluster.clients(&psk))?);
+    let mut clients = Arc::new(rt.block_on(cluster.clients(&psk))?);
     let survivors: Arc<[usize]> = (0..NODES).filter(|&i| i != VICTIM).collect();
     let victim_id = cluster.nodes[VICTIM].id.clone();
-    let ctx = Clients {
-        clients: clients.clone(),
-        survivors: survivors.clone(),
-        work: work.path().to_path_buf(),
-        cfg: &cfg,
-    };
 
-    // 1. Fill until the victim holds its target.
+    // 1. Fill until the victim holds its target; each batch starts at the
+    // next survivor, so that all of them are entry peers in turn.
     let fill_start = Instant::now();
     let mut stored: Vec<ObjectId> = Vec::new();
     let mut fill_bytes = 0u64;
@@ -640,7 +635,10 @@ fn run(bench: bool) -> Result<()> {
             cfg.fill_object_bytes,
             0xF111_0000 + round * 64,
         )?;
-        rt.block_on(put_batch(&clients, &survivors, &batch, cfg.concurrency))?;
+        let entries: Arc<[usize]> = (0..survivors.len())
+            .map(|i| survivors[(i + round as usize * cfg.concurrency) % survivors.len()])
+            .collect();
+        rt.block_on(put_batch(&clients, &entries, &batch, cfg.concurrency))?;
         batch.remove_files();
         stored.extend(&batch.ids);
         fill_bytes += batch.bytes();
@@ -663,6 +661,15 @@ fn run(bench: bool) -> Result<()> {
     ));
 
     // 2. Baseline; the files of all three workloads are written first.
+    // Fresh connections: a client connection closes after a minute idle,
+    // and the client cannot dial again.
+    clients = Arc::new(rt.block_on(cluster.clients(&psk))?);
+    let ctx = Clients {
+        clients: clients.clone(),
+        survivors: survivors.clone(),
+        work: work.path().to_path_buf(),
+        cfg: &cfg,
+    };
     let batches = [
         ctx.batch("baseline", 0xBA5E_0000)?,
         ctx.batch("during", 0xD0_0000)?,
