@@ -39,12 +39,7 @@ fn the_ci_scenario_passes_and_fails_without_repair() {
     let report = run_scenario(&off, &options()).unwrap();
     println!("{}", report.table());
     assert!(!report.passed, "without repair the run must fail");
-    let failed: Vec<&str> = report
-        .checks
-        .iter()
-        .filter(|c| !c.passed)
-        .map(|c| c.name.as_str())
-        .collect();
+    let failed = report.failed_checks();
     assert_eq!(failed.len(), 1, "{failed:?}");
     assert!(failed[0].starts_with("full redundancy"), "{failed:?}");
     assert_eq!(report.objects_lost, 0, "two losses with m = 2 lose nothing");

@@ -176,13 +176,7 @@ pub fn run(args: &Args) -> Result<()> {
     if report.passed {
         Ok(())
     } else {
-        let failed: Vec<&str> = report
-            .checks
-            .iter()
-            .filter(|c| !c.passed)
-            .map(|c| c.name.as_str())
-            .collect();
-        bail!("checks failed: {}", failed.join(", "))
+        bail!("checks failed: {}", report.failed_checks().join(", "))
     }
 }
 

@@ -114,6 +114,15 @@ pub struct Report {
 }
 
 impl Report {
+    /// The names of the checks that failed.
+    pub fn failed_checks(&self) -> Vec<&str> {
+        self.checks
+            .iter()
+            .filter(|c| !c.passed)
+            .map(|c| c.name.as_str())
+            .collect()
+    }
+
     /// The human-readable report.
     pub fn table(&self) -> String {
         use std::fmt::Write;
