@@ -315,10 +315,16 @@ mod tests {
 
     #[test]
     fn the_shipped_scenarios_are_valid() {
-        for text in [DEFAULT, CI] {
-            let s = Scenario::parse(text).unwrap();
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios");
+        let mut n = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let s = Scenario::load(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
             assert!(s.node_plans().len() >= usize::from(s.k + s.m));
+            n += 1;
         }
+        assert!(n >= 3, "default, ci and s3 at least");
+        assert!(Scenario::parse(DEFAULT).is_ok() && Scenario::parse(CI).is_ok());
     }
 
     fn with(edit: &str, from: &str, to: &str) -> Result<Scenario, ScenarioError> {
