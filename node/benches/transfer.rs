@@ -454,7 +454,16 @@ async fn put_all(
             let (id, bytes) = &shards[i];
             with_retries(format!("put of shard {i} ({})", id.short()), &r, || {
                 let mut control = control.clone();
-                async move { put_shard(&mut control, peer, *id, bytes, OP_TIMEOUT).await }
+                let slot = dynostore_protocol::manifest::ShardSlot {
+                    shard: *id,
+                    owner: dynostore_protocol::manifest::ShardRef {
+                        object: dynostore_protocol::ObjectId::from_bytes(*id.as_bytes()),
+                        generation: Default::default(),
+                        segment: 0,
+                        index: i as u16,
+                    },
+                };
+                async move { put_shard(&mut control, peer, slot, bytes, OP_TIMEOUT).await }
             })
             .await
         }

@@ -32,7 +32,7 @@ use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
 use libp2p::{PeerId, Stream};
 
 use dynostore_protocol::erasure::{self, Encoder, Geometry};
-use dynostore_protocol::manifest::{Manifest, Metadata};
+use dynostore_protocol::manifest::{Generation, Manifest, Metadata, ShardRef, ShardSlot};
 use dynostore_protocol::placement::{eligible_for_writes, PlacementKey, View, Weighting};
 use dynostore_protocol::wire::{
     Chunk, ClientRequest, ClientResponse, ControlRequest, ControlResponse, ErrorKind, Health,
@@ -175,8 +175,10 @@ pub(crate) async fn serve_client(mut s: Stream, client: PeerId, shared: Arc<Shar
     let _ = s.close().await;
 }
 
-/// Where each shard of a written segment went.
-type Holders = Vec<(ShardId, NodeId)>;
+/// Where each shard of a written segment went, in shard order.
+type Holders = Vec<(ShardSlot, NodeId)>;
+/// Every copy a put stored, for clean-up.
+type Written = Vec<(ShardSlot, NodeId)>;
 
 #[tracing::instrument(skip_all, fields(object = %object.short(), size))]
 async fn put(
@@ -198,20 +200,37 @@ async fn put(
             alive,
         });
     }
-    if let Some(existing) = find_manifest(shared, &view, object, manifest_replicas(&g)).await {
-        return Ok(receipt(&existing, 0, true));
+    let existing = find_manifest(shared, &view, object, manifest_replicas(&g)).await;
+    if let Some(existing) = &existing {
+        // An object that is whole stays as it is (with its own geometry
+        // and name, which the receipt reports). One that is not is written
+        // again as a new generation: the user re-uploading a damaged
+        // object repairs it, and the old generation's copies are released
+        // once the new manifest replaces it.
+        if object_health(shared, existing).await == Health::Healthy {
+            return Ok(receipt(existing, 0, true));
+        }
+        tracing::info!(generation = %existing.generation, "the stored object is not whole: writing it again");
     }
+    let generation = Generation::next(
+        crate::manifests::wall_ms(),
+        existing.as_ref().map(|m| m.generation),
+        rand::random(),
+    );
     write_frame(s, &ClientResponse::Ready).await?;
     s.flush().await?;
 
-    let mut written: Vec<(ShardId, NodeId)> = Vec::new();
-    let result = put_segments(shared, s, &view, object, size, g, &mut written).await;
+    let mut written: Written = Vec::new();
+    let result = put_segments(shared, s, &view, object, generation, size, g, &mut written).await;
     let manifest = match result {
         Ok(segments) => {
             let mut m = Manifest::new(object, size, g, meta);
+            m.generation = generation;
             for (idx, holders) in segments.into_iter().enumerate() {
                 let len = g.segment_len(size, idx as u64);
-                m.push_segment(len, g.shard_size(len) as u32, &holders);
+                let shards: Vec<(ShardId, NodeId)> =
+                    holders.into_iter().map(|(s, n)| (s.shard, n)).collect();
+                m.push_segment(len, g.shard_size(len) as u32, &shards);
             }
             m
         }
@@ -243,14 +262,16 @@ fn receipt(m: &Manifest, replicas: usize, existed: bool) -> PutReceipt {
 
 /// Reads, encodes and writes every segment; returns each segment's holders
 /// in order. `written` collects every shard stored, for clean-up.
+#[allow(clippy::too_many_arguments)]
 async fn put_segments(
     shared: &Arc<Shared>,
     s: &mut Stream,
     view: &View,
     object: ObjectId,
+    generation: Generation,
     size: u64,
     g: Geometry,
-    written: &mut Vec<(ShardId, NodeId)>,
+    written: &mut Written,
 ) -> Result<Vec<Holders>, DataError> {
     let mut encoder = Encoder::new(g).map_err(|e| DataError::BadRequest(e.to_string()))?;
     let mut hasher = Hasher::new();
@@ -286,7 +307,13 @@ async fn put_segments(
             let view = view.clone();
             in_flight.push_back(tokio::spawn(async move {
                 let key = PlacementKey::for_segment(&object, idx);
-                write_segment(&shared, &view, key, idx, shards).await
+                let owner = ShardRef {
+                    object,
+                    generation,
+                    segment: idx,
+                    index: 0,
+                };
+                write_segment(&shared, &view, key, owner, shards).await
             }));
             if in_flight.len() >= SEGMENTS_IN_FLIGHT {
                 collect_one(&mut in_flight, &mut done, written).await?;
@@ -323,7 +350,7 @@ type SegmentWrite = (Holders, Result<(), DataError>);
 async fn collect_one(
     in_flight: &mut FuturesOrdered<tokio::task::JoinHandle<SegmentWrite>>,
     done: &mut Vec<Holders>,
-    written: &mut Vec<(ShardId, NodeId)>,
+    written: &mut Written,
 ) -> Result<(), DataError> {
     if let Some(joined) = in_flight.next().await {
         let (holders, result) =
@@ -335,15 +362,17 @@ async fn collect_one(
     Ok(())
 }
 
-/// Writes the `k + m` shards of one segment to distinct nodes. Returns the
-/// shards stored (all of them on success, for clean-up otherwise).
+/// Writes the `k + m` shards of one segment to distinct nodes, owned by
+/// `owner` (whose `index` is set per shard). Returns the shards stored (all
+/// of them on success, for clean-up otherwise).
 async fn write_segment(
     shared: &Arc<Shared>,
     view: &View,
     key: PlacementKey,
-    segment: u64,
+    owner: ShardRef,
     shards: Vec<Bytes>,
 ) -> SegmentWrite {
+    let segment = owner.segment;
     let n = shards.len();
     let targets: Vec<NodeId> = view
         .place(key, n, Weighting::Weighted)
@@ -357,7 +386,17 @@ async fn write_segment(
         .cloned()
         .collect();
     spare.reverse(); // pop() yields the best remaining
-    let ids: Vec<ShardId> = shards.iter().map(|b| ShardId::of(b)).collect();
+    let ids: Vec<ShardSlot> = shards
+        .iter()
+        .enumerate()
+        .map(|(i, b)| ShardSlot {
+            shard: ShardId::of(b),
+            owner: ShardRef {
+                index: i as u16,
+                ..owner
+            },
+        })
+        .collect();
     let first = futures::future::join_all(
         targets
             .iter()
@@ -413,11 +452,15 @@ async fn write_segment(
 pub(crate) async fn put_one(
     shared: &Shared,
     node: &NodeId,
-    id: ShardId,
+    id: ShardSlot,
     bytes: Bytes,
 ) -> Result<(), String> {
     if *node == shared.local {
-        return shared.store.put(id, bytes).await.map_err(|e| e.to_string());
+        return shared
+            .store
+            .put_for(id, bytes)
+            .await
+            .map_err(|e| e.to_string());
     }
     let peer = peer_id(node).ok_or_else(|| format!("{node} is not a peer ID"))?;
     let mut control = shared.streams.clone();
@@ -426,30 +469,36 @@ pub(crate) async fn put_one(
         .map_err(|e| e.to_string())
 }
 
-/// Best-effort deletion of shards written by a failed put.
-async fn cleanup(shared: &Arc<Shared>, written: &[(ShardId, NodeId)]) {
-    let mut by_node: BTreeMap<NodeId, Vec<ShardId>> = BTreeMap::new();
+/// Releases the copies a failed put stored (its own references only: a
+/// copy that another object or an earlier upload owns stays). A holder
+/// that cannot be reached gets a pending release.
+async fn cleanup(shared: &Arc<Shared>, written: &[(ShardSlot, NodeId)]) {
+    let mut by_node: BTreeMap<NodeId, Vec<ShardSlot>> = BTreeMap::new();
     for (id, node) in written {
         by_node.entry(node.clone()).or_default().push(*id);
     }
-    for (node, shards) in by_node {
-        let n = shards.len();
-        if let Err(e) = delete_shards(shared, &node, shards).await {
-            tracing::warn!(node = %node.short(), shards = n, error = %e, "could not remove shards of a failed put");
+    for (node, slots) in by_node {
+        let n = slots.len();
+        if let Err(e) = delete_shards(shared, &node, slots.clone()).await {
+            tracing::warn!(node = %node.short(), shards = n, error = %e, "could not release the shards of a failed put; kept for later");
+            if let Err(e) = shared.manifests.pending().add(&node, &slots).await {
+                tracing::warn!(error = %e, "cannot record pending releases");
+            }
         }
     }
 }
 
+/// Releases these references on `node`; returns how many copies went.
 pub(crate) async fn delete_shards(
     shared: &Shared,
     node: &NodeId,
-    shards: Vec<ShardId>,
+    slots: Vec<ShardSlot>,
 ) -> Result<u32, String> {
     let mut deleted = 0;
-    for chunk in shards.chunks(dynostore_protocol::wire::MAX_SHARDS_PER_REQUEST) {
+    for chunk in slots.chunks(dynostore_protocol::wire::MAX_SLOTS_PER_REQUEST) {
         if *node == shared.local {
             for s in chunk {
-                if shared.store.delete(s).await.map_err(|e| e.to_string())? {
+                if shared.store.release(s).await.map_err(|e| e.to_string())? {
                     deleted += 1;
                 }
             }
@@ -459,7 +508,7 @@ pub(crate) async fn delete_shards(
             shared,
             node,
             ControlRequest::Delete {
-                shards: chunk.to_vec(),
+                slots: chunk.to_vec(),
             },
         )
         .await?
@@ -591,7 +640,7 @@ pub(crate) async fn find_manifest(
     let copies =
         futures::future::join_all(others.iter().map(|n| remote_manifest(shared, n, object))).await;
     for m in copies.into_iter().flatten() {
-        if m.revision > best.revision {
+        if m.version() > best.version() {
             best = m;
         }
     }
@@ -927,11 +976,12 @@ async fn remove(shared: &Arc<Shared>, object: ObjectId) -> Result<ClientResponse
         .map(|(id, _)| id.clone())
         .collect();
     let mut manifests = 0u32;
+    let generation = m.generation;
     for node in members {
         if node == shared.local {
             if shared
                 .manifests
-                .remove(&object, shared.tombstone_until())
+                .remove(&object, generation, shared.tombstone_until())
                 .await
                 .unwrap_or(false)
             {
@@ -939,8 +989,12 @@ async fn remove(shared: &Arc<Shared>, object: ObjectId) -> Result<ClientResponse
             }
             continue;
         }
-        if let Ok(ControlResponse::Deleted { count }) =
-            control(shared, &node, ControlRequest::DeleteManifest { object }).await
+        if let Ok(ControlResponse::Deleted { count }) = control(
+            shared,
+            &node,
+            ControlRequest::DeleteManifest { object, generation },
+        )
+        .await
         {
             manifests += count;
         }
@@ -981,4 +1035,83 @@ async fn list(shared: &Arc<Shared>) -> Result<Vec<ObjectSummary>, DataError> {
         }
     }
     Ok(all.into_values().collect())
+}
+
+/// Which copies of `m` are present, per segment and shard position, by a
+/// cheap `Has` on every holder (no re-hash). A `Down` or unknown holder
+/// holds nothing; a holder that does not answer counts as `unreachable`.
+pub(crate) async fn slot_presence(
+    shared: &Shared,
+    m: &Manifest,
+    unreachable: bool,
+) -> Vec<Vec<bool>> {
+    let mut by_holder: BTreeMap<u32, Vec<(usize, usize, ShardSlot)>> = BTreeMap::new();
+    for (s, seg) in m.segments.iter().enumerate() {
+        for (i, e) in seg.shards.iter().enumerate() {
+            let slot = ShardSlot {
+                shard: e.id,
+                owner: m.shard_ref(s as u64, i as u16),
+            };
+            by_holder.entry(e.holder).or_default().push((s, i, slot));
+        }
+    }
+    let mut out: Vec<Vec<bool>> = m
+        .segments
+        .iter()
+        .map(|seg| vec![false; seg.shards.len()])
+        .collect();
+    let answers = futures::future::join_all(by_holder.into_iter().map(|(h, slots)| async move {
+        let node = m.holders[h as usize].clone();
+        let state = shared.membership().get(&node).map(|e| e.state);
+        let mut flags = Vec::with_capacity(slots.len());
+        if node == shared.local {
+            for (_, _, slot) in &slots {
+                flags.push(shared.store.has_slot(slot).await.unwrap_or(false));
+            }
+        } else if state == Some(MemberState::Down) || state.is_none() {
+            flags.resize(slots.len(), false);
+        } else {
+            for chunk in slots.chunks(dynostore_protocol::wire::MAX_SLOTS_PER_REQUEST) {
+                let req = ControlRequest::Has {
+                    slots: chunk.iter().map(|(_, _, s)| *s).collect(),
+                };
+                match control(shared, &node, req).await {
+                    Ok(ControlResponse::Has { present }) if present.len() == chunk.len() => {
+                        flags.extend(present)
+                    }
+                    _ => flags.extend(std::iter::repeat_n(unreachable, chunk.len())),
+                }
+            }
+        }
+        (slots, flags)
+    }))
+    .await;
+    for (slots, flags) in answers {
+        for ((s, i, _), ok) in slots.into_iter().zip(flags) {
+            out[s][i] = ok;
+        }
+    }
+    out
+}
+
+/// The health of `m` from [`slot_presence`], holders that do not answer
+/// counted as missing.
+async fn object_health(shared: &Shared, m: &Manifest) -> Health {
+    let k = usize::from(m.geometry.k);
+    let n = m.geometry.n();
+    slot_presence(shared, m, false)
+        .await
+        .iter()
+        .map(|seg| {
+            let good = seg.iter().filter(|p| **p).count();
+            if good >= n {
+                Health::Healthy
+            } else if good >= k {
+                Health::Degraded
+            } else {
+                Health::Lost
+            }
+        })
+        .max()
+        .unwrap_or(Health::Healthy)
 }

@@ -303,7 +303,20 @@ async fn run(cli: Cli) -> Result<()> {
             let id = ShardId::of(&bytes);
             let client = conn.connect().await?;
             let mut streams = client.streams();
-            shard_proto::put_shard(&mut streams, client.peer(), id, &bytes, conn.timeout()).await?;
+            // A tool's copy belongs to no object: it is owned by a
+            // reference named after the shard itself, which no object's
+            // release ever matches.
+            let slot = dynostore_protocol::manifest::ShardSlot {
+                shard: id,
+                owner: dynostore_protocol::manifest::ShardRef {
+                    object: ObjectId::from_bytes(*id.as_bytes()),
+                    generation: Default::default(),
+                    segment: 0,
+                    index: 0,
+                },
+            };
+            shard_proto::put_shard(&mut streams, client.peer(), slot, &bytes, conn.timeout())
+                .await?;
             println!("{id}");
             Ok(())
         }

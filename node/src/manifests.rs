@@ -1,22 +1,40 @@
-//! Manifest replicas held by this node.
+//! Manifest replicas held by this node, tombstones, and the releases of
+//! shard copies that replacing or removing a manifest makes due.
 //!
 //! Manifests live in the node's index (sled tree `manifests/1`), keyed by
 //! object ID, as the CBOR the protocol defines. A replica is acknowledged
 //! only after the index flush. Every manifest is decoded and validated
 //! before it is stored and again when it is read back, and must name the
 //! object it is stored under.
+//!
+//! A replica is replaced only by a manifest of a later
+//! [`ManifestVersion`] (generation, revision, digest: a total order, so
+//! every node picks the same one of two manifests written on both sides of
+//! a partition). Tombstones name one generation of an object: a manifest
+//! of that generation is refused until the tombstone expires, and any
+//! other generation (a re-upload after `rm`) is taken as usual.
+//!
+//! Whenever a replica is replaced or removed, every shard copy the old
+//! manifest placed and the new one does not ([`Manifest::released_from`])
+//! gets a pending release, written in the same flush as the change. The
+//! repair loop sends pending releases only after checking them against the
+//! newest manifest it can confirm (see `repair::send_pending_releases`).
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use dynostore_protocol::manifest::{Manifest, ManifestError};
-use dynostore_protocol::wire::{ErrorKind, ObjectSummary};
-use dynostore_protocol::ObjectId;
+use dynostore_protocol::manifest::{Generation, Manifest, ManifestError, ShardSlot};
+use dynostore_protocol::manifest::{ManifestVersion, ShardRef};
+use dynostore_protocol::wire::{ErrorKind, ManifestState, ObjectSummary, MAX_REMOVED_GENERATIONS};
+use dynostore_protocol::{NodeId, ObjectId, ShardId};
 
 use crate::store::{IndexError, KvTree, ShardStore, StoreError};
 
 const TREE: &str = "manifests/1";
-/// Object ID -> tombstone expiry (ms since the Unix epoch, u64 LE).
-const TOMBSTONES: &str = "tombstones/1";
+/// Object ID ++ generation -> tombstone expiry (ms since the Unix epoch, u64 LE).
+const TOMBSTONES: &str = "tombstones/2";
+/// Pending releases: node ID length (1 byte) ++ node ID ++ shard ID ++ owner.
+const PENDING: &str = "pending-releases/1";
 
 /// Failures of the manifest store.
 #[derive(Debug, thiserror::Error)]
@@ -27,13 +45,18 @@ pub enum ManifestStoreError {
         object: ObjectId,
         source: ManifestError,
     },
-    #[error("object {0} was removed; its manifest is not taken back")]
-    Deleted(ObjectId),
-    #[error("manifest for {object} at revision {offered} is not newer than the stored revision {stored}")]
+    #[error(
+        "generation {generation} of object {object} was removed; its manifest is not taken back"
+    )]
+    Deleted {
+        object: ObjectId,
+        generation: Generation,
+    },
+    #[error("manifest for {object} at {offered:?} is not newer than the stored {stored:?}")]
     Stale {
         object: ObjectId,
-        offered: u64,
-        stored: u64,
+        offered: ManifestVersion,
+        stored: ManifestVersion,
     },
     #[error("manifest stored under {key} describes object {found}")]
     WrongObject { key: ObjectId, found: ObjectId },
@@ -49,11 +72,81 @@ impl ManifestStoreError {
             ManifestStoreError::Invalid { .. } | ManifestStoreError::WrongObject { .. } => {
                 ErrorKind::BadRequest
             }
-            ManifestStoreError::Deleted(_) => ErrorKind::NotFound,
+            ManifestStoreError::Deleted { .. } => ErrorKind::NotFound,
             ManifestStoreError::Stale { .. } => ErrorKind::BadRequest,
             ManifestStoreError::Index(_) => ErrorKind::Internal,
             ManifestStoreError::Store(e) => e.kind(),
         }
+    }
+}
+
+/// Releases of shard copies not yet sent, per holder, persisted in the
+/// index (tree `pending-releases/1`).
+#[derive(Debug, Clone)]
+pub(crate) struct PendingReleases {
+    tree: Arc<dyn KvTree>,
+    store: ShardStore,
+}
+
+impl PendingReleases {
+    fn key(node: &NodeId, slot: &ShardSlot) -> Vec<u8> {
+        let n = node.as_bytes();
+        let mut k = Vec::with_capacity(1 + n.len() + 32 + ShardRef::LEN);
+        k.push(n.len() as u8);
+        k.extend_from_slice(n);
+        k.extend_from_slice(slot.shard.as_bytes());
+        k.extend_from_slice(&slot.owner.to_bytes());
+        k
+    }
+
+    fn insert(&self, node: &NodeId, slots: &[ShardSlot]) -> Result<(), IndexError> {
+        for s in slots {
+            self.tree.insert(&Self::key(node, s), &[])?;
+        }
+        Ok(())
+    }
+
+    /// Records releases durably.
+    pub(crate) async fn add(&self, node: &NodeId, slots: &[ShardSlot]) -> Result<(), StoreError> {
+        self.insert(node, slots)?;
+        self.store.flush().await
+    }
+
+    pub(crate) fn all(&self) -> BTreeMap<NodeId, Vec<ShardSlot>> {
+        let mut out: BTreeMap<NodeId, Vec<ShardSlot>> = BTreeMap::new();
+        for (k, _) in self.tree.iter().unwrap_or_default() {
+            let Some((&len, rest)) = k.split_first() else {
+                continue;
+            };
+            let len = usize::from(len);
+            if rest.len() != len + 32 + ShardRef::LEN {
+                continue;
+            }
+            let (Ok(node), Ok(shard), Some(owner)) = (
+                NodeId::from_bytes(rest[..len].to_vec()),
+                ShardId::try_from_slice(&rest[len..len + 32]),
+                ShardRef::from_bytes(&rest[len + 32..]),
+            ) else {
+                continue;
+            };
+            out.entry(node)
+                .or_default()
+                .push(ShardSlot { shard, owner });
+        }
+        out
+    }
+
+    pub(crate) async fn remove(&self, node: &NodeId, slots: &[ShardSlot]) {
+        for s in slots {
+            let _ = self.tree.remove(&Self::key(node, s));
+        }
+        if let Err(e) = self.store.flush().await {
+            tracing::warn!(error = %e, "cannot flush sent releases");
+        }
+    }
+
+    pub(crate) fn count(&self) -> u64 {
+        self.tree.iter().map_or(0, |v| v.len() as u64)
     }
 }
 
@@ -62,7 +155,15 @@ impl ManifestStoreError {
 pub struct ManifestStore {
     tree: Arc<dyn KvTree>,
     tombstones: Arc<dyn KvTree>,
+    pending: PendingReleases,
     store: ShardStore,
+}
+
+fn tomb_key(object: &ObjectId, generation: Generation) -> Vec<u8> {
+    let mut k = Vec::with_capacity(48);
+    k.extend_from_slice(object.as_bytes());
+    k.extend_from_slice(&generation.to_bytes());
+    k
 }
 
 impl ManifestStore {
@@ -70,11 +171,38 @@ impl ManifestStore {
         Ok(ManifestStore {
             tree: store.kv_tree(TREE)?,
             tombstones: store.kv_tree(TOMBSTONES)?,
+            pending: PendingReleases {
+                tree: store.kv_tree(PENDING)?,
+                store: store.clone(),
+            },
             store: store.clone(),
         })
     }
 
-    /// Validates and stores a replica durably.
+    pub(crate) fn pending(&self) -> &PendingReleases {
+        &self.pending
+    }
+
+    /// Records, in the index, the release of every copy `old` placed that
+    /// `new` (if any) does not.
+    fn queue_releases(&self, old: &Manifest, new: Option<&Manifest>) -> Result<(), IndexError> {
+        let mut by_node: BTreeMap<&NodeId, Vec<ShardSlot>> = BTreeMap::new();
+        let released = match new {
+            Some(n) => n.released_from(old),
+            None => old.slots().collect(),
+        };
+        for (node, slot) in released {
+            by_node.entry(node).or_default().push(slot);
+        }
+        for (node, slots) in by_node {
+            self.pending.insert(node, &slots)?;
+        }
+        Ok(())
+    }
+
+    /// Validates and stores a replica durably, if it is newer than the one
+    /// held. Copies the replaced manifest placed and this one does not get
+    /// pending releases in the same flush.
     pub async fn put(&self, object: ObjectId, bytes: &[u8]) -> Result<(), ManifestStoreError> {
         let m = Manifest::decode(bytes)
             .map_err(|source| ManifestStoreError::Invalid { object, source })?;
@@ -84,20 +212,26 @@ impl ManifestStore {
                 found: m.object,
             });
         }
-        if self.is_deleted(&object, wall_ms())? {
-            return Err(ManifestStoreError::Deleted(object));
+        if self.is_deleted(&object, m.generation, wall_ms())? {
+            return Err(ManifestStoreError::Deleted {
+                object,
+                generation: m.generation,
+            });
         }
-        if let Some(old) = self.get(&object).ok().flatten() {
-            if old == m {
+        let old = self.get(&object).ok().flatten();
+        if let Some(old) = &old {
+            if *old == m {
                 return Ok(());
             }
-            if m.revision <= old.revision {
+            let (offered, stored) = (m.version(), old.version());
+            if offered <= stored {
                 return Err(ManifestStoreError::Stale {
                     object,
-                    offered: m.revision,
-                    stored: old.revision,
+                    offered,
+                    stored,
                 });
             }
+            self.queue_releases(old, Some(&m))?;
         }
         self.tree.insert(object.as_bytes(), bytes)?;
         self.store.flush().await?;
@@ -124,17 +258,31 @@ impl ManifestStore {
         Ok(self.get(object)?.map(|m| m.encode()))
     }
 
-    /// Removes the replica and leaves a tombstone until `tombstone_until_ms`
-    /// (wall clock), so that a stale copy pushed back later is refused and
-    /// members that were down learn of the removal.
+    /// Removes generation `generation` of `object`: a tombstone for it until
+    /// `tombstone_until_ms` (wall clock), so that a stale copy pushed back
+    /// later is refused and members that were down learn of the removal,
+    /// and the held replica if it is of that generation or an older one
+    /// (whose copies are released). A newer generation (a re-upload) stays.
+    /// Returns whether a replica was removed.
     pub async fn remove(
         &self,
         object: &ObjectId,
+        generation: Generation,
         tombstone_until_ms: u64,
     ) -> Result<bool, ManifestStoreError> {
-        let existed = self.tree.remove(object.as_bytes())?.is_some();
-        self.tombstones
-            .insert(object.as_bytes(), &tombstone_until_ms.to_le_bytes())?;
+        let held = self.get(object).ok().flatten();
+        let existed = match held {
+            Some(m) if m.generation <= generation => {
+                self.queue_releases(&m, None)?;
+                self.tree.remove(object.as_bytes())?;
+                true
+            }
+            _ => false,
+        };
+        self.tombstones.insert(
+            &tomb_key(object, generation),
+            &tombstone_until_ms.to_le_bytes(),
+        )?;
         self.store.flush().await?;
         Ok(existed)
     }
@@ -147,13 +295,39 @@ impl ManifestStore {
         Ok(())
     }
 
-    /// Whether `object` has an unexpired tombstone at `now_ms`.
-    pub fn is_deleted(&self, object: &ObjectId, now_ms: u64) -> Result<bool, ManifestStoreError> {
+    /// Whether generation `generation` of `object` has an unexpired tombstone at `now_ms`.
+    pub fn is_deleted(
+        &self,
+        object: &ObjectId,
+        generation: Generation,
+        now_ms: u64,
+    ) -> Result<bool, ManifestStoreError> {
         Ok(self
             .tombstones
-            .get(object.as_bytes())?
+            .get(&tomb_key(object, generation))?
             .and_then(|v| v.try_into().ok().map(u64::from_le_bytes))
             .is_some_and(|until| until > now_ms))
+    }
+
+    /// The generations of `object` with unexpired tombstones, newest first.
+    pub fn removed(
+        &self,
+        object: &ObjectId,
+        now_ms: u64,
+    ) -> Result<Vec<Generation>, ManifestStoreError> {
+        let mut out = Vec::new();
+        for (k, v) in self.tombstones.scan_prefix(object.as_bytes())? {
+            let until = <[u8; 8]>::try_from(v.as_slice()).map_or(0, u64::from_le_bytes);
+            if until <= now_ms {
+                continue;
+            }
+            if let Some(g) = k.get(32..48).and_then(|b| <&[u8; 16]>::try_from(b).ok()) {
+                out.push(Generation::from_bytes(g));
+            }
+        }
+        out.sort_unstable_by(|a, b| b.cmp(a));
+        out.truncate(MAX_REMOVED_GENERATIONS);
+        Ok(out)
     }
 
     /// Drops expired tombstones; returns how many.
@@ -174,15 +348,10 @@ impl ManifestStore {
         &self,
         object: &ObjectId,
         now_ms: u64,
-    ) -> Result<dynostore_protocol::wire::ManifestState, ManifestStoreError> {
-        use dynostore_protocol::wire::ManifestState;
-        if self.is_deleted(object, now_ms)? {
-            return Ok(ManifestState::Deleted);
-        }
-        Ok(if self.tree.get(object.as_bytes())?.is_some() {
-            ManifestState::Held
-        } else {
-            ManifestState::Absent
+    ) -> Result<ManifestState, ManifestStoreError> {
+        Ok(ManifestState {
+            held: self.get(object)?.map(|m| m.version()),
+            removed: self.removed(object, now_ms)?,
         })
     }
 

@@ -119,7 +119,6 @@ pub(crate) struct Shared {
     /// For opening shard streams to other nodes.
     pub(crate) streams: libp2p_stream::Control,
     cmd_tx: mpsc::Sender<Command>,
-    pub(crate) pending: crate::repair::PendingDeletes,
     pub(crate) repair_wake: tokio::sync::Notify,
     pub(crate) repair_rate: crate::repair::RateLimit,
     pub(crate) scrub_lock: tokio::sync::Mutex<()>,
@@ -152,7 +151,7 @@ impl Shared {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone();
-        r.pending_deletes = self.pending.count();
+        r.pending_deletes = self.manifests.pending().count();
         let last = self.last_scrub_ms.load(Ordering::Relaxed);
         r.last_scrub_ms_ago = (last > 0).then(|| self.now_ms().saturating_sub(last - 1));
         r
@@ -241,7 +240,6 @@ pub async fn run(
     };
     let store = ShardStore::open(dir, &cfg.containers).await?;
     let manifests = ManifestStore::open(&store)?;
-    let pending_tree = store.kv_tree("pending-deletes/1")?;
     let local = net::node_id(&key.public().to_peer_id());
     let mut swarm = build_swarm(&key, psk.as_ref(), &cfg)?;
     let (cmd_tx, cmd_rx) = mpsc::channel(COMMAND_QUEUE);
@@ -264,7 +262,6 @@ pub async fn run(
         timeout: cfg.request_timeout(),
         streams: swarm.behaviour().stream.new_control(),
         cmd_tx: cmd_tx.clone(),
-        pending: crate::repair::PendingDeletes::new(pending_tree),
         repair_wake: tokio::sync::Notify::new(),
         repair_rate: crate::repair::RateLimit::new(cfg.repair_rate_bytes_per_sec),
         scrub_lock: tokio::sync::Mutex::new(()),
@@ -803,20 +800,20 @@ async fn answer_control(shared: &Arc<Shared>, request: ControlRequest) -> Contro
             dynostore_protocol::wire::ErrorKind::BadRequest,
             &"deny is handled by the event loop",
         ),
-        ControlRequest::Has { shards } => {
-            let mut present = Vec::with_capacity(shards.len());
-            for s in &shards {
-                match shared.store.has(s).await {
+        ControlRequest::Has { slots } => {
+            let mut present = Vec::with_capacity(slots.len());
+            for s in &slots {
+                match shared.store.has_slot(s).await {
                     Ok(p) => present.push(p),
                     Err(e) => return err(e),
                 }
             }
             ControlResponse::Has { present }
         }
-        ControlRequest::Delete { shards } => {
+        ControlRequest::Delete { slots } => {
             let mut count = 0u32;
-            for s in &shards {
-                match shared.store.delete(s).await {
+            for s in &slots {
+                match shared.store.release(s).await {
                     Ok(true) => count += 1,
                     Ok(false) => {}
                     Err(e) => return err(e),
@@ -831,9 +828,9 @@ async fn answer_control(shared: &Arc<Shared>, request: ControlRequest) -> Contro
             }
             ControlResponse::Has { present }
         }
-        ControlRequest::DeleteManifest { object } => match shared
+        ControlRequest::DeleteManifest { object, generation } => match shared
             .manifests
-            .remove(&object, shared.tombstone_until())
+            .remove(&object, generation, shared.tombstone_until())
             .await
         {
             Ok(existed) => ControlResponse::Deleted {
@@ -844,19 +841,13 @@ async fn answer_control(shared: &Arc<Shared>, request: ControlRequest) -> Contro
         ControlRequest::ManifestStates { objects } => {
             let now = crate::manifests::wall_ms();
             let mut states = Vec::with_capacity(objects.len());
-            let mut revisions = Vec::with_capacity(objects.len());
             for o in &objects {
                 match shared.manifests.state(o, now) {
                     Ok(s) => states.push(s),
                     Err(e) => return remote_error(e.kind(), &e),
                 }
-                let revision = match shared.manifests.get(o) {
-                    Ok(m) => m.map_or(0, |m| m.revision),
-                    Err(e) => return remote_error(e.kind(), &e),
-                };
-                revisions.push(revision);
             }
-            ControlResponse::ManifestStates { states, revisions }
+            ControlResponse::ManifestStates { states }
         }
         ControlRequest::Scrub => {
             let (checked, corrupt) = crate::repair::scrub(shared).await;

@@ -12,10 +12,14 @@
 //!    verified shards, writes the missing shards to new members
 //!    (`protocol::repair::repair_targets`), and pushes the updated manifest
 //!    to every replica and to the top `r` of the current ranking.
-//! 3. The old holder of every rebuilt shard gets a pending deletion, kept in
-//!    the index and sent when that member is alive again: a member that
-//!    comes back does not keep stray copies once the object is whole
-//!    without them.
+//! 3. Replacing the local replica with the updated manifest records a
+//!    pending release for every copy the old manifest placed and the new
+//!    one does not (`ManifestStore::put`), kept in the index and sent when
+//!    that member is alive again, and only after it is checked against the
+//!    newest manifest this node can confirm ([`send_pending_releases`]): a
+//!    member that comes back does not keep stray copies once the object is
+//!    whole without them, and no release ever removes a copy the current
+//!    manifest places there.
 //!
 //! Repair traffic goes through a token bucket of `repair_rate_bytes_per_sec`.
 //! A repair that dies with its node is finished by the next holder in the
@@ -31,7 +35,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dynostore_protocol::erasure::Encoder;
-use dynostore_protocol::manifest::Manifest;
+use dynostore_protocol::manifest::{Generation, Manifest, ManifestVersion, ShardSlot};
 use dynostore_protocol::placement::{PlacementKey, View};
 use dynostore_protocol::repair::{
     manifest_ranking, manifest_replicas, rebalance_moves, repair_targets, responsible,
@@ -41,7 +45,7 @@ use dynostore_protocol::wire::{
 };
 use dynostore_protocol::{MemberState, NodeId, ObjectId, ShardId};
 
-use crate::datapath::{control, delete_shards, get_one, put_one, read_segment};
+use crate::datapath::{control, delete_shards, get_one, put_one, read_segment, slot_presence};
 
 /// A shard moves only to a member whose fill fraction is lower by more than
 /// this share of the holder's.
@@ -51,7 +55,6 @@ const REBALANCE_MARGIN: f64 = 0.1;
 const MAX_MOVES_PER_ROUND: usize = 64;
 use crate::manifests::wall_ms;
 use crate::node::Shared;
-use crate::store::KvTree;
 
 /// Settings of the repair loop.
 #[derive(Debug, Clone, Copy)]
@@ -89,69 +92,6 @@ impl RateLimit {
     }
 }
 
-/// Pending shard deletions per member, persisted in the index:
-/// key = node ID length (1 byte) + node ID + object ID + shard ID. Before
-/// one is sent, the object's manifest is consulted: a shard the current
-/// manifest still places on that member is kept (two writers of one
-/// manifest can race; a deletion must never act on the losing view).
-pub(crate) struct PendingDeletes(Arc<dyn KvTree>);
-
-impl PendingDeletes {
-    pub(crate) fn new(tree: Arc<dyn KvTree>) -> Self {
-        PendingDeletes(tree)
-    }
-
-    fn key(node: &NodeId, object: &ObjectId, shard: &ShardId) -> Vec<u8> {
-        let n = node.as_bytes();
-        let mut k = Vec::with_capacity(1 + n.len() + 64);
-        k.push(n.len() as u8);
-        k.extend_from_slice(n);
-        k.extend_from_slice(object.as_bytes());
-        k.extend_from_slice(shard.as_bytes());
-        k
-    }
-
-    pub(crate) fn add(&self, node: &NodeId, object: &ObjectId, shards: &[ShardId]) {
-        for s in shards {
-            if let Err(e) = self.0.insert(&Self::key(node, object, s), &[]) {
-                tracing::warn!(error = %e, "cannot record a pending deletion");
-            }
-        }
-    }
-
-    fn all(&self) -> BTreeMap<NodeId, Vec<(ObjectId, ShardId)>> {
-        let mut out: BTreeMap<NodeId, Vec<(ObjectId, ShardId)>> = BTreeMap::new();
-        for (k, _) in self.0.iter().unwrap_or_default() {
-            let Some((&len, rest)) = k.split_first() else {
-                continue;
-            };
-            let len = usize::from(len);
-            if rest.len() != len + 64 {
-                continue;
-            }
-            let (Ok(node), Ok(object), Ok(shard)) = (
-                NodeId::from_bytes(rest[..len].to_vec()),
-                ObjectId::try_from_slice(&rest[len..len + 32]),
-                ShardId::try_from_slice(&rest[len + 32..]),
-            ) else {
-                continue;
-            };
-            out.entry(node).or_default().push((object, shard));
-        }
-        out
-    }
-
-    fn remove(&self, node: &NodeId, entries: &[(ObjectId, ShardId)]) {
-        for (o, s) in entries {
-            let _ = self.0.remove(&Self::key(node, o, s));
-        }
-    }
-
-    pub(crate) fn count(&self) -> u64 {
-        self.0.iter().map_or(0, |v| v.len() as u64)
-    }
-}
-
 /// The repair loop; runs until the node stops.
 pub(crate) async fn run(shared: Arc<Shared>, cfg: RepairConfig) {
     let mut ticker = tokio::time::interval(cfg.interval);
@@ -165,7 +105,7 @@ pub(crate) async fn run(shared: Arc<Shared>, cfg: RepairConfig) {
         if let Err(e) = shared.manifests.purge_tombstones(wall_ms()) {
             tracing::warn!(error = %e, "cannot purge tombstones");
         }
-        send_pending_deletes(&shared).await;
+        send_pending_releases(&shared).await;
         if cfg.enabled {
             round(&shared, &cfg).await;
         }
@@ -176,10 +116,163 @@ pub(crate) async fn run(shared: Arc<Shared>, cfg: RepairConfig) {
     scrubber.abort();
 }
 
-async fn send_pending_deletes(shared: &Arc<Shared>) {
-    let pending = shared.pending.all();
+/// What the top replicas of one object said about it.
+#[derive(Debug, Default)]
+struct Confirmed {
+    /// The newest manifest found, if any replica holds one.
+    newest: Option<Manifest>,
+    /// Generations some replica knows removed.
+    removed: Vec<Generation>,
+    /// Every replica asked answered (none unreachable), and the newest held
+    /// version could be fetched.
+    complete: bool,
+}
+
+/// Asks the top `r` replicas of each object (and this node) what they hold,
+/// and fetches the newest manifest. Unreachable replicas make the answer
+/// incomplete: they do not vote "absent".
+async fn confirm(shared: &Arc<Shared>, objects: &[ObjectId]) -> HashMap<ObjectId, Confirmed> {
     let view = shared.membership().view();
-    let mut manifests: HashMap<ObjectId, Option<Manifest>> = HashMap::new();
+    let now = wall_ms();
+    let mut out: HashMap<ObjectId, Confirmed> = HashMap::new();
+    let mut held: HashMap<ObjectId, Vec<(NodeId, ManifestVersion)>> = HashMap::new();
+    let mut ask: BTreeMap<NodeId, Vec<ObjectId>> = BTreeMap::new();
+    for object in objects {
+        let c = out.entry(*object).or_default();
+        c.complete = true;
+        if let Ok(state) = shared.manifests.state(object, now) {
+            c.removed.extend(state.removed);
+            if let Some(v) = state.held {
+                held.entry(*object)
+                    .or_default()
+                    .push((shared.local.clone(), v));
+            }
+        }
+        // The geometry is not known here; m + 1 <= 16 replicas.
+        let r = shared
+            .manifests
+            .get(object)
+            .ok()
+            .flatten()
+            .map_or(MAX_REPLICAS_ASKED, |m| manifest_replicas(&m.geometry));
+        for n in manifest_ranking(&view, object).into_iter().take(r) {
+            if *n != shared.local {
+                ask.entry(n.clone()).or_default().push(*object);
+            }
+        }
+    }
+    let answers = futures::future::join_all(ask.into_iter().map(|(node, objects)| async move {
+        let got = manifest_states(shared, &node, &objects).await;
+        (node, objects, got)
+    }))
+    .await;
+    for (node, objects, got) in answers {
+        match got {
+            Some(states) => {
+                for (object, state) in objects.iter().zip(states) {
+                    let c = out.entry(*object).or_default();
+                    c.removed.extend(state.removed);
+                    if let Some(v) = state.held {
+                        held.entry(*object).or_default().push((node.clone(), v));
+                    }
+                }
+            }
+            None => {
+                for object in &objects {
+                    out.entry(*object).or_default().complete = false;
+                }
+            }
+        }
+    }
+    for (object, versions) in held {
+        let Some((node, v)) = versions.into_iter().max_by_key(|(_, v)| *v) else {
+            continue;
+        };
+        let m = if node == shared.local {
+            shared.manifests.get(&object).ok().flatten()
+        } else {
+            crate::datapath::remote_manifest(shared, &node, object).await
+        };
+        let c = out.entry(object).or_default();
+        match m.filter(|m| m.version() == v) {
+            Some(m) => c.newest = Some(m),
+            None => c.complete = false,
+        }
+    }
+    out
+}
+
+/// Most replicas asked about an object whose geometry this node does not know.
+const MAX_REPLICAS_ASKED: usize = 16;
+
+/// `ManifestStates` of `objects` on `node`, in order; `None` if any batch
+/// went unanswered.
+async fn manifest_states(
+    shared: &Shared,
+    node: &NodeId,
+    objects: &[ObjectId],
+) -> Option<Vec<ManifestState>> {
+    let mut got = Vec::with_capacity(objects.len());
+    for chunk in objects.chunks(MAX_SHARDS_PER_REQUEST) {
+        let req = ControlRequest::ManifestStates {
+            objects: chunk.to_vec(),
+        };
+        match control(shared, node, req).await {
+            Ok(ControlResponse::ManifestStates { states }) if states.len() == chunk.len() => {
+                got.extend(states)
+            }
+            Ok(other) => {
+                tracing::debug!(node = %node.short(), "unexpected answer {other:?}");
+                return None;
+            }
+            Err(e) => {
+                tracing::debug!(node = %node.short(), error = %e, "manifest states unavailable");
+                return None;
+            }
+        }
+    }
+    Some(got)
+}
+
+/// Whether a pending release of `slot` on `node` may be sent, must be
+/// dropped (the current manifest places that copy there again), or waits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ReleaseDecision {
+    Send,
+    Drop,
+    Wait,
+}
+
+fn decide_release(c: Option<&Confirmed>, node: &NodeId, slot: &ShardSlot) -> ReleaseDecision {
+    let Some(c) = c else {
+        return ReleaseDecision::Wait;
+    };
+    if c.removed.contains(&slot.owner.generation) {
+        return ReleaseDecision::Send;
+    }
+    match &c.newest {
+        Some(m) if m.places(node, slot) => ReleaseDecision::Drop,
+        // The newest manifest found does not place this copy; a replica
+        // that did not answer might hold a newer one that does.
+        Some(_) if c.complete => ReleaseDecision::Send,
+        // No replica holds any manifest of the object, and every one
+        // answered: the copy belongs to nothing.
+        None if c.complete => ReleaseDecision::Send,
+        _ => ReleaseDecision::Wait,
+    }
+}
+
+/// Sends the pending releases of members that are alive, each checked
+/// against the newest manifest of its object that can be confirmed.
+async fn send_pending_releases(shared: &Arc<Shared>) {
+    let pending = shared.manifests.pending().all();
+    if pending.is_empty() {
+        return;
+    }
+    let mut objects: Vec<ObjectId> = pending.values().flatten().map(|s| s.owner.object).collect();
+    objects.sort_unstable();
+    objects.dedup();
+    let confirmed = confirm(shared, &objects).await;
     for (node, entries) in pending {
         let alive = node == shared.local
             || shared
@@ -189,36 +282,28 @@ async fn send_pending_deletes(shared: &Arc<Shared>) {
         if !alive {
             continue;
         }
-        // Keep what the current manifest still places on this member.
-        let mut shards = Vec::new();
-        for (object, shard) in &entries {
-            if !manifests.contains_key(object) {
-                let m = crate::datapath::find_manifest(shared, &view, *object, 8).await;
-                manifests.insert(*object, m);
-            }
-            let referenced = manifests[object].as_ref().is_some_and(|m| {
-                m.segments
-                    .iter()
-                    .flat_map(|s| &s.shards)
-                    .any(|e| e.id == *shard && m.holders.get(e.holder as usize) == Some(&node))
-            });
-            if !referenced {
-                shards.push(*shard);
+        let mut send = Vec::new();
+        let mut done = Vec::new();
+        for slot in &entries {
+            match decide_release(confirmed.get(&slot.owner.object), &node, slot) {
+                ReleaseDecision::Send => send.push(*slot),
+                ReleaseDecision::Drop => done.push(*slot),
+                ReleaseDecision::Wait => {}
             }
         }
-        let result = if shards.is_empty() {
-            Ok(0)
-        } else {
-            delete_shards(shared, &node, shards).await
-        };
-        match result {
-            Ok(n) => {
-                tracing::info!(node = %node.short(), deleted = n, "sent pending deletions");
-                shared.pending.remove(&node, &entries);
+        if !send.is_empty() {
+            match delete_shards(shared, &node, send.clone()).await {
+                Ok(n) => {
+                    tracing::info!(node = %node.short(), released = send.len(), deleted = n, "sent pending releases");
+                    done.extend(send);
+                }
+                Err(e) => {
+                    tracing::debug!(node = %node.short(), error = %e, "pending releases not sent yet")
+                }
             }
-            Err(e) => {
-                tracing::debug!(node = %node.short(), error = %e, "pending deletions not sent yet")
-            }
+        }
+        if !done.is_empty() {
+            shared.manifests.pending().remove(&node, &done).await;
         }
     }
 }
@@ -248,37 +333,14 @@ async fn round(shared: &Arc<Shared>, cfg: &RepairConfig) {
             }
         }
     }
-    let mut states: HashMap<(NodeId, ObjectId), (ManifestState, u64)> = HashMap::new();
+    let mut states: HashMap<(NodeId, ObjectId), ManifestState> = HashMap::new();
     let answers = futures::future::join_all(ask.into_iter().map(|(node, objects)| async move {
-        let mut got = Vec::new();
-        for chunk in objects.chunks(MAX_SHARDS_PER_REQUEST) {
-            match control(
-                shared,
-                &node,
-                ControlRequest::ManifestStates {
-                    objects: chunk.to_vec(),
-                },
-            )
-            .await
-            {
-                Ok(ControlResponse::ManifestStates { states, revisions })
-                    if states.len() == chunk.len() =>
-                {
-                    // An older node sends no revisions: count them as 0.
-                    let revs = revisions.into_iter().chain(std::iter::repeat(0));
-                    got.extend(chunk.iter().copied().zip(states.into_iter().zip(revs)));
-                }
-                Ok(other) => tracing::debug!(node = %node.short(), "unexpected answer {other:?}"),
-                Err(e) => {
-                    tracing::debug!(node = %node.short(), error = %e, "manifest states unavailable")
-                }
-            }
-        }
-        (node, got)
+        let got = manifest_states(shared, &node, &objects).await;
+        (node, objects, got)
     }))
     .await;
-    for (node, got) in answers {
-        for (object, state) in got {
+    for (node, objects, got) in answers {
+        for (object, state) in objects.into_iter().zip(got.into_iter().flatten()) {
             states.insert((node.clone(), object), state);
         }
     }
@@ -286,40 +348,45 @@ async fn round(shared: &Arc<Shared>, cfg: &RepairConfig) {
     let mut moves_left = MAX_MOVES_PER_ROUND;
     for mut m in manifests {
         let object = m.object;
+        let generation = m.generation;
         if states
             .iter()
-            .any(|((_, o), (s, _))| *o == object && *s == ManifestState::Deleted)
+            .any(|((_, o), s)| *o == object && s.removed.contains(&generation))
         {
             forget_removed(shared, &m, cfg).await;
             continue;
         }
-        // A replica that missed a repair (its node was down or cut off)
-        // must not act on what it holds: its holders are out of date, and
-        // its deletions would remove shards the current manifest needs.
-        // Fetch the newest and act on it next round.
+        // A replica that missed a repair or a re-upload (its node was down
+        // or cut off) must not act on what it holds: its holders are out
+        // of date, and its decisions would remove copies the current
+        // manifest needs. Fetch the newest and act on it next round.
+        let mine = m.version();
         let newest = states
             .iter()
-            .filter(|((_, o), (s, _))| *o == object && *s == ManifestState::Held)
-            .max_by_key(|(_, (_, rev))| *rev)
-            .map(|((n, _), (_, rev))| (n.clone(), *rev));
-        if let Some((node, rev)) = newest.filter(|(_, rev)| *rev > m.revision) {
+            .filter(|((_, o), _)| *o == object)
+            .filter_map(|((n, _), s)| s.held.map(|v| (n.clone(), v)))
+            .max_by_key(|(_, v)| *v);
+        if let Some((node, v)) = newest.filter(|(_, v)| *v > mine) {
             match crate::datapath::remote_manifest(shared, &node, object).await {
-                Some(fresh) if fresh.revision > m.revision => {
+                Some(fresh) if fresh.version() > mine => {
                     if let Err(e) = shared.manifests.put(object, &fresh.encode()).await {
                         tracing::debug!(object = %object.short(), error = %e, "newer manifest not taken");
                     } else {
-                        tracing::info!(object = %object.short(), from = m.revision, to = fresh.revision, "stale manifest replica brought up to date");
+                        tracing::info!(object = %object.short(), from = m.revision, to = fresh.revision, generation = %fresh.generation, "stale manifest replica brought up to date");
                     }
                 }
                 _ => {
-                    tracing::debug!(object = %object.short(), node = %node.short(), revision = rev, "newer manifest not fetched")
+                    tracing::debug!(object = %object.short(), node = %node.short(), version = ?v, "newer manifest not fetched")
                 }
             }
             continue;
         }
         let ranking = manifest_ranking(&view, &object);
-        let revision = m.revision;
-        let current = |n: &NodeId| matches!(states.get(&(n.clone(), object)), Some((ManifestState::Held, rev)) if *rev >= revision);
+        let current = |n: &NodeId| {
+            states
+                .get(&(n.clone(), object))
+                .is_some_and(|s| s.held == Some(mine))
+        };
         let holds = |n: &NodeId| *n == shared.local || current(n);
         if responsible(&ranking, holds) != Some(&shared.local) {
             // A replica outside the top r is surplus once the top r all
@@ -342,7 +409,7 @@ async fn round(shared: &Arc<Shared>, cfg: &RepairConfig) {
         if changed
             && shared
                 .manifests
-                .is_deleted(&object, wall_ms())
+                .is_deleted(&object, generation, wall_ms())
                 .unwrap_or(false)
         {
             tracing::info!(object = %object.short(), "object removed during its repair");
@@ -361,8 +428,8 @@ async fn round(shared: &Arc<Shared>, cfg: &RepairConfig) {
         let r = manifest_replicas(&m.geometry);
         let bytes = m.encode();
         let mut targets: Vec<NodeId> = ranking.iter().take(r).map(|n| (*n).clone()).collect();
-        for ((n, o), (s, _)) in &states {
-            if *o == object && *s == ManifestState::Held && !targets.contains(n) {
+        for ((n, o), s) in &states {
+            if *o == object && s.held.is_some() && !targets.contains(n) {
                 targets.push(n.clone());
             }
         }
@@ -424,6 +491,10 @@ async fn rebalance_object(
                 return changed;
             }
             let id = m.segments[idx].shards[i].id;
+            let slot = ShardSlot {
+                shard: id,
+                owner: m.shard_ref(idx as u64, i as u16),
+            };
             let size = u64::from(m.segments[idx].shard_size);
             shared.repair_rate.take(2 * size).await;
             let bytes = match get_one(shared, &holders[i], id).await {
@@ -433,12 +504,13 @@ async fn rebalance_object(
                     continue;
                 }
             };
-            if let Err(e) = put_one(shared, &target, id, bytes).await {
+            if let Err(e) = put_one(shared, &target, slot, bytes).await {
                 tracing::debug!(shard = %id.short(), to = %target.short(), error = %e, "cannot move a shard");
                 continue;
             }
+            // The old copy's release is recorded when the local replica
+            // takes the updated manifest.
             m.set_holder(idx, i, &target);
-            shared.pending.add(&holders[i], &m.object, &[id]);
             *moves_left -= 1;
             changed = true;
             shared.repair_stats(|s| s.shards_moved += 1);
@@ -461,52 +533,10 @@ async fn repair_object(
 ) -> (bool, bool) {
     let g = m.geometry;
     let k = usize::from(g.k);
-    // Which shards are where, and which holders answer.
-    let mut by_holder: BTreeMap<u32, Vec<ShardId>> = BTreeMap::new();
-    for seg in &m.segments {
-        for e in &seg.shards {
-            by_holder.entry(e.holder).or_default().push(e.id);
-        }
-    }
-    let mut present: HashMap<(u32, ShardId), bool> = HashMap::new();
+    // Which copies are where. A holder that does not answer but is not
+    // down yet counts as present, rather than rebuild on a hiccup.
+    let present = slot_presence(shared, m, true).await;
     let mut whole = true;
-    for (h, ids) in by_holder {
-        let node = m.holders[h as usize].clone();
-        let state = shared.membership().get(&node).map(|e| e.state);
-        let flags = if node == shared.local {
-            let mut f = Vec::with_capacity(ids.len());
-            for id in &ids {
-                f.push(shared.store.has(id).await.unwrap_or(false));
-            }
-            f
-        } else if state == Some(MemberState::Down) || state.is_none() {
-            vec![false; ids.len()]
-        } else {
-            let mut f = Vec::with_capacity(ids.len());
-            for chunk in ids.chunks(MAX_SHARDS_PER_REQUEST) {
-                match control(
-                    shared,
-                    &node,
-                    ControlRequest::Has {
-                        shards: chunk.to_vec(),
-                    },
-                )
-                .await
-                {
-                    Ok(ControlResponse::Has { present }) if present.len() == chunk.len() => {
-                        f.extend(present)
-                    }
-                    // An unreachable but not yet down holder: assume
-                    // present, rather than rebuild on a hiccup.
-                    _ => f.extend(std::iter::repeat_n(true, chunk.len())),
-                }
-            }
-            f
-        };
-        for (id, ok) in ids.into_iter().zip(flags) {
-            present.insert((h, id), ok);
-        }
-    }
     let mut changed = false;
     let mut encoder = match Encoder::new(g) {
         Ok(e) => e,
@@ -517,12 +547,8 @@ async fn repair_object(
     };
     for idx in 0..m.segments.len() {
         let seg = &m.segments[idx];
-        let missing: Vec<usize> = seg
-            .shards
-            .iter()
-            .enumerate()
-            .filter(|(_, e)| !present.get(&(e.holder, e.id)).copied().unwrap_or(false))
-            .map(|(i, _)| i)
+        let missing: Vec<usize> = (0..seg.shards.len())
+            .filter(|&i| !present[idx].get(i).copied().unwrap_or(false))
             .collect();
         if missing.is_empty() {
             continue;
@@ -581,20 +607,15 @@ async fn repair_object(
                 );
                 continue;
             }
-            match put_one(
-                shared,
-                target,
-                expected,
-                bytes::Bytes::copy_from_slice(shard),
-            )
-            .await
-            {
+            let slot = ShardSlot {
+                shard: expected,
+                owner: m.shard_ref(idx as u64, i as u16),
+            };
+            match put_one(shared, target, slot, bytes::Bytes::copy_from_slice(shard)).await {
                 Ok(()) => {
-                    let old = m.holders[m.segments[idx].shards[i].holder as usize].clone();
+                    // The old copy's release is recorded when the local
+                    // replica takes the updated manifest.
                     m.set_holder(idx, i, target);
-                    if old != *target {
-                        shared.pending.add(&old, &m.object, &[expected]);
-                    }
                     changed = true;
                     repaired_here += 1;
                     let n = shard.len() as u64;
@@ -628,32 +649,33 @@ async fn cfg_rate(shared: &Shared, bytes: u64) {
 async fn forget_removed(shared: &Arc<Shared>, m: &Manifest, cfg: &RepairConfig) {
     tracing::info!(object = %m.object.short(), "removing a manifest the network deleted");
     let until = wall_ms() + cfg.tombstone_ttl.as_millis() as u64;
-    if let Err(e) = shared.manifests.remove(&m.object, until).await {
+    if let Err(e) = shared
+        .manifests
+        .remove(&m.object, m.generation, until)
+        .await
+    {
         tracing::warn!(error = %e, "cannot remove a deleted manifest");
         return;
     }
     remove_shards(shared, m).await;
 }
 
-/// Deletes every shard of `m` on its holder, or records pending deletions
-/// for holders that cannot be reached now. Returns how many were deleted.
+/// Releases every copy of `m` on its holder, or records pending releases
+/// for holders that cannot be reached now. Returns how many copies went.
 pub(crate) async fn remove_shards(shared: &Arc<Shared>, m: &Manifest) -> u32 {
-    let mut by_holder: BTreeMap<NodeId, Vec<ShardId>> = BTreeMap::new();
-    for seg in &m.segments {
-        for e in &seg.shards {
-            by_holder
-                .entry(m.holders[e.holder as usize].clone())
-                .or_default()
-                .push(e.id);
-        }
+    let mut by_holder: BTreeMap<NodeId, Vec<ShardSlot>> = BTreeMap::new();
+    for (node, slot) in m.slots() {
+        by_holder.entry(node.clone()).or_default().push(slot);
     }
     let mut deleted = 0;
-    for (node, ids) in by_holder {
-        match delete_shards(shared, &node, ids.clone()).await {
+    for (node, slots) in by_holder {
+        match delete_shards(shared, &node, slots.clone()).await {
             Ok(n) => deleted += n,
             Err(e) => {
-                tracing::info!(node = %node.short(), error = %e, "holder unreachable: deletion kept for its return");
-                shared.pending.add(&node, &m.object, &ids);
+                tracing::info!(node = %node.short(), error = %e, "holder unreachable: release kept for its return");
+                if let Err(e) = shared.manifests.pending().add(&node, &slots).await {
+                    tracing::warn!(error = %e, "cannot record pending releases");
+                }
             }
         }
     }

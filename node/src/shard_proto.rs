@@ -15,7 +15,7 @@ use futures::AsyncWriteExt;
 use libp2p::{PeerId, Stream};
 use libp2p_stream::Control;
 
-use dynostore_protocol::manifest::Manifest;
+use dynostore_protocol::manifest::{Manifest, ShardSlot};
 use dynostore_protocol::wire::{ErrorKind, RemoteError, ShardRequest, ShardResponse};
 use dynostore_protocol::{ObjectId, ShardId};
 
@@ -143,14 +143,16 @@ fn as_key(object: ObjectId) -> ShardId {
 async fn put_shard_once(
     control: &mut Control,
     peer: PeerId,
-    id: ShardId,
+    slot: ShardSlot,
     bytes: &[u8],
     timeout: Duration,
 ) -> Result<(), ShardClientError> {
+    let id = slot.shard;
     with_timeout(peer, timeout, async {
         let req = ShardRequest::Put {
             shard: id,
             len: bytes.len() as u32,
+            owner: slot.owner,
         };
         let (mut s, resp) = exchange(control, peer, &req, bytes).await?;
         let _ = s.close().await;
@@ -265,17 +267,18 @@ where
     }
 }
 
-/// Stores `bytes` as shard `id` on `peer`; returns once the peer reports it durable.
+/// Stores `bytes` as shard `slot.shard` on `peer`, owned by `slot.owner`;
+/// returns once the peer reports the copy and the reference durable.
 pub async fn put_shard(
     control: &mut Control,
     peer: PeerId,
-    id: ShardId,
+    slot: ShardSlot,
     bytes: &[u8],
     timeout: Duration,
 ) -> Result<(), ShardClientError> {
     retry(|| {
         let mut c = control.clone();
-        async move { put_shard_once(&mut c, peer, id, bytes, timeout).await }
+        async move { put_shard_once(&mut c, peer, slot, bytes, timeout).await }
     })
     .await
 }
@@ -341,10 +344,13 @@ pub async fn serve_stream(
     let work = async {
         let req: ShardRequest = read_frame(&mut s).await?;
         let (resp, body, moved) = match req {
-            ShardRequest::Put { shard, len } => {
+            ShardRequest::Put { shard, len, owner } => {
                 let bytes = read_body(&mut s, len as usize).await?;
                 let n = bytes.len() as u64;
-                match store.put(shard, Bytes::from(bytes)).await {
+                match store
+                    .put_for(ShardSlot { shard, owner }, Bytes::from(bytes))
+                    .await
+                {
                     Ok(()) => (ShardResponse::Stored { shard }, None, n),
                     Err(e) => {
                         tracing::warn!(%peer, shard = %shard.short(), error = %e, "refused shard");

@@ -81,6 +81,116 @@ pub struct Metadata {
     pub created_ms: Option<u64>,
 }
 
+/// One upload of an object: every put that writes shards picks a new one.
+///
+/// Shard copies are owned per generation ([`ShardRef`]), and a tombstone
+/// removes exactly the generation it names, so a re-upload after `rm` is a
+/// new generation that the old tombstone never touches. Generations are
+/// ordered by `(ms, nonce)`: `ms` is the writer's wall clock, raised above
+/// every generation the writer saw for the object; `nonce` is random, so
+/// two puts of one object in the same millisecond still differ.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
+pub struct Generation {
+    pub ms: u64,
+    pub nonce: u64,
+}
+
+impl Generation {
+    /// 16 bytes, big-endian, so that byte order is generation order.
+    pub fn to_bytes(self) -> [u8; 16] {
+        let mut out = [0u8; 16];
+        out[..8].copy_from_slice(&self.ms.to_be_bytes());
+        out[8..].copy_from_slice(&self.nonce.to_be_bytes());
+        out
+    }
+
+    pub fn from_bytes(b: &[u8; 16]) -> Self {
+        let (ms, nonce) = b.split_at(8);
+        Generation {
+            ms: u64::from_be_bytes(ms.try_into().unwrap_or_default()),
+            nonce: u64::from_be_bytes(nonce.try_into().unwrap_or_default()),
+        }
+    }
+
+    /// The generation a writer at wall clock `now_ms` takes, given the
+    /// newest generation it saw for the object (if any): later than both.
+    pub fn next(now_ms: u64, seen: Option<Generation>, nonce: u64) -> Generation {
+        let floor = seen.map_or(0, |g| g.ms.saturating_add(1));
+        Generation {
+            ms: now_ms.max(floor),
+            nonce,
+        }
+    }
+}
+
+impl std::fmt::Display for Generation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{:016x}", self.ms, self.nonce)
+    }
+}
+
+/// Who owns a shard copy on a node: one position of one generation of one
+/// object. A node deletes a copy only when no reference to it is left.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ShardRef {
+    pub object: ObjectId,
+    pub generation: Generation,
+    pub segment: u64,
+    pub index: u16,
+}
+
+impl ShardRef {
+    /// Encoded length of [`ShardRef::to_bytes`].
+    pub const LEN: usize = 32 + 16 + 8 + 2;
+
+    pub fn to_bytes(&self) -> [u8; Self::LEN] {
+        let mut out = [0u8; Self::LEN];
+        out[..32].copy_from_slice(self.object.as_bytes());
+        out[32..48].copy_from_slice(&self.generation.to_bytes());
+        out[48..56].copy_from_slice(&self.segment.to_be_bytes());
+        out[56..].copy_from_slice(&self.index.to_be_bytes());
+        out
+    }
+
+    pub fn from_bytes(b: &[u8]) -> Option<Self> {
+        if b.len() != Self::LEN {
+            return None;
+        }
+        let object = ObjectId::try_from_slice(&b[..32]).ok()?;
+        let generation = Generation::from_bytes(b[32..48].try_into().ok()?);
+        let segment = u64::from_be_bytes(b[48..56].try_into().ok()?);
+        let index = u16::from_be_bytes(b[56..].try_into().ok()?);
+        Some(ShardRef {
+            object,
+            generation,
+            segment,
+            index,
+        })
+    }
+}
+
+/// A shard and the reference that owns the copy in question.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ShardSlot {
+    pub shard: ShardId,
+    pub owner: ShardRef,
+}
+
+/// Total order of the manifests of one object: generation, then revision,
+/// then a digest of the encoding, so that two different manifests at the
+/// same revision (written on both sides of a partition) resolve the same
+/// way on every node.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
+pub struct ManifestVersion {
+    pub generation: Generation,
+    pub revision: u64,
+    pub digest: u64,
+}
+
 /// A versioned object manifest.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Manifest {
@@ -96,6 +206,9 @@ pub struct Manifest {
     /// never takes a manifest older than the one it has.
     #[serde(default)]
     pub revision: u64,
+    /// The upload this manifest describes; fixed for its lifetime.
+    #[serde(default)]
+    pub generation: Generation,
 }
 
 impl Manifest {
@@ -111,7 +224,67 @@ impl Manifest {
             segments: Vec::new(),
             meta,
             revision: 0,
+            generation: Generation::default(),
         }
+    }
+
+    /// Where this manifest stands among all manifests of its object.
+    pub fn version(&self) -> ManifestVersion {
+        let h = blake3::hash(&self.encode());
+        let mut first = [0u8; 8];
+        first.copy_from_slice(&h.as_bytes()[..8]);
+        ManifestVersion {
+            generation: self.generation,
+            revision: self.revision,
+            digest: u64::from_be_bytes(first),
+        }
+    }
+
+    /// The owner reference of shard `index` of segment `segment`.
+    pub fn shard_ref(&self, segment: u64, index: u16) -> ShardRef {
+        ShardRef {
+            object: self.object,
+            generation: self.generation,
+            segment,
+            index,
+        }
+    }
+
+    /// Every shard copy this manifest places, with its holder.
+    pub fn slots(&self) -> impl Iterator<Item = (&NodeId, ShardSlot)> + '_ {
+        self.segments.iter().enumerate().flat_map(move |(s, seg)| {
+            seg.shards.iter().enumerate().filter_map(move |(i, e)| {
+                let holder = self.holders.get(e.holder as usize)?;
+                Some((
+                    holder,
+                    ShardSlot {
+                        shard: e.id,
+                        owner: self.shard_ref(s as u64, i as u16),
+                    },
+                ))
+            })
+        })
+    }
+
+    /// Whether this manifest places exactly `slot` on `node`: same
+    /// generation, same position, same shard, that holder.
+    pub fn places(&self, node: &NodeId, slot: &ShardSlot) -> bool {
+        let o = &slot.owner;
+        o.object == self.object
+            && o.generation == self.generation
+            && self
+                .segments
+                .get(o.segment as usize)
+                .and_then(|seg| seg.shards.get(usize::from(o.index)))
+                .is_some_and(|e| e.id == slot.shard && self.holder(e) == Some(node))
+    }
+
+    /// The copies `old` placed that this manifest (its successor) does not:
+    /// what a replica must release when it replaces `old` with `self`.
+    pub fn released_from<'a>(&self, old: &'a Manifest) -> Vec<(&'a NodeId, ShardSlot)> {
+        old.slots()
+            .filter(|(node, slot)| !self.places(node, slot))
+            .collect()
     }
 
     /// Index of `node` in the holder table, adding it if new.

@@ -29,11 +29,14 @@ use serde::{Deserialize, Serialize};
 
 use crate::erasure::{CodecKind, MAX_SEGMENT_SIZE};
 use crate::ids::{NodeId, ObjectId, ShardId};
-use crate::manifest::{Metadata, MAX_MANIFEST_BYTES, MAX_META_LEN};
+use crate::manifest::{
+    Generation, ManifestVersion, Metadata, ShardRef, ShardSlot, MAX_MANIFEST_BYTES, MAX_META_LEN,
+};
 use crate::placement::MemberState;
 
-pub const SHARD_PROTOCOL: &str = "/dynostore/shard/1";
-pub const CONTROL_PROTOCOL: &str = "/dynostore/control/1";
+// Version 2: shard copies are owned per object generation ([`ShardRef`]).
+pub const SHARD_PROTOCOL: &str = "/dynostore/shard/2";
+pub const CONTROL_PROTOCOL: &str = "/dynostore/control/2";
 pub const CLIENT_PROTOCOL: &str = "/dynostore/client/1";
 pub const ANNOUNCE_TOPIC: &str = "dynostore/announce/1";
 /// Version of the [`Announcement`] format.
@@ -51,6 +54,11 @@ pub const MAX_ADDRS: usize = 32;
 pub const MAX_CONTAINERS: usize = 64;
 /// Most shard IDs in one control request.
 pub const MAX_SHARDS_PER_REQUEST: usize = 4096;
+/// Most shard slots (shard and owner) in one control request; a slot is
+/// about 140 bytes of CBOR, so a full request stays under its limit.
+pub const MAX_SLOTS_PER_REQUEST: usize = 1024;
+/// Most removed generations a replica reports for one object.
+pub const MAX_REMOVED_GENERATIONS: usize = 16;
 /// Most members in one membership report.
 pub const MAX_MEMBERS: usize = 16384;
 /// Peers in one deny-list (a `Deny` request stays under its 256 KiB limit).
@@ -182,9 +190,14 @@ fn check_count(field: &str, n: usize, max: usize) -> Result<(), String> {
 /// First frame on a shard stream.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ShardRequest {
-    /// Store a shard; `len` bytes follow. The receiver hashes them and
-    /// refuses them unless they hash to `shard`.
-    Put { shard: ShardId, len: u32 },
+    /// Store a shard for `owner`; `len` bytes follow. The receiver hashes
+    /// them and refuses them unless they hash to `shard`; the copy is kept
+    /// until every owner released it.
+    Put {
+        shard: ShardId,
+        len: u32,
+        owner: ShardRef,
+    },
     /// Send a stored shard back.
     Get { shard: ShardId },
     /// Store a manifest replica; `len` bytes of CBOR manifest follow.
@@ -284,14 +297,21 @@ impl WireMessage for ShardResponse {
 /// Small requests between nodes and from clients.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ControlRequest {
-    /// Which of these shards are stored (and pass their index check)?
-    Has { shards: Vec<ShardId> },
-    /// Delete these shards.
-    Delete { shards: Vec<ShardId> },
+    /// Which of these copies are stored (the shard passes its index check
+    /// and the owner's reference is recorded)?
+    Has { slots: Vec<ShardSlot> },
+    /// Release these owners' references; a copy no reference is left on is
+    /// deleted. `Deleted` counts the copies deleted.
+    Delete { slots: Vec<ShardSlot> },
     /// Read and re-hash these shards: which are stored and intact?
     Verify { shards: Vec<ShardId> },
-    /// Delete the manifest replica of an object.
-    DeleteManifest { object: ObjectId },
+    /// Remove generation `generation` of an object: its manifest replica
+    /// (if it holds that generation or an older one) and a tombstone for
+    /// that generation.
+    DeleteManifest {
+        object: ObjectId,
+        generation: Generation,
+    },
     /// Summaries of the manifests this node holds.
     ListManifests,
     /// Which of these manifests does this node hold (or know deleted)?
@@ -313,9 +333,10 @@ impl WireMessage for ControlRequest {
 
     fn check(&self) -> Result<(), String> {
         match self {
-            ControlRequest::Has { shards }
-            | ControlRequest::Delete { shards }
-            | ControlRequest::Verify { shards } => {
+            ControlRequest::Has { slots } | ControlRequest::Delete { slots } => {
+                check_count("slots", slots.len(), MAX_SLOTS_PER_REQUEST)
+            }
+            ControlRequest::Verify { shards } => {
                 check_count("shards", shards.len(), MAX_SHARDS_PER_REQUEST)
             }
             ControlRequest::ManifestStates { objects } => {
@@ -466,14 +487,13 @@ pub struct RepairReport {
     pub last_scrub_corrupt: u64,
 }
 
-/// What a node knows of one object's manifest.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ManifestState {
-    Held,
-    Absent,
-    /// Removed by `rm`; the tombstone has not expired.
-    Deleted,
+/// What a node knows of one object's manifest: the version of the replica
+/// it holds, and the generations it knows removed (unexpired tombstones).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ManifestState {
+    pub held: Option<ManifestVersion>,
+    #[serde(default)]
+    pub removed: Vec<Generation>,
 }
 
 /// Answers on the control protocol.
@@ -489,13 +509,11 @@ pub enum ControlResponse {
     Manifests {
         objects: Vec<ObjectSummary>,
     },
-    /// One state per requested object, in order, and the revision of each
-    /// held replica (0 where not held), so that a replica that missed a
-    /// repair is seen as stale and never decides anything.
+    /// One state per requested object, in order, with the version of each
+    /// held replica, so that a replica that missed a repair is seen as
+    /// stale and never decides anything.
     ManifestStates {
         states: Vec<ManifestState>,
-        #[serde(default)]
-        revisions: Vec<u64>,
     },
     Scrubbed {
         checked: u64,
@@ -520,9 +538,11 @@ impl WireMessage for ControlResponse {
             }
             ControlResponse::Deleted { .. } => Ok(()),
             ControlResponse::Manifests { objects } => check_summaries(objects),
-            ControlResponse::ManifestStates { states, revisions } => {
-                check_count("revisions", revisions.len(), MAX_SHARDS_PER_REQUEST)?;
-                check_count("states", states.len(), MAX_SHARDS_PER_REQUEST)
+            ControlResponse::ManifestStates { states } => {
+                check_count("states", states.len(), MAX_SHARDS_PER_REQUEST)?;
+                states.iter().try_for_each(|s| {
+                    check_count("removed", s.removed.len(), MAX_REMOVED_GENERATIONS)
+                })
             }
             ControlResponse::Scrubbed { .. } | ControlResponse::Denied { .. } => Ok(()),
             ControlResponse::Status(s) => {
@@ -752,6 +772,25 @@ mod tests {
         }
     }
 
+    fn owner() -> ShardRef {
+        ShardRef {
+            object: ObjectId::of(b"o"),
+            generation: Generation {
+                ms: u64::MAX,
+                nonce: u64::MAX,
+            },
+            segment: u64::MAX,
+            index: u16::MAX,
+        }
+    }
+
+    fn slot() -> ShardSlot {
+        ShardSlot {
+            shard: ShardId::of(b"a"),
+            owner: owner(),
+        }
+    }
+
     #[test]
     fn frames_round_trip() {
         let a = announcement();
@@ -759,10 +798,11 @@ mod tests {
         let r = ShardRequest::Put {
             shard: ShardId::of(b"s"),
             len: 10,
+            owner: owner(),
         };
         assert_eq!(ShardRequest::from_frame(&r.to_frame()).unwrap(), r);
         let c = ControlRequest::Has {
-            shards: vec![ShardId::of(b"a"); 3],
+            slots: vec![slot(); 3],
         };
         assert_eq!(ControlRequest::decode(&c.encode()).unwrap(), c);
     }
@@ -776,6 +816,7 @@ mod tests {
         let big = ShardRequest::Put {
             shard: ShardId::of(b"s"),
             len: u32::MAX,
+            owner: owner(),
         };
         assert!(matches!(
             ShardRequest::decode(&big.encode()),
@@ -788,9 +829,16 @@ mod tests {
         a.containers[0].free_bytes = 101;
         assert!(Announcement::decode(&a.encode()).is_err());
         let many = ControlRequest::Has {
-            shards: vec![ShardId::of(b"a"); MAX_SHARDS_PER_REQUEST + 1],
+            slots: vec![slot(); MAX_SLOTS_PER_REQUEST + 1],
         };
         assert!(ControlRequest::decode(&many.encode()).is_err());
+        // The most slots a request may carry fit in its size limit.
+        let full = ControlRequest::Delete {
+            slots: vec![slot(); MAX_SLOTS_PER_REQUEST],
+        };
+        let bytes = full.encode();
+        assert!(bytes.len() <= ControlRequest::MAX_BYTES, "{}", bytes.len());
+        assert_eq!(ControlRequest::decode(&bytes).unwrap(), full);
         // A frame whose prefix disagrees with its body.
         let mut f = announcement().to_frame();
         f.pop();

@@ -74,9 +74,19 @@ async fn malformed_frames_are_refused_and_the_node_keeps_serving() {
 
     let payload = b"a well-formed shard".to_vec();
     let id = ShardId::of(&payload);
+    let slot = dynostore_protocol::manifest::ShardSlot {
+        shard: id,
+        owner: dynostore_protocol::manifest::ShardRef {
+            object: dynostore_protocol::ObjectId::of(b"frames"),
+            generation: Default::default(),
+            segment: 0,
+            index: 0,
+        },
+    };
     let header = ShardRequest::Put {
         shard: id,
         len: payload.len() as u32,
+        owner: slot.owner,
     }
     .to_frame();
 
@@ -103,7 +113,7 @@ async fn malformed_frames_are_refused_and_the_node_keeps_serving() {
     let err = shard_proto::put_shard(
         &mut streams,
         client.peer(),
-        id,
+        slot,
         b"other bytes of 19 b",
         Duration::from_secs(10),
     )
@@ -118,7 +128,7 @@ async fn malformed_frames_are_refused_and_the_node_keeps_serving() {
     shard_proto::put_shard(
         &mut streams,
         client.peer(),
-        id,
+        slot,
         &payload,
         Duration::from_secs(10),
     )

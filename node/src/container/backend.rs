@@ -338,8 +338,13 @@ impl OpendalContainer {
             self.resync(shard, &path, Some(old_bytes)).await;
             return Err(self.backend_err("delete", e));
         }
-        let mut acct = self.acct();
-        acct.used_bytes = acct.used_bytes.saturating_sub(old_bytes);
+        {
+            let mut acct = self.acct();
+            acct.used_bytes = acct.used_bytes.saturating_sub(old_bytes);
+        }
+        // A deletion is durable only once its directory is: otherwise a
+        // power cut can bring the shard back after its owners released it.
+        self.fs_sync_dirs(&path, false).await?;
         Ok(true)
     }
 

@@ -22,6 +22,20 @@
 //!   crash in between leaves a record without data, which the next open
 //!   drops.
 //!
+//! # Ownership
+//! One copy is kept per shard ID, and identical shards of different
+//! objects (a zero-filled segment, a file and its appended version, two
+//! uploads of one object) share it. So every copy written for an object
+//! records who owns it: a [`ShardRef`] (object, generation, segment,
+//! position) in the index tree `refs/1`, keyed by shard ID then owner,
+//! written in the same flush as the shard record (`put_for`). Nodes never
+//! delete a copy on behalf of an object; they release that object's
+//! reference (`release`), and the copy goes only when the last reference
+//! does. A copy with no reference at all (adopted from a container after a
+//! crash, or stored by a tool without an owner) is never deleted by a
+//! release. `delete` (scrub's removal of a corrupt copy) keeps the
+//! references, so that a rebuilt copy is owned again.
+//!
 //! # Choosing a container
 //! Among the containers with at least the shard's size free, container `j`
 //! scores `free_j / -ln(u_j)`, with `u_j` uniform in (0, 1) from the shard
@@ -62,6 +76,7 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use dynostore_protocol::ids::ShardId;
+use dynostore_protocol::manifest::{ShardRef, ShardSlot};
 use dynostore_protocol::placement::unit;
 use dynostore_protocol::wire::{ContainerReport, ErrorKind, MAX_SHARD_BYTES};
 
@@ -70,6 +85,8 @@ pub use index::{IndexError, KvPairs, KvTree, MemIndex, ShardIndex, ShardRecord, 
 
 /// Directory of the sled index under the node directory.
 pub const INDEX_DIR: &str = "index";
+/// Owner references of shard copies: shard ID, then [`ShardRef`] bytes.
+const REFS_TREE: &str = "refs/1";
 
 /// Shards at least this large are hashed on the blocking pool rather than
 /// on the async worker (about 30 µs of BLAKE3 at 8 GB/s).
@@ -174,6 +191,7 @@ struct Slot {
 #[derive(Debug)]
 struct Inner {
     index: Arc<dyn ShardIndex>,
+    refs: Arc<dyn KvTree>,
     slots: Vec<Slot>,
     by_name: HashMap<String, usize>,
     corrupt: Mutex<BTreeSet<ShardId>>,
@@ -282,6 +300,7 @@ impl ShardStore {
             })
             .collect();
         let open_report = reconcile(index.as_ref(), &slots, &by_name).await?;
+        let refs = index.tree(REFS_TREE)?;
         tracing::info!(
             n_containers = slots.len(),
             n_shards = index.len(),
@@ -294,6 +313,7 @@ impl ShardStore {
         Ok(ShardStore {
             inner: Arc::new(Inner {
                 index,
+                refs,
                 slots,
                 by_name,
                 corrupt: Mutex::new(BTreeSet::new()),
@@ -336,10 +356,45 @@ impl ShardStore {
         self.corrupt_set().contains(shard)
     }
 
-    /// Stores a shard after checking that `bytes` hash to `shard`.
-    /// Idempotent; returns once the bytes and the index record are durable.
-    #[tracing::instrument(skip_all, fields(shard = %shard.short(), len = bytes.len()))]
+    /// Stores a shard without an owner (tools and tests): such a copy is
+    /// never removed by [`ShardStore::release`]. Nodes use `put_for`.
     pub async fn put(&self, shard: ShardId, bytes: Bytes) -> Result<(), StoreError> {
+        self.put_inner(shard, bytes, None).await
+    }
+
+    /// Stores a shard for its owner after checking that `bytes` hash to the
+    /// shard ID. Idempotent; returns once the bytes, the index record and
+    /// the owner's reference are durable.
+    pub async fn put_for(&self, slot: ShardSlot, bytes: Bytes) -> Result<(), StoreError> {
+        self.put_inner(slot.shard, bytes, Some(slot.owner)).await
+    }
+
+    fn ref_key(shard: &ShardId, owner: &ShardRef) -> Vec<u8> {
+        let mut k = Vec::with_capacity(32 + ShardRef::LEN);
+        k.extend_from_slice(shard.as_bytes());
+        k.extend_from_slice(&owner.to_bytes());
+        k
+    }
+
+    /// Records `owner`'s reference; whether it is new.
+    fn add_ref(&self, shard: &ShardId, owner: Option<ShardRef>) -> Result<bool, StoreError> {
+        match owner {
+            Some(o) => Ok(self
+                .inner
+                .refs
+                .insert(&Self::ref_key(shard, &o), &[])?
+                .is_none()),
+            None => Ok(false),
+        }
+    }
+
+    #[tracing::instrument(skip_all, fields(shard = %shard.short(), len = bytes.len()))]
+    async fn put_inner(
+        &self,
+        shard: ShardId,
+        bytes: Bytes,
+        owner: Option<ShardRef>,
+    ) -> Result<(), StoreError> {
         if bytes.len() > MAX_SHARD_BYTES {
             return Err(StoreError::TooLarge {
                 shard,
@@ -356,6 +411,9 @@ impl ShardStore {
         let index = &self.inner.index;
         if let Some(rec) = index.get(&shard)? {
             if !self.is_corrupt(&shard) {
+                if self.add_ref(&shard, owner)? {
+                    index.flush().await?;
+                }
                 return Ok(());
             }
             // Replace a copy known to be bad.
@@ -402,6 +460,7 @@ impl ShardStore {
             }
             return Err(e.into());
         }
+        self.add_ref(&shard, owner)?;
         index.flush().await?;
         self.corrupt_set().remove(&shard);
         tracing::debug!(container = %c.name(), "shard stored");
@@ -484,6 +543,68 @@ impl ShardStore {
     /// Whether the shard is indexed and not known to be corrupt.
     pub async fn has(&self, shard: &ShardId) -> Result<bool, StoreError> {
         Ok(self.inner.index.get(shard)?.is_some() && !self.is_corrupt(shard))
+    }
+
+    /// Whether the copy `slot` names is stored intact as far as the index
+    /// knows, and its owner's reference is recorded.
+    pub async fn has_slot(&self, slot: &ShardSlot) -> Result<bool, StoreError> {
+        Ok(self.has(&slot.shard).await?
+            && self
+                .inner
+                .refs
+                .get(&Self::ref_key(&slot.shard, &slot.owner))?
+                .is_some())
+    }
+
+    /// The owners recorded for a shard's copy.
+    pub fn owners(&self, shard: &ShardId) -> Result<Vec<ShardRef>, StoreError> {
+        Ok(self
+            .inner
+            .refs
+            .scan_prefix(shard.as_bytes())?
+            .into_iter()
+            .filter_map(|(k, _)| ShardRef::from_bytes(k.get(32..)?))
+            .collect())
+    }
+
+    /// Releases `slot.owner`'s reference to the copy of `slot.shard`, and
+    /// deletes the copy when no reference is left. Returns whether the copy
+    /// was deleted. Releasing an owner that holds no reference changes
+    /// nothing (an unowned copy stays).
+    #[tracing::instrument(skip_all, fields(shard = %slot.shard.short()))]
+    pub async fn release(&self, slot: &ShardSlot) -> Result<bool, StoreError> {
+        let shard = &slot.shard;
+        let _guard = self.lock_shard(shard).await;
+        let index = &self.inner.index;
+        let had = self
+            .inner
+            .refs
+            .remove(&Self::ref_key(shard, &slot.owner))?
+            .is_some();
+        if !had {
+            return Ok(false);
+        }
+        if !self.inner.refs.scan_prefix(shard.as_bytes())?.is_empty() {
+            index.flush().await?;
+            return Ok(false);
+        }
+        let Some(rec) = index.get(shard)? else {
+            index.flush().await?;
+            return Ok(false);
+        };
+        if let Some(c) = self.container(&rec.container) {
+            if let Err(e) = c.delete(shard).await {
+                // Keep the reference, so that the release is tried again.
+                self.inner
+                    .refs
+                    .insert(&Self::ref_key(shard, &slot.owner), &[])?;
+                return Err(e.into());
+            }
+        }
+        index.remove(shard)?;
+        index.flush().await?;
+        self.corrupt_set().remove(shard);
+        Ok(true)
     }
 
     /// Name of the container the index names for a shard.

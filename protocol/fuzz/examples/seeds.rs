@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use dynostore_protocol::erasure::{CodecKind, Geometry};
 use dynostore_protocol::ids::{NodeId, ObjectId, ShardId};
-use dynostore_protocol::manifest::{Manifest, Metadata};
+use dynostore_protocol::manifest::{Generation, Manifest, Metadata, ShardRef, ShardSlot};
 use dynostore_protocol::placement::MemberState;
 use dynostore_protocol::wire::{
     Announcement, ContainerReport, ControlRequest, ControlResponse, ErrorKind, Load, MemberReport,
@@ -115,6 +115,15 @@ fn main() {
     println!("manifest: {} seeds", manifests.len());
 
     let shard = ShardId::of(b"shard");
+    let slot = ShardSlot {
+        shard,
+        owner: ShardRef {
+            object: ObjectId::of(b"object"),
+            generation: Generation { ms: 1, nonce: 2 },
+            segment: 3,
+            index: 4,
+        },
+    };
     wire(
         &root,
         "shard_request",
@@ -122,6 +131,7 @@ fn main() {
             ShardRequest::Put {
                 shard,
                 len: 1 << 20,
+                owner: slot.owner,
             },
             ShardRequest::Get { shard },
         ],
@@ -140,11 +150,9 @@ fn main() {
         "control_request",
         &[
             ControlRequest::Has {
-                shards: vec![shard, ShardId::of(b"other")],
+                slots: vec![slot, slot],
             },
-            ControlRequest::Delete {
-                shards: vec![shard],
-            },
+            ControlRequest::Delete { slots: vec![slot] },
             ControlRequest::Status,
         ],
     );
