@@ -5,6 +5,7 @@ mod frames;
 mod harness;
 mod membership;
 mod objects;
+mod ownership;
 mod repair;
 mod s3;
 mod shards;
