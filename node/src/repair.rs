@@ -35,10 +35,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dynostore_protocol::erasure::Encoder;
-use dynostore_protocol::manifest::{Generation, Manifest, ManifestVersion, ShardSlot};
+use dynostore_protocol::manifest::{Manifest, ManifestVersion, ShardSlot};
 use dynostore_protocol::placement::{PlacementKey, View};
 use dynostore_protocol::repair::{
-    manifest_ranking, manifest_replicas, rebalance_moves, repair_targets, responsible,
+    decide_release, manifest_ranking, manifest_replicas, rebalance_moves, repair_targets,
+    responsible, Confirmed, ReleaseDecision,
 };
 use dynostore_protocol::wire::{
     ControlRequest, ControlResponse, ErrorKind, ManifestState, MAX_SHARDS_PER_REQUEST,
@@ -114,18 +115,6 @@ pub(crate) async fn run(shared: Arc<Shared>, cfg: RepairConfig) {
         }
     }
     scrubber.abort();
-}
-
-/// What the top replicas of one object said about it.
-#[derive(Debug, Default)]
-struct Confirmed {
-    /// The newest manifest found, if any replica holds one.
-    newest: Option<Manifest>,
-    /// Generations some replica knows removed.
-    removed: Vec<Generation>,
-    /// Every replica asked answered (none unreachable), and the newest held
-    /// version could be fetched.
-    complete: bool,
 }
 
 /// Asks the top `r` replicas of each object (and this node) what they hold,
@@ -232,34 +221,6 @@ async fn manifest_states(
         }
     }
     Some(got)
-}
-
-/// Whether a pending release of `slot` on `node` may be sent, must be
-/// dropped (the current manifest places that copy there again), or waits.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum ReleaseDecision {
-    Send,
-    Drop,
-    Wait,
-}
-
-fn decide_release(c: Option<&Confirmed>, node: &NodeId, slot: &ShardSlot) -> ReleaseDecision {
-    let Some(c) = c else {
-        return ReleaseDecision::Wait;
-    };
-    if c.removed.contains(&slot.owner.generation) {
-        return ReleaseDecision::Send;
-    }
-    match &c.newest {
-        Some(m) if m.places(node, slot) => ReleaseDecision::Drop,
-        // The newest manifest found does not place this copy; a replica
-        // that did not answer might hold a newer one that does.
-        Some(_) if c.complete => ReleaseDecision::Send,
-        // No replica holds any manifest of the object, and every one
-        // answered: the copy belongs to nothing.
-        None if c.complete => ReleaseDecision::Send,
-        _ => ReleaseDecision::Wait,
-    }
 }
 
 /// Sends the pending releases of members that are alive, each checked
@@ -545,10 +506,10 @@ async fn repair_object(
             return (false, false);
         }
     };
-    for idx in 0..m.segments.len() {
+    for (idx, here) in present.iter().enumerate().take(m.segments.len()) {
         let seg = &m.segments[idx];
         let missing: Vec<usize> = (0..seg.shards.len())
-            .filter(|&i| !present[idx].get(i).copied().unwrap_or(false))
+            .filter(|&i| !here.get(i).copied().unwrap_or(false))
             .collect();
         if missing.is_empty() {
             continue;

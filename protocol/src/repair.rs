@@ -22,7 +22,51 @@ use std::collections::HashSet;
 
 use crate::erasure::Geometry;
 use crate::ids::{NodeId, ObjectId};
+use crate::manifest::{Generation, Manifest, ShardSlot};
 use crate::placement::{eligible_for_writes, MemberState, PlacementKey, View, Weighting};
+
+/// What the top replicas of one object said about it, as a node gathered
+/// it before deciding on a release.
+#[derive(Debug, Clone, Default)]
+pub struct Confirmed {
+    /// The newest manifest found, if any replica holds one.
+    pub newest: Option<Manifest>,
+    /// Generations some replica knows removed.
+    pub removed: Vec<Generation>,
+    /// Every replica asked answered, and the newest held version was
+    /// fetched.
+    pub complete: bool,
+}
+
+/// What to do with a pending release of a copy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReleaseDecision {
+    /// Release the reference now.
+    Send,
+    /// The newest manifest places that copy there again: forget the release.
+    Drop,
+    /// Not enough is known (a replica did not answer): ask again later.
+    Wait,
+}
+
+/// Decides a pending release of `slot` on `node` from what the replicas
+/// said. The invariant: `Send` only when the slot's generation is known
+/// removed, or when every replica answered and the newest manifest does
+/// not place that slot on that node. Unreachable replicas never count as
+/// "absent".
+pub fn decide_release(c: Option<&Confirmed>, node: &NodeId, slot: &ShardSlot) -> ReleaseDecision {
+    let Some(c) = c else {
+        return ReleaseDecision::Wait;
+    };
+    if c.removed.contains(&slot.owner.generation) {
+        return ReleaseDecision::Send;
+    }
+    match &c.newest {
+        Some(m) if m.places(node, slot) => ReleaseDecision::Drop,
+        Some(_) | None if c.complete => ReleaseDecision::Send,
+        _ => ReleaseDecision::Wait,
+    }
+}
 
 /// Alive members in the order that should hold `object`'s manifest.
 pub fn manifest_ranking<'a>(view: &'a View, object: &ObjectId) -> Vec<&'a NodeId> {
