@@ -107,6 +107,9 @@ impl Client {
                 addr: addr.clone(),
                 after: timeout,
             })??;
+        // Remembered so that streams and requests redial after the idle
+        // timeout closed the connection (a long-lived client, the sim).
+        swarm.add_peer_address(peer, addr.clone());
         let streams = swarm.behaviour().stream.new_control();
         let (tx, rx) = mpsc::channel(64);
         let task = tokio::spawn(drive(swarm, peer, rx));

@@ -54,6 +54,10 @@ pub const MAX_CLIENT_STREAMS: usize = 16;
 const COMMAND_QUEUE: usize = 256;
 /// Most peers dialled per announcement round.
 const MAX_DIALS_PER_ROUND: usize = 16;
+/// Members seen down are dialled again every this many announcement
+/// rounds: a healed partition or a restarted node reconnects within a few
+/// rounds instead of waiting for the next Kademlia re-bootstrap.
+const DOWN_REDIAL_ROUNDS: u64 = 4;
 const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/dynostore/kad/1");
 const IDENTIFY_PROTOCOL: &str = "/dynostore/id/1";
 
@@ -316,6 +320,7 @@ pub async fn run(
         topic,
         dir: dir.to_path_buf(),
         rebootstrap: Duration::from_millis(cfg.rebootstrap_interval_ms),
+        rounds: 0,
     };
     let result = ev.run(shutdown).await;
     announcer.abort();
@@ -494,6 +499,8 @@ struct EventLoop {
     topic: IdentTopic,
     dir: PathBuf,
     rebootstrap: Duration,
+    /// Announcement rounds so far (for the redial of down members).
+    rounds: u64,
 }
 
 impl EventLoop {
@@ -557,12 +564,27 @@ impl EventLoop {
 
     /// Keeps connections to members we hear of, so that gossip does not
     /// depend on one hub and shard streams open without a lookup.
+    /// Down members are tried too, every [`DOWN_REDIAL_ROUNDS`] rounds
+    /// (they may be back or on the far side of a healed partition); denied
+    /// peers never are.
     fn dial_known_members(&mut self) {
-        let targets: Vec<(PeerId, Vec<Multiaddr>)> = self
+        self.rounds += 1;
+        let redial_down = self.rounds.is_multiple_of(DOWN_REDIAL_ROUNDS);
+        let blocked: HashSet<PeerId> = self
+            .swarm
+            .behaviour()
+            .blocked
+            .blocked_peers()
+            .iter()
+            .copied()
+            .collect();
+        let mut targets: Vec<(bool, PeerId, Vec<Multiaddr>)> = self
             .shared
             .membership()
             .entries()
-            .filter(|(id, e)| **id != self.shared.local && e.state != MemberState::Down)
+            .filter(|(id, e)| {
+                **id != self.shared.local && (redial_down || e.state != MemberState::Down)
+            })
             .filter_map(|(id, e)| {
                 let peer = net::peer_id(id)?;
                 let addrs = e
@@ -571,15 +593,17 @@ impl EventLoop {
                     .iter()
                     .filter_map(|a| a.parse().ok())
                     .collect();
-                Some((peer, addrs))
+                Some((e.state == MemberState::Down, peer, addrs))
             })
             .collect();
+        // Live members first: they matter more than ones that may be gone.
+        targets.sort_by_key(|t| t.0);
         let mut dials = 0;
-        for (peer, addrs) in targets {
+        for (_, peer, addrs) in targets {
             if dials == MAX_DIALS_PER_ROUND {
                 break;
             }
-            if self.swarm.is_connected(&peer) {
+            if self.swarm.is_connected(&peer) || blocked.contains(&peer) {
                 continue;
             }
             dials += 1;

@@ -7,6 +7,8 @@
 //! - [`run`](run_scenario): the run itself; a watcher task polls `stat`
 //!   of every acknowledged object after each fault until all are healthy.
 //! - [`report`]: the table and the JSON report.
+//! - [`search`]: `--search`, the randomised fault search: schedules and
+//!   workloads drawn from seeds, run one seed after another.
 //!
 //! Partitions use each node's deny-list (`dynostore deny`,
 //! `ControlRequest::Deny`), not network namespaces: it needs no privileges
@@ -16,6 +18,7 @@
 pub mod procs;
 pub mod report;
 pub mod scenario;
+pub mod search;
 pub mod workload;
 
 use std::collections::{HashMap, HashSet};
@@ -85,6 +88,19 @@ pub struct Args {
     /// Print the report as JSON (and no progress).
     #[arg(long)]
     pub json: bool,
+    /// Randomised fault search instead of a scenario: each seed draws a
+    /// cluster, a workload and a fault schedule (`--seed` is the first).
+    #[arg(long)]
+    pub search: bool,
+    /// With `--search`: how many seeds to run, one after another.
+    #[arg(long, default_value_t = 1, requires = "search")]
+    pub seeds: usize,
+    /// With `--search`: steps (operations and faults) per seed.
+    #[arg(long, default_value_t = 40, requires = "search")]
+    pub steps: usize,
+    /// With `--search`: go on after a failing seed.
+    #[arg(long, requires = "search")]
+    pub keep_going: bool,
 }
 
 /// How to run a scenario (beyond the scenario itself).
@@ -146,6 +162,9 @@ impl Args {
 
 /// The subcommand: runs, prints, and fails when a check fails.
 pub fn run(args: &Args) -> Result<()> {
+    if args.search {
+        return run_search(args);
+    }
     let s = args.scenario()?;
     let opts = RunOptions {
         bin: args.bin()?,
@@ -177,6 +196,103 @@ pub fn run(args: &Args) -> Result<()> {
         Ok(())
     } else {
         bail!("checks failed: {}", report.failed_checks().join(", "))
+    }
+}
+
+/// `--search`: seeds one after another; the seed is printed before each
+/// run and the first failing seed at the end.
+fn run_search(args: &Args) -> Result<()> {
+    let first = args.seed.unwrap_or(1);
+    let opts = RunOptions {
+        bin: args.bin()?,
+        work_dir: args.work_dir.clone(),
+        progress: !args.json,
+    };
+    let quiet = args.json;
+    let mut n = 0;
+    let mut each = |r: &search::SeedReport| {
+        n += 1;
+        if quiet {
+            return;
+        }
+        eprintln!(
+            "seed {}: {} in {:.0} s ({} nodes, k={} m={}; {} steps, {} faults; {} puts acknowledged, {} failed, {} rm; {} present, {} removed, {} undetermined)",
+            r.seed,
+            if r.passed { "passed" } else { "FAILED" },
+            r.elapsed_s,
+            r.nodes,
+            r.k,
+            r.m,
+            r.steps,
+            r.faults,
+            r.puts_acked,
+            r.puts_failed,
+            r.rms_acked,
+            r.present,
+            r.removed,
+            r.unknown
+        );
+        eprintln!("  slowest: {} ({:.1} s)", r.slowest_step, r.slowest_step_s);
+        for c in r.checks.iter().filter(|c| !c.passed) {
+            eprintln!("  failed: {}: {}", c.name, c.detail);
+        }
+        if !r.passed {
+            for e in &r.errors {
+                eprintln!("  {e}");
+            }
+        }
+    };
+    if !quiet {
+        eprintln!(
+            "fault search: {} seeds from {first}, {} steps each",
+            args.seeds, args.steps
+        );
+    }
+    let so = search::SearchOptions {
+        first,
+        seeds: args.seeds,
+        steps: args.steps,
+        keep_going: args.keep_going,
+        repair: !args.no_repair,
+    };
+    let report = search::run_search(
+        &so,
+        &opts,
+        &mut |p| {
+            if !quiet {
+                let kinds = |f: fn(&search::Step) -> bool| p.steps.iter().filter(|s| f(s)).count();
+                eprintln!(
+                    "seed {}: {} nodes over {} sites, k={} m={}; {} objects, {} kills, {} partitions, {} corruptions",
+                    p.seed,
+                    p.nodes,
+                    p.sites,
+                    p.k,
+                    p.m,
+                    p.objects.len(),
+                    kinds(|s| matches!(s, search::Step::Kill { .. })),
+                    kinds(|s| matches!(s, search::Step::Partition { .. })),
+                    kinds(|s| matches!(s, search::Step::Corrupt { .. })),
+                );
+            }
+        },
+        &mut each,
+    )?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    }
+    match report.failed_seeds.first() {
+        None => {
+            if !quiet {
+                eprintln!("{} seeds, all passed", report.seeds_run);
+            }
+            Ok(())
+        }
+        Some(seed) => bail!(
+            "seed {seed} failed (of {} run; failing: {:?}); reproduce with: dynostore-sim cluster --search --seed {seed} --steps {}",
+            report.seeds_run,
+            report.failed_seeds,
+            args.steps
+        ),
     }
 }
 
@@ -627,6 +743,12 @@ impl<'a> Run<'a> {
 
     async fn apply_fault(&mut self, fi: usize) -> Result<()> {
         let f = self.s.faults[fi].clone();
+        self.apply(&f, fi as u64).await
+    }
+
+    /// Applies one fault and records it in the report; `salt` varies the
+    /// choice of shards a corruption flips.
+    async fn apply(&mut self, f: &scenario::Fault, salt: u64) -> Result<()> {
         if f.action == Action::Settle {
             self.settle().await;
             return Ok(());
@@ -689,7 +811,7 @@ impl<'a> Run<'a> {
             }
             Action::Settle => {}
             Action::Corrupt => {
-                let mut rng = ChaCha8Rng::seed_from_u64(self.s.seed ^ (fi as u64 + 1) << 32);
+                let mut rng = ChaCha8Rng::seed_from_u64(self.s.seed ^ (salt + 1) << 32);
                 let mut done = 0;
                 for &x in &f.nodes {
                     let mut files = self.nodes[x].shard_files();
