@@ -14,9 +14,10 @@
 #   bash scripts/cluster.sh --json                   # the report as JSON
 #   bash scripts/cluster.sh --scenario ci --seed 7   # any flag of `dynostore-sim cluster`
 #   bash scripts/cluster.sh --scenario my.toml --work-dir /tmp/run  # keep the node directories
+#   bash scripts/cluster.sh --search --seeds 50      # the randomised fault search
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 echo "== building the node and the simulator (release)" >&2
-cargo build --release -q -p dynostore-node -p dynostore-sim
+cargo build --release -p dynostore-node -p dynostore-sim
 exec ./target/release/dynostore-sim cluster --bin ./target/release/dynostore "$@"

@@ -44,3 +44,42 @@ fn the_ci_scenario_passes_and_fails_without_repair() {
     assert!(failed[0].starts_with("full redundancy"), "{failed:?}");
     assert_eq!(report.objects_lost, 0, "two losses with m = 2 lose nothing");
 }
+
+/// The randomised fault search (issue 10) for a few seeds: seed 1 draws
+/// five even partitions of eight nodes with writes on both sides, seed 3
+/// kills, restarts and corruption on six. Every check must pass; with
+/// repair off, seed 3 must fail its redundancy check (its corrupted
+/// shards are never rebuilt), which shows the search can fail.
+#[test]
+fn the_fault_search_passes_its_ci_seeds_and_fails_without_repair() {
+    use dynostore_sim::cluster::search::{run_search, SearchOptions};
+    let mut so = SearchOptions {
+        first: 1,
+        seeds: 1,
+        steps: 40,
+        keep_going: true,
+        repair: true,
+    };
+    for first in [1, 3] {
+        so.first = first;
+        let report = run_search(&so, &options(), &mut |_| {}, &mut |_| {}).unwrap();
+        let r = &report.runs[0];
+        println!("{}", serde_json::to_string_pretty(r).unwrap());
+        assert!(r.passed, "seed {first} failed: {r:#?}");
+        assert!(r.present > 0 && r.faults > 5, "{r:#?}");
+    }
+    so.repair = false;
+    let report = run_search(&so, &options(), &mut |_| {}, &mut |_| {}).unwrap();
+    let r = &report.runs[0];
+    assert_eq!(report.failed_seeds, vec![3]);
+    let failed: Vec<&str> = r
+        .checks
+        .iter()
+        .filter(|c| !c.passed)
+        .map(|c| c.name.as_str())
+        .collect();
+    assert!(
+        failed.iter().any(|n| n.starts_with("full redundancy")),
+        "{failed:?}"
+    );
+}
