@@ -8,7 +8,11 @@
 //! of each segment in parallel to the nodes `View::place` names (distinct
 //! nodes, distinct sites first). A target that fails is replaced by the next
 //! one in the ranking. At most [`SEGMENTS_IN_FLIGHT`] segments are in the
-//! air, which bounds memory whatever the object size. When every shard is
+//! air, which bounds memory whatever the object size. At most `m` shards of
+//! a stripe go to volatile (memory-backed) members, and each shard put on a
+//! durable member is marked durable so that member keeps it out of memory;
+//! a put the live members cannot place that way is refused before `Ready`
+//! ([`DataError::Durability`]). When every shard is
 //! durable and the streamed bytes hash to the announced ID, the manifest is
 //! stored on its replicas (a uniform-weight ranking of the object ID); only
 //! then is the put acknowledged. On any failure the shards written so far
@@ -33,7 +37,9 @@ use libp2p::{PeerId, Stream};
 
 use dynostore_protocol::erasure::{self, Encoder, Geometry};
 use dynostore_protocol::manifest::{Generation, Manifest, Metadata, ShardRef, ShardSlot};
-use dynostore_protocol::placement::{eligible_for_writes, PlacementKey, View, Weighting};
+use dynostore_protocol::placement::{
+    eligible_for_writes, place_stripe, stripe_fits, PlacementError, PlacementKey, View, Weighting,
+};
 use dynostore_protocol::wire::{
     Chunk, ClientRequest, ClientResponse, ControlRequest, ControlResponse, ErrorKind, Health,
     ObjectStat, ObjectSummary, PutReceipt, RemoteError, SegmentStat, ShardStat, SkippedShard,
@@ -65,6 +71,8 @@ pub enum DataError {
         needed: usize,
         alive: usize,
     },
+    #[error("{0}")]
+    Durability(#[from] PlacementError),
     #[error("no manifest for object {0} on any reachable replica (unknown ID?)")]
     UnknownObject(ObjectId),
     #[error(
@@ -104,7 +112,9 @@ impl DataError {
     pub fn kind(&self) -> ErrorKind {
         match self {
             DataError::BadRequest(_) => ErrorKind::BadRequest,
-            DataError::NotEnoughNodes { .. } => ErrorKind::NotEnoughNodes,
+            DataError::NotEnoughNodes { .. } | DataError::Durability(_) => {
+                ErrorKind::NotEnoughNodes
+            }
             DataError::UnknownObject(_) => ErrorKind::NotFound,
             DataError::Integrity { .. } => ErrorKind::Integrity,
             DataError::Unreadable { .. }
@@ -212,6 +222,8 @@ async fn put(
         }
         tracing::info!(generation = %existing.generation, "the stored object is not whole: writing it again");
     }
+    // No stripe may rely on more than m shards held in memory.
+    stripe_fits(&view, n, usize::from(g.m))?;
     let generation = Generation::next(
         crate::manifests::wall_ms(),
         existing.as_ref().map(|m| m.generation),
@@ -313,7 +325,7 @@ async fn put_segments(
                     segment: idx,
                     index: 0,
                 };
-                write_segment(&shared, &view, key, owner, shards).await
+                write_segment(&shared, &view, key, owner, shards, usize::from(g.m)).await
             }));
             if in_flight.len() >= SEGMENTS_IN_FLIGHT {
                 collect_one(&mut in_flight, &mut done, written).await?;
@@ -362,23 +374,24 @@ async fn collect_one(
     Ok(())
 }
 
-/// Writes the `k + m` shards of one segment to distinct nodes, owned by
-/// `owner` (whose `index` is set per shard). Returns the shards stored (all
-/// of them on success, for clean-up otherwise).
+/// Writes the `k + m` shards of one segment to distinct nodes, at most
+/// `max_volatile` of them volatile, owned by `owner` (whose `index` is set
+/// per shard). Returns the shards stored (all of them on success, for
+/// clean-up otherwise).
 async fn write_segment(
     shared: &Arc<Shared>,
     view: &View,
     key: PlacementKey,
     owner: ShardRef,
     shards: Vec<Bytes>,
+    max_volatile: usize,
 ) -> SegmentWrite {
     let segment = owner.segment;
     let n = shards.len();
-    let targets: Vec<NodeId> = view
-        .place(key, n, Weighting::Weighted)
-        .into_iter()
-        .cloned()
-        .collect();
+    let targets: Vec<NodeId> = match place_stripe(view, key, n, max_volatile) {
+        Ok(t) => t,
+        Err(e) => return (Vec::new(), Err(e.into())),
+    };
     let mut spare: Vec<NodeId> = view
         .ranking(key, Weighting::Weighted, eligible_for_writes)
         .into_iter()
@@ -397,13 +410,9 @@ async fn write_segment(
             },
         })
         .collect();
-    let first = futures::future::join_all(
-        targets
-            .iter()
-            .zip(&shards)
-            .zip(&ids)
-            .map(|((node, bytes), id)| put_one(shared, node, *id, bytes.clone())),
-    )
+    let first = futures::future::join_all(targets.iter().zip(&shards).zip(&ids).map(
+        |((node, bytes), id)| put_one(shared, node, *id, bytes.clone(), !view.is_volatile(node)),
+    ))
     .await;
     let mut holders: Vec<Option<NodeId>> = vec![None; n];
     let mut failed = Vec::new();
@@ -416,7 +425,19 @@ async fn write_segment(
     let mut error = None;
     for (i, mut tried, mut last) in failed {
         loop {
-            let Some(node) = spare.pop() else {
+            // A replacement keeps the stripe within its volatile cap.
+            let volatile = holders
+                .iter()
+                .flatten()
+                .filter(|h| view.is_volatile(h))
+                .count();
+            let next = loop {
+                match spare.pop() {
+                    Some(s) if view.is_volatile(&s) && volatile >= max_volatile => continue,
+                    other => break other,
+                }
+            };
+            let Some(node) = next else {
                 error = Some(DataError::Placement {
                     segment,
                     shard_idx: i,
@@ -426,7 +447,8 @@ async fn write_segment(
                 break;
             };
             tried += 1;
-            match put_one(shared, &node, ids[i], shards[i].clone()).await {
+            let durable = !view.is_volatile(&node);
+            match put_one(shared, &node, ids[i], shards[i].clone(), durable).await {
                 Ok(()) => {
                     holders[i] = Some(node);
                     break;
@@ -449,22 +471,26 @@ async fn write_segment(
     }
 }
 
+/// Stores one copy on `node`; `durable`: the writer counts it as durable,
+/// so `node` must not keep it in memory (it refuses instead).
 pub(crate) async fn put_one(
     shared: &Shared,
     node: &NodeId,
     id: ShardSlot,
     bytes: Bytes,
+    durable: bool,
 ) -> Result<(), String> {
     if *node == shared.local {
-        return shared
-            .store
-            .put_for(id, bytes)
-            .await
-            .map_err(|e| e.to_string());
+        let stored = if durable {
+            shared.store.put_durable(id, bytes).await
+        } else {
+            shared.store.put_for(id, bytes).await
+        };
+        return stored.map_err(|e| e.to_string());
     }
     let peer = peer_id(node).ok_or_else(|| format!("{node} is not a peer ID"))?;
     let mut control = shared.streams.clone();
-    shard_proto::put_shard(&mut control, peer, id, &bytes, shared.timeout)
+    shard_proto::put_shard_to(&mut control, peer, id, &bytes, durable, shared.timeout)
         .await
         .map_err(|e| e.to_string())
 }

@@ -668,6 +668,7 @@ fn status_json(r: &StatusReport) -> serde_json::Value {
             "bytes_read": r.repair.bytes_read,
             "shards_moved": r.repair.shards_moved,
             "stripes_lost": r.repair.stripes_lost,
+            "rounds": r.repair.rounds,
             "pending_deletes": r.repair.pending_deletes,
             "last_scrub_ms_ago": r.repair.last_scrub_ms_ago,
             "last_scrub_checked": r.repair.last_scrub_checked,
@@ -686,6 +687,7 @@ fn status_json(r: &StatusReport) -> serde_json::Value {
             "addrs": m.addrs,
             "last_seen_ms": m.last_seen_ms,
             "seq": m.seq,
+            "volatile": m.volatile,
             "software": m.software,
             "requests_in_flight": m.load.requests_in_flight,
             "bytes_per_sec": m.load.bytes_per_sec,
@@ -712,15 +714,16 @@ fn print_status(r: &StatusReport) {
             ))
     );
     println!(
-        "{:<54} {:<14} {:<8} {:>12} {:>12} {:>9}",
-        "member", "site", "state", "capacity", "free", "seen ago"
+        "{:<54} {:<14} {:<8} {:<8} {:>12} {:>12} {:>9}",
+        "member", "site", "state", "storage", "capacity", "free", "seen ago"
     );
     for m in &r.members {
         println!(
-            "{:<54} {:<14} {:<8} {:>12} {:>12} {:>8.1}s",
+            "{:<54} {:<14} {:<8} {:<8} {:>12} {:>12} {:>8.1}s",
             m.id.to_string(),
             m.site,
             m.state.as_str(),
+            if m.volatile { "memory" } else { "durable" },
             human_bytes(m.capacity_bytes),
             human_bytes(m.free_bytes),
             m.last_seen_ms as f64 / 1000.0

@@ -215,6 +215,7 @@ impl Shared {
                         now.saturating_sub(e.last_seen_ms)
                     },
                     seq: a.seq,
+                    volatile: a.is_volatile(),
                 }
             })
             .collect();

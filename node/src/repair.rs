@@ -109,6 +109,7 @@ pub(crate) async fn run(shared: Arc<Shared>, cfg: RepairConfig) {
         send_pending_releases(&shared).await;
         if cfg.enabled {
             round(&shared, &cfg).await;
+            shared.repair_stats(|s| s.rounds += 1);
         }
         if shared.is_closed() {
             break;
@@ -446,6 +447,7 @@ async fn rebalance_object(
             &holders,
             |n| fills.get(n).copied(),
             REBALANCE_MARGIN,
+            usize::from(m.geometry.m),
         );
         for (i, target) in moves {
             if *moves_left == 0 {
@@ -465,7 +467,8 @@ async fn rebalance_object(
                     continue;
                 }
             };
-            if let Err(e) = put_one(shared, &target, slot, bytes).await {
+            let durable = !view.is_volatile(&target);
+            if let Err(e) = put_one(shared, &target, slot, bytes, durable).await {
                 tracing::debug!(shard = %id.short(), to = %target.short(), error = %e, "cannot move a shard");
                 continue;
             }
@@ -555,7 +558,7 @@ async fn repair_object(
             .map(|(_, e)| m.holders[e.holder as usize].clone())
             .collect();
         let key = PlacementKey::for_segment(&m.object, idx as u64);
-        let targets = repair_targets(view, key, missing.len(), &keep);
+        let targets = repair_targets(view, key, missing.len(), &keep, usize::from(g.m));
         let mut repaired_here = 0;
         for (&i, target) in missing.iter().zip(&targets) {
             let expected = m.segments[idx].shards[i].id;
@@ -572,7 +575,9 @@ async fn repair_object(
                 shard: expected,
                 owner: m.shard_ref(idx as u64, i as u16),
             };
-            match put_one(shared, target, slot, bytes::Bytes::copy_from_slice(shard)).await {
+            let durable = !view.is_volatile(target);
+            let copy = bytes::Bytes::copy_from_slice(shard);
+            match put_one(shared, target, slot, copy, durable).await {
                 Ok(()) => {
                     // The old copy's release is recorded when the local
                     // replica takes the updated manifest.

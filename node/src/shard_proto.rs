@@ -145,6 +145,7 @@ async fn put_shard_once(
     peer: PeerId,
     slot: ShardSlot,
     bytes: &[u8],
+    durable: bool,
     timeout: Duration,
 ) -> Result<(), ShardClientError> {
     let id = slot.shard;
@@ -153,6 +154,7 @@ async fn put_shard_once(
             shard: id,
             len: bytes.len() as u32,
             owner: slot.owner,
+            durable,
         };
         let (mut s, resp) = exchange(control, peer, &req, bytes).await?;
         let _ = s.close().await;
@@ -276,9 +278,22 @@ pub async fn put_shard(
     bytes: &[u8],
     timeout: Duration,
 ) -> Result<(), ShardClientError> {
+    put_shard_to(control, peer, slot, bytes, false, timeout).await
+}
+
+/// [`put_shard`], saying whether the writer counts the copy as durable: a
+/// peer then keeps it out of its memory containers or refuses it.
+pub async fn put_shard_to(
+    control: &mut Control,
+    peer: PeerId,
+    slot: ShardSlot,
+    bytes: &[u8],
+    durable: bool,
+    timeout: Duration,
+) -> Result<(), ShardClientError> {
     retry(|| {
         let mut c = control.clone();
-        async move { put_shard_once(&mut c, peer, slot, bytes, timeout).await }
+        async move { put_shard_once(&mut c, peer, slot, bytes, durable, timeout).await }
     })
     .await
 }
@@ -344,13 +359,21 @@ pub async fn serve_stream(
     let work = async {
         let req: ShardRequest = read_frame(&mut s).await?;
         let (resp, body, moved) = match req {
-            ShardRequest::Put { shard, len, owner } => {
+            ShardRequest::Put {
+                shard,
+                len,
+                owner,
+                durable,
+            } => {
                 let bytes = read_body(&mut s, len as usize).await?;
                 let n = bytes.len() as u64;
-                match store
-                    .put_for(ShardSlot { shard, owner }, Bytes::from(bytes))
-                    .await
-                {
+                let slot = ShardSlot { shard, owner };
+                let stored = if durable {
+                    store.put_durable(slot, Bytes::from(bytes)).await
+                } else {
+                    store.put_for(slot, Bytes::from(bytes)).await
+                };
+                match stored {
                     Ok(()) => (ShardResponse::Stored { shard }, None, n),
                     Err(e) => {
                         tracing::warn!(%peer, shard = %shard.short(), error = %e, "refused shard");

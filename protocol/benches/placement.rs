@@ -43,6 +43,7 @@ fn members(n: usize) -> Vec<Member> {
                 site: format!("site-{:02}", hash_u64("site", i) % SITES as u64),
                 weight,
                 state: MemberState::Alive,
+                volatile: false,
             }
         })
         .collect()

@@ -151,13 +151,16 @@ impl Membership {
         self.members.is_empty()
     }
 
-    /// The placement view: every member with its free bytes as weight.
+    /// The placement view: every member with its free bytes as weight
+    /// (durable containers only for a durable member) and whether it is
+    /// volatile ([`Announcement::is_volatile`]).
     pub fn view(&self) -> View {
         View::new(self.members.values().map(|e| Member {
             id: e.announcement.node.clone(),
             site: e.announcement.site.clone(),
-            weight: e.announcement.free_bytes(),
+            weight: e.announcement.placement_weight(),
             state: e.state,
+            volatile: e.announcement.is_volatile(),
         }))
     }
 }

@@ -36,12 +36,37 @@
 //! Only `Alive` members with a weight above zero receive new shards;
 //! `Suspect` and `Down` members are skipped, which is what makes a suspect
 //! node drain of new writes.
+//!
+//! # Volatile members
+//! A member whose shards may sit in memory (`mem:` containers, see
+//! [`Member::volatile`]) loses them when it restarts. A stripe of `k + m`
+//! shards survives the loss of any `m`, so a rolling restart of `m + 1`
+//! such members would lose every stripe that relied on more than `m` of
+//! them. [`View::place_capped`] and [`place_stripe`] take at most
+//! `max_volatile` volatile members (the stripe's `m`): in ranking order,
+//! a volatile candidate is skipped once the cap is reached, so the result
+//! is the uncapped placement whenever that already respects the cap, and
+//! has `n` members whenever `durable + min(volatile, cap) >= n` eligible
+//! members exist. [`place_stripe`] turns a short result into an error.
 
 use std::cmp::Ordering;
 
 use serde::{Deserialize, Serialize};
 
 use crate::ids::{NodeId, ObjectId};
+
+/// Why a stripe cannot be placed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PlacementError {
+    #[error("a stripe of {needed} shards may put at most {max_volatile} on memory-backed members, so it needs {} durable ones; {durable} durable and {volatile} memory-backed members can take shards now", needed.saturating_sub(*max_volatile))]
+    NotEnoughDurable {
+        needed: usize,
+        max_volatile: usize,
+        durable: usize,
+        volatile: usize,
+    },
+}
 
 /// A member's liveness as seen by one node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
@@ -73,6 +98,10 @@ pub struct Member {
     /// Free bytes (0 = accepts nothing).
     pub weight: u64,
     pub state: MemberState,
+    /// Its shards may be held in memory and are lost when it restarts (see
+    /// the module header). Absent in older encodings: durable.
+    #[serde(default)]
+    pub volatile: bool,
 }
 
 /// What a ranking is weighted by.
@@ -123,8 +152,8 @@ pub struct View {
 
 impl View {
     /// Builds a view. Members are sorted by node ID; of duplicate IDs the
-    /// one that sorts first by (state, weight descending, site) is kept, so
-    /// the result does not depend on input order.
+    /// one that sorts first by (state, weight descending, site, volatile
+    /// first) is kept, so the result does not depend on input order.
     pub fn new(members: impl IntoIterator<Item = Member>) -> Self {
         let mut members: Vec<Member> = members.into_iter().collect();
         members.sort_by(|a, b| {
@@ -132,6 +161,7 @@ impl View {
                 .then(a.state.cmp(&b.state))
                 .then(b.weight.cmp(&a.weight))
                 .then(a.site.cmp(&b.site))
+                .then(b.volatile.cmp(&a.volatile))
         });
         members.dedup_by(|b, a| a.id == b.id);
         let node_hash = members.iter().map(|m| node_hash(&m.id)).collect();
@@ -186,6 +216,29 @@ impl View {
             .count()
     }
 
+    /// Members that can take new shards now: (durable, volatile).
+    pub fn eligible_split(&self) -> (usize, usize) {
+        self.members
+            .iter()
+            .filter(|m| eligible_for_writes(m))
+            .fold(
+                (0, 0),
+                |(d, v), m| {
+                    if m.volatile {
+                        (d, v + 1)
+                    } else {
+                        (d + 1, v)
+                    }
+                },
+            )
+    }
+
+    /// Whether `id` is a volatile member; unknown members count as
+    /// volatile (nothing is known of their containers).
+    pub fn is_volatile(&self, id: &NodeId) -> bool {
+        self.get(id).is_none_or(|m| m.volatile)
+    }
+
     /// Score of member `i` for `key`.
     fn score(&self, key: PlacementKey, i: usize, weighting: Weighting) -> f64 {
         let w = match weighting {
@@ -217,6 +270,19 @@ impl View {
     /// members with free space, one per site (in ranking order) before any
     /// site is reused. Fewer than `n` when fewer are eligible.
     pub fn place(&self, key: PlacementKey, n: usize, weighting: Weighting) -> Vec<&NodeId> {
+        self.place_capped(key, n, weighting, usize::MAX)
+    }
+
+    /// [`View::place`] with at most `max_volatile` volatile members: a
+    /// volatile candidate is passed over once that many are taken. Fewer
+    /// than `n` when fewer eligible members fit the cap.
+    pub fn place_capped(
+        &self,
+        key: PlacementKey,
+        n: usize,
+        weighting: Weighting,
+        max_volatile: usize,
+    ) -> Vec<&NodeId> {
         let mut scored: Vec<(f64, usize)> = (0..self.members.len())
             .filter(|&i| eligible_for_writes(&self.members[i]))
             .map(|i| (self.score(key, i, weighting), i))
@@ -227,65 +293,111 @@ impl View {
         let want_sites = n.min(self.eligible_sites);
         // Most keys need only the head of the ranking: partition the best
         // `window` first and fall back to a full sort when the head does not
-        // hold enough distinct sites.
+        // give `n` picks over enough distinct sites.
         let window = (4 * n).max(32);
         if scored.len() > window {
             scored.select_nth_unstable_by(window - 1, by_score);
             scored[..window].sort_unstable_by(by_score);
-            if let Some(picks) = self.spread(&scored[..window], n, want_sites) {
+            let (picks, complete) = self.spread(&scored[..window], n, want_sites, max_volatile);
+            if complete {
                 return picks;
             }
         }
         scored.sort_unstable_by(by_score);
-        self.spread(&scored, n, want_sites).unwrap_or_else(|| {
-            scored
-                .iter()
-                .take(n)
-                .map(|&(_, i)| &self.members[i].id)
-                .collect()
-        })
+        self.spread(&scored, n, want_sites, max_volatile).0
     }
 
     /// Site spreading over a sorted candidate list: first-of-site picks, then
-    /// fill in ranking order. `None` if the list holds fewer than
-    /// `want_sites` distinct sites.
-    fn spread(&self, sorted: &[(f64, usize)], n: usize, want_sites: usize) -> Option<Vec<&NodeId>> {
+    /// fill in ranking order, never more than `max_volatile` volatile
+    /// members. Complete when it found `n` picks over `want_sites` sites.
+    fn spread(
+        &self,
+        sorted: &[(f64, usize)],
+        n: usize,
+        want_sites: usize,
+        max_volatile: usize,
+    ) -> (Vec<&NodeId>, bool) {
         let mut picked = vec![false; sorted.len()];
         let mut used_sites: Vec<u32> = Vec::with_capacity(want_sites);
         let mut count = 0;
+        let mut volatile = 0;
+        let fits = |i: usize, volatile: &mut usize| {
+            if !self.members[i].volatile {
+                return true;
+            }
+            if *volatile >= max_volatile {
+                return false;
+            }
+            *volatile += 1;
+            true
+        };
         for (pos, &(_, i)) in sorted.iter().enumerate() {
             if count == n || used_sites.len() == want_sites {
                 break;
             }
             let s = self.site[i];
-            if !used_sites.contains(&s) {
+            if !used_sites.contains(&s) && fits(i, &mut volatile) {
                 used_sites.push(s);
                 picked[pos] = true;
                 count += 1;
             }
         }
-        if used_sites.len() < want_sites {
-            return None;
-        }
-        for p in picked.iter_mut() {
+        let sites_ok = used_sites.len() >= want_sites;
+        for (pos, &(_, i)) in sorted.iter().enumerate() {
             if count == n {
                 break;
             }
-            if !*p {
-                *p = true;
+            if !picked[pos] && fits(i, &mut volatile) {
+                picked[pos] = true;
                 count += 1;
             }
         }
         // Output in ranking order.
-        Some(
-            sorted
-                .iter()
-                .zip(&picked)
-                .filter(|(_, p)| **p)
-                .map(|(&(_, i), _)| &self.members[i].id)
-                .collect(),
-        )
+        let picks = sorted
+            .iter()
+            .zip(&picked)
+            .filter(|(_, p)| **p)
+            .map(|(&(_, i), _)| &self.members[i].id)
+            .collect();
+        (picks, sites_ok && count == n)
     }
+}
+
+/// The `n` holders of a new stripe: [`View::place_capped`] by weight with
+/// at most `max_volatile` (the stripe's `m`) volatile members, or an error
+/// when the eligible members cannot give that.
+pub fn place_stripe(
+    view: &View,
+    key: PlacementKey,
+    n: usize,
+    max_volatile: usize,
+) -> Result<Vec<NodeId>, PlacementError> {
+    let picks = view.place_capped(key, n, Weighting::Weighted, max_volatile);
+    if picks.len() < n {
+        let (durable, volatile) = view.eligible_split();
+        return Err(PlacementError::NotEnoughDurable {
+            needed: n,
+            max_volatile,
+            durable,
+            volatile,
+        });
+    }
+    Ok(picks.into_iter().cloned().collect())
+}
+
+/// Whether a stripe of `n` shards with at most `max_volatile` on volatile
+/// members fits the eligible members of `view` at all.
+pub fn stripe_fits(view: &View, n: usize, max_volatile: usize) -> Result<(), PlacementError> {
+    let (durable, volatile) = view.eligible_split();
+    if durable + volatile.min(max_volatile) >= n {
+        return Ok(());
+    }
+    Err(PlacementError::NotEnoughDurable {
+        needed: n,
+        max_volatile,
+        durable,
+        volatile,
+    })
 }
 
 /// Alive with free space.

@@ -16,7 +16,11 @@
 //! with room) of the stripe's weighted ranking that holds no other shard of
 //! the stripe, preferring sites the stripe does not use yet
 //! ([`repair_targets`]), so that repair keeps the write-time invariants:
-//! distinct nodes, distinct sites first.
+//! distinct nodes, distinct sites first, and at most `m` shards of a stripe
+//! on volatile members (see [`crate::placement`]). Rebalancing keeps that
+//! cap too, and moves a stripe that holds more than `m` volatile shards
+//! (written before a member became volatile, or by an older writer) onto
+//! durable members regardless of fill.
 
 use std::collections::HashSet;
 
@@ -93,14 +97,28 @@ pub fn responsible<'a>(
 }
 
 /// Targets for `count` rebuilt shards of the stripe `key`. `keep` are the
-/// members that hold a healthy shard of the stripe (never chosen). Fewer
-/// than `count` when too few members are eligible.
+/// members that hold a healthy shard of the stripe (never chosen). The
+/// stripe ends with at most `max_volatile` shards on volatile members
+/// (those in `keep` count; a volatile candidate is passed over once the
+/// cap is reached). Fewer than `count` when too few members are eligible.
 pub fn repair_targets(
     view: &View,
     key: PlacementKey,
     count: usize,
     keep: &[NodeId],
+    max_volatile: usize,
 ) -> Vec<NodeId> {
+    let mut volatile = keep.iter().filter(|id| view.is_volatile(id)).count();
+    let mut fits = |id: &NodeId| {
+        if !view.is_volatile(id) {
+            return true;
+        }
+        if volatile >= max_volatile {
+            return false;
+        }
+        volatile += 1;
+        true
+    };
     let used_sites: HashSet<&str> = keep
         .iter()
         .filter_map(|id| view.get(id).map(|m| m.site.as_str()))
@@ -118,7 +136,8 @@ pub fn repair_targets(
             break;
         }
         if let Some(m) = view.get(id) {
-            if sites.insert(m.site.as_str()) {
+            if !sites.contains(m.site.as_str()) && fits(id) {
+                sites.insert(m.site.as_str());
                 chosen.push((*id).clone());
             }
         }
@@ -128,7 +147,7 @@ pub fn repair_targets(
         if chosen.len() == count {
             break;
         }
-        if !chosen.contains(id) {
+        if !chosen.contains(id) && fits(id) {
             chosen.push((*id).clone());
         }
     }
@@ -144,30 +163,47 @@ pub fn repair_targets(
 /// (`to < from * (1 - margin)`), so that the small drift of rankings as free
 /// space changes does not make shards wander. The caller
 /// copies first and deletes after, so the stripe never drops below k + m.
+///
+/// Volatile members: the desired holders have at most `max_volatile` of
+/// them ([`View::place_capped`]); no move raises the stripe's volatile
+/// count above `max_volatile`, and while the stripe has more than that, a
+/// volatile holder that is not desired moves to a durable desired member
+/// whatever the fill.
 pub fn rebalance_moves(
     view: &View,
     key: PlacementKey,
     holders: &[NodeId],
     fill: impl Fn(&NodeId) -> Option<f64>,
     margin: f64,
+    max_volatile: usize,
 ) -> Vec<(usize, NodeId)> {
-    let desired: Vec<&NodeId> = view.place(key, holders.len(), Weighting::Weighted);
+    let desired: Vec<&NodeId> =
+        view.place_capped(key, holders.len(), Weighting::Weighted, max_volatile);
     let mut free_targets: Vec<&NodeId> = desired
         .iter()
         .copied()
         .filter(|d| !holders.contains(d))
         .collect();
+    let mut volatile = holders.iter().filter(|h| view.is_volatile(h)).count();
     let mut moves = Vec::new();
     for (i, h) in holders.iter().enumerate() {
         if desired.contains(&h) || free_targets.is_empty() {
             continue;
         }
-        let Some(from) = fill(h) else { continue };
-        if let Some(pos) = free_targets
-            .iter()
-            .position(|t| fill(t).is_some_and(|to| to < from * (1.0 - margin)))
-        {
-            moves.push((i, free_targets.remove(pos).clone()));
+        let from_volatile = view.is_volatile(h);
+        let pos = if from_volatile && volatile > max_volatile {
+            free_targets.iter().position(|t| !view.is_volatile(t))
+        } else {
+            let Some(from) = fill(h) else { continue };
+            free_targets.iter().position(|t| {
+                let allowed = from_volatile || !view.is_volatile(t) || volatile < max_volatile;
+                allowed && fill(t).is_some_and(|to| to < from * (1.0 - margin))
+            })
+        };
+        if let Some(pos) = pos {
+            let t = free_targets.remove(pos);
+            volatile = volatile - usize::from(from_volatile) + usize::from(view.is_volatile(t));
+            moves.push((i, t.clone()));
         }
     }
     moves
@@ -188,6 +224,7 @@ mod tests {
             site: site.to_string(),
             weight: 100,
             state: *st,
+            volatile: false,
         }))
     }
 
@@ -240,13 +277,13 @@ mod tests {
         // Holders: one desired member and the outsider.
         let holders = vec![desired[0].clone(), outsider.clone()];
         let full = |n: &NodeId| Some(if *n == outsider { 0.9 } else { 0.1 });
-        let moves = rebalance_moves(&v, key, &holders, full, 0.1);
+        let moves = rebalance_moves(&v, key, &holders, full, 0.1, 2);
         assert_eq!(moves, vec![(1, desired[1].clone())]);
         // Not worth it when the target is about as full.
         let even = |_: &NodeId| Some(0.5);
-        assert!(rebalance_moves(&v, key, &holders, even, 0.1).is_empty());
+        assert!(rebalance_moves(&v, key, &holders, even, 0.1, 2).is_empty());
         // Nothing to do when the holders are the desired ones.
-        assert!(rebalance_moves(&v, key, &desired, full, 0.1).is_empty());
+        assert!(rebalance_moves(&v, key, &desired, full, 0.1, 2).is_empty());
     }
 
     #[test]
@@ -260,11 +297,11 @@ mod tests {
         ]);
         let key = PlacementKey(42);
         let keep = vec![node(1), node(3)];
-        let t = repair_targets(&v, key, 2, &keep);
+        let t = repair_targets(&v, key, 2, &keep, 2);
         assert_eq!(t.len(), 2);
         assert!(!t.contains(&node(1)) && !t.contains(&node(3)) && !t.contains(&node(5)));
         // Site c is unused by the stripe, so node 4 comes first.
         assert_eq!(t[0], node(4));
-        assert_eq!(repair_targets(&v, key, 5, &keep).len(), 2);
+        assert_eq!(repair_targets(&v, key, 5, &keep, 2).len(), 2);
     }
 }

@@ -197,6 +197,11 @@ pub enum ShardRequest {
         shard: ShardId,
         len: u32,
         owner: ShardRef,
+        /// The writer counted this copy as durable: the receiver must not
+        /// keep it in a volatile (memory) container, and refuses it (`Full`)
+        /// rather than do so. Absent from older writers: anywhere.
+        #[serde(default)]
+        durable: bool,
     },
     /// Send a stored shard back.
     Get { shard: ShardId },
@@ -360,6 +365,17 @@ pub struct ContainerReport {
     pub free_bytes: u64,
 }
 
+/// Container kinds whose contents survive a restart of their node. Any
+/// other kind (`memory`, or one this build does not know) is volatile.
+pub const DURABLE_CONTAINER_KINDS: &[&str] = &["fs", "dir", "s3", "webdav", "sftp"];
+
+impl ContainerReport {
+    /// Whether what this container holds survives a restart.
+    pub fn is_durable(&self) -> bool {
+        DURABLE_CONTAINER_KINDS.contains(&self.kind.as_str())
+    }
+}
+
 /// Load figures in an announcement.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Load {
@@ -389,6 +405,38 @@ impl Announcement {
 
     pub fn free_bytes(&self) -> u64 {
         self.containers.iter().map(|c| c.free_bytes).sum()
+    }
+
+    /// Whether this member's shards may be held in memory: it has no
+    /// durable container, or one of its volatile containers holds (or is
+    /// being written) anything. A node with a durable container stores
+    /// shards there first and keeps a shard it was told is durable out of
+    /// memory ([`ShardRequest::Put`]'s `durable`), so a mixed node whose
+    /// memory containers are empty counts as durable.
+    pub fn is_volatile(&self) -> bool {
+        let durable = self
+            .containers
+            .iter()
+            .any(|c| c.is_durable() && c.capacity_bytes > 0);
+        let in_memory = self
+            .containers
+            .iter()
+            .any(|c| !c.is_durable() && c.free_bytes < c.capacity_bytes);
+        !durable || in_memory
+    }
+
+    /// The placement weight: free bytes, of the durable containers only
+    /// when the member counts as durable (those are where its new shards
+    /// go).
+    pub fn placement_weight(&self) -> u64 {
+        if self.is_volatile() {
+            return self.free_bytes();
+        }
+        self.containers
+            .iter()
+            .filter(|c| c.is_durable())
+            .map(|c| c.free_bytes)
+            .sum()
     }
 }
 
@@ -446,6 +494,9 @@ pub struct MemberReport {
     /// Milliseconds since its last announcement arrived (0 for the node itself).
     pub last_seen_ms: u64,
     pub seq: u64,
+    /// Its shards may be held in memory ([`Announcement::is_volatile`]).
+    #[serde(default)]
+    pub volatile: bool,
 }
 
 /// A node's own state and its membership view.
@@ -479,6 +530,9 @@ pub struct RepairReport {
     pub shards_moved: u64,
     /// Stripes with fewer than k shards left (unrecoverable).
     pub stripes_lost: u64,
+    /// Repair rounds completed since the node started.
+    #[serde(default)]
+    pub rounds: u64,
     /// Shard deletions waiting for their node to come back.
     pub pending_deletes: u64,
     /// Milliseconds since the last completed scrub (None: never).
@@ -799,12 +853,51 @@ mod tests {
             shard: ShardId::of(b"s"),
             len: 10,
             owner: owner(),
+            durable: true,
         };
         assert_eq!(ShardRequest::from_frame(&r.to_frame()).unwrap(), r);
         let c = ControlRequest::Has {
             slots: vec![slot(); 3],
         };
         assert_eq!(ControlRequest::decode(&c.encode()).unwrap(), c);
+    }
+
+    /// A put header from a writer before `durable` existed still decodes
+    /// (as not durable), and one with it decodes on a reader that ignores it.
+    #[test]
+    fn put_headers_of_both_versions_decode() {
+        #[derive(Serialize, Deserialize, Debug, PartialEq)]
+        enum OldShardRequest {
+            Put {
+                shard: ShardId,
+                len: u32,
+                owner: ShardRef,
+            },
+        }
+        let old = OldShardRequest::Put {
+            shard: ShardId::of(b"s"),
+            len: 10,
+            owner: owner(),
+        };
+        let mut bytes = Vec::new();
+        ciborium::into_writer(&old, &mut bytes).unwrap();
+        assert_eq!(
+            ShardRequest::decode(&bytes).unwrap(),
+            ShardRequest::Put {
+                shard: ShardId::of(b"s"),
+                len: 10,
+                owner: owner(),
+                durable: false,
+            }
+        );
+        let new = ShardRequest::Put {
+            shard: ShardId::of(b"s"),
+            len: 10,
+            owner: owner(),
+            durable: true,
+        };
+        let back: OldShardRequest = ciborium::from_reader(&new.encode()[..]).unwrap();
+        assert_eq!(back, old);
     }
 
     #[test]
@@ -817,6 +910,7 @@ mod tests {
             shard: ShardId::of(b"s"),
             len: u32::MAX,
             owner: owner(),
+            durable: false,
         };
         assert!(matches!(
             ShardRequest::decode(&big.encode()),

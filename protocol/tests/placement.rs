@@ -21,6 +21,7 @@ fn member(i: u32, site: &str, weight: u64) -> Member {
         site: site.to_string(),
         weight,
         state: MemberState::Alive,
+        volatile: false,
     }
 }
 
@@ -229,6 +230,7 @@ fn arb_members() -> impl Strategy<Value = Vec<Member>> {
                     1 => MemberState::Down,
                     _ => MemberState::Alive,
                 },
+                volatile: false,
             })
             .collect()
     })

@@ -87,6 +87,7 @@ async fn malformed_frames_are_refused_and_the_node_keeps_serving() {
         shard: id,
         len: payload.len() as u32,
         owner: slot.owner,
+        durable: false,
     }
     .to_frame();
 

@@ -8,5 +8,6 @@ mod objects;
 mod ownership;
 mod repair;
 mod s3;
+mod safety;
 mod shards;
 mod sim_cluster;

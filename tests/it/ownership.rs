@@ -13,9 +13,9 @@ use serde_json::Value;
 
 use crate::harness::{addrs, cluster_with, data, wait_all_see, wait_until, Net, NodeProc};
 
-const SEG: usize = 64 * 1024;
+pub(crate) const SEG: usize = 64 * 1024;
 
-fn text(o: &Output) -> String {
+pub(crate) fn text(o: &Output) -> String {
     format!(
         "{}{}",
         String::from_utf8_lossy(&o.stdout),
@@ -36,7 +36,7 @@ fn nodes(net: &Net, n: usize, extra: &[&str]) -> Vec<NodeProc> {
     nodes
 }
 
-fn put(net: &Net, peer: &NodeProc, file: &Path, km: (u16, u16)) -> Value {
+pub(crate) fn put(net: &Net, peer: &NodeProc, file: &Path, km: (u16, u16)) -> Value {
     let (seg, k, m) = (SEG.to_string(), km.0.to_string(), km.1.to_string());
     let out = net.cli(&[
         "put",
@@ -65,7 +65,7 @@ fn rm(net: &Net, peer: &NodeProc, id: &str) {
     assert!(out.status.success(), "rm {id}: {}", text(&out));
 }
 
-fn health(net: &Net, peer: &NodeProc, id: &str) -> Result<String, String> {
+pub(crate) fn health(net: &Net, peer: &NodeProc, id: &str) -> Result<String, String> {
     let out = net.cli(&["stat", "--json", id, "--peer", &peer.addr()]);
     if !out.status.success() {
         return Err(text(&out));
@@ -75,7 +75,7 @@ fn health(net: &Net, peer: &NodeProc, id: &str) -> Result<String, String> {
 }
 
 /// Reads `id` through `peer` and compares it with `file`.
-fn reads_back(net: &Net, peer: &NodeProc, id: &str, file: &Path) -> Result<(), String> {
+pub(crate) fn reads_back(net: &Net, peer: &NodeProc, id: &str, file: &Path) -> Result<(), String> {
     let dest = net.root.path().join(format!("back-{id}"));
     let out = net.cli(&[
         "get",
@@ -121,7 +121,7 @@ fn releases_settle_and_objects_stay_whole(net: &Net, nodes: &[NodeProc], ids: &[
     }
 }
 
-fn write(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
+pub(crate) fn write(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
     std::fs::create_dir_all(dir).unwrap();
     let f = dir.join(name);
     std::fs::write(&f, bytes).unwrap();

@@ -46,6 +46,16 @@
 //! container that refuses (full after all, or failing) passes the shard to
 //! the next one in the ranking.
 //!
+//! Durable containers come first: the ranking above orders the durable
+//! containers (directories, buckets) with room, and volatile (memory)
+//! containers only follow them, so a node with both keeps shards in memory
+//! only once its durable containers are full, and then announces itself
+//! volatile (`Announcement::is_volatile`). A shard the writer counted as
+//! durable (`put_durable`) never goes to a volatile container: with no
+//! durable room it is refused ([`StoreError::NotDurable`]), and so is one
+//! whose existing copy is in memory, so that the writer places it on
+//! another member.
+//!
 //! # Restart
 //! Opening reconciles the index with the containers, which it lists once:
 //! - a record whose data is gone (a memory container after a restart, a
@@ -116,6 +126,8 @@ pub enum StoreError {
         needed_bytes: u64,
         free_bytes: u64,
     },
+    #[error("shard {shard} must be stored durably, but {reason}")]
+    NotDurable { shard: ShardId, reason: String },
     #[error("shard {shard} of {len_bytes} bytes exceeds the limit of {max_bytes} bytes")]
     TooLarge {
         shard: ShardId,
@@ -142,7 +154,7 @@ impl StoreError {
         match self {
             StoreError::NotFound { .. } => ErrorKind::NotFound,
             StoreError::HashMismatch { .. } | StoreError::Integrity { .. } => ErrorKind::Integrity,
-            StoreError::Full { .. } => ErrorKind::Full,
+            StoreError::Full { .. } | StoreError::NotDurable { .. } => ErrorKind::Full,
             StoreError::TooLarge { .. } => ErrorKind::BadRequest,
             StoreError::Container(e) => match e {
                 ContainerError::NotFound { .. } => ErrorKind::NotFound,
@@ -359,14 +371,28 @@ impl ShardStore {
     /// Stores a shard without an owner (tools and tests): such a copy is
     /// never removed by [`ShardStore::release`]. Nodes use `put_for`.
     pub async fn put(&self, shard: ShardId, bytes: Bytes) -> Result<(), StoreError> {
-        self.put_inner(shard, bytes, None).await
+        self.put_inner(shard, bytes, None, false).await
     }
 
     /// Stores a shard for its owner after checking that `bytes` hash to the
     /// shard ID. Idempotent; returns once the bytes, the index record and
     /// the owner's reference are durable.
     pub async fn put_for(&self, slot: ShardSlot, bytes: Bytes) -> Result<(), StoreError> {
-        self.put_inner(slot.shard, bytes, Some(slot.owner)).await
+        self.put_inner(slot.shard, bytes, Some(slot.owner), false)
+            .await
+    }
+
+    /// [`ShardStore::put_for`] for a copy the writer counts as durable:
+    /// never kept in a volatile container (see the module header).
+    pub async fn put_durable(&self, slot: ShardSlot, bytes: Bytes) -> Result<(), StoreError> {
+        self.put_inner(slot.shard, bytes, Some(slot.owner), true)
+            .await
+    }
+
+    /// Whether a container is volatile (its contents do not survive a
+    /// restart).
+    fn is_volatile(c: &dyn DataContainer) -> bool {
+        c.kind() == container::ContainerKind::Memory
     }
 
     fn ref_key(shard: &ShardId, owner: &ShardRef) -> Vec<u8> {
@@ -394,6 +420,7 @@ impl ShardStore {
         shard: ShardId,
         bytes: Bytes,
         owner: Option<ShardRef>,
+        durable: bool,
     ) -> Result<(), StoreError> {
         if bytes.len() > MAX_SHARD_BYTES {
             return Err(StoreError::TooLarge {
@@ -411,6 +438,15 @@ impl ShardStore {
         let index = &self.inner.index;
         if let Some(rec) = index.get(&shard)? {
             if !self.is_corrupt(&shard) {
+                let in_memory = self
+                    .container(&rec.container)
+                    .is_none_or(|c| Self::is_volatile(c.as_ref()));
+                if durable && in_memory {
+                    return Err(StoreError::NotDurable {
+                        shard,
+                        reason: format!("its copy here is in container {}", rec.container),
+                    });
+                }
                 if self.add_ref(&shard, owner)? {
                     index.flush().await?;
                 }
@@ -430,6 +466,9 @@ impl ShardStore {
         let mut chosen = None;
         for i in self.rank(&shard, len_bytes).await.order {
             let c = &self.inner.slots[i].container;
+            if durable && Self::is_volatile(c.as_ref()) {
+                continue;
+            }
             match c.put(&shard, bytes.clone()).await {
                 Ok(()) => {
                     chosen = Some(i);
@@ -446,6 +485,10 @@ impl ShardStore {
         let Some(i) = chosen else {
             return Err(match last_failure {
                 Some(e) => StoreError::Container(e),
+                None if durable => StoreError::NotDurable {
+                    shard,
+                    reason: "no durable container has room".into(),
+                },
                 None => StoreError::Full {
                     shard,
                     needed_bytes: len_bytes,
@@ -467,7 +510,8 @@ impl ShardStore {
         Ok(())
     }
 
-    /// Containers that can take `len_bytes` now, best first.
+    /// Containers that can take `len_bytes` now, best first: durable ones
+    /// before volatile ones.
     async fn rank(&self, shard: &ShardId, len_bytes: u64) -> Ranking {
         let key = shard_key(shard);
         let mut scored: Vec<(f64, usize)> = Vec::new();
@@ -486,7 +530,13 @@ impl ShardStore {
                 scored.push((score, i));
             }
         }
-        scored.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+        let volatile = |i: usize| Self::is_volatile(self.inner.slots[i].container.as_ref());
+        scored.sort_by(|a, b| {
+            volatile(a.1)
+                .cmp(&volatile(b.1))
+                .then(b.0.total_cmp(&a.0))
+                .then(a.1.cmp(&b.1))
+        });
         Ranking {
             order: scored.into_iter().map(|(_, i)| i).collect(),
             max_free_bytes,

@@ -191,9 +191,11 @@ async fn shards_spread_by_free_space() {
 #[tokio::test]
 async fn reopen_finds_shards_and_drops_what_memory_lost() {
     let dir = tempfile::tempdir().unwrap();
+    // Small directories, so that shards spill into memory once they are
+    // full (durable containers come first).
     let specs = [
-        named_dir("d0", &dir.path().join("d0"), 1 << 20),
-        named_dir("d1", &dir.path().join("d1"), 1 << 20),
+        named_dir("d0", &dir.path().join("d0"), 8000),
+        named_dir("d1", &dir.path().join("d1"), 8000),
         ContainerSpec::mem("ram", 1 << 20),
     ];
     let mut all = Vec::new();
@@ -232,6 +234,54 @@ async fn reopen_finds_shards_and_drops_what_memory_lost() {
             assert_eq!(&store.get(id).await.unwrap(), bytes);
         }
     }
+}
+
+#[tokio::test]
+async fn durable_containers_come_first_and_durable_copies_stay_out_of_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let specs = [
+        ContainerSpec::mem("ram", 1 << 20),
+        named_dir("disk", &dir.path().join("disk"), 5000),
+    ];
+    let store = ShardStore::open(dir.path(), &specs).await.unwrap();
+    let slot = |id: ShardId, i: u16| ShardSlot {
+        shard: id,
+        owner: ShardRef {
+            object: dynostore_protocol::ObjectId::of(b"o"),
+            generation: Default::default(),
+            segment: 0,
+            index: i,
+        },
+    };
+    // The directory takes shards while it has room, although memory has
+    // 200 times more free space.
+    let mut on_disk = Vec::new();
+    for i in 0..4u16 {
+        let (id, bytes) = shard(u64::from(i), 1000);
+        store.put_durable(slot(id, i), bytes).await.unwrap();
+        assert_eq!(store.container_of(&id).unwrap().as_deref(), Some("disk"));
+        on_disk.push(id);
+    }
+    // Full for durable copies: refused, not kept in memory.
+    let (id, bytes) = shard(10, 2000);
+    let err = store
+        .put_durable(slot(id, 9), bytes.clone())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::NotDurable { .. }), "{err}");
+    assert_eq!(err.kind(), ErrorKind::Full);
+    assert!(!store.has(&id).await.unwrap());
+    // Without the demand it spills into memory...
+    store.put_for(slot(id, 9), bytes.clone()).await.unwrap();
+    assert_eq!(store.container_of(&id).unwrap().as_deref(), Some("ram"));
+    // ...and a writer that wants that copy durable is refused it.
+    let err = store.put_durable(slot(id, 8), bytes).await.unwrap_err();
+    assert!(matches!(err, StoreError::NotDurable { .. }), "{err}");
+    // A durable copy already on disk is shared as usual.
+    let (id0, bytes0) = shard(0, 1000);
+    assert_eq!(id0, on_disk[0]);
+    store.put_durable(slot(id0, 7), bytes0).await.unwrap();
+    assert_eq!(store.owners(&id0).unwrap().len(), 2);
 }
 
 #[tokio::test]

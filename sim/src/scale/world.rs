@@ -194,6 +194,7 @@ impl World {
             site: self.sites[node.site as usize].clone(),
             weight,
             state: MemberState::Alive,
+            volatile: false,
         }
     }
 
