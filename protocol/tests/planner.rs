@@ -117,7 +117,7 @@ fn step() -> impl Strategy<Value = Step> {
     prop_oneof![
         4 => (0..n, 0..OBJECTS).prop_map(|(entry, obj)| Step::Put { entry, obj }),
         1 => (0..n, 0..OBJECTS).prop_map(|(entry, obj)| Step::Rm { entry, obj }),
-        8 => (0..n, prop_oneof![3 => Just(0u8), 1 => any::<u8>()])
+        8 => (0..n, prop_oneof![Just(0u8), any::<u8>()])
             .prop_map(|(node, lose)| Step::Round { node, lose }),
         3 => Just(Step::Tick),
         1 => (0..n).prop_map(|node| Step::Kill { node }),
@@ -424,7 +424,14 @@ impl Cluster {
         }
         self.nonce += 1;
         let seen = self.seen_generations(e, &view, &object);
-        let generation = put_generation(self.now, seen, self.nonce);
+        // Random-like nonces: puts in one millisecond are in no particular
+        // order, as with the node's random nonces.
+        let nonce = u64::from_le_bytes(
+            ShardId::of(&self.nonce.to_le_bytes()).as_bytes()[..8]
+                .try_into()
+                .unwrap(),
+        );
+        let generation = put_generation(self.now, seen, nonce);
         let size = 200;
         let mut m = Manifest::new(object, size, g, Metadata::default());
         m.generation = generation;
@@ -901,22 +908,169 @@ impl Cluster {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
 
     #[test]
     fn planner_histories_are_safe_and_converge(
         steps in proptest::collection::vec(step(), 1..40),
     ) {
-        let mut c = Cluster::new();
-        for s in &steps {
-            c.run(s);
-            prop_assert!(c.violations.is_empty(), "{:?} after {s:?}", c.violations);
-        }
-        c.settle(12);
-        prop_assert!(c.violations.is_empty(), "{:?} while settling", c.violations);
-        let r = c.converged();
+        let r = check_history(&steps);
         prop_assert!(r.is_ok(), "{}", r.unwrap_err());
     }
+}
+
+/// Runs a history, settles, and checks (a) throughout and (b) at the end.
+fn check_history(steps: &[Step]) -> Result<(), String> {
+    run_history(steps).map(|_| ())
+}
+
+fn run_history(steps: &[Step]) -> Result<Cluster, String> {
+    let mut c = Cluster::new();
+    for s in steps {
+        c.run(s);
+        if !c.violations.is_empty() {
+            return Err(format!("{:?} after {s:?}", c.violations));
+        }
+    }
+    c.settle(12);
+    if !c.violations.is_empty() {
+        return Err(format!("{:?} while settling", c.violations));
+    }
+    c.converged().map(|()| c)
+}
+
+/// The histories that found gaps while the planner was written, kept as
+/// they shrank (proptest's saved seeds stop reproducing them when the
+/// generator changes).
+#[test]
+fn histories_that_found_gaps() {
+    use Step::*;
+    let cases: [(&str, Vec<Step>); 3] = [
+        (
+            // The first-ranked replica asks only the top r, none of which
+            // holds the tombstone: it must be sent one (plan_tombstone).
+            "a replica behind a partition never asks a tombstone holder",
+            vec![
+                Cut { side: 4 },
+                Put { entry: 0, obj: 0 },
+                Put { entry: 0, obj: 1 },
+                Cut { side: 3 },
+                Rm { entry: 0, obj: 1 },
+            ],
+        ),
+        (
+            // All at time 0: the re-put after rm must take a generation
+            // above the tombstone (put_generation), or the tombstone's
+            // "this generation and older" removes it.
+            "a re-put after rm below the removed generation",
+            vec![
+                Put { entry: 0, obj: 0 },
+                Kill { node: 0 },
+                Put { entry: 1, obj: 0 },
+                Rm { entry: 1, obj: 0 },
+                Put { entry: 1, obj: 0 },
+                Put { entry: 0, obj: 0 },
+            ],
+        ),
+        (
+            // Two puts on both sides of a partition, then an rm of the
+            // later one: the earlier generation goes too.
+            "concurrent puts across a partition, then rm",
+            vec![
+                Cut { side: 26 },
+                Put { entry: 1, obj: 2 },
+                Put { entry: 2, obj: 2 },
+                Rm { entry: 0, obj: 2 },
+            ],
+        ),
+    ];
+    for (what, steps) in &cases {
+        if let Err(e) = check_history(steps) {
+            panic!("{what}: {e}");
+        }
+    }
+    // The re-put came after an rm it could see: the object is there.
+    let c = run_history(&cases[1].1).unwrap();
+    assert!(
+        c.current(&object(0)).is_some(),
+        "the put after rm was removed"
+    );
+}
+
+/// (a) where random histories rarely reach: a pending release of a copy
+/// that the newest manifest places there again, held by a member that does
+/// not answer. It waits while that member is silent (neither sent nor
+/// dropped on what the others say), and is dropped once it answers.
+#[test]
+fn a_silent_member_with_the_newest_manifest_blocks_a_release() {
+    let mut c = Cluster::new();
+    c.put(0, 2);
+    let object = object(2);
+    let old = c.current(&object).cloned().unwrap();
+    let (holder, slot) = old.slots().map(|(n, s)| (n.clone(), s)).next().unwrap();
+    // A repair moved the copy away (revision 1), a later one back (2).
+    let mut away = old.clone();
+    let elsewhere = (0..N).map(node).find(|n| !old.holders.contains(n)).unwrap();
+    away.set_holder(0, 0, &elsewhere);
+    away.revision = 1;
+    let mut back = away.clone();
+    back.set_holder(0, 0, &holder);
+    back.revision = 2;
+    assert!(back.places(&holder, &slot) && !away.places(&holder, &slot));
+    let me = node(0);
+    let view = c.view(0);
+    let silent = (1..N).map(node).find(|n| *n != holder).unwrap();
+    let pending = vec![(holder.clone(), slot)];
+    let mut replies: Replies = release_askees(&view, &me)
+        .into_iter()
+        .map(|n| {
+            let st = ManifestState {
+                held: Some(away.version()),
+                removed: Vec::new(),
+            };
+            (n, Some(st))
+        })
+        .collect();
+    replies.insert(silent.clone(), None);
+    let input = ReleaseInput {
+        me: &me,
+        view: &view,
+        object,
+        local: Some(&away),
+        local_removed: &[],
+        fetched: None,
+        replies: &replies,
+        pending: &pending,
+    };
+    assert_eq!(plan_releases(&input), Vec::<Action>::new());
+    // It answers with the newest: fetch it, then the release is dropped.
+    let mut answered = replies.clone();
+    answered.insert(
+        silent.clone(),
+        Some(ManifestState {
+            held: Some(back.version()),
+            removed: Vec::new(),
+        }),
+    );
+    let input = ReleaseInput {
+        replies: &answered,
+        ..input
+    };
+    assert!(matches!(
+        plan_releases(&input).as_slice(),
+        [Action::FetchNewer { from, .. }] if *from == silent
+    ));
+    let input = ReleaseInput {
+        fetched: Some(&back),
+        ..input
+    };
+    assert_eq!(
+        plan_releases(&input),
+        vec![Action::DropPending {
+            node: holder,
+            slots: vec![slot]
+        }]
+    );
 }
 
 /// One read of a stripe of `k` among `outcomes.len()` candidates, answers
