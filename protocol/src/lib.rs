@@ -12,6 +12,10 @@
 //! - [`membership`]: the alive/suspect/down view, driven by announcements and time.
 //! - [`placement`]: weighted rendezvous hashing with site spreading.
 //! - [`repair`]: who repairs an object and where rebuilt shards go.
+//! - [`planner`]: what a node does about one object in a repair round, as
+//!   actions computed from the answers it gathered.
+//! - [`read`]: which shard a stripe read asks for next (data first, hedge,
+//!   fallbacks).
 //! - [`wire`]: the node protocols' messages, limits and framing.
 
 pub mod erasure;
@@ -19,6 +23,8 @@ pub mod ids;
 pub mod manifest;
 pub mod membership;
 pub mod placement;
+pub mod planner;
+pub mod read;
 pub mod repair;
 pub mod wire;
 

@@ -1,0 +1,305 @@
+//! Reading one stripe: which shard to ask for next, with no IO.
+//!
+//! A stripe is decodable from any `k` of its `k + m` shards. The reader
+//! asks for data shards first (no decoding needed when all `k` of them
+//! arrive), parity only as a fallback, and holders that are alive and
+//! lightly loaded before suspect or unknown ones; holders that are `Down`
+//! are never asked. It keeps `k` requests in flight, replaces each one that
+//! fails with the next candidate, and, when the stripe is not done
+//! `hedge_after_ms` after the start, sends one extra (hedged) request so
+//! that one slow holder does not stall the read.
+//!
+//! The caller drives it kad-style: [`StripeRead::next`] says what to do
+//! now ([`ReadStep::Fetch`] a shard, [`ReadStep::Wait`] for an answer or
+//! the hedge time, or stop: [`ReadStep::Done`], [`ReadStep::Failed`]), and
+//! [`StripeRead::on_ok`] / [`StripeRead::on_err`] report each answer: `ok`
+//! only for bytes verified against the shard's ID. It is done with `k`
+//! distinct verified shards, and fails only when fewer than `k` remain
+//! possible. Time is an argument.
+
+use crate::ids::NodeId;
+use crate::manifest::Manifest;
+use crate::placement::{MemberState, View};
+
+/// Extra requests sent beyond `k` once the hedge time has passed.
+pub const HEDGE: usize = 1;
+
+/// Why a read cannot be set up.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReadError {
+    #[error("segment {segment} is past the manifest's {segments} segments")]
+    NoSegment { segment: usize, segments: usize },
+    #[error("a stripe needs k >= 1 shards")]
+    ZeroK,
+}
+
+/// How promising a holder is: lower is better.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum HolderRank {
+    /// Alive, with this many requests in flight (from its announcement).
+    Alive {
+        load: u32,
+    },
+    Suspect,
+    /// Not in the view.
+    Unknown,
+}
+
+/// One shard the reader may ask for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Candidate {
+    /// Position in the stripe: `< k` are data shards.
+    pub slot: u16,
+    pub holder: NodeId,
+    pub rank: HolderRank,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Queued,
+    InFlight,
+    Ok,
+    Failed,
+}
+
+/// What the caller should do now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReadStep {
+    /// Ask `holder` for shard `slot`; report with `on_ok` / `on_err`.
+    Fetch { slot: u16, holder: NodeId },
+    /// Wait for an answer, or until `until_ms` (the hedge time) if given,
+    /// then call `next` again.
+    Wait { until_ms: Option<u64> },
+    /// `k` distinct verified shards are in: decode from these slots.
+    Done { slots: Vec<u16> },
+    /// Fewer than `k` shards can still arrive.
+    Failed { found: usize, needed: usize },
+}
+
+/// The read of one stripe.
+#[derive(Debug, Clone)]
+pub struct StripeRead {
+    k: usize,
+    /// In the order they are tried.
+    candidates: Vec<(Candidate, State)>,
+    hedge_at_ms: u64,
+    hedged: bool,
+}
+
+impl StripeRead {
+    /// A read of `k` shards among `candidates` (any order; one per slot is
+    /// kept, the first given), started at `now_ms`, hedged after
+    /// `hedge_after_ms`.
+    pub fn new(
+        k: usize,
+        candidates: Vec<Candidate>,
+        now_ms: u64,
+        hedge_after_ms: u64,
+    ) -> Result<Self, ReadError> {
+        if k == 0 {
+            return Err(ReadError::ZeroK);
+        }
+        let mut list: Vec<(Candidate, State)> = Vec::with_capacity(candidates.len());
+        for c in candidates {
+            if !list.iter().any(|(o, _)| o.slot == c.slot) {
+                list.push((c, State::Queued));
+            }
+        }
+        list.sort_by_key(|(c, _)| (usize::from(c.slot) >= k, c.rank, c.slot));
+        Ok(StripeRead {
+            k,
+            candidates: list,
+            hedge_at_ms: now_ms.saturating_add(hedge_after_ms),
+            hedged: false,
+        })
+    }
+
+    /// The read of segment `segment` of `m`: its holders ranked from `view`
+    /// (`load` gives an alive holder's requests in flight). Also returns
+    /// the slots skipped because their holder is `Down`.
+    pub fn for_segment(
+        m: &Manifest,
+        segment: usize,
+        view: &View,
+        load: impl Fn(&NodeId) -> u32,
+        now_ms: u64,
+        hedge_after_ms: u64,
+    ) -> Result<(Self, Vec<(u16, NodeId)>), ReadError> {
+        let seg = m.segments.get(segment).ok_or(ReadError::NoSegment {
+            segment,
+            segments: m.segments.len(),
+        })?;
+        let mut candidates = Vec::new();
+        let mut down = Vec::new();
+        for (i, e) in seg.shards.iter().enumerate() {
+            let Some(holder) = m.holder(e) else { continue };
+            let slot = i as u16;
+            let rank = match view.get(holder).map(|mm| mm.state) {
+                Some(MemberState::Alive) => HolderRank::Alive { load: load(holder) },
+                Some(MemberState::Suspect) => HolderRank::Suspect,
+                Some(MemberState::Down) => {
+                    down.push((slot, holder.clone()));
+                    continue;
+                }
+                None => HolderRank::Unknown,
+            };
+            candidates.push(Candidate {
+                slot,
+                holder: holder.clone(),
+                rank,
+            });
+        }
+        let read = StripeRead::new(
+            usize::from(m.geometry.k),
+            candidates,
+            now_ms,
+            hedge_after_ms,
+        )?;
+        Ok((read, down))
+    }
+
+    fn count(&self, s: State) -> usize {
+        self.candidates.iter().filter(|(_, st)| *st == s).count()
+    }
+
+    /// Verified shards so far.
+    pub fn found(&self) -> usize {
+        self.count(State::Ok)
+    }
+
+    /// The next thing to do at `now_ms`.
+    pub fn next(&mut self, now_ms: u64) -> ReadStep {
+        let ok = self.count(State::Ok);
+        if ok >= self.k {
+            let slots = self
+                .candidates
+                .iter()
+                .filter(|(_, s)| *s == State::Ok)
+                .map(|(c, _)| c.slot)
+                .collect();
+            return ReadStep::Done { slots };
+        }
+        let in_flight = self.count(State::InFlight);
+        let queued = self.count(State::Queued);
+        if ok + in_flight + queued < self.k {
+            return ReadStep::Failed {
+                found: ok,
+                needed: self.k,
+            };
+        }
+        if !self.hedged && now_ms >= self.hedge_at_ms {
+            self.hedged = true;
+        }
+        let want = self.k - ok + if self.hedged { HEDGE } else { 0 };
+        if in_flight < want {
+            if let Some((c, st)) = self
+                .candidates
+                .iter_mut()
+                .find(|(_, s)| *s == State::Queued)
+            {
+                *st = State::InFlight;
+                return ReadStep::Fetch {
+                    slot: c.slot,
+                    holder: c.holder.clone(),
+                };
+            }
+        }
+        let until_ms = (!self.hedged && queued > 0).then_some(self.hedge_at_ms);
+        ReadStep::Wait { until_ms }
+    }
+
+    fn answer(&mut self, slot: u16, to: State) {
+        if let Some((_, st)) = self
+            .candidates
+            .iter_mut()
+            .find(|(c, s)| c.slot == slot && *s == State::InFlight)
+        {
+            *st = to;
+        }
+    }
+
+    /// Shard `slot` arrived and verified. Ignored unless it was asked for
+    /// and not answered yet.
+    pub fn on_ok(&mut self, slot: u16) {
+        self.answer(slot, State::Ok);
+    }
+
+    /// Shard `slot` could not be had (error, timeout, bad bytes). Ignored
+    /// unless it was asked for and not answered yet.
+    pub fn on_err(&mut self, slot: u16) {
+        self.answer(slot, State::Failed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(i: u8) -> NodeId {
+        NodeId::from_bytes(vec![0, 36, 8, 1, 18, 32, i]).unwrap()
+    }
+
+    fn cands(n: u16) -> Vec<Candidate> {
+        (0..n)
+            .rev()
+            .map(|i| Candidate {
+                slot: i,
+                holder: node(i as u8),
+                rank: HolderRank::Alive { load: 0 },
+            })
+            .collect()
+    }
+
+    fn fetch(r: &mut StripeRead, now: u64) -> Option<u16> {
+        match r.next(now) {
+            ReadStep::Fetch { slot, .. } => Some(slot),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn data_first_then_hedge_then_parity_fallback() {
+        let mut r = StripeRead::new(2, cands(4), 0, 100).unwrap();
+        assert_eq!(fetch(&mut r, 0), Some(0));
+        assert_eq!(fetch(&mut r, 0), Some(1));
+        assert_eq!(
+            r.next(0),
+            ReadStep::Wait {
+                until_ms: Some(100)
+            }
+        );
+        // The hedge: one extra request once the delay passed.
+        assert_eq!(fetch(&mut r, 100), Some(2));
+        assert_eq!(r.next(100), ReadStep::Wait { until_ms: None });
+        r.on_err(0);
+        assert_eq!(fetch(&mut r, 101), Some(3));
+        r.on_ok(1);
+        r.on_ok(1);
+        assert_eq!(r.found(), 1);
+        r.on_ok(3);
+        assert_eq!(r.next(102), ReadStep::Done { slots: vec![1, 3] });
+    }
+
+    #[test]
+    fn fails_only_when_k_are_out_of_reach() {
+        let mut r = StripeRead::new(2, cands(3), 0, 0).unwrap();
+        for _ in 0..3 {
+            assert!(fetch(&mut r, 0).is_some());
+        }
+        r.on_err(0);
+        assert_eq!(r.next(0), ReadStep::Wait { until_ms: None });
+        r.on_err(2);
+        assert_eq!(
+            r.next(0),
+            ReadStep::Failed {
+                found: 0,
+                needed: 2
+            }
+        );
+        assert_eq!(
+            StripeRead::new(0, cands(3), 0, 0).unwrap_err(),
+            ReadError::ZeroK
+        );
+    }
+}
