@@ -444,7 +444,14 @@ pub fn plan_object(input: &ObjectInput<'_>, cfg: &PlannerConfig) -> Vec<Action> 
             continue;
         }
         let key = PlacementKey::for_segment(&m.object, segment);
-        let targets = repair_targets(input.view, key, missing.len(), &keep);
+        // At most m shards of a stripe on volatile members.
+        let targets = repair_targets(
+            input.view,
+            key,
+            missing.len(),
+            &keep,
+            usize::from(m.geometry.m),
+        );
         let shards: Vec<(u16, NodeId)> = missing.into_iter().zip(targets).collect();
         if shards.is_empty() {
             out.push(Action::Wait {
@@ -472,6 +479,7 @@ pub fn plan_object(input: &ObjectInput<'_>, cfg: &PlannerConfig) -> Vec<Action> 
                 &holders,
                 |n| input.fill.get(n).copied(),
                 cfg.rebalance_margin,
+                usize::from(m.geometry.m),
             );
             for (i, to) in found {
                 if moves.len() == input.moves_left {

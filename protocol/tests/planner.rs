@@ -203,6 +203,7 @@ impl Cluster {
                 // rebalancing (driven by the fill) comes to rest.
                 weight: CAPACITY,
                 state,
+                volatile: false,
             }
         }))
     }
