@@ -410,9 +410,13 @@ async fn write_segment(
             },
         })
         .collect();
-    let first = futures::future::join_all(targets.iter().zip(&shards).zip(&ids).map(
-        |((node, bytes), id)| put_one(shared, node, *id, bytes.clone(), !view.is_volatile(node)),
-    ))
+    let first = futures::future::join_all(
+        targets
+            .iter()
+            .zip(&shards)
+            .zip(&ids)
+            .map(|((node, bytes), id)| put_one(shared, view, node, *id, bytes.clone())),
+    )
     .await;
     let mut holders: Vec<Option<NodeId>> = vec![None; n];
     let mut failed = Vec::new();
@@ -431,12 +435,8 @@ async fn write_segment(
                 .flatten()
                 .filter(|h| view.is_volatile(h))
                 .count();
-            let next = loop {
-                match spare.pop() {
-                    Some(s) if view.is_volatile(&s) && volatile >= max_volatile => continue,
-                    other => break other,
-                }
-            };
+            let next = std::iter::from_fn(|| spare.pop())
+                .find(|s| volatile < max_volatile || !view.is_volatile(s));
             let Some(node) = next else {
                 error = Some(DataError::Placement {
                     segment,
@@ -447,8 +447,7 @@ async fn write_segment(
                 break;
             };
             tried += 1;
-            let durable = !view.is_volatile(&node);
-            match put_one(shared, &node, ids[i], shards[i].clone(), durable).await {
+            match put_one(shared, view, &node, ids[i], shards[i].clone()).await {
                 Ok(()) => {
                     holders[i] = Some(node);
                     break;
@@ -471,15 +470,16 @@ async fn write_segment(
     }
 }
 
-/// Stores one copy on `node`; `durable`: the writer counts it as durable,
-/// so `node` must not keep it in memory (it refuses instead).
+/// Stores one copy on `node`. A node `view` counts as durable must not
+/// keep the copy in memory (it refuses instead).
 pub(crate) async fn put_one(
     shared: &Shared,
+    view: &View,
     node: &NodeId,
     id: ShardSlot,
     bytes: Bytes,
-    durable: bool,
 ) -> Result<(), String> {
+    let durable = !view.is_volatile(node);
     if *node == shared.local {
         let stored = if durable {
             shared.store.put_durable(id, bytes).await

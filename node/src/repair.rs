@@ -467,8 +467,7 @@ async fn rebalance_object(
                     continue;
                 }
             };
-            let durable = !view.is_volatile(&target);
-            if let Err(e) = put_one(shared, &target, slot, bytes, durable).await {
+            if let Err(e) = put_one(shared, view, &target, slot, bytes).await {
                 tracing::debug!(shard = %id.short(), to = %target.short(), error = %e, "cannot move a shard");
                 continue;
             }
@@ -575,9 +574,8 @@ async fn repair_object(
                 shard: expected,
                 owner: m.shard_ref(idx as u64, i as u16),
             };
-            let durable = !view.is_volatile(target);
             let copy = bytes::Bytes::copy_from_slice(shard);
-            match put_one(shared, target, slot, copy, durable).await {
+            match put_one(shared, view, target, slot, copy).await {
                 Ok(()) => {
                     // The old copy's release is recorded when the local
                     // replica takes the updated manifest.

@@ -374,15 +374,19 @@ pub fn place_stripe(
 ) -> Result<Vec<NodeId>, PlacementError> {
     let picks = view.place_capped(key, n, Weighting::Weighted, max_volatile);
     if picks.len() < n {
-        let (durable, volatile) = view.eligible_split();
-        return Err(PlacementError::NotEnoughDurable {
-            needed: n,
-            max_volatile,
-            durable,
-            volatile,
-        });
+        return Err(not_enough_durable(view, n, max_volatile));
     }
     Ok(picks.into_iter().cloned().collect())
+}
+
+fn not_enough_durable(view: &View, n: usize, max_volatile: usize) -> PlacementError {
+    let (durable, volatile) = view.eligible_split();
+    PlacementError::NotEnoughDurable {
+        needed: n,
+        max_volatile,
+        durable,
+        volatile,
+    }
 }
 
 /// Whether a stripe of `n` shards with at most `max_volatile` on volatile
@@ -392,12 +396,7 @@ pub fn stripe_fits(view: &View, n: usize, max_volatile: usize) -> Result<(), Pla
     if durable + volatile.min(max_volatile) >= n {
         return Ok(());
     }
-    Err(PlacementError::NotEnoughDurable {
-        needed: n,
-        max_volatile,
-        durable,
-        volatile,
-    })
+    Err(not_enough_durable(view, n, max_volatile))
 }
 
 /// Alive with free space.

@@ -483,38 +483,53 @@ impl<'a> Run<'a> {
 
     /// Waits until every node in `who` sees every node in `who` alive.
     async fn wait_converged(&mut self, who: &[usize]) -> Result<Duration> {
+        self.wait_views(who, "saw each other alive", |_, _, state| {
+            state == Some(MemberState::Alive)
+        })
+        .await
+    }
+
+    /// Waits until `ok(i, j, state)` holds for every pair of nodes of `who`:
+    /// node `i` sees node `j` in `state` (`None`: not a member it knows).
+    async fn wait_views(
+        &mut self,
+        who: &[usize],
+        what: &str,
+        ok: impl Fn(usize, usize, Option<MemberState>) -> bool,
+    ) -> Result<Duration> {
         let t0 = Instant::now();
-        let want: Vec<NodeId> = who
+        let ids: Vec<NodeId> = self
+            .nodes
             .iter()
-            .map(|&i| self.nodes[i].id.parse::<NodeId>())
+            .map(|n| n.id.parse::<NodeId>())
             .collect::<Result<_, _>>()
             .map_err(|e| anyhow!("bad node ID: {e}"))?;
         let mut last = String::new();
         while t0.elapsed() < CONVERGE_LIMIT {
-            let mut ok = true;
+            let mut all = true;
             for &i in who {
                 match self.status(i).await {
                     Ok(r) => {
-                        for id in &want {
-                            let state = r.members.iter().find(|m| &m.id == id).map(|m| m.state);
-                            if state != Some(MemberState::Alive) {
-                                ok = false;
-                                last = format!("node {i} sees {id} as {state:?}");
+                        for &j in who {
+                            let state = r.members.iter().find(|m| m.id == ids[j]).map(|m| m.state);
+                            if !ok(i, j, state) {
+                                all = false;
+                                last = format!("node {i} sees node {j} as {state:?}");
                             }
                         }
                     }
                     Err(e) => {
-                        ok = false;
+                        all = false;
                         last = e.to_string();
                     }
                 }
             }
-            if ok {
+            if all {
                 return Ok(t0.elapsed());
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        bail!("nodes {who:?} did not see each other alive within {CONVERGE_LIMIT:?}; last: {last}")
+        bail!("nodes {who:?} never {what} within {CONVERGE_LIMIT:?}; last: {last}")
     }
 
     async fn execute(&mut self) -> Result<Report> {

@@ -43,11 +43,11 @@ use dynostore_protocol::erasure::CodecKind;
 use dynostore_protocol::wire::{
     ClientRequest, ClientResponse, ControlRequest, ControlResponse, ErrorKind, PutReceipt,
 };
-use dynostore_protocol::{MemberState, NodeId, ObjectId};
+use dynostore_protocol::{MemberState, ObjectId};
 
 use super::report::Check;
 use super::scenario::{Action, Fault, NodeGroup, Scenario, Timing, Workload};
-use super::{bar, lock, Acked, Run, RunOptions, CONVERGE_LIMIT};
+use super::{bar, lock, Acked, Run, RunOptions};
 
 /// Bytes per shard of the search's objects: small, so a seed runs in a
 /// minute or two, with several segments per object.
@@ -392,6 +392,20 @@ impl Plan {
         }
     }
 
+    /// Object `i`'s length, without making its bytes.
+    pub fn len(&self, i: usize) -> u64 {
+        let seg = u64::from(self.segment_size());
+        match self.objects[i] {
+            Content::Random { segments, tail } => u64::from(segments) * seg + u64::from(tail),
+            Content::Zeros { zeros, tail } => u64::from(zeros) * seg + u64::from(tail),
+            Content::Extends {
+                base,
+                segments,
+                tail,
+            } => self.len(base) / seg * seg + u64::from(segments) * seg + u64::from(tail),
+        }
+    }
+
     /// Object `i`'s bytes.
     pub fn bytes(&self, i: usize) -> Vec<u8> {
         let seg = self.segment_size() as usize;
@@ -599,14 +613,6 @@ impl<'p> Search<'p> {
         }
     }
 
-    /// Nodes requests may go to: every running node on the client's side,
-    /// and both sides of an even partition.
-    fn entries(&self, run: &Run<'_>) -> Vec<usize> {
-        (0..run.nodes.len())
-            .filter(|i| run.nodes[*i].is_running() && !run.minority.contains(i))
-            .collect()
-    }
-
     fn touch(&mut self, object: usize, entry: usize) {
         if let Some(side) = &self.even_side {
             let s = side.contains(&entry);
@@ -677,7 +683,9 @@ impl<'p> Search<'p> {
     }
 
     async fn step(&mut self, run: &mut Run<'_>, i: usize, step: &Step) -> Result<()> {
-        let entries = self.entries(run);
+        // Every running node on the client's side; both sides of an even
+        // partition (its side is not marked as the minority).
+        let entries = run.up();
         let via = |v: u32| entries.get(v as usize % entries.len().max(1)).copied();
         match step {
             Step::Put { object, via: v } => {
@@ -776,7 +784,7 @@ impl<'p> Search<'p> {
                 else {
                     return Ok(());
                 };
-                let size = self.plan.bytes(*object).len() as u64;
+                let size = self.plan.len(*object);
                 self.gets += 1;
                 let a = Acked {
                     index: *object,
@@ -874,9 +882,7 @@ impl<'p> Search<'p> {
         }
         // The end of the faults: everyone back and connected.
         pb.set_message("healing and restarting every node");
-        if run.minority.is_empty() && self.even_side.is_none() {
-            // Nothing cut off.
-        } else {
+        if !run.minority.is_empty() || self.even_side.is_some() {
             self.step(run, usize::MAX, &Step::Heal).await?;
         }
         let down: Vec<usize> = (0..run.nodes.len())
@@ -913,7 +919,7 @@ impl<'p> Search<'p> {
             match exp {
                 Expect::Present => {
                     present += 1;
-                    let size = self.plan.bytes(o).len() as u64;
+                    let size = self.plan.len(o);
                     let a = Acked { index: o, id, size };
                     if let Err(e) = run.read_back(reader, a).await {
                         lost += 1;
@@ -1007,48 +1013,13 @@ const CLIENT_LIMIT: Duration = Duration::from_secs(10);
 /// Waits until every running node of `side` sees every running node off
 /// it as down, and the other way round.
 async fn wait_split(run: &mut Run<'_>, side: &HashSet<usize>) -> Result<Duration> {
-    let t0 = Instant::now();
     let running: Vec<usize> = (0..run.nodes.len())
         .filter(|i| run.nodes[*i].is_running())
         .collect();
-    let ids: Vec<NodeId> = run
-        .nodes
-        .iter()
-        .map(|n| n.id.parse::<NodeId>())
-        .collect::<Result<_, _>>()
-        .map_err(|e| anyhow!("bad node ID: {e}"))?;
-    let mut last = String::new();
-    while t0.elapsed() < CONVERGE_LIMIT {
-        let mut ok = true;
-        for &i in &running {
-            match run.status(i).await {
-                Ok(r) => {
-                    for &j in &running {
-                        if side.contains(&i) == side.contains(&j) {
-                            continue;
-                        }
-                        let state = r.members.iter().find(|m| m.id == ids[j]).map(|m| m.state);
-                        if !matches!(state, Some(MemberState::Down) | None) {
-                            ok = false;
-                            last = format!("node {i} sees node {j} as {state:?}");
-                        }
-                    }
-                }
-                Err(e) => {
-                    ok = false;
-                    last = e.to_string();
-                }
-            }
-            if !ok {
-                break;
-            }
-        }
-        if ok {
-            return Ok(t0.elapsed());
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    bail!("the sides of partition {side:?} did not see each other down; last: {last}")
+    run.wait_views(&running, "saw each other down", |i, j, state| {
+        side.contains(&i) == side.contains(&j) || matches!(state, Some(MemberState::Down) | None)
+    })
+    .await
 }
 
 /// How many distinct manifest versions of `object` the nodes hold.
@@ -1134,6 +1105,7 @@ mod tests {
                     shared += 1;
                 }
                 assert!(!b.is_empty());
+                assert_eq!(b.len() as u64, p.len(i));
             }
         }
         assert!(shared > 100, "{shared}");
@@ -1169,19 +1141,6 @@ mod tests {
             "Settle",
         ] {
             assert!(seen.contains(k), "{k} never drawn: {seen:?}");
-        }
-    }
-}
-
-#[cfg(test)]
-mod print {
-    #[test]
-    #[ignore]
-    fn print_plan() {
-        let seed = std::env::var("SEED").unwrap().parse().unwrap();
-        let p = super::Plan::draw(seed, 40);
-        for s in &p.steps {
-            println!("{s:?}");
         }
     }
 }
