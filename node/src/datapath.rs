@@ -28,6 +28,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
+use std::time::Duration;
 
 use blake3::Hasher;
 use bytes::Bytes;
@@ -40,20 +41,24 @@ use dynostore_protocol::manifest::{Generation, Manifest, Metadata, ShardRef, Sha
 use dynostore_protocol::placement::{
     eligible_for_writes, place_stripe, stripe_fits, PlacementError, PlacementKey, View, Weighting,
 };
+use dynostore_protocol::planner::{put_generation, tombstone_askees, Presence};
+use dynostore_protocol::read::{ReadStep, StripeRead};
 use dynostore_protocol::wire::{
-    Chunk, ClientRequest, ClientResponse, ControlRequest, ControlResponse, ErrorKind, Health,
-    ObjectStat, ObjectSummary, PutReceipt, RemoteError, SegmentStat, ShardStat, SkippedShard,
+    Chunk, ClientRequest, ClientResponse, ErrorKind, Health, ObjectStat, ObjectSummary, PutReceipt,
+    RemoteError, SegmentStat, ShardStat, SkippedShard,
 };
 use dynostore_protocol::{MemberState, NodeId, ObjectId, ShardId};
 
-use crate::net::{peer_id, read_frame, write_frame};
-use crate::node::Shared;
-use crate::shard_proto;
+use crate::net::{read_frame, write_frame};
+use crate::shared::Shared;
 
 /// Segments encoded and in flight at once, on put and on get.
 pub const SEGMENTS_IN_FLIGHT: usize = 4;
-/// Extra shard requests sent beyond `k` when reading a segment.
-const HEDGE: usize = 1;
+/// When a stripe read sends its hedged extra request: at once. On loopback
+/// and a LAN one more shard request costs less than waiting for a slow
+/// holder; with measured round-trip times (the wide-area work) this
+/// becomes a delay.
+const HEDGE_AFTER_MS: u64 = 0;
 /// How far down the manifest ranking a reader looks (covers m up to 15,
 /// plus slack for members that joined since the write).
 const MANIFEST_SEARCH: usize = 20;
@@ -217,16 +222,22 @@ async fn put(
         // again as a new generation: the user re-uploading a damaged
         // object repairs it, and the old generation's copies are released
         // once the new manifest replaces it.
-        if object_health(shared, existing).await == Health::Healthy {
+        if object_health(shared, &view, existing).await == Health::Healthy {
             return Ok(receipt(existing, 0, true));
         }
         tracing::info!(generation = %existing.generation, "the stored object is not whole: writing it again");
     }
     // No stripe may rely on more than m shards held in memory.
     stripe_fits(&view, n, usize::from(g.m))?;
-    let generation = Generation::next(
+    // Above every generation of the object anyone near its ranking knows,
+    // held or removed: a tombstone removes its generation and every older
+    // one, so an upload after `rm` must not be older than it, whatever the
+    // clocks say.
+    let seen = seen_generations(shared, &view, object).await;
+    let generation = put_generation(
         crate::manifests::wall_ms(),
-        existing.as_ref().map(|m| m.generation),
+        seen.into_iter()
+            .chain(existing.as_ref().map(|m| m.generation)),
         rand::random(),
     );
     write_frame(s, &ClientResponse::Ready).await?;
@@ -258,6 +269,27 @@ async fn put(
             Err(e)
         }
     }
+}
+
+/// The generations of `object` that this node and the members of
+/// [`tombstone_askees`] hold or removed (those that answer: a put does not
+/// wait for the silent ones; its generation is a wall-clock time as well).
+async fn seen_generations(shared: &Shared, view: &View, object: ObjectId) -> Vec<Generation> {
+    let peers = shared.peers();
+    let mut asked = tombstone_askees(view, &shared.local, &object);
+    asked.push(shared.local.clone());
+    let states = futures::future::join_all(
+        asked
+            .iter()
+            .map(|n| peers.manifest_states(n, std::slice::from_ref(&object))),
+    )
+    .await;
+    states
+        .into_iter()
+        .flatten()
+        .flatten()
+        .flat_map(|s| s.removed.into_iter().chain(s.held.map(|v| v.generation)))
+        .collect()
 }
 
 fn receipt(m: &Manifest, replicas: usize, existed: bool) -> PutReceipt {
@@ -415,7 +447,7 @@ async fn write_segment(
             .iter()
             .zip(&shards)
             .zip(&ids)
-            .map(|((node, bytes), id)| put_one(shared, view, node, *id, bytes.clone())),
+            .map(|((node, bytes), id)| shared.peers().place_shard(view, node, *id, bytes.clone())),
     )
     .await;
     let mut holders: Vec<Option<NodeId>> = vec![None; n];
@@ -423,7 +455,7 @@ async fn write_segment(
     for (i, r) in first.into_iter().enumerate() {
         match r {
             Ok(()) => holders[i] = Some(targets[i].clone()),
-            Err(e) => failed.push((i, 1usize, e)),
+            Err(e) => failed.push((i, 1usize, e.to_string())),
         }
     }
     let mut error = None;
@@ -447,12 +479,16 @@ async fn write_segment(
                 break;
             };
             tried += 1;
-            match put_one(shared, view, &node, ids[i], shards[i].clone()).await {
+            match shared
+                .peers()
+                .place_shard(view, &node, ids[i], shards[i].clone())
+                .await
+            {
                 Ok(()) => {
                     holders[i] = Some(node);
                     break;
                 }
-                Err(e) => last = e,
+                Err(e) => last = e.to_string(),
             }
         }
         if error.is_some() {
@@ -470,91 +506,17 @@ async fn write_segment(
     }
 }
 
-/// Stores one copy on `node`. A node `view` counts as durable must not
-/// keep the copy in memory (it refuses instead).
-pub(crate) async fn put_one(
-    shared: &Shared,
-    view: &View,
-    node: &NodeId,
-    id: ShardSlot,
-    bytes: Bytes,
-) -> Result<(), String> {
-    let durable = !view.is_volatile(node);
-    if *node == shared.local {
-        let stored = if durable {
-            shared.store.put_durable(id, bytes).await
-        } else {
-            shared.store.put_for(id, bytes).await
-        };
-        return stored.map_err(|e| e.to_string());
-    }
-    let peer = peer_id(node).ok_or_else(|| format!("{node} is not a peer ID"))?;
-    let mut control = shared.streams.clone();
-    shard_proto::put_shard_to(&mut control, peer, id, &bytes, durable, shared.timeout)
-        .await
-        .map_err(|e| e.to_string())
-}
-
 /// Releases the copies a failed put stored (its own references only: a
 /// copy that another object or an earlier upload owns stays). A holder
 /// that cannot be reached gets a pending release.
-async fn cleanup(shared: &Arc<Shared>, written: &[(ShardSlot, NodeId)]) {
+async fn cleanup(shared: &Shared, written: &[(ShardSlot, NodeId)]) {
     let mut by_node: BTreeMap<NodeId, Vec<ShardSlot>> = BTreeMap::new();
     for (id, node) in written {
         by_node.entry(node.clone()).or_default().push(*id);
     }
+    let peers = shared.peers();
     for (node, slots) in by_node {
-        let n = slots.len();
-        if let Err(e) = delete_shards(shared, &node, slots.clone()).await {
-            tracing::warn!(node = %node.short(), shards = n, error = %e, "could not release the shards of a failed put; kept for later");
-            if let Err(e) = shared.manifests.pending().add(&node, &slots).await {
-                tracing::warn!(error = %e, "cannot record pending releases");
-            }
-        }
-    }
-}
-
-/// Releases these references on `node`; returns how many copies went.
-pub(crate) async fn delete_shards(
-    shared: &Shared,
-    node: &NodeId,
-    slots: Vec<ShardSlot>,
-) -> Result<u32, String> {
-    let mut deleted = 0;
-    for chunk in slots.chunks(dynostore_protocol::wire::MAX_SLOTS_PER_REQUEST) {
-        if *node == shared.local {
-            for s in chunk {
-                if shared.store.release(s).await.map_err(|e| e.to_string())? {
-                    deleted += 1;
-                }
-            }
-            continue;
-        }
-        match control(
-            shared,
-            node,
-            ControlRequest::Delete {
-                slots: chunk.to_vec(),
-            },
-        )
-        .await?
-        {
-            ControlResponse::Deleted { count } => deleted += count,
-            other => return Err(format!("unexpected answer {other:?}")),
-        }
-    }
-    Ok(deleted)
-}
-
-pub(crate) async fn control(
-    shared: &Shared,
-    node: &NodeId,
-    req: ControlRequest,
-) -> Result<ControlResponse, String> {
-    let peer = peer_id(node).ok_or_else(|| format!("{node} is not a peer ID"))?;
-    match shared.request(peer, req).await? {
-        ControlResponse::Error(e) => Err(e.to_string()),
-        other => Ok(other),
+        peers.release_or_keep(&node, &slots).await;
     }
 }
 
@@ -599,37 +561,17 @@ async fn store_manifest(
         let results = futures::future::join_all(
             batch
                 .iter()
-                .map(|node| put_manifest_one(shared, node, m.object, &bytes)),
+                .map(|node| shared.peers().put_manifest(node, m.object, &bytes)),
         )
         .await;
         for r in results {
             match r {
                 Ok(()) => stored += 1,
-                Err(e) => last = e,
+                Err(e) => last = e.to_string(),
             }
         }
     }
     Ok(stored)
-}
-
-pub(crate) async fn put_manifest_one(
-    shared: &Shared,
-    node: &NodeId,
-    object: ObjectId,
-    bytes: &[u8],
-) -> Result<(), String> {
-    if *node == shared.local {
-        return shared
-            .manifests
-            .put(object, bytes)
-            .await
-            .map_err(|e| e.to_string());
-    }
-    let peer = peer_id(node).ok_or_else(|| format!("{node} is not a peer ID"))?;
-    let mut control = shared.streams.clone();
-    shard_proto::put_manifest(&mut control, peer, object, bytes, shared.timeout)
-        .await
-        .map_err(|e| e.to_string())
 }
 
 /// The manifest of `object`: from this node if it holds a replica, else
@@ -641,7 +583,17 @@ pub(crate) async fn find_manifest(
     depth: usize,
 ) -> Option<Manifest> {
     let ranking = manifest_ranking(view, &object);
-    let mut found = shared.manifests.get(&object).ok().flatten();
+    let peers = shared.peers();
+    let fetch = |node: &NodeId| {
+        let node = node.clone();
+        async move {
+            peers.manifest(&node, object).await.unwrap_or_else(|e| {
+                tracing::debug!(error = %e, "manifest lookup failed");
+                None
+            })
+        }
+    };
+    let mut found = fetch(&shared.local).await;
     let mut asked = Vec::new();
     if found.is_none() {
         for node in ranking.iter().take(depth) {
@@ -649,7 +601,7 @@ pub(crate) async fn find_manifest(
                 continue;
             }
             asked.push(node.clone());
-            if let Some(m) = remote_manifest(shared, node, object).await {
+            if let Some(m) = fetch(node).await {
                 found = Some(m);
                 break;
             }
@@ -663,30 +615,13 @@ pub(crate) async fn find_manifest(
         .take(r)
         .filter(|n| *n != shared.local && !asked.contains(n))
         .collect();
-    let copies =
-        futures::future::join_all(others.iter().map(|n| remote_manifest(shared, n, object))).await;
+    let copies = futures::future::join_all(others.iter().map(fetch)).await;
     for m in copies.into_iter().flatten() {
         if m.version() > best.version() {
             best = m;
         }
     }
     Some(best)
-}
-
-pub(crate) async fn remote_manifest(
-    shared: &Shared,
-    node: &NodeId,
-    object: ObjectId,
-) -> Option<Manifest> {
-    let peer = peer_id(node)?;
-    let mut control = shared.streams.clone();
-    match shard_proto::get_manifest(&mut control, peer, object, shared.timeout).await {
-        Ok(m) => m,
-        Err(e) => {
-            tracing::debug!(node = %node.short(), error = %e, "manifest lookup failed");
-            None
-        }
-    }
 }
 
 async fn require_manifest(shared: &Arc<Shared>, object: ObjectId) -> Result<Manifest, DataError> {
@@ -768,116 +703,123 @@ async fn get(shared: &Arc<Shared>, s: &mut Stream, object: ObjectId) -> Result<(
     Ok(())
 }
 
-/// Fetches any `k` verified shards of segment `idx` and decodes it.
+/// Fetches any `k` verified shards of segment `idx` and decodes it, as
+/// [`StripeRead`] directs: data shards first, live and lightly loaded
+/// holders first, a failed request replaced by the next candidate, one
+/// hedged extra request after [`HEDGE_AFTER_MS`].
 pub(crate) async fn read_segment(
     shared: &Arc<Shared>,
     m: &Manifest,
     idx: usize,
 ) -> Result<(Vec<u8>, Vec<SkippedShard>), DataError> {
     let g = m.geometry;
-    let k = usize::from(g.k);
-    let seg = &m.segments[idx];
-    let mut skipped = Vec::new();
-    // Candidates: data shards first, then parity; live and lightly loaded
-    // holders first within each.
-    let mut candidates: Vec<(usize, NodeId, (u8, u32))> = Vec::new();
-    {
-        let members = shared.membership();
-        for (i, e) in seg.shards.iter().enumerate() {
-            let Some(holder) = m.holder(e) else { continue };
-            let rank = match members.get(holder) {
-                Some(entry) => match entry.state {
-                    MemberState::Alive => (0, entry.announcement.load.requests_in_flight),
-                    MemberState::Suspect => (1, u32::MAX),
-                    MemberState::Down => {
-                        skipped.push(SkippedShard {
-                            segment: idx as u64,
-                            shard: e.id,
-                            holder: holder.clone(),
-                            reason: "holder is down".into(),
-                        });
-                        continue;
-                    }
-                },
-                None => (2, u32::MAX),
-            };
-            candidates.push((i, holder.clone(), rank));
-        }
-    }
-    candidates.sort_by_key(|(i, _, rank)| (*i >= k, *rank, *i));
-    let mut queue = candidates.into_iter();
-    let mut pending = FuturesUnordered::new();
-    let launch = |pending: &mut FuturesUnordered<_>, (i, holder, _): (usize, NodeId, (u8, u32))| {
-        let shared = shared.clone();
-        let id = seg.shards[i].id;
-        pending.push(async move {
-            let r = get_one(&shared, &holder, id).await;
-            (i, holder, id, r)
-        });
+    let seg = m
+        .segments
+        .get(idx)
+        .ok_or_else(|| DataError::Internal(format!("segment {idx} is past the manifest")))?;
+    let skip = |slot: u16, holder: NodeId, reason: String| SkippedShard {
+        segment: idx as u64,
+        shard: seg.shards[usize::from(slot)].id,
+        holder,
+        reason,
     };
-    for c in queue.by_ref().take(k + HEDGE) {
-        launch(&mut pending, c);
-    }
+    let (mut read, down) = {
+        let members = shared.membership();
+        let view = members.view();
+        let load = |n: &NodeId| {
+            members
+                .get(n)
+                .map_or(u32::MAX, |e| e.announcement.load.requests_in_flight)
+        };
+        StripeRead::for_segment(m, idx, &view, load, shared.now_ms(), HEDGE_AFTER_MS)
+            .map_err(|e| DataError::Internal(e.to_string()))?
+    };
+    let mut skipped: Vec<SkippedShard> = down
+        .into_iter()
+        .map(|(slot, holder)| skip(slot, holder, "holder is down".into()))
+        .collect();
+    let peers = shared.peers();
+    let mut pending = FuturesUnordered::new();
     let mut got: Vec<Option<Bytes>> = vec![None; g.n()];
-    let mut found = 0;
-    while let Some((i, holder, id, r)) = pending.next().await {
+    let slots = loop {
+        let answer = match read.next(shared.now_ms()) {
+            ReadStep::Fetch { slot, holder } => {
+                let id = seg.shards[usize::from(slot)].id;
+                pending.push(async move {
+                    let r = peers.get_shard(&holder, id).await;
+                    (slot, holder, r)
+                });
+                continue;
+            }
+            ReadStep::Done { slots } => break slots,
+            ReadStep::Failed { found, needed } => {
+                return Err(unreadable(idx, found, needed, &skipped));
+            }
+            ReadStep::Wait { until_ms } => {
+                let wait =
+                    until_ms.map(|t| Duration::from_millis(t.saturating_sub(shared.now_ms())));
+                tokio::select! {
+                    a = pending.next() => a,
+                    () = sleep_or_forever(wait) => continue,
+                }
+            }
+        };
+        let Some((slot, holder, r)) = answer else {
+            // Nothing in flight and nothing to ask: the read cannot finish.
+            return Err(unreadable(idx, read.found(), usize::from(g.k), &skipped));
+        };
         match r {
             Ok(bytes) => {
-                got[i] = Some(bytes);
-                found += 1;
-                if found == k {
-                    break;
-                }
+                got[usize::from(slot)] = Some(bytes);
+                read.on_ok(slot);
             }
-            Err(reason) => {
-                skipped.push(SkippedShard {
-                    segment: idx as u64,
-                    shard: id,
-                    holder,
-                    reason,
-                });
-                if let Some(c) = queue.next() {
-                    launch(&mut pending, c);
-                }
+            Err(e) => {
+                skipped.push(skip(slot, holder, e.to_string()));
+                read.on_err(slot);
             }
         }
-    }
+    };
     drop(pending);
-    if found < k {
-        let details = skipped
-            .iter()
-            .map(|s| {
-                format!(
-                    "shard {} on {}: {}",
-                    s.shard.short(),
-                    s.holder.short(),
-                    s.reason
-                )
-            })
-            .collect::<Vec<_>>()
-            .join("; ");
-        return Err(DataError::Unreadable {
-            segment: idx as u64,
-            found,
-            needed: k,
-            details,
-        });
-    }
-    let view: Vec<Option<&[u8]>> = got.iter().map(|b| b.as_deref()).collect();
+    let view: Vec<Option<&[u8]>> = (0..g.n())
+        .map(|i| {
+            slots
+                .contains(&(i as u16))
+                .then(|| got[i].as_deref())
+                .flatten()
+        })
+        .collect();
     let bytes =
         erasure::decode(g, seg.len, &view).map_err(|e| DataError::Internal(e.to_string()))?;
     Ok((bytes, skipped))
 }
 
-pub(crate) async fn get_one(shared: &Shared, node: &NodeId, id: ShardId) -> Result<Bytes, String> {
-    if *node == shared.local {
-        return shared.store.get(&id).await.map_err(|e| e.to_string());
+/// Sleeps for `wait`, or forever when there is nothing to wait for.
+async fn sleep_or_forever(wait: Option<Duration>) {
+    match wait {
+        Some(d) => tokio::time::sleep(d).await,
+        None => std::future::pending().await,
     }
-    let peer = peer_id(node).ok_or_else(|| format!("{node} is not a peer ID"))?;
-    let mut control = shared.streams.clone();
-    shard_proto::get_shard(&mut control, peer, id, shared.timeout)
-        .await
-        .map_err(|e| e.to_string())
+}
+
+fn unreadable(idx: usize, found: usize, needed: usize, skipped: &[SkippedShard]) -> DataError {
+    let details = skipped
+        .iter()
+        .map(|s| {
+            format!(
+                "shard {} on {}: {}",
+                s.shard.short(),
+                s.holder.short(),
+                s.reason
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("; ");
+    DataError::Unreadable {
+        segment: idx as u64,
+        found,
+        needed,
+        details,
+    }
 }
 
 async fn stat(shared: &Arc<Shared>, object: ObjectId) -> Result<ObjectStat, DataError> {
@@ -954,44 +896,24 @@ async fn stat(shared: &Arc<Shared>, object: ObjectId) -> Result<ObjectStat, Data
 
 /// The shards among `shards` that `node` holds intact.
 async fn verify_on(shared: &Shared, node: &NodeId, shards: Vec<ShardId>) -> HashSet<ShardId> {
-    let mut ok = HashSet::new();
-    for chunk in shards.chunks(dynostore_protocol::wire::MAX_SHARDS_PER_REQUEST) {
-        if *node == shared.local {
-            for s in chunk {
-                if shared.store.get(s).await.is_ok() {
-                    ok.insert(*s);
-                }
-            }
-            continue;
-        }
-        match control(
-            shared,
-            node,
-            ControlRequest::Verify {
-                shards: chunk.to_vec(),
-            },
-        )
-        .await
-        {
-            Ok(ControlResponse::Has { present }) => {
-                ok.extend(
-                    chunk
-                        .iter()
-                        .zip(present)
-                        .filter(|(_, p)| *p)
-                        .map(|(s, _)| *s),
-                );
-            }
-            Ok(other) => tracing::warn!(node = %node.short(), "unexpected verify answer {other:?}"),
-            Err(e) => tracing::debug!(node = %node.short(), error = %e, "verify failed"),
+    match shared.peers().verify(node, &shards).await {
+        Ok(ok) => shards
+            .into_iter()
+            .zip(ok)
+            .filter(|(_, ok)| *ok)
+            .map(|(s, _)| s)
+            .collect(),
+        Err(e) => {
+            tracing::debug!(node = %node.short(), error = %e, "verify failed");
+            HashSet::new()
         }
     }
-    ok
 }
 
 async fn remove(shared: &Arc<Shared>, object: ObjectId) -> Result<ClientResponse, DataError> {
     let m = require_manifest(shared, object).await?;
-    let shards = crate::repair::remove_shards(shared, &m).await;
+    let peers = shared.peers();
+    let shards = peers.release_manifest(&m).await;
     // Manifest replicas may sit anywhere the ranking pointed over time: ask
     // every live member. Each keeps a tombstone, from which members that
     // are down now learn of the removal when they return.
@@ -1001,28 +923,19 @@ async fn remove(shared: &Arc<Shared>, object: ObjectId) -> Result<ClientResponse
         .filter(|(_, e)| e.state != MemberState::Down)
         .map(|(id, _)| id.clone())
         .collect();
-    let mut manifests = 0u32;
     let generation = m.generation;
-    for node in members {
-        if node == shared.local {
-            if shared
-                .manifests
-                .remove(&object, generation, shared.tombstone_until())
-                .await
-                .unwrap_or(false)
-            {
-                manifests += 1;
-            }
-            continue;
-        }
-        if let Ok(ControlResponse::Deleted { count }) = control(
-            shared,
-            &node,
-            ControlRequest::DeleteManifest { object, generation },
-        )
-        .await
-        {
-            manifests += count;
+    let removed = futures::future::join_all(
+        members
+            .iter()
+            .map(|node| peers.remove_manifest(node, object, generation)),
+    )
+    .await;
+    let mut manifests = 0u32;
+    for r in removed {
+        match r {
+            Ok(true) => manifests += 1,
+            Ok(false) => {}
+            Err(e) => tracing::debug!(error = %e, "tombstone not stored on a member"),
         }
     }
     Ok(ClientResponse::Removed { shards, manifests })
@@ -1043,20 +956,16 @@ async fn list(shared: &Arc<Shared>) -> Result<Vec<ObjectSummary>, DataError> {
         .filter(|(id, e)| **id != shared.local && e.state == MemberState::Alive)
         .map(|(id, _)| id.clone())
         .collect();
-    let answers = futures::future::join_all(
-        members
-            .iter()
-            .map(|node| control(shared, node, ControlRequest::ListManifests)),
-    )
-    .await;
+    let peers = shared.peers();
+    let answers =
+        futures::future::join_all(members.iter().map(|node| peers.list_manifests(node))).await;
     for a in answers {
         match a {
-            Ok(ControlResponse::Manifests { objects }) => {
+            Ok(objects) => {
                 for o in objects {
                     all.entry(o.object).or_insert(o);
                 }
             }
-            Ok(_) => {}
             Err(e) => tracing::debug!(error = %e, "a member did not list its manifests"),
         }
     }
@@ -1065,56 +974,47 @@ async fn list(shared: &Arc<Shared>) -> Result<Vec<ObjectSummary>, DataError> {
 
 /// Which copies of `m` are present, per segment and shard position, by a
 /// cheap `Has` on every holder (no re-hash). A `Down` or unknown holder
-/// holds nothing; a holder that does not answer counts as `unreachable`.
+/// holds nothing (it is not asked).
 pub(crate) async fn slot_presence(
     shared: &Shared,
+    view: &View,
     m: &Manifest,
-    unreachable: bool,
-) -> Vec<Vec<bool>> {
-    let mut by_holder: BTreeMap<u32, Vec<(usize, usize, ShardSlot)>> = BTreeMap::new();
+) -> Vec<Vec<Presence>> {
+    let mut by_holder: BTreeMap<NodeId, Vec<(usize, usize, ShardSlot)>> = BTreeMap::new();
     for (s, seg) in m.segments.iter().enumerate() {
         for (i, e) in seg.shards.iter().enumerate() {
+            let Some(holder) = m.holder(e) else { continue };
             let slot = ShardSlot {
                 shard: e.id,
                 owner: m.shard_ref(s as u64, i as u16),
             };
-            by_holder.entry(e.holder).or_default().push((s, i, slot));
+            by_holder
+                .entry(holder.clone())
+                .or_default()
+                .push((s, i, slot));
         }
     }
-    let mut out: Vec<Vec<bool>> = m
+    let mut out: Vec<Vec<Presence>> = m
         .segments
         .iter()
-        .map(|seg| vec![false; seg.shards.len()])
+        .map(|seg| vec![Presence::Absent; seg.shards.len()])
         .collect();
-    let answers = futures::future::join_all(by_holder.into_iter().map(|(h, slots)| async move {
-        let node = m.holders[h as usize].clone();
-        let state = shared.membership().get(&node).map(|e| e.state);
-        let mut flags = Vec::with_capacity(slots.len());
-        if node == shared.local {
-            for (_, _, slot) in &slots {
-                flags.push(shared.store.has_slot(slot).await.unwrap_or(false));
+    let peers = shared.peers();
+    let answers =
+        futures::future::join_all(by_holder.into_iter().map(|(node, slots)| async move {
+            let gone = node != shared.local
+                && view.get(&node).is_none_or(|e| e.state == MemberState::Down);
+            if gone {
+                return (slots, Vec::new());
             }
-        } else if state == Some(MemberState::Down) || state.is_none() {
-            flags.resize(slots.len(), false);
-        } else {
-            for chunk in slots.chunks(dynostore_protocol::wire::MAX_SLOTS_PER_REQUEST) {
-                let req = ControlRequest::Has {
-                    slots: chunk.iter().map(|(_, _, s)| *s).collect(),
-                };
-                match control(shared, &node, req).await {
-                    Ok(ControlResponse::Has { present }) if present.len() == chunk.len() => {
-                        flags.extend(present)
-                    }
-                    _ => flags.extend(std::iter::repeat_n(unreachable, chunk.len())),
-                }
-            }
-        }
-        (slots, flags)
-    }))
-    .await;
+            let asked: Vec<ShardSlot> = slots.iter().map(|(_, _, s)| *s).collect();
+            let flags = peers.presence(&node, &asked).await;
+            (slots, flags)
+        }))
+        .await;
     for (slots, flags) in answers {
-        for ((s, i, _), ok) in slots.into_iter().zip(flags) {
-            out[s][i] = ok;
+        for ((s, i, _), p) in slots.into_iter().zip(flags) {
+            out[s][i] = p;
         }
     }
     out
@@ -1122,14 +1022,14 @@ pub(crate) async fn slot_presence(
 
 /// The health of `m` from [`slot_presence`], holders that do not answer
 /// counted as missing.
-async fn object_health(shared: &Shared, m: &Manifest) -> Health {
+async fn object_health(shared: &Shared, view: &View, m: &Manifest) -> Health {
     let k = usize::from(m.geometry.k);
     let n = m.geometry.n();
-    slot_presence(shared, m, false)
+    slot_presence(shared, view, m)
         .await
         .iter()
         .map(|seg| {
-            let good = seg.iter().filter(|p| **p).count();
+            let good = seg.iter().filter(|p| **p == Presence::Present).count();
             if good >= n {
                 Health::Healthy
             } else if good >= k {

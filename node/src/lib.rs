@@ -22,6 +22,8 @@ pub mod manifests;
 pub mod net;
 pub mod node;
 pub mod objects;
+pub mod peers;
 pub mod repair;
 pub mod shard_proto;
+pub(crate) mod shared;
 pub mod store;

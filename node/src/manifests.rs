@@ -330,6 +330,33 @@ impl ManifestStore {
         Ok(out)
     }
 
+    /// Every unexpired tombstone at `now_ms`: `(object, generation)`, in
+    /// key order.
+    pub fn tombstones(
+        &self,
+        now_ms: u64,
+    ) -> Result<Vec<(ObjectId, Generation)>, ManifestStoreError> {
+        let mut out = Vec::new();
+        for (k, v) in self.tombstones.iter()? {
+            let until = <[u8; 8]>::try_from(v.as_slice()).map_or(0, u64::from_le_bytes);
+            if until <= now_ms {
+                continue;
+            }
+            let object = k
+                .get(..32)
+                .and_then(|b| <[u8; 32]>::try_from(b).ok())
+                .map(ObjectId::from_bytes);
+            let generation = k
+                .get(32..48)
+                .and_then(|b| <&[u8; 16]>::try_from(b).ok())
+                .map(Generation::from_bytes);
+            if let (Some(o), Some(g)) = (object, generation) {
+                out.push((o, g));
+            }
+        }
+        Ok(out)
+    }
+
     /// Drops expired tombstones; returns how many.
     pub fn purge_tombstones(&self, now_ms: u64) -> Result<usize, ManifestStoreError> {
         let mut n = 0;

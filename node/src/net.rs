@@ -20,8 +20,9 @@ use libp2p::core::muxing::StreamMuxerBox;
 use libp2p::core::transport::{Boxed, Transport as _};
 use libp2p::core::upgrade::Version;
 use libp2p::identity::Keypair;
-use libp2p::request_response::{self, ProtocolSupport};
+use libp2p::request_response::{self, ProtocolSupport, ResponseChannel};
 use libp2p::{noise, tcp, yamux, PeerId, StreamProtocol};
+use tokio::sync::oneshot;
 
 use crate::keys::NetworkKey;
 use dynostore_protocol::wire::{
@@ -194,4 +195,18 @@ pub fn node_id(peer: &PeerId) -> dynostore_protocol::NodeId {
 /// The `PeerId` of a node ID, if it is one.
 pub fn peer_id(node: &dynostore_protocol::NodeId) -> Option<PeerId> {
     PeerId::from_bytes(node.as_bytes()).ok()
+}
+
+/// What the node's tasks ask of the event loop, which owns the swarm.
+pub(crate) enum Command {
+    Publish(Vec<u8>),
+    Respond {
+        channel: ResponseChannel<ControlResponse>,
+        response: ControlResponse,
+    },
+    Request {
+        peer: PeerId,
+        request: ControlRequest,
+        reply: oneshot::Sender<Result<ControlResponse, String>>,
+    },
 }

@@ -19,9 +19,9 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures::StreamExt;
 use libp2p::gossipsub::{self, IdentTopic, MessageAuthenticity, ValidationMode};
@@ -35,15 +35,17 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use dynostore_protocol::membership::{Membership, Timeouts};
 use dynostore_protocol::wire::{
-    Announcement, ControlRequest, ControlResponse, Load, MemberReport, RemoteError, RepairReport,
-    StatusReport, WireMessage, ANNOUNCEMENT_VERSION, ANNOUNCE_TOPIC,
+    Announcement, ControlRequest, ControlResponse, Load, RemoteError, WireMessage,
+    ANNOUNCEMENT_VERSION, ANNOUNCE_TOPIC,
 };
 use dynostore_protocol::{MemberState, NodeId};
 
 use crate::config::{Config, ADDR_FILE, IDENTITY_FILE};
 use crate::keys;
 use crate::manifests::ManifestStore;
-use crate::net::{self, ControlBehaviour};
+use crate::net::{self, Command, ControlBehaviour};
+use crate::peers::PeerNet;
+use crate::shared::Shared;
 use crate::store::ShardStore;
 
 /// Inbound shard streams served at once; bounds memory to this many shards.
@@ -95,140 +97,6 @@ struct NodeBehaviour {
     stream: libp2p_stream::Behaviour,
 }
 
-pub(crate) enum Command {
-    Publish(Vec<u8>),
-    Respond {
-        channel: ResponseChannel<ControlResponse>,
-        response: ControlResponse,
-    },
-    Request {
-        peer: PeerId,
-        request: ControlRequest,
-        reply: oneshot::Sender<Result<ControlResponse, String>>,
-    },
-}
-
-/// State shared by the event loop and the node's tasks.
-pub(crate) struct Shared {
-    pub(crate) local: NodeId,
-    site: String,
-    pub(crate) store: ShardStore,
-    pub(crate) manifests: ManifestStore,
-    membership: Mutex<Membership>,
-    pub(crate) start: Instant,
-    listen_addrs: Mutex<Vec<Multiaddr>>,
-    in_flight: AtomicU32,
-    bytes_moved: AtomicU64,
-    pub(crate) timeout: Duration,
-    /// For opening shard streams to other nodes.
-    pub(crate) streams: libp2p_stream::Control,
-    cmd_tx: mpsc::Sender<Command>,
-    pub(crate) repair_wake: tokio::sync::Notify,
-    pub(crate) repair_rate: crate::repair::RateLimit,
-    pub(crate) scrub_lock: tokio::sync::Mutex<()>,
-    /// `now_ms` of the last finished scrub plus one (0: never).
-    pub(crate) last_scrub_ms: AtomicU64,
-    stats: Mutex<RepairReport>,
-    tombstone_ttl_ms: u64,
-}
-
-impl Shared {
-    pub(crate) fn repair_stats(&self, f: impl FnOnce(&mut RepairReport)) {
-        f(&mut self
-            .stats
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner));
-    }
-
-    pub(crate) fn is_closed(&self) -> bool {
-        self.cmd_tx.is_closed()
-    }
-
-    /// Wall-clock expiry for a tombstone made now.
-    pub(crate) fn tombstone_until(&self) -> u64 {
-        crate::manifests::wall_ms() + self.tombstone_ttl_ms
-    }
-
-    fn repair_report(&self) -> RepairReport {
-        let mut r = self
-            .stats
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone();
-        r.pending_deletes = self.manifests.pending().count();
-        let last = self.last_scrub_ms.load(Ordering::Relaxed);
-        r.last_scrub_ms_ago = (last > 0).then(|| self.now_ms().saturating_sub(last - 1));
-        r
-    }
-
-    fn now_ms(&self) -> u64 {
-        self.start.elapsed().as_millis() as u64
-    }
-
-    /// Sends a control request to `peer` through the event loop.
-    pub(crate) async fn request(
-        &self,
-        peer: PeerId,
-        request: ControlRequest,
-    ) -> Result<ControlResponse, String> {
-        let (reply, rx) = oneshot::channel();
-        self.cmd_tx
-            .send(Command::Request {
-                peer,
-                request,
-                reply,
-            })
-            .await
-            .map_err(|_| "the node is shutting down".to_string())?;
-        rx.await
-            .map_err(|_| "the node is shutting down".to_string())?
-    }
-
-    pub(crate) fn membership(&self) -> std::sync::MutexGuard<'_, Membership> {
-        // A poisoned lock means a panic elsewhere already; the view itself
-        // is still consistent (every update is a single insert or field set).
-        self.membership
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    async fn status(&self) -> StatusReport {
-        let containers = self.store.reports().await;
-        let now = self.now_ms();
-        let members = self
-            .membership()
-            .entries()
-            .map(|(id, e)| {
-                let a = &e.announcement;
-                MemberReport {
-                    id: id.clone(),
-                    site: a.site.clone(),
-                    state: e.state,
-                    capacity_bytes: a.capacity_bytes(),
-                    free_bytes: a.free_bytes(),
-                    addrs: a.addrs.clone(),
-                    load: a.load,
-                    software: a.software.clone(),
-                    last_seen_ms: if *id == self.local {
-                        0
-                    } else {
-                        now.saturating_sub(e.last_seen_ms)
-                    },
-                    seq: a.seq,
-                    volatile: a.is_volatile(),
-                }
-            })
-            .collect();
-        StatusReport {
-            node: self.local.clone(),
-            containers,
-            shards_stored: self.store.shard_count(),
-            members,
-            repair: self.repair_report(),
-        }
-    }
-}
-
 /// Runs the node in `dir` until `shutdown` completes or a signal arrives.
 pub async fn run(
     dir: &Path,
@@ -248,32 +116,28 @@ pub async fn run(
     let local = net::node_id(&key.public().to_peer_id());
     let mut swarm = build_swarm(&key, psk.as_ref(), &cfg)?;
     let (cmd_tx, cmd_rx) = mpsc::channel(COMMAND_QUEUE);
-    let shared = Arc::new(Shared {
-        local: local.clone(),
-        site: cfg.site.clone(),
+    let membership = Membership::new(
+        local.clone(),
+        Timeouts {
+            suspect_after_ms: cfg.suspect_after_ms,
+            down_after_ms: cfg.down_after_ms,
+        },
+    );
+    let net = PeerNet::new(
+        swarm.behaviour().stream.new_control(),
+        cmd_tx.clone(),
+        cfg.request_timeout(),
+    );
+    let shared = Arc::new(Shared::new(
+        local,
+        cfg.site.clone(),
         store,
         manifests,
-        membership: Mutex::new(Membership::new(
-            local,
-            Timeouts {
-                suspect_after_ms: cfg.suspect_after_ms,
-                down_after_ms: cfg.down_after_ms,
-            },
-        )),
-        start: Instant::now(),
-        listen_addrs: Mutex::new(Vec::new()),
-        in_flight: AtomicU32::new(0),
-        bytes_moved: AtomicU64::new(0),
-        timeout: cfg.request_timeout(),
-        streams: swarm.behaviour().stream.new_control(),
-        cmd_tx: cmd_tx.clone(),
-        repair_wake: tokio::sync::Notify::new(),
-        repair_rate: crate::repair::RateLimit::new(cfg.repair_rate_bytes_per_sec),
-        scrub_lock: tokio::sync::Mutex::new(()),
-        last_scrub_ms: AtomicU64::new(0),
-        stats: Mutex::new(RepairReport::default()),
-        tombstone_ttl_ms: cfg.tombstone_ttl_ms,
-    });
+        membership,
+        net,
+        cfg.repair_rate_bytes_per_sec,
+        cfg.tombstone_ttl_ms,
+    ));
     for addr in cfg.listen_addrs() {
         swarm
             .listen_on(addr.clone())
@@ -402,19 +266,19 @@ fn spawn_servers(
                 let Ok(permit) = permits.acquire_owned().await else {
                     return;
                 };
-                shared.in_flight.fetch_add(1, Ordering::Relaxed);
+                shared.traffic.in_flight.fetch_add(1, Ordering::Relaxed);
                 let r = crate::shard_proto::serve_stream(
                     stream,
                     peer,
                     shared.store.clone(),
                     shared.manifests.clone(),
-                    shared.timeout,
+                    shared.net.timeout,
                 )
                 .await;
-                shared.in_flight.fetch_sub(1, Ordering::Relaxed);
+                shared.traffic.in_flight.fetch_sub(1, Ordering::Relaxed);
                 match r {
                     Ok(n) => {
-                        shared.bytes_moved.fetch_add(n, Ordering::Relaxed);
+                        shared.traffic.bytes_moved.fetch_add(n, Ordering::Relaxed);
                     }
                     Err(e) => tracing::debug!(%peer, error = %e, "shard stream failed"),
                 }
@@ -451,10 +315,11 @@ async fn announce_loop(shared: Arc<Shared>, interval: Duration, cmd_tx: mpsc::Se
     loop {
         ticker.tick().await;
         seq += 1;
-        let moved = shared.bytes_moved.load(Ordering::Relaxed);
+        let moved = shared.traffic.bytes_moved.load(Ordering::Relaxed);
         let bytes_per_sec = (moved - last_bytes) * 1000 / interval.as_millis().max(1) as u64;
         last_bytes = moved;
         let addrs = shared
+            .traffic
             .listen_addrs
             .lock()
             .map(|a| a.iter().map(ToString::to_string).collect())
@@ -466,7 +331,7 @@ async fn announce_loop(shared: Arc<Shared>, interval: Duration, cmd_tx: mpsc::Se
             addrs,
             containers: shared.store.reports().await,
             load: Load {
-                requests_in_flight: shared.in_flight.load(Ordering::Relaxed),
+                requests_in_flight: shared.traffic.in_flight.load(Ordering::Relaxed),
                 bytes_per_sec,
             },
             software: env!("CARGO_PKG_VERSION").to_string(),
@@ -482,7 +347,7 @@ async fn announce_loop(shared: Arc<Shared>, interval: Duration, cmd_tx: mpsc::Se
         for t in changes {
             tracing::info!(node = %t.node, from = ?t.from, to = t.to.as_str(), "member state changed");
             if t.to == MemberState::Down {
-                shared.repair_wake.notify_one();
+                shared.repair.wake.notify_one();
             }
         }
         if cmd_tx.send(Command::Publish(bytes)).await.is_err() {
@@ -627,6 +492,7 @@ impl EventLoop {
                 let all = {
                     let mut addrs = self
                         .shared
+                        .traffic
                         .listen_addrs
                         .lock()
                         .unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -638,6 +504,7 @@ impl EventLoop {
             SwarmEvent::ExpiredListenAddr { address, .. } => {
                 let mut addrs = self
                     .shared
+                    .traffic
                     .listen_addrs
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner);
