@@ -28,37 +28,31 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
-use std::time::Duration;
 
 use blake3::Hasher;
 use bytes::Bytes;
-use futures::stream::{FuturesOrdered, FuturesUnordered};
+use futures::stream::FuturesOrdered;
 use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
 use libp2p::{PeerId, Stream};
 
-use dynostore_protocol::erasure::{self, Encoder, Geometry};
+use dynostore_protocol::erasure::{Encoder, Geometry};
 use dynostore_protocol::manifest::{Generation, Manifest, Metadata, ShardRef, ShardSlot};
 use dynostore_protocol::placement::{
     eligible_for_writes, place_stripe, stripe_fits, PlacementError, PlacementKey, View, Weighting,
 };
 use dynostore_protocol::planner::{put_generation, tombstone_askees, Presence};
-use dynostore_protocol::read::{ReadStep, StripeRead};
 use dynostore_protocol::wire::{
     Chunk, ClientRequest, ClientResponse, ErrorKind, Health, ObjectStat, ObjectSummary, PutReceipt,
-    RemoteError, SegmentStat, ShardStat, SkippedShard,
+    RemoteError, SegmentStat, ShardStat,
 };
 use dynostore_protocol::{MemberState, NodeId, ObjectId, ShardId};
 
 use crate::net::{read_frame, write_frame};
 use crate::shared::Shared;
+use crate::stripes::{read_segment, slot_presence, StripeError};
 
 /// Segments encoded and in flight at once, on put and on get.
 pub const SEGMENTS_IN_FLIGHT: usize = 4;
-/// When a stripe read sends its hedged extra request: at once. On loopback
-/// and a LAN one more shard request costs less than waiting for a slow
-/// holder; with measured round-trip times (the wide-area work) this
-/// becomes a delay.
-const HEDGE_AFTER_MS: u64 = 0;
 /// How far down the manifest ranking a reader looks (covers m up to 15,
 /// plus slack for members that joined since the write).
 const MANIFEST_SEARCH: usize = 20;
@@ -89,13 +83,8 @@ pub enum DataError {
         tried: usize,
         last: String,
     },
-    #[error("segment {segment}: found {found} of the {needed} shards needed; {details}")]
-    Unreadable {
-        segment: u64,
-        found: usize,
-        needed: usize,
-        details: String,
-    },
+    #[error(transparent)]
+    Stripe(#[from] StripeError),
     #[error("the object's bytes hash to {actual}, not to its ID {expected}")]
     Integrity {
         expected: ObjectId,
@@ -122,10 +111,10 @@ impl DataError {
             }
             DataError::UnknownObject(_) => ErrorKind::NotFound,
             DataError::Integrity { .. } => ErrorKind::Integrity,
-            DataError::Unreadable { .. }
+            DataError::Stripe(StripeError::Unreadable { .. })
             | DataError::Placement { .. }
             | DataError::ManifestReplicas { .. } => ErrorKind::Unavailable,
-            DataError::Io(_) | DataError::Internal(_) => ErrorKind::Internal,
+            DataError::Stripe(_) | DataError::Io(_) | DataError::Internal(_) => ErrorKind::Internal,
         }
     }
 
@@ -653,7 +642,11 @@ async fn get(shared: &Arc<Shared>, s: &mut Stream, object: ObjectId) -> Result<(
             let manifest = manifest.clone();
             let idx = next;
             // A task, so that fetching goes on while the client is written to.
-            let task = tokio::spawn(async move { read_segment(&shared, &manifest, idx).await });
+            let task = tokio::spawn(async move {
+                read_segment(&shared, &manifest, idx)
+                    .await
+                    .map_err(DataError::from)
+            });
             in_flight.push_back(async move {
                 task.await.unwrap_or_else(|e| {
                     Err(DataError::Internal(format!("a segment read failed: {e}")))
@@ -701,125 +694,6 @@ async fn get(shared: &Arc<Shared>, s: &mut Stream, object: ObjectId) -> Result<(
     write_frame(s, &Chunk::End { skipped }).await?;
     s.flush().await?;
     Ok(())
-}
-
-/// Fetches any `k` verified shards of segment `idx` and decodes it, as
-/// [`StripeRead`] directs: data shards first, live and lightly loaded
-/// holders first, a failed request replaced by the next candidate, one
-/// hedged extra request after [`HEDGE_AFTER_MS`].
-pub(crate) async fn read_segment(
-    shared: &Arc<Shared>,
-    m: &Manifest,
-    idx: usize,
-) -> Result<(Vec<u8>, Vec<SkippedShard>), DataError> {
-    let g = m.geometry;
-    let seg = m
-        .segments
-        .get(idx)
-        .ok_or_else(|| DataError::Internal(format!("segment {idx} is past the manifest")))?;
-    let skip = |slot: u16, holder: NodeId, reason: String| SkippedShard {
-        segment: idx as u64,
-        shard: seg.shards[usize::from(slot)].id,
-        holder,
-        reason,
-    };
-    let (mut read, down) = {
-        let members = shared.membership();
-        let view = members.view();
-        let load = |n: &NodeId| {
-            members
-                .get(n)
-                .map_or(u32::MAX, |e| e.announcement.load.requests_in_flight)
-        };
-        StripeRead::for_segment(m, idx, &view, load, shared.now_ms(), HEDGE_AFTER_MS)
-            .map_err(|e| DataError::Internal(e.to_string()))?
-    };
-    let mut skipped: Vec<SkippedShard> = down
-        .into_iter()
-        .map(|(slot, holder)| skip(slot, holder, "holder is down".into()))
-        .collect();
-    let peers = shared.peers();
-    let mut pending = FuturesUnordered::new();
-    let mut got: Vec<Option<Bytes>> = vec![None; g.n()];
-    let slots = loop {
-        let answer = match read.next(shared.now_ms()) {
-            ReadStep::Fetch { slot, holder } => {
-                let id = seg.shards[usize::from(slot)].id;
-                pending.push(async move {
-                    let r = peers.get_shard(&holder, id).await;
-                    (slot, holder, r)
-                });
-                continue;
-            }
-            ReadStep::Done { slots } => break slots,
-            ReadStep::Failed { found, needed } => {
-                return Err(unreadable(idx, found, needed, &skipped));
-            }
-            ReadStep::Wait { until_ms } => {
-                let wait =
-                    until_ms.map(|t| Duration::from_millis(t.saturating_sub(shared.now_ms())));
-                tokio::select! {
-                    a = pending.next() => a,
-                    () = sleep_or_forever(wait) => continue,
-                }
-            }
-        };
-        let Some((slot, holder, r)) = answer else {
-            // Nothing in flight and nothing to ask: the read cannot finish.
-            return Err(unreadable(idx, read.found(), usize::from(g.k), &skipped));
-        };
-        match r {
-            Ok(bytes) => {
-                got[usize::from(slot)] = Some(bytes);
-                read.on_ok(slot);
-            }
-            Err(e) => {
-                skipped.push(skip(slot, holder, e.to_string()));
-                read.on_err(slot);
-            }
-        }
-    };
-    drop(pending);
-    let view: Vec<Option<&[u8]>> = (0..g.n())
-        .map(|i| {
-            slots
-                .contains(&(i as u16))
-                .then(|| got[i].as_deref())
-                .flatten()
-        })
-        .collect();
-    let bytes =
-        erasure::decode(g, seg.len, &view).map_err(|e| DataError::Internal(e.to_string()))?;
-    Ok((bytes, skipped))
-}
-
-/// Sleeps for `wait`, or forever when there is nothing to wait for.
-async fn sleep_or_forever(wait: Option<Duration>) {
-    match wait {
-        Some(d) => tokio::time::sleep(d).await,
-        None => std::future::pending().await,
-    }
-}
-
-fn unreadable(idx: usize, found: usize, needed: usize, skipped: &[SkippedShard]) -> DataError {
-    let details = skipped
-        .iter()
-        .map(|s| {
-            format!(
-                "shard {} on {}: {}",
-                s.shard.short(),
-                s.holder.short(),
-                s.reason
-            )
-        })
-        .collect::<Vec<_>>()
-        .join("; ");
-    DataError::Unreadable {
-        segment: idx as u64,
-        found,
-        needed,
-        details,
-    }
 }
 
 async fn stat(shared: &Arc<Shared>, object: ObjectId) -> Result<ObjectStat, DataError> {
@@ -970,54 +844,6 @@ async fn list(shared: &Arc<Shared>) -> Result<Vec<ObjectSummary>, DataError> {
         }
     }
     Ok(all.into_values().collect())
-}
-
-/// Which copies of `m` are present, per segment and shard position, by a
-/// cheap `Has` on every holder (no re-hash). A `Down` or unknown holder
-/// holds nothing (it is not asked).
-pub(crate) async fn slot_presence(
-    shared: &Shared,
-    view: &View,
-    m: &Manifest,
-) -> Vec<Vec<Presence>> {
-    let mut by_holder: BTreeMap<NodeId, Vec<(usize, usize, ShardSlot)>> = BTreeMap::new();
-    for (s, seg) in m.segments.iter().enumerate() {
-        for (i, e) in seg.shards.iter().enumerate() {
-            let Some(holder) = m.holder(e) else { continue };
-            let slot = ShardSlot {
-                shard: e.id,
-                owner: m.shard_ref(s as u64, i as u16),
-            };
-            by_holder
-                .entry(holder.clone())
-                .or_default()
-                .push((s, i, slot));
-        }
-    }
-    let mut out: Vec<Vec<Presence>> = m
-        .segments
-        .iter()
-        .map(|seg| vec![Presence::Absent; seg.shards.len()])
-        .collect();
-    let peers = shared.peers();
-    let answers =
-        futures::future::join_all(by_holder.into_iter().map(|(node, slots)| async move {
-            let gone = node != shared.local
-                && view.get(&node).is_none_or(|e| e.state == MemberState::Down);
-            if gone {
-                return (slots, Vec::new());
-            }
-            let asked: Vec<ShardSlot> = slots.iter().map(|(_, _, s)| *s).collect();
-            let flags = peers.presence(&node, &asked).await;
-            (slots, flags)
-        }))
-        .await;
-    for (slots, flags) in answers {
-        for ((s, i, _), p) in slots.into_iter().zip(flags) {
-            out[s][i] = p;
-        }
-    }
-    out
 }
 
 /// The health of `m` from [`slot_presence`], holders that do not answer

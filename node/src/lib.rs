@@ -27,3 +27,4 @@ pub mod repair;
 pub mod shard_proto;
 pub(crate) mod shared;
 pub mod store;
+pub mod stripes;

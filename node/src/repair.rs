@@ -44,9 +44,9 @@ use dynostore_protocol::planner::{
 use dynostore_protocol::wire::ErrorKind;
 use dynostore_protocol::{MemberState, NodeId, ObjectId, ShardId};
 
-use crate::datapath::{read_segment, slot_presence};
 use crate::manifests::wall_ms;
 use crate::shared::Shared;
+use crate::stripes::{read_segment, slot_presence};
 
 /// A shard moves only to a member whose fill fraction is lower by more than
 /// this share of the holder's.
