@@ -715,7 +715,9 @@ impl<'a> Run<'a> {
 
     /// Waits until no fault awaits full redundancy, for at most the
     /// scenario's deadline.
-    async fn settle(&self) {
+    /// Waits until every fault so far is resolved (all objects healthy
+    /// since), or the redundancy deadline. Returns whether they were.
+    async fn settle(&self) -> bool {
         let deadline =
             tokio::time::Instant::now() + Duration::from_secs(self.s.redundancy_deadline_secs);
         loop {
@@ -723,13 +725,20 @@ impl<'a> Run<'a> {
             tokio::pin!(resolved);
             resolved.as_mut().enable();
             if lock(&self.watch).pending.is_empty() {
-                return;
+                return true;
             }
             tokio::select! {
                 () = resolved => {}
-                () = tokio::time::sleep_until(deadline) => return,
+                () = tokio::time::sleep_until(deadline) => {
+                    return lock(&self.watch).pending.is_empty();
+                }
             }
         }
+    }
+
+    /// Whether every fault so far is resolved.
+    pub(crate) fn settled(&self) -> bool {
+        lock(&self.watch).pending.is_empty()
     }
 
     /// Gets `a` through node `reader` into a file and checks its BLAKE3.
@@ -765,7 +774,7 @@ impl<'a> Run<'a> {
     /// choice of shards a corruption flips.
     async fn apply(&mut self, f: &scenario::Fault, salt: u64) -> Result<()> {
         if f.action == Action::Settle {
-            self.settle().await;
+            let _ = self.settle().await;
             return Ok(());
         }
         let mut detail = String::new();

@@ -838,6 +838,15 @@ impl<'p> Search<'p> {
             Step::Settle => {
                 self.sync_watch(run);
                 self.fault(run, Action::Settle, Vec::new(), None).await?;
+                // The schedule counts on a settle: the faults after it
+                // assume every stripe whole again. Say so here rather
+                // than as a loss several faults later.
+                if !run.settled() {
+                    bail!(
+                        "step {i}: full redundancy did not return within {} s of a settle (the faults so far are within m)",
+                        self.plan.deadline_secs
+                    );
+                }
             }
         }
         self.sync_watch(run);
