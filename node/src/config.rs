@@ -20,6 +20,8 @@ pub const CONFIG_FILE: &str = "config.toml";
 pub const IDENTITY_FILE: &str = "identity.key";
 /// File the running node writes its full multiaddrs to, one a line.
 pub const ADDR_FILE: &str = "node.addr";
+/// File the running node writes the bound address of its admin API to.
+pub const ADMIN_ADDR_FILE: &str = "admin.addr";
 
 /// A refused configuration.
 #[derive(Debug, thiserror::Error)]
@@ -102,8 +104,36 @@ pub struct Config {
     /// than this may keep orphaned shards of it.
     #[serde(default = "default_tombstone_ttl_ms")]
     pub tombstone_ttl_ms: u64,
+    /// Address of the HTTP admin API (`/metrics`, `/health`, `/v1/...`):
+    /// a loopback `IP:PORT` (port 0: chosen by the OS; the bound address
+    /// is written to `admin.addr`). Other addresses need admin tokens,
+    /// which do not exist yet, so they are refused.
+    #[serde(default = "default_admin_listen")]
+    pub admin_listen: String,
+    /// The geometry `/health` judges writes by (`k + m` members alive with
+    /// free space): the `put` command's defaults unless this federation
+    /// writes another.
+    #[serde(default = "default_k")]
+    pub default_k: u16,
+    #[serde(default = "default_m")]
+    pub default_m: u16,
     /// Data containers that hold this node's shards.
     pub containers: Vec<ContainerSpec>,
+}
+
+/// The `put` command's default data shards per stripe.
+pub const DEFAULT_K: u16 = 4;
+/// The `put` command's default parity shards per stripe.
+pub const DEFAULT_M: u16 = 2;
+
+fn default_admin_listen() -> String {
+    "127.0.0.1:0".into()
+}
+fn default_k() -> u16 {
+    DEFAULT_K
+}
+fn default_m() -> u16 {
+    DEFAULT_M
 }
 
 fn default_repair_interval_ms() -> u64 {
@@ -158,6 +188,8 @@ const HEADER: &str = "\
 # repair_enabled           automatic repair on/off (default true)
 # scrub_interval_ms        how often every shard is re-hashed (default 1 day)
 # tombstone_ttl_ms         how long removals are remembered (default 7 days)
+# admin_listen             HTTP admin API, loopback only (default 127.0.0.1:0; see admin.addr)
+# default_k, default_m     the geometry /health judges writes by (default 4 and 2)
 # [[containers]]           where shards are kept: kind = dir | mem | s3 (see README)
 
 ";
@@ -180,6 +212,9 @@ impl Config {
             repair_enabled: true,
             scrub_interval_ms: default_scrub_interval_ms(),
             tombstone_ttl_ms: default_tombstone_ttl_ms(),
+            admin_listen: default_admin_listen(),
+            default_k: DEFAULT_K,
+            default_m: DEFAULT_M,
             containers,
         }
     }
@@ -302,6 +337,24 @@ impl Config {
                 return Err(field(name, 0, "a positive number"));
             }
         }
+        self.admin_addr()?;
+        use dynostore_protocol::erasure::{CodecKind, ErasureError, Geometry};
+        if let Err(e) = Geometry::new(
+            CodecKind::default(),
+            self.default_k,
+            self.default_m,
+            1 << 20,
+        ) {
+            let (name, value) = match e {
+                ErasureError::ParityShards(_) => ("default_m", self.default_m),
+                _ => ("default_k", self.default_k),
+            };
+            return Err(field(
+                name,
+                value,
+                &format!("a geometry a put could use ({e})"),
+            ));
+        }
         if self.containers.is_empty() {
             return Err(field(
                 "containers",
@@ -310,6 +363,26 @@ impl Config {
             ));
         }
         Ok(())
+    }
+
+    /// The admin API's address: loopback only until admin tokens exist.
+    pub fn admin_addr(&self) -> Result<std::net::SocketAddr, ConfigError> {
+        let addr: std::net::SocketAddr = self.admin_listen.parse().map_err(|e| {
+            field(
+                "admin_listen",
+                format!("{:?}", self.admin_listen),
+                &format!("not an IP:PORT address ({e}); e.g. 127.0.0.1:9090"),
+            )
+        })?;
+        if !addr.ip().is_loopback() {
+            return Err(field(
+                "admin_listen",
+                format!("{:?}", self.admin_listen),
+                "a loopback address (127.0.0.1:PORT or [::1]:PORT): the admin API has no \
+                 authentication yet, and listening elsewhere needs admin tokens",
+            ));
+        }
+        Ok(addr)
     }
 
     pub fn announce_interval(&self) -> Duration {
@@ -386,6 +459,16 @@ mod tests {
             ("suspect_after_ms", Box::new(|c| c.suspect_after_ms = 1)),
             ("down_after_ms", Box::new(|c| c.down_after_ms = 2)),
             ("containers", Box::new(|c| c.containers.clear())),
+            (
+                "admin_listen",
+                Box::new(|c| c.admin_listen = "0.0.0.0:9090".into()),
+            ),
+            (
+                "admin_listen",
+                Box::new(|c| c.admin_listen = "nonsense".into()),
+            ),
+            ("default_k", Box::new(|c| c.default_k = 0)),
+            ("default_m", Box::new(|c| c.default_m = 0)),
             (
                 "listen",
                 Box::new(|c| {

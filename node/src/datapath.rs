@@ -47,6 +47,7 @@ use dynostore_protocol::wire::{
 };
 use dynostore_protocol::{MemberState, NodeId, ObjectId, ShardId};
 
+use crate::metrics::Op;
 use crate::net::{read_frame, write_frame};
 use crate::shared::Shared;
 use crate::stripes::{read_segment, slot_presence, StripeError};
@@ -146,23 +147,40 @@ pub(crate) async fn serve_client(mut s: Stream, client: PeerId, shared: Arc<Shar
             m,
             segment_size,
             meta,
-        } => match Geometry::new(codec, k, m, segment_size) {
-            Ok(g) => put(&shared, &mut s, object, size, g, meta)
-                .await
-                .map(ClientResponse::Stored),
-            Err(e) => Err(DataError::BadRequest(e.to_string())),
-        },
-        ClientRequest::Get { object } => match get(&shared, &mut s, object).await {
-            // The answer was streamed.
-            Ok(()) => {
-                let _ = s.close().await;
-                return;
+        } => {
+            let timer = shared.metrics.op(Op::Put);
+            let r = match Geometry::new(codec, k, m, segment_size) {
+                Ok(g) => put(&shared, &mut s, object, size, g, meta)
+                    .await
+                    .map(ClientResponse::Stored),
+                Err(e) => Err(DataError::BadRequest(e.to_string())),
+            };
+            timer.finish(r.as_ref().err().map(DataError::kind));
+            r
+        }
+        ClientRequest::Get { object } => {
+            let timer = shared.metrics.op(Op::Get);
+            let r = get(&shared, &mut s, object).await;
+            timer.finish(r.as_ref().err().map(DataError::kind));
+            match r {
+                // The answer was streamed.
+                Ok(()) => {
+                    let _ = s.close().await;
+                    return;
+                }
+                Err(e) => Err(e),
             }
-            Err(e) => Err(e),
-        },
-        ClientRequest::Stat { object } => stat(&shared, object).await.map(ClientResponse::Stat),
-        ClientRequest::Remove { object } => remove(&shared, object).await,
-        ClientRequest::List => list(&shared)
+        }
+        ClientRequest::Stat { object } => {
+            stat_object(&shared, object).await.map(ClientResponse::Stat)
+        }
+        ClientRequest::Remove { object } => {
+            let timer = shared.metrics.op(Op::Remove);
+            let r = remove(&shared, object).await;
+            timer.finish(r.as_ref().err().map(DataError::kind));
+            r
+        }
+        ClientRequest::List => list_objects(&shared)
             .await
             .map(|objects| ClientResponse::List { objects }),
     };
@@ -177,6 +195,27 @@ pub(crate) async fn serve_client(mut s: Stream, client: PeerId, shared: Arc<Shar
         let _ = s.flush().await;
     }
     let _ = s.close().await;
+}
+
+/// `stat` of one object, counted in the metrics: for the client protocol
+/// and the admin API alike.
+pub(crate) async fn stat_object(
+    shared: &Arc<Shared>,
+    object: ObjectId,
+) -> Result<ObjectStat, DataError> {
+    let timer = shared.metrics.op(Op::Stat);
+    let r = stat(shared, object).await;
+    timer.finish(r.as_ref().err().map(DataError::kind));
+    r
+}
+
+/// The objects the network holds, counted in the metrics: for the client
+/// protocol and the admin API alike.
+pub(crate) async fn list_objects(shared: &Arc<Shared>) -> Result<Vec<ObjectSummary>, DataError> {
+    let timer = shared.metrics.op(Op::List);
+    let r = list(shared).await;
+    timer.finish(r.as_ref().err().map(DataError::kind));
+    r
 }
 
 /// Where each shard of a written segment went, in shard order.
@@ -318,6 +357,7 @@ async fn put_segments(
             let len = g.segment_len(size, idx) as usize;
             let mut buf = vec![0u8; len];
             s.read_exact(&mut buf).await?;
+            shared.metrics.received(len as u64);
             hasher.update(&buf);
             let seg = Bytes::from(buf);
             let encoded = encoder
@@ -669,6 +709,7 @@ async fn get(shared: &Arc<Shared>, s: &mut Stream, object: ObjectId) -> Result<(
                 )
                 .await?;
                 s.write_all(&bytes).await?;
+                shared.metrics.sent(bytes.len() as u64);
             }
             Err(e) => {
                 write_frame(s, &Chunk::Error(e.remote())).await?;

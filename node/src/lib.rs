@@ -11,14 +11,20 @@
 //! - [`shard_proto`]: the bulk shard protocol over raw streams, both sides.
 //! - [`node`]: the running node: event loop, announcements, membership.
 //! - [`repair`]: repair, pending deletions, scrubbing.
+//! - `metrics`: the Prometheus metrics of the node.
+//! - [`http`]: the HTTP admin API (`/metrics`, `/health`, `/v1/...`).
+//! - [`json`]: the JSON of status, stat and list (CLI and admin API).
 //! - [`client`]: the command-line client's connection to an entry peer.
 
 pub mod client;
 pub mod config;
 pub mod container;
 pub mod datapath;
+pub mod http;
+pub mod json;
 pub mod keys;
 pub mod manifests;
+pub(crate) mod metrics;
 pub mod net;
 pub mod node;
 pub mod objects;

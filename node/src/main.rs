@@ -9,13 +9,14 @@ use clap::{Args, Parser, Subcommand};
 use libp2p::Multiaddr;
 
 use dynostore_node::client::Client;
-use dynostore_node::config::{Config, IDENTITY_FILE};
+use dynostore_node::config::{Config, DEFAULT_K, DEFAULT_M, IDENTITY_FILE};
 use dynostore_node::container::ContainerSpec;
+use dynostore_node::json::{list_json, stat_json, status_json};
 use dynostore_node::objects::{self, Output, Progress, PutParams};
 use dynostore_node::{keys, node, shard_proto};
 use dynostore_protocol::erasure::CodecKind;
 use dynostore_protocol::wire::{
-    ClientRequest, ClientResponse, ControlRequest, ControlResponse, ObjectStat, StatusReport,
+    ClientRequest, ClientResponse, ControlRequest, ControlResponse, StatusReport,
 };
 use dynostore_protocol::{NodeId, ObjectId, ShardId};
 
@@ -109,10 +110,10 @@ struct PutArgs {
     #[arg(short = 'r', long)]
     recursive: bool,
     /// Data shards per stripe.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = DEFAULT_K)]
     k: u16,
     /// Parity shards per stripe: the number of node losses survived.
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = DEFAULT_M)]
     m: u16,
     /// Erasure codec: reed-solomon-simd or reed-solomon-novelpoly.
     #[arg(long, default_value = "reed-solomon-simd")]
@@ -184,6 +185,14 @@ struct InitArgs {
     /// Create the node with automatic repair off.
     #[arg(long)]
     no_repair: bool,
+    /// Address of the HTTP admin API (loopback only; default 127.0.0.1:0).
+    #[arg(long)]
+    admin_listen: Option<String>,
+    /// The geometry the node's /health judges writes by (default: put's).
+    #[arg(long)]
+    default_k: Option<u16>,
+    #[arg(long)]
+    default_m: Option<u16>,
 }
 
 #[derive(Debug, Args)]
@@ -532,25 +541,6 @@ async fn stat(id: &str, json: bool, conn: ConnArgs) -> Result<()> {
     Ok(())
 }
 
-fn stat_json(st: &ObjectStat) -> serde_json::Value {
-    serde_json::json!({
-        "id": st.object.to_string(),
-        "size": st.size,
-        "codec": st.codec.name(),
-        "k": st.k,
-        "m": st.m,
-        "segment_size": st.segment_size,
-        "name": st.meta.name,
-        "health": st.health,
-        "segments": st.segments.iter().map(|seg| serde_json::json!({
-            "len": seg.len,
-            "shards": seg.shards.iter().map(|s| serde_json::json!({
-                "id": s.id.to_string(), "holder": s.holder.to_string(), "ok": s.ok,
-            })).collect::<Vec<_>>(),
-        })).collect::<Vec<_>>(),
-    })
-}
-
 async fn ls(json: bool, conn: ConnArgs) -> Result<()> {
     let client = conn.connect().await?;
     let objects = match objects::request(&client, ClientRequest::List).await? {
@@ -558,13 +548,7 @@ async fn ls(json: bool, conn: ConnArgs) -> Result<()> {
         other => bail!("unexpected answer: {other:?}"),
     };
     if json {
-        let v: Vec<_> = objects
-            .iter()
-            .map(
-                |o| serde_json::json!({"id": o.object.to_string(), "size": o.size, "name": o.name}),
-            )
-            .collect();
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        println!("{}", serde_json::to_string_pretty(&list_json(&objects))?);
         return Ok(());
     }
     for o in objects {
@@ -615,6 +599,15 @@ fn init(args: InitArgs) -> Result<()> {
         cfg.repair_rate_bytes_per_sec = v;
     }
     cfg.repair_enabled = !args.no_repair;
+    if let Some(v) = args.admin_listen {
+        cfg.admin_listen = v;
+    }
+    if let Some(v) = args.default_k {
+        cfg.default_k = v;
+    }
+    if let Some(v) = args.default_m {
+        cfg.default_m = v;
+    }
     if let Some(key) = &args.network_key {
         // Check it before copying it next to the node.
         let psk = keys::load_network_key(key)?;
@@ -654,45 +647,6 @@ async fn status(conn: ConnArgs, json: bool) -> Result<()> {
         print_status(&report);
     }
     Ok(())
-}
-
-fn status_json(r: &StatusReport) -> serde_json::Value {
-    use serde_json::json;
-    json!({
-        "node": r.node.to_string(),
-        "shards_stored": r.shards_stored,
-        "repair": {
-            "queue_len": r.repair.queue_len,
-            "shards_repaired": r.repair.shards_repaired,
-            "bytes_repaired": r.repair.bytes_repaired,
-            "bytes_read": r.repair.bytes_read,
-            "shards_moved": r.repair.shards_moved,
-            "stripes_lost": r.repair.stripes_lost,
-            "rounds": r.repair.rounds,
-            "pending_deletes": r.repair.pending_deletes,
-            "last_scrub_ms_ago": r.repair.last_scrub_ms_ago,
-            "last_scrub_checked": r.repair.last_scrub_checked,
-            "last_scrub_corrupt": r.repair.last_scrub_corrupt,
-        },
-        "containers": r.containers.iter().map(|c| json!({
-            "name": c.name, "kind": c.kind,
-            "capacity_bytes": c.capacity_bytes, "free_bytes": c.free_bytes,
-        })).collect::<Vec<_>>(),
-        "members": r.members.iter().map(|m| json!({
-            "id": m.id.to_string(),
-            "site": m.site,
-            "state": m.state.as_str(),
-            "capacity_bytes": m.capacity_bytes,
-            "free_bytes": m.free_bytes,
-            "addrs": m.addrs,
-            "last_seen_ms": m.last_seen_ms,
-            "seq": m.seq,
-            "volatile": m.volatile,
-            "software": m.software,
-            "requests_in_flight": m.load.requests_in_flight,
-            "bytes_per_sec": m.load.bytes_per_sec,
-        })).collect::<Vec<_>>(),
-    })
 }
 
 fn print_status(r: &StatusReport) {

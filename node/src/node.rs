@@ -14,8 +14,13 @@
 //!   ([`crate::shard_proto::serve_stream`]), at most
 //!   [`MAX_INBOUND_STREAMS`] at once.
 //!
+//! - The admin API ([`crate::http`]) is served on `admin_listen`; its bound
+//!   address goes to `admin.addr`.
+//! - The event loop records libp2p's swarm, Kademlia, gossipsub and
+//!   identify metrics ([`crate::metrics`]).
+//!
 //! Shutdown: SIGINT/SIGTERM (or the future given to [`run`]) stops the
-//! loop, the store is flushed, `node.addr` is removed.
+//! loop, the store is flushed, `node.addr` and `admin.addr` are removed.
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -27,6 +32,7 @@ use futures::StreamExt;
 use libp2p::gossipsub::{self, IdentTopic, MessageAuthenticity, ValidationMode};
 use libp2p::identity::Keypair;
 use libp2p::kad::{self, store::MemoryStore};
+use libp2p::metrics::Recorder;
 use libp2p::request_response::{self, OutboundRequestId, ResponseChannel};
 use libp2p::swarm::dial_opts::DialOpts;
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
@@ -40,7 +46,7 @@ use dynostore_protocol::wire::{
 };
 use dynostore_protocol::{MemberState, NodeId};
 
-use crate::config::{Config, ADDR_FILE, IDENTITY_FILE};
+use crate::config::{Config, ADDR_FILE, ADMIN_ADDR_FILE, IDENTITY_FILE};
 use crate::keys;
 use crate::manifests::ManifestStore;
 use crate::net::{self, Command, ControlBehaviour};
@@ -75,6 +81,8 @@ pub enum NodeError {
     Store(#[from] crate::store::StoreError),
     #[error(transparent)]
     Net(#[from] net::NetError),
+    #[error(transparent)]
+    Http(#[from] crate::http::HttpError),
     #[error("cannot listen on {addr}: {reason}")]
     Listen { addr: Multiaddr, reason: String },
     #[error("libp2p set-up failed: {0}")]
@@ -160,6 +168,25 @@ pub async fn run(
         .map_err(|e| NodeError::Setup(e.to_string()))?;
 
     spawn_servers(swarm.behaviour().stream.new_control(), shared.clone())?;
+    let admin_listener = crate::http::bind(cfg.admin_addr()?).await?;
+    let admin_path = dir.join(ADMIN_ADDR_FILE);
+    let admin_addr = admin_listener
+        .local_addr()
+        .and_then(|a| write_atomically(&admin_path, &format!("{a}\n")).map(|()| a))
+        .map_err(|source| NodeError::AddrFile {
+            path: admin_path.clone(),
+            source,
+        })?;
+    println!("admin API on http://{admin_addr}");
+    let admin = tokio::spawn(crate::http::serve(
+        admin_listener,
+        shared.clone(),
+        crate::http::AdminConfig {
+            deadline: cfg.request_timeout(),
+            k: cfg.default_k,
+            m: cfg.default_m,
+        },
+    ));
     let repairer = tokio::spawn(crate::repair::run(
         shared.clone(),
         crate::repair::RepairConfig {
@@ -190,12 +217,22 @@ pub async fn run(
     let result = ev.run(shutdown).await;
     announcer.abort();
     repairer.abort();
+    admin.abort();
     let _ = std::fs::remove_file(dir.join(ADDR_FILE));
+    let _ = std::fs::remove_file(&admin_path);
     if let Err(e) = shared.store.flush().await {
         tracing::error!(error = %e, "flushing the index at shutdown failed");
     }
     tracing::info!("node stopped");
     result
+}
+
+/// Writes `path` through a temporary file and a rename, so that readers
+/// never see half of it.
+fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, path))
 }
 
 fn build_swarm(
@@ -483,6 +520,7 @@ impl EventLoop {
     }
 
     fn on_swarm_event(&mut self, ev: SwarmEvent<NodeBehaviourEvent>) -> Result<(), NodeError> {
+        self.shared.metrics.p2p.record(&ev);
         match ev {
             SwarmEvent::NewListenAddr { address, .. } => {
                 let full = address.clone().with(libp2p::multiaddr::Protocol::P2p(
@@ -538,13 +576,17 @@ impl EventLoop {
             })
             .collect();
         let path = self.dir.join(ADDR_FILE);
-        let tmp = self.dir.join(format!("{ADDR_FILE}.tmp"));
-        std::fs::write(&tmp, text)
-            .and_then(|()| std::fs::rename(&tmp, &path))
-            .map_err(|source| NodeError::AddrFile { path, source })
+        write_atomically(&path, &text).map_err(|source| NodeError::AddrFile { path, source })
     }
 
     fn on_behaviour_event(&mut self, ev: NodeBehaviourEvent) {
+        let p2p = &self.shared.metrics.p2p;
+        match &ev {
+            NodeBehaviourEvent::Identify(e) => p2p.record(e),
+            NodeBehaviourEvent::Kad(e) => p2p.record(e),
+            NodeBehaviourEvent::Gossipsub(e) => p2p.record(e),
+            _ => {}
+        }
         match ev {
             NodeBehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. })
                 if info.protocols.contains(&KAD_PROTOCOL) =>

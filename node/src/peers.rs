@@ -25,6 +25,7 @@ use dynostore_protocol::wire::{
 use dynostore_protocol::{NodeId, ObjectId, ShardId};
 
 use crate::manifests::{wall_ms, ManifestStore, ManifestStoreError};
+use crate::metrics::{kind_label, Metrics};
 use crate::net::{peer_id, Command};
 use crate::shard_proto::{self, ShardClientError};
 use crate::store::{ShardStore, StoreError};
@@ -65,6 +66,22 @@ impl PeerError {
             PeerError::Refused { error, .. } => error.kind,
             PeerError::Store(e) => e.kind(),
             PeerError::Manifests(e) => e.kind(),
+        }
+    }
+
+    /// A bounded label for the metrics: what kind of failure this was.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            PeerError::NotAPeer(_) => "not-a-peer",
+            PeerError::Shard(e) => match e.remote_kind() {
+                Some(kind) => kind_label(kind),
+                None if matches!(*e.as_ref(), ShardClientError::Timeout { .. }) => "timeout",
+                None => "stream",
+            },
+            PeerError::Unreachable { .. } => "unreachable",
+            PeerError::Refused { error, .. } => kind_label(error.kind),
+            PeerError::Unexpected { .. } => "unexpected",
+            PeerError::Store(_) | PeerError::Manifests(_) => "local",
         }
     }
 }
@@ -158,11 +175,32 @@ pub(crate) struct Peers<'a> {
     pub(crate) net: &'a PeerNet,
     /// Expiry given to tombstones this node writes, from now.
     pub(crate) tombstone_ttl_ms: u64,
+    /// Failed requests to other members are counted here.
+    pub(crate) metrics: &'a Metrics,
 }
 
 impl Peers<'_> {
     fn is_local(self, node: &NodeId) -> bool {
         node == self.local
+    }
+
+    /// Counts a failed request to another member under `op`.
+    fn count<T>(self, op: &'static str, r: Result<T, PeerError>) -> Result<T, PeerError> {
+        if let Err(e) = &r {
+            self.metrics.peer_failure(op, e.reason());
+        }
+        r
+    }
+
+    /// One control request to `node` (remote), failures counted under `op`.
+    async fn control(
+        self,
+        op: &'static str,
+        node: &NodeId,
+        request: ControlRequest,
+    ) -> Result<ControlResponse, PeerError> {
+        let r = self.net.control(node, request).await;
+        self.count(op, r)
     }
 
     /// Stores one copy on `node` with its slot's reference. `durable`: the
@@ -183,7 +221,7 @@ impl Peers<'_> {
             return Ok(());
         }
         let mut streams = self.net.streams();
-        shard_proto::put_shard_to(
+        let r = shard_proto::put_shard_to(
             &mut streams,
             peer(node)?,
             slot,
@@ -191,8 +229,8 @@ impl Peers<'_> {
             durable,
             self.net.timeout,
         )
-        .await?;
-        Ok(())
+        .await;
+        self.count("put_shard", r.map_err(PeerError::from))
     }
 
     /// Stores one copy on `node`, durably unless `view` counts the member
@@ -214,7 +252,8 @@ impl Peers<'_> {
             return Ok(self.store.get(&id).await?);
         }
         let mut streams = self.net.streams();
-        Ok(shard_proto::get_shard(&mut streams, peer(node)?, id, self.net.timeout).await?)
+        let r = shard_proto::get_shard(&mut streams, peer(node)?, id, self.net.timeout).await;
+        self.count("get_shard", r.map_err(PeerError::from))
     }
 
     /// Releases these references on `node`; returns how many copies went
@@ -237,7 +276,7 @@ impl Peers<'_> {
             let req = ControlRequest::Delete {
                 slots: chunk.to_vec(),
             };
-            match self.net.control(node, req).await? {
+            match self.control("release", node, req).await? {
                 ControlResponse::Deleted { count } => deleted += count,
                 other => return Err(unexpected(node, &other)),
             }
@@ -302,7 +341,7 @@ impl Peers<'_> {
             let req = ControlRequest::Has {
                 slots: chunk.to_vec(),
             };
-            match self.net.control(node, req).await {
+            match self.control("has", node, req).await {
                 Ok(ControlResponse::Has { present }) if present.len() == chunk.len() => {
                     out.extend(present.into_iter().map(flag));
                 }
@@ -336,7 +375,7 @@ impl Peers<'_> {
             let req = ControlRequest::Verify {
                 shards: chunk.to_vec(),
             };
-            match self.net.control(node, req).await? {
+            match self.control("verify", node, req).await? {
                 ControlResponse::Has { present } if present.len() == chunk.len() => {
                     out.extend(present)
                 }
@@ -364,7 +403,7 @@ impl Peers<'_> {
             let req = ControlRequest::ManifestStates {
                 objects: chunk.to_vec(),
             };
-            match self.net.control(node, req).await? {
+            match self.control("manifest_states", node, req).await? {
                 ControlResponse::ManifestStates { states } if states.len() == chunk.len() => {
                     got.extend(states)
                 }
@@ -384,7 +423,9 @@ impl Peers<'_> {
             return Ok(self.manifests.get(&object)?);
         }
         let mut streams = self.net.streams();
-        Ok(shard_proto::get_manifest(&mut streams, peer(node)?, object, self.net.timeout).await?)
+        let r =
+            shard_proto::get_manifest(&mut streams, peer(node)?, object, self.net.timeout).await;
+        self.count("get_manifest", r.map_err(PeerError::from))
     }
 
     /// Stores a manifest replica on `node` (refused there when it is not
@@ -399,9 +440,10 @@ impl Peers<'_> {
             return Ok(self.manifests.put(object, bytes).await?);
         }
         let mut streams = self.net.streams();
-        shard_proto::put_manifest(&mut streams, peer(node)?, object, bytes, self.net.timeout)
-            .await?;
-        Ok(())
+        let r =
+            shard_proto::put_manifest(&mut streams, peer(node)?, object, bytes, self.net.timeout)
+                .await;
+        self.count("put_manifest", r.map_err(PeerError::from))
     }
 
     /// Removes `generation` of `object` on `node`: a tombstone there, and
@@ -418,7 +460,7 @@ impl Peers<'_> {
             return Ok(self.manifests.remove(&object, generation, until).await?);
         }
         let req = ControlRequest::DeleteManifest { object, generation };
-        match self.net.control(node, req).await? {
+        match self.control("remove_manifest", node, req).await? {
             ControlResponse::Deleted { count } => Ok(count > 0),
             other => Err(unexpected(node, &other)),
         }
@@ -433,8 +475,7 @@ impl Peers<'_> {
             return Ok(self.manifests.summaries()?);
         }
         match self
-            .net
-            .control(node, ControlRequest::ListManifests)
+            .control("list_manifests", node, ControlRequest::ListManifests)
             .await?
         {
             ControlResponse::Manifests { objects } => Ok(objects),

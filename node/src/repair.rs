@@ -679,6 +679,7 @@ pub(crate) async fn scrub(shared: &Arc<Shared>) -> (u64, u64) {
         .repair
         .last_scrub_ms
         .store(now + 1, Ordering::Relaxed);
+    shared.metrics.scrubbed(corrupt);
     tracing::info!(checked, corrupt, "scrub finished");
     (checked, corrupt)
 }

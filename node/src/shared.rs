@@ -5,7 +5,8 @@
 //! the shard server ([`crate::shard_proto`]) and the announcer. Its parts:
 //! the node's identity and stores, the membership view, [`PeerNet`] (the
 //! network half of [`Peers`]), [`Traffic`] (what announcements report) and
-//! [`RepairState`] (the repairer's wake-up, rate limit and counters). No
+//! [`RepairState`] (the repairer's wake-up, rate limit and counters) and
+//! [`Metrics`] (what `/metrics` reports). No
 //! module reaches into another's part: operations on members go through
 //! [`Shared::peers`].
 
@@ -20,6 +21,7 @@ use dynostore_protocol::wire::{MemberReport, RepairReport, StatusReport};
 use dynostore_protocol::NodeId;
 
 use crate::manifests::ManifestStore;
+use crate::metrics::Metrics;
 use crate::peers::{PeerNet, Peers};
 use crate::store::ShardStore;
 
@@ -35,6 +37,7 @@ pub(crate) struct Shared {
     pub(crate) traffic: Traffic,
     pub(crate) repair: RepairState,
     pub(crate) tombstone_ttl_ms: u64,
+    pub(crate) metrics: Metrics,
 }
 
 /// What this node's announcements report about its traffic and addresses.
@@ -123,6 +126,7 @@ impl Shared {
             traffic: Traffic::default(),
             repair: RepairState::new(repair_rate_bytes_per_sec),
             tombstone_ttl_ms,
+            metrics: Metrics::new(),
         }
     }
 
@@ -134,6 +138,7 @@ impl Shared {
             manifests: &self.manifests,
             net: &self.net,
             tombstone_ttl_ms: self.tombstone_ttl_ms,
+            metrics: &self.metrics,
         }
     }
 

@@ -1,5 +1,6 @@
 //! One integration-test binary: real `dynostore` processes on loopback.
 
+mod admin;
 mod federation;
 mod frames;
 mod harness;
