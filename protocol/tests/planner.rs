@@ -28,9 +28,9 @@ use dynostore_protocol::erasure::{CodecKind, Geometry};
 use dynostore_protocol::manifest::{Generation, Manifest, Metadata, ShardRef, ShardSlot};
 use dynostore_protocol::placement::{eligible_for_writes, Member, MemberState, View, Weighting};
 use dynostore_protocol::planner::{
-    commit, plan_object, plan_releases, plan_tombstone, put_generation, release_askees,
-    replicas_to_ask, tombstone_askees, Action, ObjectInput, Placed, PlannerConfig, Presence,
-    ReleaseInput, Replies,
+    commit, plan_object, plan_releases, plan_stripe, plan_tombstone, put_generation,
+    release_askees, replicas_to_ask, tombstone_askees, Action, ObjectInput, Placed, PlannerConfig,
+    Presence, ReleaseInput, Replies, ShardState, StripePlan,
 };
 use dynostore_protocol::read::{Candidate, HolderRank, ReadStep, StripeRead};
 use dynostore_protocol::repair::{manifest_ranking, manifest_replicas};
@@ -1072,6 +1072,44 @@ fn a_silent_member_with_the_newest_manifest_blocks_a_release() {
             slots: vec![slot]
         }]
     );
+}
+
+fn shard_state() -> impl Strategy<Value = ShardState> {
+    prop_oneof![
+        Just(ShardState::Readable),
+        Just(ShardState::Unreachable),
+        Just(ShardState::Missing),
+    ]
+}
+
+proptest! {
+    /// `plan_stripe` against its rule written as counts: nothing missing
+    /// is whole; fewer than k held is lost; fewer than k readable waits;
+    /// otherwise rebuild.
+    #[test]
+    fn stripe_plans_follow_the_counts(
+        k in 1usize..8,
+        states in proptest::collection::vec(shard_state(), 0..20),
+    ) {
+        let count = |want: ShardState| states.iter().filter(|s| **s == want).count();
+        let (readable, unreachable, missing) = (
+            count(ShardState::Readable),
+            count(ShardState::Unreachable),
+            count(ShardState::Missing),
+        );
+        let want = if missing == 0 {
+            StripePlan::Whole { unreachable }
+        } else if readable + unreachable < k {
+            StripePlan::Lost { healthy: readable + unreachable }
+        } else if readable < k {
+            StripePlan::Unreadable { missing, readable }
+        } else {
+            StripePlan::Rebuild { missing }
+        };
+        prop_assert_eq!(plan_stripe(k, states.iter().copied()), want);
+        // The order of the positions does not matter.
+        prop_assert_eq!(plan_stripe(k, states.iter().rev().copied()), want);
+    }
 }
 
 /// One read of a stripe of `k` among `outcomes.len()` candidates, answers
