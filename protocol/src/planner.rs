@@ -92,6 +92,10 @@ pub enum WaitReason {
     Unanswered(Vec<NodeId>),
     /// No eligible member to take a rebuilt shard of this segment.
     NoTargets { segment: u64 },
+    /// Shards of this segment are missing, but only `readable` (fewer than
+    /// k) answered present: the others are held by members that did not
+    /// answer, so a rebuild could not read k now ([`StripePlan::Unreadable`]).
+    Unreadable { segment: u64, readable: usize },
 }
 
 /// One shard position of a stripe, as [`plan_stripe`] sees it.
@@ -500,8 +504,10 @@ pub fn plan_object(input: &ObjectInput<'_>, cfg: &PlannerConfig) -> Vec<Action> 
                 continue;
             }
             StripePlan::Lost { healthy } => out.push(Action::Lost { segment, healthy }),
-            // Rebuilt even when fewer than k can be read now, as before.
-            StripePlan::Rebuild { .. } | StripePlan::Unreadable { .. } => {
+            StripePlan::Unreadable { readable, .. } => out.push(Action::Wait {
+                reason: WaitReason::Unreadable { segment, readable },
+            }),
+            StripePlan::Rebuild { .. } => {
                 let mut missing: Vec<u16> = Vec::new();
                 let mut keep: Vec<NodeId> = Vec::new();
                 for (i, e) in seg.shards.iter().enumerate() {

@@ -30,7 +30,7 @@ use dynostore_protocol::placement::{eligible_for_writes, Member, MemberState, Vi
 use dynostore_protocol::planner::{
     commit, plan_object, plan_releases, plan_stripe, plan_tombstone, put_generation,
     release_askees, replicas_to_ask, tombstone_askees, Action, ObjectInput, Placed, PlannerConfig,
-    Presence, ReleaseInput, Replies, ShardState, StripePlan,
+    Presence, ReleaseInput, Replies, ShardState, StripePlan, WaitReason,
 };
 use dynostore_protocol::read::{Candidate, HolderRank, ReadStep, StripeRead};
 use dynostore_protocol::repair::{manifest_ranking, manifest_replicas};
@@ -1072,6 +1072,79 @@ fn a_silent_member_with_the_newest_manifest_blocks_a_release() {
             slots: vec![slot]
         }]
     );
+}
+
+/// Shard 0 of segment 0 is gone and the holder of another position does
+/// not answer, leaving one readable of k = 2: the stripe is not lost, but a
+/// rebuild could not read k, so it waits; once that holder answers, the
+/// missing shard is rebuilt.
+#[test]
+fn a_stripe_with_fewer_than_k_readable_waits_for_its_holders() {
+    let mut c = Cluster::new();
+    c.put(0, 2);
+    let object = object(2);
+    let cfg = PlannerConfig::default();
+    let mut found = false;
+    for o in 0..N {
+        let Some(local) = c.nodes[o].manifests.get(&object).cloned() else {
+            continue;
+        };
+        let (me, view) = (node(o), c.view(o));
+        let replies = c.ask(o, &replicas_to_ask(&view, &me, &local), &object);
+        let fill = c.fill(&view);
+        let mut input = ObjectInput {
+            me: &me,
+            view: &view,
+            now_ms: c.now,
+            local: &local,
+            local_removed: &[],
+            replies: &replies,
+            presence: None,
+            fill: &fill,
+            moves_left: MOVES_PER_ROUND,
+        };
+        let first = plan_object(&input, &cfg);
+        let [Action::CheckHolders { holders }] = first.as_slice() else {
+            continue;
+        };
+        found = true;
+        let mut presence = c.check_holders(o, &local, holders);
+        assert!(presence.iter().flatten().all(|p| *p == Presence::Present));
+        let silent = (1..usize::from(K + M))
+            .find(|&i| local.holder(&local.segments[0].shards[i]) != Some(&me))
+            .unwrap();
+        presence[0][0] = Presence::Absent;
+        presence[0][silent] = Presence::NoAnswer;
+        input.presence = Some(&presence);
+        let actions = plan_object(&input, &cfg);
+        assert!(
+            actions.contains(&Action::Wait {
+                reason: WaitReason::Unreadable {
+                    segment: 0,
+                    readable: 1
+                }
+            }),
+            "{actions:?}"
+        );
+        assert!(
+            !actions
+                .iter()
+                .any(|a| matches!(a, Action::Rebuild { .. } | Action::Lost { .. })),
+            "{actions:?}"
+        );
+        let mut answered = presence.clone();
+        answered[0][silent] = Presence::Present;
+        input.presence = Some(&answered);
+        let actions = plan_object(&input, &cfg);
+        assert!(
+            matches!(
+                actions.as_slice(),
+                [Action::Rebuild { segment: 0, shards }] if shards.len() == 1 && shards[0].0 == 0
+            ),
+            "{actions:?}"
+        );
+    }
+    assert!(found, "no replica is responsible");
 }
 
 fn shard_state() -> impl Strategy<Value = ShardState> {
