@@ -20,6 +20,8 @@
 //!    responsible member (and drop a surplus replica), or, when this node
 //!    is responsible, ask the holders ([`Action::CheckHolders`]) and then
 //!    rebuild, rebalance, report lost stripes or refresh stale replicas.
+//!    What each stripe needs is [`plan_stripe`]'s, which `dynostore-sim
+//!    scale` runs too.
 //! 3. [`commit`]: after the node executed the rebuilds and moves, the new
 //!    manifest revision (the holders that were stored) and where it goes.
 //! 4. [`plan_tombstone`]: for each tombstone held, the members of
@@ -36,7 +38,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::ids::{NodeId, ObjectId};
-use crate::manifest::{Generation, Manifest, ManifestVersion, ShardSlot};
+use crate::manifest::{Generation, Manifest, ManifestVersion, ShardEntry, ShardSlot};
 use crate::placement::{MemberState, PlacementKey, View, Weighting};
 use crate::repair::{
     decide_release, manifest_ranking, manifest_replicas, rebalance_moves, repair_targets,
@@ -90,6 +92,41 @@ pub enum WaitReason {
     Unanswered(Vec<NodeId>),
     /// No eligible member to take a rebuilt shard of this segment.
     NoTargets { segment: u64 },
+    /// Shards of this segment are missing, but only `readable` (fewer than
+    /// k) answered present: the others are held by members that did not
+    /// answer, so a rebuild could not read k now ([`StripePlan::Unreadable`]).
+    Unreadable { segment: u64, readable: usize },
+}
+
+/// One shard position of a stripe, as [`plan_stripe`] sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShardState {
+    /// Held and readable now: its holder answered [`Presence::Present`].
+    Readable,
+    /// Presumed held but not readable now: its holder is not `Down` and did
+    /// not answer (in the scale model: its site is dark).
+    Unreachable,
+    /// Not held: no holder, a holder `Down` or not in the view, or one that
+    /// answered [`Presence::Absent`] (in the scale model: destroyed).
+    Missing,
+}
+
+/// What one stripe needs ([`plan_stripe`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StripePlan {
+    /// Nothing is missing. `unreachable` positions are held by members
+    /// that did not answer: while any is, nothing of the object is moved.
+    Whole { unreachable: usize },
+    /// `missing` positions are not held and at least k can be read:
+    /// rebuild them now.
+    Rebuild { missing: usize },
+    /// `missing` positions are not held; at least k are, but only
+    /// `readable` (fewer than k) can be read now. The rebuild waits until k
+    /// can be read; nothing is lost yet.
+    Unreadable { missing: usize, readable: usize },
+    /// Fewer than k positions are held (`healthy`): the stripe cannot be
+    /// rebuilt.
+    Lost { healthy: usize },
 }
 
 /// A copy to put on a new holder: shard `index` of `segment` goes from
@@ -345,6 +382,46 @@ fn gone(view: &View, node: &NodeId) -> bool {
     view.get(node).is_none_or(|m| m.state == MemberState::Down)
 }
 
+/// What a stripe needs, from the state of each of its positions; any `k`
+/// of them rebuild the others. Pure and allocation-free: [`plan_object`]
+/// calls it per segment, and `dynostore-sim scale` per repair, millions of
+/// times. Nothing missing is [`StripePlan::Whole`] whatever k: there is
+/// nothing to rebuild.
+pub fn plan_stripe(k: usize, shards: impl IntoIterator<Item = ShardState>) -> StripePlan {
+    let (mut readable, mut unreachable, mut missing) = (0usize, 0usize, 0usize);
+    for s in shards {
+        match s {
+            ShardState::Readable => readable += 1,
+            ShardState::Unreachable => unreachable += 1,
+            ShardState::Missing => missing += 1,
+        }
+    }
+    let healthy = readable + unreachable;
+    if missing == 0 {
+        StripePlan::Whole { unreachable }
+    } else if healthy < k {
+        StripePlan::Lost { healthy }
+    } else if readable < k {
+        StripePlan::Unreadable { missing, readable }
+    } else {
+        StripePlan::Rebuild { missing }
+    }
+}
+
+/// A position's [`ShardState`] from its recorded holder and the holder's
+/// answer. A holder `Down` or unknown holds nothing (this node is never
+/// `Down` to itself); one that did not answer is presumed to hold its copy,
+/// so that a hiccup starts no rebuild.
+fn shard_state(input: &ObjectInput<'_>, holder: Option<&NodeId>, answer: Presence) -> ShardState {
+    match (holder, answer) {
+        (None, _) => ShardState::Missing,
+        (Some(h), _) if h != input.me && gone(input.view, h) => ShardState::Missing,
+        (Some(_), Presence::Present) => ShardState::Readable,
+        (Some(_), Presence::NoAnswer) => ShardState::Unreachable,
+        (Some(_), Presence::Absent) => ShardState::Missing,
+    }
+}
+
 /// The holders to ask, each with the slots it should store.
 fn holder_checks(input: &ObjectInput<'_>) -> Vec<(NodeId, Vec<ShardSlot>)> {
     let mut by_node: BTreeMap<NodeId, Vec<ShardSlot>> = BTreeMap::new();
@@ -413,53 +490,52 @@ pub fn plan_object(input: &ObjectInput<'_>, cfg: &PlannerConfig) -> Vec<Action> 
     let mut whole = true;
     for (s, seg) in m.segments.iter().enumerate() {
         let answers = presence.get(s);
-        let mut missing: Vec<u16> = Vec::new();
-        let mut keep: Vec<NodeId> = Vec::new();
-        for (i, e) in seg.shards.iter().enumerate() {
+        let state = |(i, e): (usize, &ShardEntry)| {
             let answer = answers
                 .and_then(|a| a.get(i))
                 .copied()
                 .unwrap_or(Presence::NoAnswer);
-            let holder = m.holder(e);
-            let here = match holder {
-                None => false,
-                Some(h) if h != input.me && gone(input.view, h) => false,
-                Some(_) => answer != Presence::Absent,
-            };
-            if answer != Presence::Present {
-                whole = false;
-            }
-            match (here, holder) {
-                (true, Some(h)) => keep.push(h.clone()),
-                _ => missing.push(i as u16),
-            }
-        }
-        if missing.is_empty() {
-            continue;
-        }
+            shard_state(input, m.holder(e), answer)
+        };
         let segment = s as u64;
-        let healthy = seg.shards.len() - missing.len();
-        if healthy < k {
-            out.push(Action::Lost { segment, healthy });
-            continue;
+        match plan_stripe(k, seg.shards.iter().enumerate().map(state)) {
+            StripePlan::Whole { unreachable } => {
+                whole &= unreachable == 0;
+                continue;
+            }
+            StripePlan::Lost { healthy } => out.push(Action::Lost { segment, healthy }),
+            StripePlan::Unreadable { readable, .. } => out.push(Action::Wait {
+                reason: WaitReason::Unreadable { segment, readable },
+            }),
+            StripePlan::Rebuild { .. } => {
+                let mut missing: Vec<u16> = Vec::new();
+                let mut keep: Vec<NodeId> = Vec::new();
+                for (i, e) in seg.shards.iter().enumerate() {
+                    match m.holder(e) {
+                        Some(h) if state((i, e)) != ShardState::Missing => keep.push(h.clone()),
+                        _ => missing.push(i as u16),
+                    }
+                }
+                let key = PlacementKey::for_segment(&m.object, segment);
+                // At most m shards of a stripe on volatile members.
+                let targets = repair_targets(
+                    input.view,
+                    key,
+                    missing.len(),
+                    &keep,
+                    usize::from(m.geometry.m),
+                );
+                let shards: Vec<(u16, NodeId)> = missing.into_iter().zip(targets).collect();
+                if shards.is_empty() {
+                    out.push(Action::Wait {
+                        reason: WaitReason::NoTargets { segment },
+                    });
+                } else {
+                    out.push(Action::Rebuild { segment, shards });
+                }
+            }
         }
-        let key = PlacementKey::for_segment(&m.object, segment);
-        // At most m shards of a stripe on volatile members.
-        let targets = repair_targets(
-            input.view,
-            key,
-            missing.len(),
-            &keep,
-            usize::from(m.geometry.m),
-        );
-        let shards: Vec<(u16, NodeId)> = missing.into_iter().zip(targets).collect();
-        if shards.is_empty() {
-            out.push(Action::Wait {
-                reason: WaitReason::NoTargets { segment },
-            });
-        } else {
-            out.push(Action::Rebuild { segment, shards });
-        }
+        whole = false;
     }
     if whole && input.moves_left > 0 {
         let mut moves = Vec::new();

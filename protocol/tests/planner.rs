@@ -28,9 +28,9 @@ use dynostore_protocol::erasure::{CodecKind, Geometry};
 use dynostore_protocol::manifest::{Generation, Manifest, Metadata, ShardRef, ShardSlot};
 use dynostore_protocol::placement::{eligible_for_writes, Member, MemberState, View, Weighting};
 use dynostore_protocol::planner::{
-    commit, plan_object, plan_releases, plan_tombstone, put_generation, release_askees,
-    replicas_to_ask, tombstone_askees, Action, ObjectInput, Placed, PlannerConfig, Presence,
-    ReleaseInput, Replies,
+    commit, plan_object, plan_releases, plan_stripe, plan_tombstone, put_generation,
+    release_askees, replicas_to_ask, tombstone_askees, Action, ObjectInput, Placed, PlannerConfig,
+    Presence, ReleaseInput, Replies, ShardState, StripePlan, WaitReason,
 };
 use dynostore_protocol::read::{Candidate, HolderRank, ReadStep, StripeRead};
 use dynostore_protocol::repair::{manifest_ranking, manifest_replicas};
@@ -1072,6 +1072,117 @@ fn a_silent_member_with_the_newest_manifest_blocks_a_release() {
             slots: vec![slot]
         }]
     );
+}
+
+/// Shard 0 of segment 0 is gone and the holder of another position does
+/// not answer, leaving one readable of k = 2: the stripe is not lost, but a
+/// rebuild could not read k, so it waits; once that holder answers, the
+/// missing shard is rebuilt.
+#[test]
+fn a_stripe_with_fewer_than_k_readable_waits_for_its_holders() {
+    let mut c = Cluster::new();
+    c.put(0, 2);
+    let object = object(2);
+    let cfg = PlannerConfig::default();
+    let mut found = false;
+    for o in 0..N {
+        let Some(local) = c.nodes[o].manifests.get(&object).cloned() else {
+            continue;
+        };
+        let (me, view) = (node(o), c.view(o));
+        let replies = c.ask(o, &replicas_to_ask(&view, &me, &local), &object);
+        let fill = c.fill(&view);
+        let mut input = ObjectInput {
+            me: &me,
+            view: &view,
+            now_ms: c.now,
+            local: &local,
+            local_removed: &[],
+            replies: &replies,
+            presence: None,
+            fill: &fill,
+            moves_left: MOVES_PER_ROUND,
+        };
+        let first = plan_object(&input, &cfg);
+        let [Action::CheckHolders { holders }] = first.as_slice() else {
+            continue;
+        };
+        found = true;
+        let mut presence = c.check_holders(o, &local, holders);
+        assert!(presence.iter().flatten().all(|p| *p == Presence::Present));
+        let silent = (1..usize::from(K + M))
+            .find(|&i| local.holder(&local.segments[0].shards[i]) != Some(&me))
+            .unwrap();
+        presence[0][0] = Presence::Absent;
+        presence[0][silent] = Presence::NoAnswer;
+        input.presence = Some(&presence);
+        let actions = plan_object(&input, &cfg);
+        assert!(
+            actions.contains(&Action::Wait {
+                reason: WaitReason::Unreadable {
+                    segment: 0,
+                    readable: 1
+                }
+            }),
+            "{actions:?}"
+        );
+        assert!(
+            !actions
+                .iter()
+                .any(|a| matches!(a, Action::Rebuild { .. } | Action::Lost { .. })),
+            "{actions:?}"
+        );
+        let mut answered = presence.clone();
+        answered[0][silent] = Presence::Present;
+        input.presence = Some(&answered);
+        let actions = plan_object(&input, &cfg);
+        assert!(
+            matches!(
+                actions.as_slice(),
+                [Action::Rebuild { segment: 0, shards }] if shards.len() == 1 && shards[0].0 == 0
+            ),
+            "{actions:?}"
+        );
+    }
+    assert!(found, "no replica is responsible");
+}
+
+fn shard_state() -> impl Strategy<Value = ShardState> {
+    prop_oneof![
+        Just(ShardState::Readable),
+        Just(ShardState::Unreachable),
+        Just(ShardState::Missing),
+    ]
+}
+
+proptest! {
+    /// `plan_stripe` against its rule written as counts: nothing missing
+    /// is whole; fewer than k held is lost; fewer than k readable waits;
+    /// otherwise rebuild.
+    #[test]
+    fn stripe_plans_follow_the_counts(
+        k in 1usize..8,
+        states in proptest::collection::vec(shard_state(), 0..20),
+    ) {
+        let count = |want: ShardState| states.iter().filter(|s| **s == want).count();
+        let (readable, unreachable, missing) = (
+            count(ShardState::Readable),
+            count(ShardState::Unreachable),
+            count(ShardState::Missing),
+        );
+        let want = if missing == 0 {
+            StripePlan::Whole { unreachable }
+        } else if readable + unreachable < k {
+            StripePlan::Lost { healthy: readable + unreachable }
+        } else if readable < k {
+            StripePlan::Unreadable { missing, readable }
+        } else {
+            StripePlan::Rebuild { missing }
+        };
+        prop_assert_eq!(plan_stripe(k, states.iter().copied()), want);
+        // The order of the positions does not matter.
+        prop_assert_eq!(plan_stripe(k, states.iter().rev().copied()), want);
+    }
 }
 
 /// One read of a stripe of `k` among `outcomes.len()` candidates, answers

@@ -15,7 +15,10 @@
 //!   if its stripe then has at least `k` reachable shards (on live nodes at
 //!   sites that are up); otherwise the repair waits and is retried whenever
 //!   a site comes back or another repair runs. A stripe that has more than
-//!   `m` shards destroyed at once is lost.
+//!   `m` shards destroyed at once is lost. These decisions are not the
+//!   model's: they come from [`planner::plan_stripe`], the rule the node's
+//!   `plan_object` applies to each segment, with a destroyed shard
+//!   `Missing`, one on a dark site `Unreachable` and the others `Readable`.
 //! - **Site outages.** Each site goes dark as a Poisson process with rate
 //!   `site_outage_rate` per site-year for `site_outage_hours`: its shards
 //!   are unreachable (not destroyed), it receives no repairs, and a stripe
@@ -53,10 +56,12 @@
 //! `m` of the other `n - 1` holders failing within the repair delay `d`).
 //!
 //! [`View::place`]: dynostore_protocol::placement::View::place
+//! [`planner::plan_stripe`]: dynostore_protocol::planner::plan_stripe
 
 use std::cmp::Reverse;
 use std::collections::{BTreeSet, BinaryHeap};
 
+use dynostore_protocol::planner::{plan_stripe, ShardState, StripePlan};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
@@ -610,7 +615,6 @@ impl<'a> Sim<'a> {
     /// Node `x` fails at `t`: returns the shards to rebuild.
     fn fail(&mut self, t: u64, x: u32, log: &mut EventLog) -> Vec<(u32, u8)> {
         let n = self.world.n;
-        let m = self.world.m as u8;
         let stripes = std::mem::take(&mut self.node_stripes[x as usize]);
         log.event(
             "fail",
@@ -636,7 +640,9 @@ impl<'a> Sim<'a> {
             self.result.shards_destroyed += 1;
             self.missing[si] += 1;
             self.max_missing[si] = self.max_missing[si].max(self.missing[si]);
-            if self.missing[si] > m {
+            let stripe = &self.holders[si * n..(si + 1) * n];
+            let plan = plan_stripe(self.world.k, states(stripe, &self.site_of, &self.site_up));
+            if let StripePlan::Lost { .. } = plan {
                 self.lost[si] = true;
                 self.result.objects_lost += 1;
                 log.event("lost", &[self.tag, self.policy.tag(), t, u64::from(s)]);
@@ -665,17 +671,14 @@ impl<'a> Sim<'a> {
         if self.lost[si] {
             return;
         }
-        let reachable = reachable(
-            &self.holders[si * n..(si + 1) * n],
-            &self.site_of,
-            &self.site_up,
-        );
+        let stripe = &self.holders[si * n..(si + 1) * n];
         let bytes = self.world.objects[si].shard_bytes;
-        let dest = if reachable >= self.world.k {
-            self.chooser
-                .choose(&self.holders[si * n..(si + 1) * n], bytes, &ctx!(self))
-        } else {
-            None
+        let dest = match plan_stripe(self.world.k, states(stripe, &self.site_of, &self.site_up)) {
+            StripePlan::Rebuild { .. } => self.chooser.choose(stripe, bytes, &ctx!(self)),
+            // Fewer than k reachable: retried when a site returns.
+            StripePlan::Unreadable { .. } => None,
+            // Lost ones were marked by `fail`; a whole one has nothing to do.
+            StripePlan::Lost { .. } | StripePlan::Whole { .. } => return,
         };
         let Some(d) = dest else {
             self.result.repairs_deferred += 1;
@@ -709,11 +712,22 @@ impl<'a> Sim<'a> {
     }
 }
 
-fn reachable(stripe: &[u32], site_of: &[u32], site_up: &[bool]) -> usize {
-    stripe
-        .iter()
-        .filter(|&&h| h != MISSING && site_up[site_of[h as usize] as usize])
-        .count()
+/// A stripe's positions as [`plan_stripe`] sees them: a destroyed shard is
+/// missing, one on a dark site is unreachable (not lost).
+fn states<'s>(
+    stripe: &'s [u32],
+    site_of: &'s [u32],
+    site_up: &'s [bool],
+) -> impl Iterator<Item = ShardState> + 's {
+    stripe.iter().map(|&h| {
+        if h == MISSING {
+            ShardState::Missing
+        } else if site_up[site_of[h as usize] as usize] {
+            ShardState::Readable
+        } else {
+            ShardState::Unreachable
+        }
+    })
 }
 
 fn check_unavailable(
@@ -730,7 +744,11 @@ fn check_unavailable(
     if unavailable[si] {
         return;
     }
-    if reachable(&holders[si * n..(si + 1) * n], site_of, site_up) < world.k {
+    // The read's rule (`read::StripeRead`): fewer than k readable fails.
+    let readable = states(&holders[si * n..(si + 1) * n], site_of, site_up)
+        .filter(|s| *s == ShardState::Readable)
+        .count();
+    if readable < world.k {
         unavailable[si] = true;
         result.objects_unavailable += 1;
     }
@@ -782,6 +800,24 @@ mod tests {
             site_outage_hours: 72.0,
         };
         assert!(schedule(&world, &cfg, 1).is_empty());
+    }
+
+    #[test]
+    fn a_dark_site_makes_shards_unreachable_not_missing() {
+        let site_of = [0, 1, 1];
+        let site_up = [true, false];
+        let stripe = [0, MISSING, 1, 2];
+        let got: Vec<ShardState> = states(&stripe, &site_of, &site_up).collect();
+        use ShardState::*;
+        assert_eq!(got, [Readable, Missing, Unreachable, Unreachable]);
+        // Three held, one readable: a 2-of-4 stripe waits, it is not lost.
+        assert_eq!(
+            plan_stripe(2, got),
+            StripePlan::Unreadable {
+                missing: 1,
+                readable: 1
+            }
+        );
     }
 
     #[test]
