@@ -363,6 +363,14 @@ async fn repair_one(
                         "replicas did not answer: nothing decided"
                     );
                 }
+                WaitReason::Unreadable { segment, readable } => {
+                    counts.queue += 1;
+                    tracing::info!(
+                        segment,
+                        readable,
+                        "stripe short of shards, and fewer than k holders answer: rebuilt once they do"
+                    );
+                }
             },
             other => execute(shared, m, other).await,
         }
