@@ -41,6 +41,7 @@ use dynostore_protocol::placement::{
     eligible_for_writes, place_stripe, stripe_fits, PlacementError, PlacementKey, View, Weighting,
 };
 use dynostore_protocol::planner::{put_generation, tombstone_askees, Presence};
+use dynostore_protocol::repair::{self, manifest_replicas};
 use dynostore_protocol::wire::{
     Chunk, ClientRequest, ClientResponse, ErrorKind, Health, ObjectStat, ObjectSummary, PutReceipt,
     RemoteError, SegmentStat, ShardStat,
@@ -549,22 +550,13 @@ async fn cleanup(shared: &Shared, written: &[(ShardSlot, NodeId)]) {
     }
 }
 
-/// Nodes that should hold an object's manifest, best first.
+/// Nodes that should hold an object's manifest, best first
+/// ([`repair::manifest_ranking`], owned).
 fn manifest_ranking(view: &View, object: &ObjectId) -> Vec<NodeId> {
-    view.ranking(
-        PlacementKey::for_manifest(object),
-        Weighting::Uniform,
-        |m| m.state == MemberState::Alive,
-    )
-    .into_iter()
-    .cloned()
-    .collect()
-}
-
-/// Number of manifest replicas for a geometry: m + 1, so that the manifest
-/// survives as many losses as the data does.
-fn manifest_replicas(g: &Geometry) -> usize {
-    usize::from(g.m) + 1
+    repair::manifest_ranking(view, object)
+        .into_iter()
+        .cloned()
+        .collect()
 }
 
 async fn store_manifest(
