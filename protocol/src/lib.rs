@@ -16,6 +16,7 @@
 //!   actions computed from the answers it gathered.
 //! - [`read`]: which shard a stripe read asks for next (data first, hedge,
 //!   fallbacks).
+//! - [`trust`]: site admin keys, the federation's sites, node certificates.
 //! - [`wire`]: the node protocols' messages, limits and framing.
 
 pub mod erasure;
@@ -26,6 +27,7 @@ pub mod placement;
 pub mod planner;
 pub mod read;
 pub mod repair;
+pub mod trust;
 pub mod wire;
 
 pub use erasure::{CodecKind, Encoder, ErasureError, Geometry};

@@ -189,6 +189,7 @@ mod tests {
             load: Load::default(),
             software: "t".into(),
             seq,
+            cert: None,
         }
     }
 

@@ -242,6 +242,9 @@ pub enum ErrorKind {
     BadRequest,
     Unavailable,
     Internal,
+    /// The requester is not allowed to make this request (an unadmitted
+    /// peer asking for a node-only operation).
+    Forbidden,
 }
 
 /// An error returned over the wire.
@@ -396,6 +399,16 @@ pub struct Announcement {
     pub software: String,
     /// Strictly increasing per node: older or repeated ones are ignored.
     pub seq: u64,
+    /// The node's certificate ([`crate::trust::NodeCert`], encoded), in a
+    /// federation that admits nodes by certificate. Members verify it on
+    /// every announcement and take the site label and the capacity ceiling
+    /// from it, never from the fields above.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "crate::trust::opt_bytes"
+    )]
+    pub cert: Option<Vec<u8>>,
 }
 
 impl Announcement {
@@ -476,6 +489,13 @@ impl WireMessage for Announcement {
         check_text("site", &self.site, MAX_SITE_LEN)?;
         check_text("software", &self.software, MAX_TEXT_LEN)?;
         check_addrs(&self.addrs)?;
+        if let Some(cert) = &self.cert {
+            check_count(
+                "certificate bytes",
+                cert.len(),
+                crate::trust::CERT_MAX_BYTES,
+            )?;
+        }
         check_containers(&self.containers)
     }
 }
@@ -823,6 +843,7 @@ mod tests {
             load: Load::default(),
             software: "0.1.0".into(),
             seq: 7,
+            cert: None,
         }
     }
 

@@ -221,6 +221,7 @@ fn announcement(containers: Vec<ContainerReport>) -> Announcement {
         load: Load::default(),
         software: "t".into(),
         seq: 1,
+        cert: None,
     }
 }
 

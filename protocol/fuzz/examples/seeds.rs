@@ -74,6 +74,7 @@ fn announcement() -> Announcement {
         },
         software: "0.1.0".into(),
         seq: 7,
+        cert: None,
     }
 }
 
