@@ -72,6 +72,13 @@ pub struct Config {
     /// experiments only; anyone can join).
     #[serde(default)]
     pub network_key: Option<PathBuf>,
+    /// Path of the federation file (its name and each site's admin public
+    /// key). With `cert`, members are admitted by certificate only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub federation: Option<PathBuf>,
+    /// Path of this node's certificate, signed by its site's admin key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert: Option<PathBuf>,
     /// Seconds between capacity/load announcements.
     #[serde(default = "default_announce_ms")]
     pub announce_interval_ms: u64,
@@ -178,6 +185,7 @@ const HEADER: &str = "\
 # site                     site label; a stripe's shards go to distinct sites first
 # bootstrap                full multiaddrs (/p2p/<id>) of nodes to join through
 # network_key              path of the network's pre-shared key (absent = open network)
+# federation, cert         federation file and this node's certificate (admission by certificate)
 # announce_interval_ms     how often this node announces capacity and load (default 5000)
 # suspect_after_ms         silence before a member is suspect (default 15000)
 # down_after_ms            silence before a member is down and repaired (default 60000)
@@ -202,6 +210,8 @@ impl Config {
             site: default_site(),
             bootstrap: Vec::new(),
             network_key: None,
+            federation: None,
+            cert: None,
             announce_interval_ms: default_announce_ms(),
             suspect_after_ms: default_suspect_ms(),
             down_after_ms: default_down_ms(),
@@ -278,6 +288,17 @@ impl Config {
         }
         for b in &self.bootstrap {
             bootstrap_peer(b)?;
+        }
+        if self.federation.is_some() != self.cert.is_some() {
+            return Err(field(
+                if self.cert.is_some() {
+                    "federation"
+                } else {
+                    "cert"
+                },
+                "absent",
+                "`federation` and `cert` go together: admission by certificate needs both",
+            ));
         }
         let site_ok = !self.site.is_empty()
             && self.site.len() <= dynostore_protocol::wire::MAX_SITE_LEN

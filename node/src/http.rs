@@ -279,6 +279,7 @@ fn data_error(e: &DataError) -> Response<Full<Bytes>> {
     let status = match kind {
         ErrorKind::NotFound => StatusCode::NOT_FOUND,
         ErrorKind::BadRequest => StatusCode::BAD_REQUEST,
+        ErrorKind::Forbidden => StatusCode::FORBIDDEN,
         ErrorKind::NotEnoughNodes | ErrorKind::Unavailable | ErrorKind::Full => {
             StatusCode::SERVICE_UNAVAILABLE
         }

@@ -80,7 +80,7 @@ pub enum KeyError {
 
 /// Writes `bytes` to a new file with owner-only permissions; refuses to
 /// overwrite.
-fn write_secret(path: &Path, bytes: &[u8]) -> Result<(), KeyError> {
+pub(crate) fn write_secret(path: &Path, bytes: &[u8]) -> Result<(), KeyError> {
     let mut opts = fs::OpenOptions::new();
     opts.write(true).create_new(true);
     #[cfg(unix)]

@@ -14,6 +14,8 @@
 //! - `metrics`: the Prometheus metrics of the node.
 //! - [`http`]: the HTTP admin API (`/metrics`, `/health`, `/v1/...`).
 //! - [`json`]: the JSON of status, stat and list (CLI and admin API).
+//! - [`trust`]: node admission by site certificate (federation file, own
+//!   certificate, admitted peers).
 //! - [`client`]: the command-line client's connection to an entry peer.
 
 pub mod client;
@@ -34,3 +36,4 @@ pub mod shard_proto;
 pub(crate) mod shared;
 pub mod store;
 pub mod stripes;
+pub mod trust;

@@ -1,5 +1,7 @@
 //! `dynostore`: the node and its command-line client in one binary.
 
+mod cli_trust;
+
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -99,6 +101,12 @@ enum Command {
     /// Low-level shard operations against one node (for operators and tests).
     #[command(subcommand)]
     Shard(ShardCommand),
+    /// A site's admin key: create it, print its federation-file line.
+    #[command(subcommand)]
+    Site(cli_trust::SiteCommand),
+    /// Node certificates: issue (signed by a site admin key), install, inspect.
+    #[command(subcommand)]
+    Cert(cli_trust::CertCommand),
 }
 
 #[derive(Debug, Args)]
@@ -255,6 +263,8 @@ fn main() -> ExitCode {
 async fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Init(args) => init(args),
+        Command::Site(cmd) => cli_trust::site(cmd),
+        Command::Cert(cmd) => cli_trust::cert(cmd),
         Command::Node { dir } => Ok(node::run(&dir, shutdown_signal()).await?),
         Command::NetworkKey { file } => {
             keys::create_network_key(&file)?;

@@ -68,6 +68,7 @@ pub(crate) fn kind_label(kind: ErrorKind) -> &'static str {
         ErrorKind::BadRequest => "bad-request",
         ErrorKind::Unavailable => "unavailable",
         ErrorKind::Internal => "internal",
+        ErrorKind::Forbidden => "forbidden",
     }
 }
 
@@ -136,6 +137,7 @@ pub(crate) struct Metrics {
     scrub_runs: Counter,
     scrub_corrupt: Counter,
     admin_requests: Family<RouteLabels, Counter>,
+    admission_refused: Counter,
 
     // Scrape-time values.
     members: Family<MemberLabels, Gauge>,
@@ -176,6 +178,7 @@ impl Metrics {
             scrub_runs: Counter::default(),
             scrub_corrupt: Counter::default(),
             admin_requests: Family::default(),
+            admission_refused: Counter::default(),
             members: Family::default(),
             container_capacity: Family::default(),
             container_free: Family::default(),
@@ -228,6 +231,11 @@ impl Metrics {
             "requests_in_flight",
             "Requests being served: client operations and inbound shard streams",
             self.in_flight.clone(),
+        );
+        d.register(
+            "admission_refused",
+            "Announcements dropped because their certificate did not admit the node",
+            self.admission_refused.clone(),
         );
         d.register(
             "peer_request_failures",
@@ -368,6 +376,10 @@ impl Metrics {
         self.peer_failures
             .get_or_create(&FailureLabels { op, reason })
             .inc();
+    }
+
+    pub(crate) fn admission_refused(&self) {
+        self.admission_refused.inc();
     }
 
     pub(crate) fn scrubbed(&self, corrupt: u64) {

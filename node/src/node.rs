@@ -53,6 +53,7 @@ use crate::net::{self, Command, ControlBehaviour};
 use crate::peers::PeerNet;
 use crate::shared::Shared;
 use crate::store::ShardStore;
+use crate::trust::Admission;
 
 /// Inbound shard streams served at once; bounds memory to this many shards.
 pub const MAX_INBOUND_STREAMS: usize = 32;
@@ -83,6 +84,13 @@ pub enum NodeError {
     Net(#[from] net::NetError),
     #[error(transparent)]
     Http(#[from] crate::http::HttpError),
+    #[error(transparent)]
+    Admission(#[from] crate::trust::AdmissionError),
+    #[error(
+        "config site {config:?} differs from the site {cert:?} of this node's certificate: \
+         set `site` to the certificate's"
+    )]
+    SiteMismatch { config: String, cert: String },
     #[error("cannot listen on {addr}: {reason}")]
     Listen { addr: Multiaddr, reason: String },
     #[error("libp2p set-up failed: {0}")]
@@ -136,7 +144,29 @@ pub async fn run(
         cmd_tx.clone(),
         cfg.request_timeout(),
     );
-    let shared = Arc::new(Shared::new(
+    let admission = match (&cfg.federation, &cfg.cert) {
+        (Some(fed), Some(cert)) => {
+            let a = Admission::load(&dir.join(fed), &dir.join(cert), &local)?;
+            if a.own_site() != cfg.site {
+                return Err(NodeError::SiteMismatch {
+                    config: cfg.site.clone(),
+                    cert: a.own_site().to_string(),
+                });
+            }
+            tracing::info!(
+                site = a.own_site(),
+                "members are admitted by site certificate"
+            );
+            Some(a)
+        }
+        _ => {
+            tracing::warn!(
+                "no federation and cert configured: members are admitted without certificates"
+            );
+            None
+        }
+    };
+    let mut shared = Shared::new(
         local,
         cfg.site.clone(),
         store,
@@ -145,7 +175,9 @@ pub async fn run(
         net,
         cfg.repair_rate_bytes_per_sec,
         cfg.tombstone_ttl_ms,
-    ));
+    );
+    shared.admission = admission;
+    let shared = Arc::new(shared);
     for addr in cfg.listen_addrs() {
         swarm
             .listen_on(addr.clone())
@@ -213,6 +245,7 @@ pub async fn run(
         dir: dir.to_path_buf(),
         rebootstrap: Duration::from_millis(cfg.rebootstrap_interval_ms),
         rounds: 0,
+        refused: HashSet::new(),
     };
     let result = ev.run(shutdown).await;
     announcer.abort();
@@ -299,6 +332,10 @@ fn spawn_servers(
         while let Some((peer, stream)) = shards.next().await {
             let permits = permits.clone();
             let shared = s.clone();
+            if !shared.is_admitted(&net::node_id(&peer)) {
+                tracing::debug!(%peer, "closed a shard stream from an unadmitted peer");
+                continue;
+            }
             tokio::spawn(async move {
                 let Ok(permit) = permits.acquire_owned().await else {
                     return;
@@ -361,7 +398,7 @@ async fn announce_loop(shared: Arc<Shared>, interval: Duration, cmd_tx: mpsc::Se
             .lock()
             .map(|a| a.iter().map(ToString::to_string).collect())
             .unwrap_or_default();
-        let ann = Announcement {
+        let mut ann = Announcement {
             version: ANNOUNCEMENT_VERSION,
             node: shared.local.clone(),
             site: shared.site.clone(),
@@ -373,8 +410,16 @@ async fn announce_loop(shared: Arc<Shared>, interval: Duration, cmd_tx: mpsc::Se
             },
             software: env!("CARGO_PKG_VERSION").to_string(),
             seq,
+            cert: shared.admission.as_ref().map(Admission::own_cert_bytes),
         };
         let bytes = ann.encode();
+        // The local view counts this node as every member does: capacity
+        // cut to its certificate's ceiling.
+        if let Some(a) = &shared.admission {
+            if let Err(e) = a.admit(&mut ann, &shared.local) {
+                tracing::error!(error = %e, "this node's own certificate no longer admits it");
+            }
+        }
         let now = shared.now_ms();
         let changes = {
             let mut m = shared.membership();
@@ -404,6 +449,8 @@ struct EventLoop {
     rebootstrap: Duration,
     /// Announcement rounds so far (for the redial of down members).
     rounds: u64,
+    /// Certificate refusals already logged (bounded: cleared when large).
+    refused: HashSet<(NodeId, String)>,
 }
 
 impl EventLoop {
@@ -640,7 +687,7 @@ impl EventLoop {
     }
 
     fn on_announcement(&mut self, message: gossipsub::Message) {
-        let ann = match Announcement::decode(&message.data) {
+        let mut ann = match Announcement::decode(&message.data) {
             Ok(a) => a,
             Err(e) => {
                 tracing::warn!(source = ?message.source, error = %e, "dropped a malformed announcement");
@@ -653,6 +700,20 @@ impl EventLoop {
         if ann.node != net::node_id(&source) {
             tracing::warn!(%source, claimed = %ann.node, "dropped an announcement signed by another node");
             return;
+        }
+        if let Some(a) = &self.shared.admission {
+            let node = ann.node.clone();
+            if let Err(e) = a.admit(&mut ann, &node) {
+                // Once per peer and reason: an unadmitted node announces every interval.
+                if self.refused.len() >= 4096 {
+                    self.refused.clear();
+                }
+                if self.refused.insert((node.clone(), e.to_string())) {
+                    tracing::warn!(%node, error = %e, "refused a member's certificate");
+                }
+                self.shared.metrics.admission_refused();
+                return;
+            }
         }
         for a in &ann.addrs {
             if let Ok(addr) = a.parse::<Multiaddr>() {
@@ -703,6 +764,16 @@ impl EventLoop {
         request: ControlRequest,
         channel: ResponseChannel<ControlResponse>,
     ) {
+        let node = net::node_id(&peer);
+        if !matches!(request, ControlRequest::Status) && !self.shared.is_admitted(&node) {
+            tracing::debug!(%peer, "refused a node-only request from an unadmitted peer");
+            let response = remote_error(
+                dynostore_protocol::wire::ErrorKind::Forbidden,
+                &"this request is for admitted members of the federation only",
+            );
+            self.on_command(Command::Respond { channel, response });
+            return;
+        }
         if let ControlRequest::Deny { peers } = request {
             let response = self.deny(&peers);
             self.on_command(Command::Respond { channel, response });

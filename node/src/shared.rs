@@ -38,6 +38,8 @@ pub(crate) struct Shared {
     pub(crate) repair: RepairState,
     pub(crate) tombstone_ttl_ms: u64,
     pub(crate) metrics: Metrics,
+    /// Admission by certificate; `None` in a federation without one.
+    pub(crate) admission: Option<crate::trust::Admission>,
 }
 
 /// What this node's announcements report about its traffic and addresses.
@@ -127,7 +129,14 @@ impl Shared {
             repair: RepairState::new(repair_rate_bytes_per_sec),
             tombstone_ttl_ms,
             metrics: Metrics::new(),
+            admission: None,
         }
+    }
+
+    /// Whether `peer` may make node-only requests: any peer without
+    /// admission by certificate, else only admitted ones.
+    pub(crate) fn is_admitted(&self, peer: &NodeId) -> bool {
+        self.admission.as_ref().is_none_or(|a| a.is_admitted(peer))
     }
 
     /// Shard and manifest operations on any member.

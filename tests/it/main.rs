@@ -12,3 +12,4 @@ mod s3;
 mod safety;
 mod shards;
 mod sim_cluster;
+mod trust;

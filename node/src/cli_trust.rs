@@ -1,0 +1,261 @@
+//! `dynostore site ...` and `dynostore cert ...`: a site's admin key and the
+//! certificates that admit its nodes (see `dynostore_node::trust`).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use clap::Subcommand;
+
+use dynostore_node::config::{Config, IDENTITY_FILE};
+use dynostore_node::container::ByteSize;
+use dynostore_node::keys;
+use dynostore_node::manifests::wall_ms;
+use dynostore_node::trust::{
+    load_cert, load_federation, load_site_key, new_site_key, write_site_key,
+};
+use dynostore_protocol::trust::{check_label, NodeCert, NodeCertBody, CERT_VERSION};
+use dynostore_protocol::NodeId;
+
+/// The files `cert install` puts into a node directory.
+const FEDERATION_FILE: &str = "federation.toml";
+const CERT_FILE: &str = "node.cert";
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum SiteCommand {
+    /// Create a site's admin key (mode 0600, never overwritten) and print
+    /// the line that lists the site in the federation file.
+    Init {
+        /// The site's label (letters, digits, '-', '_', '.').
+        #[arg(long)]
+        site: String,
+        /// Where to write the secret key.
+        #[arg(long)]
+        key: PathBuf,
+    },
+    /// Print the federation-file line of an existing site key.
+    Pubkey {
+        #[arg(long)]
+        key: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum CertCommand {
+    /// Sign a node certificate with a site's admin key. With --dir, the
+    /// certificate and the federation file are installed into that node
+    /// directory; with --node and --out, written to a file for `cert install`.
+    Issue {
+        /// The site admin key (from `site init`).
+        #[arg(long)]
+        site_key: PathBuf,
+        /// The federation file (its name and each site's public key).
+        #[arg(long)]
+        federation: PathBuf,
+        /// The node directory to certify and install into.
+        #[arg(long, conflicts_with_all = ["node", "out"], required_unless_present = "node")]
+        dir: Option<PathBuf>,
+        /// The node ID to certify (what `init` printed).
+        #[arg(long, requires = "out")]
+        node: Option<NodeId>,
+        /// Where to write the certificate (with --node).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// The most capacity the node's announcements may count for.
+        #[arg(long)]
+        capacity: ByteSize,
+        /// Days the certificate is valid from now (fractions allowed).
+        #[arg(long, default_value_t = 365.0)]
+        days: f64,
+    },
+    /// Install a certificate into a node directory after checking it
+    /// against the federation file and the node's identity.
+    Install {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        federation: PathBuf,
+        cert: PathBuf,
+    },
+    /// Print a certificate; with --federation, also check it.
+    Inspect {
+        cert: PathBuf,
+        #[arg(long)]
+        federation: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+pub(crate) fn site(cmd: SiteCommand) -> Result<()> {
+    match cmd {
+        SiteCommand::Init { site, key } => {
+            check_label("site label", &site)?;
+            let sk = new_site_key();
+            write_site_key(&key, &site, &sk)?;
+            eprintln!(
+                "wrote the admin key of site {site} to {} (keep it secret); \
+                 add this line under [sites] in every member's federation file:",
+                key.display()
+            );
+            println!("{site} = \"{}\"", sk.public());
+            Ok(())
+        }
+        SiteCommand::Pubkey { key } => {
+            let (site, sk) = load_site_key(&key)?;
+            println!("{site} = \"{}\"", sk.public());
+            Ok(())
+        }
+    }
+}
+
+pub(crate) fn cert(cmd: CertCommand) -> Result<()> {
+    match cmd {
+        CertCommand::Issue {
+            site_key,
+            federation,
+            dir,
+            node,
+            out,
+            capacity,
+            days,
+        } => {
+            let (site, sk) = load_site_key(&site_key)?;
+            let fed = load_federation(&federation)?;
+            match fed.site_key(&site) {
+                Some(k) if *k == sk.public() => {}
+                Some(_) => bail!(
+                    "{} lists another key for site {site}: this key would certify nodes nobody admits",
+                    federation.display()
+                ),
+                None => bail!(
+                    "{} does not list site {site}: add the line `dynostore site pubkey` prints",
+                    federation.display()
+                ),
+            }
+            let node = match (&dir, node) {
+                (Some(d), _) => node_of(d)?,
+                (None, Some(n)) => n,
+                (None, None) => bail!("give --dir or --node"),
+            };
+            if !(days > 0.0 && days <= 36_500.0) {
+                bail!("--days {days}: give a validity from above 0 up to 36500 days");
+            }
+            let now = wall_ms();
+            let body = NodeCertBody {
+                version: CERT_VERSION,
+                federation: fed.name().to_string(),
+                site,
+                node: node.as_bytes().to_vec(),
+                capacity_max_bytes: capacity.bytes(),
+                issued_ms: now,
+                expires_ms: now.saturating_add((days * 86_400_000.0) as u64),
+            };
+            let cert = sk.issue(&body);
+            match (dir, out) {
+                (Some(d), _) => install(&d, &federation, &cert),
+                (None, Some(out)) => {
+                    write_new(&out, &cert.encode())?;
+                    println!("wrote the certificate of {node} to {}", out.display());
+                    Ok(())
+                }
+                (None, None) => bail!("give --dir or --out"),
+            }
+        }
+        CertCommand::Install {
+            dir,
+            federation,
+            cert,
+        } => install(&dir, &federation, &load_cert(&cert)?),
+        CertCommand::Inspect {
+            cert,
+            federation,
+            json,
+        } => {
+            let c = load_cert(&cert)?;
+            let b = c.body();
+            let node = b.node_id()?;
+            let verdict = match &federation {
+                Some(f) => Some(match c.verify(&load_federation(f)?, &node, wall_ms()) {
+                    Ok(_) => "valid".to_string(),
+                    Err(e) => format!("refused: {e}"),
+                }),
+                None => None,
+            };
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "federation": b.federation, "site": b.site, "node": node.to_string(),
+                        "capacity_max_bytes": b.capacity_max_bytes, "issued_ms": b.issued_ms,
+                        "expires_ms": b.expires_ms, "verdict": verdict,
+                    })
+                );
+            } else {
+                println!("federation  {}", b.federation);
+                println!("site        {}", b.site);
+                println!("node        {node}");
+                println!("capacity    at most {} bytes", b.capacity_max_bytes);
+                println!("valid       {} .. {} (Unix ms)", b.issued_ms, b.expires_ms);
+                if let Some(v) = verdict {
+                    println!("check       {v}");
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+/// The node ID of a node directory (its identity key).
+fn node_of(dir: &Path) -> Result<NodeId> {
+    let kp = keys::load_identity(&dir.join(IDENTITY_FILE)).with_context(|| {
+        format!(
+            "{} is not a node directory (run `dynostore init`)",
+            dir.display()
+        )
+    })?;
+    Ok(NodeId::from_bytes(kp.public().to_peer_id().to_bytes())?)
+}
+
+/// Checks `cert` against the federation and the node's identity, copies
+/// both into `dir` and names them in its config (with the certificate's site).
+fn install(dir: &Path, federation: &Path, cert: &NodeCert) -> Result<()> {
+    let fed = load_federation(federation)?;
+    let node = node_of(dir)?;
+    cert.verify(&fed, &node, wall_ms())
+        .context("the certificate would not admit this node")?;
+    let mut cfg = Config::load(dir)?;
+    std::fs::copy(federation, dir.join(FEDERATION_FILE)).with_context(|| {
+        format!(
+            "cannot copy {} into {}",
+            federation.display(),
+            dir.display()
+        )
+    })?;
+    let cert_path = dir.join(CERT_FILE);
+    std::fs::write(&cert_path, cert.encode())
+        .with_context(|| format!("cannot write {}", cert_path.display()))?;
+    cfg.federation = Some(FEDERATION_FILE.into());
+    cfg.cert = Some(CERT_FILE.into());
+    cfg.site.clone_from(&cert.body().site);
+    cfg.validate()?;
+    cfg.save(dir)?;
+    println!(
+        "installed the certificate of {node} (site {}, at most {} bytes) in {}",
+        cert.body().site,
+        cert.body().capacity_max_bytes,
+        dir.display()
+    );
+    Ok(())
+}
+
+fn write_new(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .with_context(|| format!("cannot create {} (it must not exist)", path.display()))?;
+    f.write_all(bytes)
+        .and_then(|()| f.sync_all())
+        .with_context(|| format!("cannot write {}", path.display()))
+}
