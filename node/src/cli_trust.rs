@@ -11,8 +11,9 @@ use dynostore_node::container::ByteSize;
 use dynostore_node::keys;
 use dynostore_node::manifests::wall_ms;
 use dynostore_node::trust::{
-    load_cert, load_federation, load_site_key, new_site_key, write_site_key,
+    fresh_seed, load_cert, load_federation, load_site_key, new_site_key, write_site_key,
 };
+use dynostore_protocol::token::{self, Grant, Op, Restriction, Token};
 use dynostore_protocol::trust::{check_label, NodeCert, NodeCertBody, CERT_VERSION};
 use dynostore_protocol::NodeId;
 
@@ -84,6 +85,159 @@ pub(crate) enum CertCommand {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum TokenCommand {
+    /// Issue a user token signed by a site's admin key (written 0600).
+    Issue {
+        #[arg(long)]
+        site_key: PathBuf,
+        #[arg(long)]
+        federation: PathBuf,
+        /// The user the token names.
+        #[arg(long)]
+        user: String,
+        /// Operations allowed: put, get, ls, rm, admin (comma-separated).
+        #[arg(long, value_delimiter = ',', required = true)]
+        ops: Vec<Op>,
+        /// Name prefixes covered (repeatable; default: every name).
+        #[arg(long = "prefix")]
+        prefixes: Vec<String>,
+        #[arg(long, default_value_t = 30.0)]
+        days: f64,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Restrict a token offline (fewer operations, one prefix, an earlier
+    /// expiry) to hand it to a colleague; needs no admin key.
+    Attenuate {
+        #[arg(long)]
+        federation: PathBuf,
+        token: PathBuf,
+        #[arg(long, value_delimiter = ',')]
+        ops: Option<Vec<Op>>,
+        #[arg(long)]
+        prefix: Option<String>,
+        #[arg(long)]
+        days: Option<f64>,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Check a token against the federation and print what it allows and
+    /// its revocation IDs.
+    Inspect {
+        #[arg(long)]
+        federation: PathBuf,
+        token: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn expiry_secs(days: f64) -> Result<u64> {
+    if !(days > 0.0 && days <= 36_500.0) {
+        bail!("--days {days}: give a validity from above 0 up to 36500 days");
+    }
+    Ok(wall_ms() / 1000 + (days * 86_400.0) as u64)
+}
+
+fn read_token(path: &Path, fed: &dynostore_protocol::trust::Federation) -> Result<Token> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the token {}", path.display()))?;
+    Token::decode_base64(text.trim(), fed)
+        .with_context(|| format!("{} is not a token of this federation", path.display()))
+}
+
+fn write_token(path: &Path, t: &Token) -> Result<()> {
+    keys::write_secret_file(path, format!("{}\n", t.to_base64()?).as_bytes())?;
+    Ok(())
+}
+
+pub(crate) fn token_cmd(cmd: TokenCommand) -> Result<()> {
+    match cmd {
+        TokenCommand::Issue {
+            site_key,
+            federation,
+            user,
+            ops,
+            prefixes,
+            days,
+            out,
+        } => {
+            let (site, sk) = load_site_key(&site_key)?;
+            let fed = load_federation(&federation)?;
+            if fed.site_key(&site) != Some(&sk.public()) {
+                bail!(
+                    "{} does not list this key for site {site}",
+                    federation.display()
+                );
+            }
+            let grant = Grant {
+                user,
+                ops: ops.into_iter().collect(),
+                prefixes: if prefixes.is_empty() {
+                    vec![String::new()]
+                } else {
+                    prefixes
+                },
+                expires_secs: expiry_secs(days)?,
+            };
+            let t = token::issue(&site, &sk, &grant, fresh_seed())?;
+            write_token(&out, &t)?;
+            println!("{}", t.revocation_ids()[0]);
+            Ok(())
+        }
+        TokenCommand::Attenuate {
+            federation,
+            token,
+            ops,
+            prefix,
+            days,
+            out,
+        } => {
+            let fed = load_federation(&federation)?;
+            let t = read_token(&token, &fed)?;
+            let r = Restriction {
+                ops: ops.map(|o| o.into_iter().collect()),
+                prefix,
+                expires_secs: days.map(expiry_secs).transpose()?,
+            };
+            let narrower = t.attenuate(&r, fresh_seed())?;
+            write_token(&out, &narrower)?;
+            println!(
+                "{}",
+                narrower
+                    .revocation_ids()
+                    .last()
+                    .cloned()
+                    .unwrap_or_default()
+            );
+            Ok(())
+        }
+        TokenCommand::Inspect {
+            federation,
+            token,
+            json,
+        } => {
+            let fed = load_federation(&federation)?;
+            let t = read_token(&token, &fed)?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"revocation_ids": t.revocation_ids(), "datalog": t.print()})
+                );
+            } else {
+                println!("signed by a site of {}", fed.name());
+                println!(
+                    "revocation ids (authority first): {}",
+                    t.revocation_ids().join(" ")
+                );
+                println!("{}", t.print());
+            }
+            Ok(())
+        }
+    }
 }
 
 pub(crate) fn site(cmd: SiteCommand) -> Result<()> {

@@ -108,6 +108,11 @@ pub(crate) fn write_secret(path: &Path, bytes: &[u8]) -> Result<(), KeyError> {
         })
 }
 
+/// Writes a secret (a key or token file): a new file, mode 0600, synced.
+pub fn write_secret_file(path: &Path, bytes: &[u8]) -> Result<(), KeyError> {
+    write_secret(path, bytes)
+}
+
 /// Creates a new ed25519 identity at `path` (refusing to overwrite).
 pub fn create_identity(path: &Path) -> Result<Keypair, KeyError> {
     let kp = Keypair::generate_ed25519();

@@ -107,6 +107,9 @@ enum Command {
     /// Node certificates: issue (signed by a site admin key), install, inspect.
     #[command(subcommand)]
     Cert(cli_trust::CertCommand),
+    /// User tokens: issue (site admin), attenuate (any holder), inspect.
+    #[command(subcommand)]
+    Token(cli_trust::TokenCommand),
 }
 
 #[derive(Debug, Args)]
@@ -265,6 +268,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Init(args) => init(args),
         Command::Site(cmd) => cli_trust::site(cmd),
         Command::Cert(cmd) => cli_trust::cert(cmd),
+        Command::Token(cmd) => cli_trust::token_cmd(cmd),
         Command::Node { dir } => Ok(node::run(&dir, shutdown_signal()).await?),
         Command::NetworkKey { file } => {
             keys::create_network_key(&file)?;

@@ -111,7 +111,13 @@ const SITE_KEY_HEADER: &str = "dynostore site admin key v1";
 
 /// A new site admin key from the operating system's CSPRNG.
 pub fn new_site_key() -> SiteKey {
-    SiteKey::from_seed(rand::random())
+    SiteKey::from_seed(fresh_seed())
+}
+
+/// 32 bytes from the operating system's CSPRNG (key material of new token
+/// blocks; `protocol` draws no randomness itself).
+pub fn fresh_seed() -> [u8; 32] {
+    rand::random()
 }
 
 /// Writes a site admin key (mode 0600, refusing to overwrite).

@@ -16,6 +16,8 @@
 //!   actions computed from the answers it gathered.
 //! - [`read`]: which shard a stripe read asks for next (data first, hedge,
 //!   fallbacks).
+//! - [`token`]: user tokens (biscuits signed by a site admin key): issue,
+//!   attenuate, authorize one operation on one name.
 //! - [`trust`]: site admin keys, the federation's sites, node certificates.
 //! - [`wire`]: the node protocols' messages, limits and framing.
 
@@ -27,6 +29,7 @@ pub mod placement;
 pub mod planner;
 pub mod read;
 pub mod repair;
+pub mod token;
 pub mod trust;
 pub mod wire;
 
