@@ -44,6 +44,7 @@ use dynostore_protocol::planner::{
 use dynostore_protocol::wire::ErrorKind;
 use dynostore_protocol::{MemberState, NodeId, ObjectId, ShardId};
 
+use crate::dashboard::EventKind;
 use crate::manifests::wall_ms;
 use crate::shared::Shared;
 use crate::stripes::{read_segment, slot_presence};
@@ -321,16 +322,36 @@ async fn repair_one(
     let presence;
     if let Some(Action::CheckHolders { .. }) = actions.first() {
         presence = slot_presence(shared, view, m).await;
+        shared.dashboard.record_presence(m, &presence);
         input.presence = Some(&presence);
         actions = plan_object(&input, &pcfg);
     }
+    let to_rebuild: usize = actions
+        .iter()
+        .map(|a| match a {
+            Action::Rebuild { shards, .. } => shards.len(),
+            _ => 0,
+        })
+        .sum();
+    if to_rebuild > 0 {
+        shared.dashboard.events.push(
+            EventKind::RepairStarted,
+            Some(object.to_string()),
+            format!(
+                "repair of object {} started: {to_rebuild} shards to rebuild",
+                object.short()
+            ),
+        );
+    }
     let mut placed = Vec::new();
+    let mut rebuilt = 0usize;
     let mut changes = false;
     for action in &actions {
         match action {
             Action::Rebuild { segment, shards } => {
                 changes = true;
                 let got = rebuild(shared, view, m, *segment, shards).await;
+                rebuilt += got.len();
                 if got.len() < shards.len() {
                     counts.queue += 1;
                 }
@@ -386,6 +407,16 @@ async fn repair_one(
         for action in commit(&input, &pcfg, &placed) {
             execute(shared, m, &action).await;
         }
+    }
+    if to_rebuild > 0 {
+        shared.dashboard.events.push(
+            EventKind::RepairDone,
+            Some(object.to_string()),
+            format!(
+                "repair of object {} done: {rebuilt} of {to_rebuild} shards rebuilt",
+                object.short()
+            ),
+        );
     }
 }
 
@@ -672,6 +703,14 @@ pub(crate) async fn scrub(shared: &Arc<Shared>) -> (u64, u64) {
             if e.kind() == ErrorKind::Integrity {
                 corrupt += 1;
                 tracing::warn!(shard = %id.short(), error = %e, "scrub found a corrupt shard; deleting the copy");
+                shared.dashboard.events.push(
+                    EventKind::Corruption,
+                    Some(id.to_string()),
+                    format!(
+                        "scrub found shard {} corrupt: copy deleted, repair rebuilds it",
+                        id.short()
+                    ),
+                );
                 if let Err(e) = shared.store.delete(&id).await {
                     tracing::warn!(shard = %id.short(), error = %e, "cannot delete a corrupt shard");
                 }

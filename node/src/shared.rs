@@ -20,6 +20,7 @@ use dynostore_protocol::membership::Membership;
 use dynostore_protocol::wire::{MemberReport, RepairReport, StatusReport};
 use dynostore_protocol::NodeId;
 
+use crate::dashboard::Dashboard;
 use crate::manifests::ManifestStore;
 use crate::metrics::Metrics;
 use crate::peers::{PeerNet, Peers};
@@ -38,6 +39,7 @@ pub(crate) struct Shared {
     pub(crate) repair: RepairState,
     pub(crate) tombstone_ttl_ms: u64,
     pub(crate) metrics: Metrics,
+    pub(crate) dashboard: Dashboard,
 }
 
 /// What this node's announcements report about its traffic and addresses.
@@ -127,6 +129,7 @@ impl Shared {
             repair: RepairState::new(repair_rate_bytes_per_sec),
             tombstone_ttl_ms,
             metrics: Metrics::new(),
+            dashboard: Dashboard::default(),
         }
     }
 
