@@ -256,6 +256,12 @@ struct RoundCounts {
     /// Stripes short of k + m left after the round.
     queue: u64,
     moves_left: usize,
+    /// When this round began rebuilding (its first rebuild), for the
+    /// dashboard's events: one "started" and one "done" per round.
+    rebuild_started: Option<std::time::Instant>,
+    objects_rebuilt: u64,
+    shards_planned: usize,
+    shards_rebuilt: usize,
 }
 
 async fn round(shared: &Arc<Shared>, cfg: &RepairConfig) {
@@ -280,14 +286,29 @@ async fn round(shared: &Arc<Shared>, cfg: &RepairConfig) {
     let mut replies = gather(shared, ask).await;
     let fill = fills(shared);
     let mut counts = RoundCounts {
-        queue: 0,
         moves_left: MAX_MOVES_PER_ROUND,
+        ..RoundCounts::default()
     };
     for m in manifests {
         let r = replies.remove(&m.object).unwrap_or_default();
         repair_one(shared, cfg, &view, &m, &r, &fill, &mut counts).await;
     }
     shared.repair_stats(|s| s.queue_len = counts.queue);
+    if let Some(started) = counts.rebuild_started {
+        shared.dashboard.events.push(
+            EventKind::RepairDone,
+            None,
+            format!(
+                "repair round done: {} of {} shards rebuilt for {} object{} in {:.1} s; {} stripes still short",
+                counts.shards_rebuilt,
+                counts.shards_planned,
+                counts.objects_rebuilt,
+                if counts.objects_rebuilt == 1 { "" } else { "s" },
+                started.elapsed().as_secs_f64(),
+                counts.queue
+            ),
+        );
+    }
 }
 
 /// Plans and executes one object's round.
@@ -333,12 +354,13 @@ async fn repair_one(
             _ => 0,
         })
         .sum();
-    if to_rebuild > 0 {
+    if to_rebuild > 0 && counts.rebuild_started.is_none() {
+        counts.rebuild_started = Some(std::time::Instant::now());
         shared.dashboard.events.push(
             EventKind::RepairStarted,
             Some(object.to_string()),
             format!(
-                "repair of object {} started: {to_rebuild} shards to rebuild",
+                "repair started: stripes short of k + m found (first: object {}, {to_rebuild} shards to rebuild)",
                 object.short()
             ),
         );
@@ -409,14 +431,9 @@ async fn repair_one(
         }
     }
     if to_rebuild > 0 {
-        shared.dashboard.events.push(
-            EventKind::RepairDone,
-            Some(object.to_string()),
-            format!(
-                "repair of object {} done: {rebuilt} of {to_rebuild} shards rebuilt",
-                object.short()
-            ),
-        );
+        counts.objects_rebuilt += 1;
+        counts.shards_planned += to_rebuild;
+        counts.shards_rebuilt += rebuilt;
     }
 }
 

@@ -25,9 +25,16 @@ function esc(s) {
     ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" }[c]));
 }
 
+// Object IDs: the first 8 hex digits (as the CLI's short form); node IDs:
+// the last 8 characters (their base58 starts alike: "12D3KooW").
 function short(id) {
   const s = String(id || "");
-  return s.length > 12 ? s.slice(0, 6) + "…" + s.slice(-4) : s;
+  return s.length > 12 ? s.slice(0, 8) + "…" : s;
+}
+
+function shortNode(id) {
+  const s = String(id || "");
+  return s.length > 12 ? "…" + s.slice(-8) : s;
 }
 
 function bytes(n) {
@@ -67,7 +74,7 @@ async function getJson(path) {
 function renderStatus(st) {
   state.node = st.node;
   state.members = new Map(st.members.map((m) => [m.id, m]));
-  $("node-id").textContent = short(st.node);
+  $("node-id").textContent = shortNode(st.node);
   $("node-id").title = st.node;
   const alive = st.members.filter((m) => m.state === "alive").length;
   $("members-alive").textContent = alive;
@@ -85,7 +92,7 @@ function renderStatus(st) {
     const cap = ms.reduce((a, m) => a + m.capacity_bytes, 0);
     const free = ms.reduce((a, m) => a + m.free_bytes, 0);
     html += `<div class="site" data-site="${esc(site)}"><h3>${esc(site)} <small>${ms.length} member${ms.length === 1 ? "" : "s"}, ${bytes(cap - free)} of ${bytes(cap)} used</small></h3>`;
-    html += `<table><thead><tr><th>state</th><th>member</th><th>fill</th><th class="r">load</th><th class="r">last seen</th></tr></thead><tbody>`;
+    html += `<table><thead><tr><th>state</th><th>member</th><th>fill</th><th class="r">capacity</th><th class="r">load</th><th class="r">last seen</th></tr></thead><tbody>`;
     for (const m of ms) {
       const used = m.capacity_bytes - m.free_bytes;
       const pct = m.capacity_bytes > 0 ? (100 * used) / m.capacity_bytes : 0;
@@ -93,9 +100,10 @@ function renderStatus(st) {
       const vol = m.volatile ? '<span class="tag">memory</span>' : "";
       html += `<tr data-member="${esc(m.id)}" data-state="${esc(m.state)}">` +
         `<td><span class="state ${esc(m.state)}">${esc(m.state)}</span></td>` +
-        `<td><span class="mono" title="${esc(m.id)}">${esc(short(m.id))}</span>${me}${vol}</td>` +
-        `<td><span class="fill${pct > 85 ? " high" : ""}" title="${bytes(used)} of ${bytes(m.capacity_bytes)}"><span style="width:${pct.toFixed(1)}%"></span></span> ${pct.toFixed(0)}% of ${bytes(m.capacity_bytes)}</td>` +
-        `<td class="r">${m.requests_in_flight} req, ${bytes(m.bytes_per_sec)}/s</td>` +
+        `<td><span class="mono" title="${esc(m.id)}">${esc(shortNode(m.id))}</span>${me}${vol}</td>` +
+        `<td><span class="fill${pct > 85 ? " high" : ""}" title="${bytes(used)} of ${bytes(m.capacity_bytes)} used"><span style="width:${pct.toFixed(1)}%"></span></span> ${pct.toFixed(0)}%</td>` +
+        `<td class="r">${bytes(m.capacity_bytes)}</td>` +
+        `<td class="r" title="requests in flight, shard bytes served per second">${m.state === "down" ? "–" : `${m.requests_in_flight} req · ${bytes(m.bytes_per_sec)}/s`}</td>` +
         `<td class="r">${m.id === st.node ? "–" : ago(m.last_seen_ms)}</td></tr>`;
     }
     html += "</tbody></table></div>";
@@ -128,7 +136,10 @@ function renderDurability(d) {
 // --- traffic --------------------------------------------------------------
 
 function drawChart(svg, series, samples, unitScale) {
-  const W = 600, H = 150, top = 8, bottom = 16, left = 4;
+  // Drawn in the element's own pixels, so that text is not stretched.
+  const W = Math.max(svg.clientWidth || 600, 100), H = Math.max(svg.clientHeight || 130, 60);
+  const top = 8, bottom = 16, left = 4;
+  svg.setAttribute("viewBox", `0 0 ${W} ${H}`);
   const n = 300; // five minutes of one-second samples
   let max = 0;
   for (const s of series) for (const p of samples) max = Math.max(max, s.get(p) / unitScale);
@@ -138,8 +149,9 @@ function drawChart(svg, series, samples, unitScale) {
   let out = "";
   for (let g = 0; g <= 2; g++) {
     const v = (nice * g) / 2;
+    const ty = g === 2 ? y(v) + 10 : y(v) - 2;
     out += `<line class="grid" x1="0" x2="${W}" y1="${y(v)}" y2="${y(v)}"/>` +
-      `<text class="axis" x="${W - 4}" y="${y(v) - 2}" text-anchor="end">${fmt(v)}</text>`;
+      `<text class="axis" x="${W - 4}" y="${ty}" text-anchor="end">${fmt(v)}</text>`;
   }
   out += `<text class="axis" x="4" y="${H - 3}">-5 min</text><text class="axis" x="${W - 4}" y="${H - 3}" text-anchor="end">now</text>`;
   const offset = n - samples.length;
@@ -271,8 +283,8 @@ function siteMap(st) {
     }
   }
   const names = [...sites.keys()].sort();
-  const cols = Math.min(Math.max(names.length, 1), 4);
-  const boxW = 150, rowH = 22, pad = 10, head = 22, maxSquares = 12;
+  const cols = names.length === 4 ? 2 : Math.min(Math.max(names.length, 1), 3);
+  const boxW = 210, rowH = 22, pad = 10, head = 22, maxSquares = 14;
   const rowsPerSite = names.map((s) => sites.get(s).length);
   const gridRows = Math.ceil(names.length / cols);
   const boxH = [];
@@ -283,7 +295,7 @@ function siteMap(st) {
   }
   const W = cols * (boxW + pad) + pad;
   const H = boxH.reduce((a, h) => a + h + pad, pad);
-  let out = `<svg class="map" id="obj-map" viewBox="0 0 ${W} ${H}" width="${W}" height="${H}">`;
+  let out = `<svg class="map" id="obj-map" viewBox="0 0 ${W} ${H}" style="max-width:${W}px">`;
   let yOff = pad;
   names.forEach((site, i) => {
     const r = Math.floor(i / cols), c = i % cols;
@@ -296,12 +308,12 @@ function siteMap(st) {
       const down = !m || m.state === "down";
       const cy = yOff + head + j * rowH + 8;
       out += `<circle class="member${down ? " down" : ""}" cx="${x + 12}" cy="${cy}" r="6"><title>${esc(id)} (${esc(m ? m.state : "unknown")})</title></circle>` +
-        `<text class="label" x="${x + 22}" y="${cy + 3}">${esc(short(id).slice(0, 7))}</text>`;
+        `<text class="label" x="${x + 22}" y="${cy + 3}">${esc(shortNode(id))}</text>`;
       const copies = perHolder.get(id) || [];
       copies.slice(0, maxSquares).forEach((okCopy, q) => {
-        out += `<rect class="shard ${okCopy ? "ok" : "bad"}" x="${x + 64 + q * 7}" y="${cy - 5}" width="5" height="10"/>`;
+        out += `<rect class="shard ${okCopy ? "ok" : "bad"}" x="${x + 96 + q * 7}" y="${cy - 5}" width="5" height="10"/>`;
       });
-      if (copies.length > maxSquares) out += `<text class="label" x="${x + 64 + maxSquares * 7}" y="${cy + 3}">+${copies.length - maxSquares}</text>`;
+      if (copies.length > maxSquares) out += `<text class="label" x="${x + 96 + maxSquares * 7}" y="${cy + 3}">+${copies.length - maxSquares}</text>`;
     });
     out += "</g>";
   });

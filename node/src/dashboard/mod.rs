@@ -2,9 +2,10 @@
 //! `/v1/status` and `/v1/objects`, kept cheaply in the node.
 //!
 //! - [`Events`]: a bounded ring of recent events (member down, back or
-//!   joined, repair started and done, corruption found by scrub, puts
-//!   refused), fed where those things happen (`node.rs`, `repair.rs`,
-//!   `datapath.rs`) and served as `/v1/events`.
+//!   joined, repair started and done (once per repair round that
+//!   rebuilds), corruption found by scrub, puts refused), fed where those
+//!   things happen (`node.rs`, `repair.rs`, `datapath.rs`) and served as
+//!   `/v1/events`.
 //! - [`TrafficLog`]: a ring of per-second samples (put and get bytes and
 //!   operations, repair bytes and shards), taken by [`sample_loop`] from
 //!   counters the data path already keeps (nothing is counted per byte
