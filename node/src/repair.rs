@@ -360,8 +360,9 @@ async fn repair_one(
             EventKind::RepairStarted,
             Some(object.to_string()),
             format!(
-                "repair started: stripes short of k + m found (first: object {}, {to_rebuild} shards to rebuild)",
-                object.short()
+                "repair started: stripes short of k + m found (first: object {}, {to_rebuild} shard{} to rebuild)",
+                object.short(),
+                if to_rebuild == 1 { "" } else { "s" }
             ),
         );
     }

@@ -37,7 +37,14 @@ const BROWSER_LIMIT: Duration = Duration::from_secs(60);
 /// `chromium-headless-shell` or `chromium` on PATH.
 fn browser() -> PathBuf {
     if let Some(b) = std::env::var_os("DYNOSTORE_BROWSER") {
-        return PathBuf::from(b);
+        let b = PathBuf::from(b);
+        assert!(
+            b.is_file(),
+            "DYNOSTORE_BROWSER={} is not a file: install Debian's chromium-headless-shell \
+             with `bash scripts/browser.sh`, or point it at a Chromium",
+            b.display()
+        );
+        return b;
     }
     let path = std::env::var_os("PATH").unwrap_or_default();
     for name in ["chromium-headless-shell", "chromium"] {
@@ -397,8 +404,27 @@ fn dashboard_shows_a_member_down_and_objects_degraded_then_repaired() {
     );
     assert_eq!(during.lost, 0, "one node lost with m = 2 loses nothing");
 
+    // A put the four members left cannot place (3 + 2 needs five) is
+    // refused by the observer, and the page lists it.
+    let f = files.join("too-wide.bin");
+    std::fs::write(&f, data(10_000, 99)).unwrap();
+    let out = net.cli(&[
+        "put",
+        "--k",
+        "3",
+        "--m",
+        "2",
+        "--peer",
+        &nodes[observer].addr(),
+        f.to_str().unwrap(),
+    ]);
+    assert!(
+        !out.status.success(),
+        "a 3+2 put with four members up succeeded"
+    );
+
     // Then healthy again after repair, the victim still down, and the
-    // event list names it.
+    // event list names it and shows the refused put.
     let after = wait_until(
         Duration::from_secs(150),
         "every object healthy after repair",
@@ -407,11 +433,13 @@ fn dashboard_shows_a_member_down_and_objects_degraded_then_repaired() {
             let c = counts(&dom)?;
             let st = member_state(&dom, &victim_id);
             let down_event = event_shown(&dom, "member-down", &victim_id);
+            let refused_event = dom.contains("data-kind=\"put-refused\"");
             if st == Some("down")
                 && c.objects > 0
                 && c.healthy == c.objects
                 && c.degraded + c.at_risk + c.lost == 0
                 && down_event
+                && refused_event
             {
                 Ok(c)
             } else {
