@@ -475,5 +475,6 @@ fn dashboard_shows_a_member_down_and_objects_degraded_then_repaired() {
         png.starts_with(b"\x89PNG") && png.len() > 10_000,
         "not a real screenshot"
     );
-    println!("dashboard screenshot: {}", shot.display());
+    let shown = shot.canonicalize().unwrap_or(shot);
+    println!("dashboard screenshot: {}", shown.display());
 }
