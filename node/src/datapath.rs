@@ -44,7 +44,7 @@ use dynostore_protocol::planner::{put_generation, tombstone_askees, Presence};
 use dynostore_protocol::repair::{self, manifest_replicas};
 use dynostore_protocol::wire::{
     Chunk, ClientRequest, ClientResponse, ErrorKind, Health, ObjectStat, ObjectSummary, PutReceipt,
-    RemoteError, SegmentStat, ShardStat,
+    RemoteError, SegmentStat, ShardStat, SkippedShard,
 };
 use dynostore_protocol::{MemberState, NodeId, ObjectId, ShardId};
 
@@ -157,11 +157,18 @@ pub(crate) async fn serve_client(mut s: Stream, client: PeerId, shared: Arc<Shar
                 Err(e) => Err(DataError::BadRequest(e.to_string())),
             };
             timer.finish(r.as_ref().err().map(DataError::kind));
+            if let Err(e) = &r {
+                shared.dashboard.events.push(
+                    crate::dashboard::EventKind::PutRefused,
+                    Some(object.to_string()),
+                    format!("put of {} refused: {e}", object.short()),
+                );
+            }
             r
         }
         ClientRequest::Get { object } => {
             let timer = shared.metrics.op(Op::Get);
-            let r = get(&shared, &mut s, object).await;
+            let r = get(&shared, &mut StreamSink(&mut s), object).await;
             timer.finish(r.as_ref().err().map(DataError::kind));
             match r {
                 // The answer was streamed.
@@ -652,17 +659,68 @@ async fn require_manifest(shared: &Arc<Shared>, object: ObjectId) -> Result<Mani
         .ok_or(DataError::UnknownObject(object))
 }
 
+/// Where [`get`] sends an object: the client protocol's stream
+/// ([`StreamSink`]) or the admin API's download body.
+pub(crate) trait ObjectSink {
+    /// The object was found: its size and metadata, before any byte.
+    async fn begin(&mut self, size: u64, meta: &Metadata) -> Result<(), DataError>;
+    /// The next bytes, each shard of them verified.
+    async fn data(&mut self, bytes: Vec<u8>) -> Result<(), DataError>;
+    /// The read failed after `begin` (also when the whole object does not
+    /// hash to its ID); [`get`] returns `e` after this.
+    async fn fail(&mut self, e: &DataError) -> Result<(), DataError>;
+    /// Every byte was sent and the object hashed to its ID.
+    async fn end(&mut self, skipped: Vec<SkippedShard>) -> Result<(), DataError>;
+}
+
+/// The client protocol's answer to a get: an `Object` frame, `Data`
+/// chunks, then `End` or `Error`.
+struct StreamSink<'a>(&'a mut Stream);
+
+impl ObjectSink for StreamSink<'_> {
+    async fn begin(&mut self, size: u64, meta: &Metadata) -> Result<(), DataError> {
+        let meta = meta.clone();
+        write_frame(self.0, &ClientResponse::Object { size, meta }).await?;
+        Ok(())
+    }
+
+    async fn data(&mut self, bytes: Vec<u8>) -> Result<(), DataError> {
+        write_frame(
+            self.0,
+            &Chunk::Data {
+                len: bytes.len() as u32,
+            },
+        )
+        .await?;
+        self.0.write_all(&bytes).await?;
+        Ok(())
+    }
+
+    async fn fail(&mut self, e: &DataError) -> Result<(), DataError> {
+        write_frame(self.0, &Chunk::Error(e.remote())).await?;
+        self.0.flush().await?;
+        Ok(())
+    }
+
+    async fn end(&mut self, mut skipped: Vec<SkippedShard>) -> Result<(), DataError> {
+        skipped.truncate(4096);
+        write_frame(self.0, &Chunk::End { skipped }).await?;
+        self.0.flush().await?;
+        Ok(())
+    }
+}
+
+/// Reads `object` segment by segment (each verified shard by shard, then
+/// the whole against its ID) into `sink`. For the client protocol and the
+/// admin API's download alike.
 #[tracing::instrument(skip_all, fields(object = %object.short()))]
-async fn get(shared: &Arc<Shared>, s: &mut Stream, object: ObjectId) -> Result<(), DataError> {
+pub(crate) async fn get(
+    shared: &Arc<Shared>,
+    sink: &mut impl ObjectSink,
+    object: ObjectId,
+) -> Result<(), DataError> {
     let manifest = Arc::new(require_manifest(shared, object).await?);
-    write_frame(
-        s,
-        &ClientResponse::Object {
-            size: manifest.size,
-            meta: manifest.meta.clone(),
-        },
-    )
-    .await?;
+    sink.begin(manifest.size, &manifest.meta).await?;
     let mut hasher = Hasher::new();
     let mut skipped = Vec::new();
     let mut in_flight = FuturesOrdered::new();
@@ -693,19 +751,12 @@ async fn get(shared: &Arc<Shared>, s: &mut Stream, object: ObjectId) -> Result<(
             Ok((bytes, mut skip)) => {
                 hasher.update(&bytes);
                 skipped.append(&mut skip);
-                write_frame(
-                    s,
-                    &Chunk::Data {
-                        len: bytes.len() as u32,
-                    },
-                )
-                .await?;
-                s.write_all(&bytes).await?;
-                shared.metrics.sent(bytes.len() as u64);
+                let len = bytes.len() as u64;
+                sink.data(bytes).await?;
+                shared.metrics.sent(len);
             }
             Err(e) => {
-                write_frame(s, &Chunk::Error(e.remote())).await?;
-                s.flush().await?;
+                sink.fail(&e).await?;
                 return Err(e);
             }
         }
@@ -716,17 +767,13 @@ async fn get(shared: &Arc<Shared>, s: &mut Stream, object: ObjectId) -> Result<(
             expected: object,
             actual,
         };
-        write_frame(s, &Chunk::Error(e.remote())).await?;
-        s.flush().await?;
+        sink.fail(&e).await?;
         return Err(e);
     }
     for sk in &skipped {
         tracing::warn!(segment = sk.segment, shard = %sk.shard.short(), holder = %sk.holder.short(), reason = %sk.reason, "shard skipped on read");
     }
-    skipped.truncate(4096);
-    write_frame(s, &Chunk::End { skipped }).await?;
-    s.flush().await?;
-    Ok(())
+    sink.end(skipped).await
 }
 
 async fn stat(shared: &Arc<Shared>, object: ObjectId) -> Result<ObjectStat, DataError> {

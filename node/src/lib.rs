@@ -13,6 +13,8 @@
 //! - [`repair`]: repair, pending deletions, scrubbing.
 //! - `metrics`: the Prometheus metrics of the node.
 //! - [`http`]: the HTTP admin API (`/metrics`, `/health`, `/v1/...`).
+//! - `dashboard`: the web dashboard's events, traffic samples, durability
+//!   counts and its page (served by [`http`]).
 //! - [`json`]: the JSON of status, stat and list (CLI and admin API).
 //! - [`trust`]: node admission by site certificate (federation file, own
 //!   certificate, admitted peers).
@@ -21,6 +23,7 @@
 pub mod client;
 pub mod config;
 pub mod container;
+pub(crate) mod dashboard;
 pub mod datapath;
 pub mod http;
 pub mod json;

@@ -229,6 +229,7 @@ pub async fn run(
             tombstone_ttl: Duration::from_millis(cfg.tombstone_ttl_ms),
         },
     ));
+    let sampler = tokio::spawn(crate::dashboard::sample_loop(shared.clone()));
     let announcer = tokio::spawn(announce_loop(
         shared.clone(),
         cfg.announce_interval(),
@@ -249,6 +250,7 @@ pub async fn run(
     };
     let result = ev.run(shutdown).await;
     announcer.abort();
+    sampler.abort();
     repairer.abort();
     admin.abort();
     let _ = std::fs::remove_file(dir.join(ADDR_FILE));
@@ -428,6 +430,7 @@ async fn announce_loop(shared: Arc<Shared>, interval: Duration, cmd_tx: mpsc::Se
         };
         for t in changes {
             tracing::info!(node = %t.node, from = ?t.from, to = t.to.as_str(), "member state changed");
+            shared.dashboard.events.member(&t);
             if t.to == MemberState::Down {
                 shared.repair.wake.notify_one();
             }
@@ -723,6 +726,7 @@ impl EventLoop {
         let now = self.shared.now_ms();
         if let Some(t) = self.shared.membership().observe(ann, now) {
             tracing::info!(node = %t.node, from = ?t.from, to = t.to.as_str(), "member state changed");
+            self.shared.dashboard.events.member(&t);
         }
     }
 

@@ -44,6 +44,7 @@ use dynostore_protocol::planner::{
 use dynostore_protocol::wire::ErrorKind;
 use dynostore_protocol::{MemberState, NodeId, ObjectId, ShardId};
 
+use crate::dashboard::EventKind;
 use crate::manifests::wall_ms;
 use crate::shared::Shared;
 use crate::stripes::{read_segment, slot_presence};
@@ -255,6 +256,12 @@ struct RoundCounts {
     /// Stripes short of k + m left after the round.
     queue: u64,
     moves_left: usize,
+    /// When this round began rebuilding (its first rebuild), for the
+    /// dashboard's events: one "started" and one "done" per round.
+    rebuild_started: Option<std::time::Instant>,
+    objects_rebuilt: u64,
+    shards_planned: usize,
+    shards_rebuilt: usize,
 }
 
 async fn round(shared: &Arc<Shared>, cfg: &RepairConfig) {
@@ -279,14 +286,29 @@ async fn round(shared: &Arc<Shared>, cfg: &RepairConfig) {
     let mut replies = gather(shared, ask).await;
     let fill = fills(shared);
     let mut counts = RoundCounts {
-        queue: 0,
         moves_left: MAX_MOVES_PER_ROUND,
+        ..RoundCounts::default()
     };
     for m in manifests {
         let r = replies.remove(&m.object).unwrap_or_default();
         repair_one(shared, cfg, &view, &m, &r, &fill, &mut counts).await;
     }
     shared.repair_stats(|s| s.queue_len = counts.queue);
+    if let Some(started) = counts.rebuild_started {
+        shared.dashboard.events.push(
+            EventKind::RepairDone,
+            None,
+            format!(
+                "repair round done: {} of {} shards rebuilt for {} object{} in {:.1} s; {} stripes still short",
+                counts.shards_rebuilt,
+                counts.shards_planned,
+                counts.objects_rebuilt,
+                if counts.objects_rebuilt == 1 { "" } else { "s" },
+                started.elapsed().as_secs_f64(),
+                counts.queue
+            ),
+        );
+    }
 }
 
 /// Plans and executes one object's round.
@@ -321,16 +343,38 @@ async fn repair_one(
     let presence;
     if let Some(Action::CheckHolders { .. }) = actions.first() {
         presence = slot_presence(shared, view, m).await;
+        shared.dashboard.record_presence(m, &presence);
         input.presence = Some(&presence);
         actions = plan_object(&input, &pcfg);
     }
+    let to_rebuild: usize = actions
+        .iter()
+        .map(|a| match a {
+            Action::Rebuild { shards, .. } => shards.len(),
+            _ => 0,
+        })
+        .sum();
+    if to_rebuild > 0 && counts.rebuild_started.is_none() {
+        counts.rebuild_started = Some(std::time::Instant::now());
+        shared.dashboard.events.push(
+            EventKind::RepairStarted,
+            Some(object.to_string()),
+            format!(
+                "repair started: stripes short of k + m found (first: object {}, {to_rebuild} shard{} to rebuild)",
+                object.short(),
+                if to_rebuild == 1 { "" } else { "s" }
+            ),
+        );
+    }
     let mut placed = Vec::new();
+    let mut rebuilt = 0usize;
     let mut changes = false;
     for action in &actions {
         match action {
             Action::Rebuild { segment, shards } => {
                 changes = true;
                 let got = rebuild(shared, view, m, *segment, shards).await;
+                rebuilt += got.len();
                 if got.len() < shards.len() {
                     counts.queue += 1;
                 }
@@ -386,6 +430,11 @@ async fn repair_one(
         for action in commit(&input, &pcfg, &placed) {
             execute(shared, m, &action).await;
         }
+    }
+    if to_rebuild > 0 {
+        counts.objects_rebuilt += 1;
+        counts.shards_planned += to_rebuild;
+        counts.shards_rebuilt += rebuilt;
     }
 }
 
@@ -672,6 +721,14 @@ pub(crate) async fn scrub(shared: &Arc<Shared>) -> (u64, u64) {
             if e.kind() == ErrorKind::Integrity {
                 corrupt += 1;
                 tracing::warn!(shard = %id.short(), error = %e, "scrub found a corrupt shard; deleting the copy");
+                shared.dashboard.events.push(
+                    EventKind::Corruption,
+                    Some(id.to_string()),
+                    format!(
+                        "scrub found shard {} corrupt: copy deleted, repair rebuilds it",
+                        id.short()
+                    ),
+                );
                 if let Err(e) = shared.store.delete(&id).await {
                     tracing::warn!(shard = %id.short(), error = %e, "cannot delete a corrupt shard");
                 }

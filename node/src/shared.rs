@@ -20,6 +20,7 @@ use dynostore_protocol::membership::Membership;
 use dynostore_protocol::wire::{MemberReport, RepairReport, StatusReport};
 use dynostore_protocol::NodeId;
 
+use crate::dashboard::Dashboard;
 use crate::manifests::ManifestStore;
 use crate::metrics::Metrics;
 use crate::peers::{PeerNet, Peers};
@@ -40,6 +41,7 @@ pub(crate) struct Shared {
     pub(crate) metrics: Metrics,
     /// Admission by certificate; `None` in a federation without one.
     pub(crate) admission: Option<crate::trust::Admission>,
+    pub(crate) dashboard: Dashboard,
 }
 
 /// What this node's announcements report about its traffic and addresses.
@@ -130,6 +132,7 @@ impl Shared {
             tombstone_ttl_ms,
             metrics: Metrics::new(),
             admission: None,
+            dashboard: Dashboard::default(),
         }
     }
 

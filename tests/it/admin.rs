@@ -463,7 +463,11 @@ fn admin_api_agrees_with_the_cli() {
         404
     );
     assert_eq!(get(&addr, "/v1/nothing").unwrap().status, 404);
-    assert_eq!(get(&addr, "/").unwrap().status, 404);
+    assert_eq!(get(&addr, "/index.html").unwrap().status, 404);
+    // `/` is the web dashboard (tests/it/dashboard.rs drives it).
+    let page = get(&addr, "/").unwrap();
+    assert_eq!(page.status, 200);
+    assert!(page.body.contains("dashboard.js"), "{}", page.body);
     let r = request(&addr, "POST", "/v1/objects", "Content-Length: 0\r\n").unwrap();
     assert_eq!(r.status, 405);
     let r = request(&addr, "GET", "/health", "Content-Length: 100000000\r\n").unwrap();

@@ -1,6 +1,7 @@
 //! One integration-test binary: real `dynostore` processes on loopback.
 
 mod admin;
+mod dashboard;
 mod federation;
 mod frames;
 mod harness;

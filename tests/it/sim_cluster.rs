@@ -17,6 +17,7 @@ fn options() -> RunOptions {
         bin: bin(),
         work_dir: None,
         progress: false,
+        dashboard: false,
     }
 }
 

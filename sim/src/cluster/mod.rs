@@ -53,6 +53,24 @@ const CONVERGE_LIMIT: Duration = Duration::from_secs(90);
 const WATCH_EVERY: Duration = Duration::from_millis(500);
 /// Errors kept for the report.
 const MAX_ERRORS: usize = 12;
+/// How long a node may take to shut down after SIGTERM (`--dashboard`).
+const NODE_STOP_LIMIT: Duration = Duration::from_secs(15);
+
+/// Ctrl-C or SIGTERM.
+async fn wait_for_stop_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("cannot listen for SIGTERM ({e}); Ctrl-C still stops");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
 
 /// `dynostore-sim cluster` flags.
 #[derive(Debug, clap::Args)]
@@ -101,6 +119,11 @@ pub struct Args {
     /// With `--search`: go on after a failing seed.
     #[arg(long, requires = "search")]
     pub keep_going: bool,
+    /// After the workload and checks, keep the cluster up, print each
+    /// node's web dashboard URL, and wait for Ctrl-C (then stop the
+    /// nodes cleanly).
+    #[arg(long, conflicts_with = "search")]
+    pub dashboard: bool,
 }
 
 /// How to run a scenario (beyond the scenario itself).
@@ -110,6 +133,8 @@ pub struct RunOptions {
     pub work_dir: Option<PathBuf>,
     /// Show an indicatif bar (only on a terminal).
     pub progress: bool,
+    /// Keep the cluster up after the checks until Ctrl-C (`--dashboard`).
+    pub dashboard: bool,
 }
 
 impl Args {
@@ -170,6 +195,7 @@ pub fn run(args: &Args) -> Result<()> {
         bin: args.bin()?,
         work_dir: args.work_dir.clone(),
         progress: !args.json,
+        dashboard: args.dashboard,
     };
     if !args.json {
         eprintln!(
@@ -186,12 +212,25 @@ pub fn run(args: &Args) -> Result<()> {
             if s.repair { "on" } else { "off" }
         );
     }
-    let report = run_scenario(&s, &opts)?;
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+    let print = |report: &Report| -> Result<()> {
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(report)?);
+        } else {
+            print!("{}", report.table());
+        }
+        Ok(())
+    };
+    let report = if args.dashboard {
+        // The report is printed before the cluster is left up.
+        let mut printed = Ok(());
+        let r = run_scenario_then(&s, &opts, |r| printed = print(r))?;
+        printed?;
+        r
     } else {
-        print!("{}", report.table());
-    }
+        let r = run_scenario(&s, &opts)?;
+        print(&r)?;
+        r
+    };
     if report.passed {
         Ok(())
     } else {
@@ -207,6 +246,7 @@ fn run_search(args: &Args) -> Result<()> {
         bin: args.bin()?,
         work_dir: args.work_dir.clone(),
         progress: !args.json,
+        dashboard: false,
     };
     let quiet = args.json;
     let mut n = 0;
@@ -300,6 +340,16 @@ fn run_search(args: &Args) -> Result<()> {
 /// happen (a node that does not start, a bad binary); a run that happened
 /// and failed its checks is an `Ok` report with `passed == false`.
 pub fn run_scenario(s: &Scenario, opts: &RunOptions) -> Result<Report> {
+    run_scenario_then(s, opts, |_| {})
+}
+
+/// [`run_scenario`], calling `done` with the report as soon as the checks
+/// are over; with `opts.dashboard` the cluster then stays up until Ctrl-C.
+pub fn run_scenario_then(
+    s: &Scenario,
+    opts: &RunOptions,
+    done: impl FnOnce(&Report),
+) -> Result<Report> {
     let tmp;
     let root = match &opts.work_dir {
         Some(d) => {
@@ -318,6 +368,12 @@ pub fn run_scenario(s: &Scenario, opts: &RunOptions) -> Result<Report> {
     rt.block_on(async {
         let mut run = Run::start(s, opts, &root).await?;
         let result = run.execute().await;
+        if let Ok(report) = &result {
+            done(report);
+            if opts.dashboard {
+                run.keep_up_for_dashboard().await;
+            }
+        }
         run.stop();
         result
     })
@@ -437,6 +493,43 @@ impl<'a> Run<'a> {
         self.clients.clear();
         for n in &mut self.nodes {
             n.kill();
+        }
+    }
+
+    /// `--dashboard`: prints each running node's dashboard URL, waits for
+    /// Ctrl-C (or SIGTERM), then stops every node with SIGTERM.
+    async fn keep_up_for_dashboard(&mut self) {
+        self.clients.clear();
+        let mut lines = String::from("\nthe cluster stays up; each node's dashboard:\n");
+        for n in &self.nodes {
+            if !n.is_running() {
+                continue;
+            }
+            match n.admin_addr() {
+                Some(a) => {
+                    lines.push_str(&format!("  node {} ({}): http://{a}/\n", n.index, n.site))
+                }
+                None => lines.push_str(&format!(
+                    "  node {} ({}): no admin.addr yet\n",
+                    n.index, n.site
+                )),
+            }
+        }
+        lines.push_str(&format!(
+            "node directories and logs: {}\npress Ctrl-C to stop the nodes\n",
+            self.root.display()
+        ));
+        // On stderr: stdout may be a --json report that a pipe reads.
+        eprint!("{lines}");
+        wait_for_stop_signal().await;
+        eprintln!("stopping the nodes...");
+        for n in &mut self.nodes {
+            if n.is_running() && !n.terminate(NODE_STOP_LIMIT) {
+                eprintln!(
+                    "node {} did not stop within {NODE_STOP_LIMIT:?}: killed",
+                    n.index
+                );
+            }
         }
     }
 

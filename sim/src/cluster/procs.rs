@@ -167,6 +167,42 @@ impl NodeProc {
         }
     }
 
+    /// SIGTERM, then waits up to `limit` for the node to shut down
+    /// cleanly; SIGKILL after that. Returns whether it stopped by itself.
+    pub fn terminate(&mut self, limit: Duration) -> bool {
+        let Some(mut c) = self.child.take() else {
+            return true;
+        };
+        // The child is not reaped yet, so its pid still names that node.
+        if let Ok(pid) = i32::try_from(c.id()) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+        }
+        let deadline = Instant::now() + limit;
+        loop {
+            match c.try_wait() {
+                Ok(Some(_)) => return true,
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                _ => {
+                    let _ = c.kill();
+                    let _ = c.wait();
+                    return false;
+                }
+            }
+        }
+    }
+
+    /// The address of the node's admin API (and dashboard), from the
+    /// `admin.addr` file the running node writes.
+    pub fn admin_addr(&self) -> Option<String> {
+        let text = fs::read_to_string(self.dir.join("admin.addr")).ok()?;
+        text.lines().next().map(|l| l.trim().to_string())
+    }
+
     /// The last lines of the node's log, for error messages.
     pub fn log_tail(&self) -> String {
         let log = fs::read_to_string(self.dir.join("node.log")).unwrap_or_default();
