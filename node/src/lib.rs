@@ -15,9 +15,11 @@
 //! - [`http`]: the HTTP admin API (`/metrics`, `/health`, `/v1/...`).
 //! - [`json`]: the JSON of status, stat and list (CLI and admin API).
 //! - [`client`]: the command-line client's connection to an entry peer.
+//! - [`crypt`]: client-side encryption (age v1), decryption and sharing.
 
 pub mod client;
 pub mod config;
+pub mod crypt;
 pub mod container;
 pub mod datapath;
 pub mod http;

@@ -1,6 +1,7 @@
 //! One integration-test binary: real `dynostore` processes on loopback.
 
 mod admin;
+mod encryption;
 mod federation;
 mod frames;
 mod harness;
