@@ -18,7 +18,6 @@
 mod common;
 
 use std::fs;
-use std::path::Path;
 use std::process::{ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
@@ -74,7 +73,10 @@ fn cli_op(cluster: &Cluster, what: &'static str, args: &[&str], limit: Duration)
         if start.elapsed() > limit {
             let _ = child.kill();
             let _ = child.wait();
-            bail!("dynostore {} did not finish within {limit:?}", args.join(" "));
+            bail!(
+                "dynostore {} did not finish within {limit:?}",
+                args.join(" ")
+            );
         }
         std::thread::sleep(Duration::from_millis(5));
     };
@@ -98,7 +100,11 @@ fn cli_op(cluster: &Cluster, what: &'static str, args: &[&str], limit: Duration)
 }
 
 fn run(full: bool) -> Result<()> {
-    let mb = if full { env_number(FILE_MB_ENV, 1024)? } else { 16 };
+    let mb = if full {
+        env_number(FILE_MB_ENV, 1024)?
+    } else {
+        16
+    };
     let bytes = mb * MIB as u64;
     let work = tempfile::Builder::new()
         .prefix("dynostore-crypt-bench-")
@@ -141,7 +147,12 @@ fn run(full: bool) -> Result<()> {
     let id = put.stdout.clone();
     ops.push(put);
     note("get in clear");
-    ops.push(cli_op(&cluster, "get", &["get", &id, "--peer", &b, "-o", back_s], limit)?);
+    ops.push(cli_op(
+        &cluster,
+        "get",
+        &["get", &id, "--peer", &b, "-o", back_s],
+        limit,
+    )?);
     if hash_file(&back)? != id {
         bail!("the clear get does not hash to its ID");
     }
@@ -171,7 +182,11 @@ fn run(full: bool) -> Result<()> {
     let gib = bytes as f64 / GIB;
     println!(
         "\n### Client-side encryption: {mb} MiB through six nodes (k = 4, m = 2){}\n",
-        if full { "" } else { " (smoke round, not a measurement)" }
+        if full {
+            ""
+        } else {
+            " (smoke round, not a measurement)"
+        }
     );
     println!("| operation | wall s | MB/s | client CPU s/GiB | nodes CPU s/GiB | all CPU s/GiB |");
     println!("|---|---|---|---|---|---|");

@@ -685,7 +685,8 @@ async fn fetch_through(
     let (w, r) = tokio::io::duplex(PIPE_BYTES);
     let handle = tokio::runtime::Handle::current();
     let partial = job.out.clone();
-    let thread = tokio::task::spawn_blocking(move || run_job(BlockingRead { handle, inner: r }, job));
+    let thread =
+        tokio::task::spawn_blocking(move || run_job(BlockingRead { handle, inner: r }, job));
     let mut sink: Sink = Box::new(w);
     let fetched = objects::get_into(client, object, &mut sink, progress).await;
     // EOF for the thread.
@@ -740,9 +741,15 @@ fn run_job(mut input: BlockingRead, job: Job) -> Result<Done, CryptError> {
     if let Some((header, skip)) = &job.splice {
         // The target's own header: checked to be an age header of exactly
         // that length, then replaced by the share's.
-        let mut old = vec![0u8; usize::try_from(*skip).unwrap_or(usize::MAX).min(MAX_HEADER_BYTES)];
+        let mut old = vec![
+            0u8;
+            usize::try_from(*skip)
+                .unwrap_or(usize::MAX)
+                .min(MAX_HEADER_BYTES)
+        ];
         let got = read_up_to(&mut input, &mut old).map_err(pipe)?;
-        let h = parse_header(&old[..got]).map_err(|reason| CryptError::Header { object, reason })?;
+        let h =
+            parse_header(&old[..got]).map_err(|reason| CryptError::Header { object, reason })?;
         if h.len as u64 != *skip {
             return Err(CryptError::BadShare {
                 object,
@@ -760,7 +767,10 @@ fn run_job(mut input: BlockingRead, job: Job) -> Result<Done, CryptError> {
         if peek == SHARE_MAGIC {
             let mut all = peek;
             let limit = (MAX_SHARE_BYTES + 1 - all.len()) as u64;
-            (&mut input).take(limit).read_to_end(&mut all).map_err(pipe)?;
+            (&mut input)
+                .take(limit)
+                .read_to_end(&mut all)
+                .map_err(pipe)?;
             if all.len() > MAX_SHARE_BYTES {
                 return Err(CryptError::BadShare {
                     object,
@@ -787,7 +797,8 @@ fn run_job(mut input: BlockingRead, job: Job) -> Result<Done, CryptError> {
             Ok(Done::Written(n))
         }
         Action::Decrypt(ids, range) => {
-            let dec = age::Decryptor::new_buffered(reader).map_err(|e| decrypt_err(object, e, &ids))?;
+            let dec =
+                age::Decryptor::new_buffered(reader).map_err(|e| decrypt_err(object, e, &ids))?;
             let mut plain = dec
                 .decrypt(ids.iter())
                 .map_err(|e| decrypt_err(object, e, &ids))?;
@@ -799,10 +810,15 @@ fn run_job(mut input: BlockingRead, job: Job) -> Result<Done, CryptError> {
             let n = match range {
                 None => copy(&mut plain, &mut out, job.out.as_deref(), stream_err)?,
                 Some(r) => {
-                    let skipped =
-                        io::copy(&mut (&mut plain).take(r.offset), &mut io::sink()).map_err(stream_err)?;
+                    let skipped = io::copy(&mut (&mut plain).take(r.offset), &mut io::sink())
+                        .map_err(stream_err)?;
                     let n = match r.len {
-                        Some(len) => copy(&mut (&mut plain).take(len), &mut out, job.out.as_deref(), stream_err)?,
+                        Some(len) => copy(
+                            &mut (&mut plain).take(len),
+                            &mut out,
+                            job.out.as_deref(),
+                            stream_err,
+                        )?,
                         None => copy(&mut plain, &mut out, job.out.as_deref(), stream_err)?,
                     };
                     // The rest is still authenticated (and the whole
@@ -919,10 +935,11 @@ fn copy(
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(read_err(e)),
         };
-        w.write_all(&buf[..got]).map_err(|source| CryptError::Write {
-            path: path.map_or_else(|| PathBuf::from("-"), Path::to_path_buf),
-            source,
-        })?;
+        w.write_all(&buf[..got])
+            .map_err(|source| CryptError::Write {
+                path: path.map_or_else(|| PathBuf::from("-"), Path::to_path_buf),
+                source,
+            })?;
         n += got as u64;
     }
 }
@@ -932,8 +949,8 @@ mod tests {
     use super::*;
 
     fn encrypt(plain: &[u8], to: &[x25519::Recipient]) -> Vec<u8> {
-        let enc = age::Encryptor::with_recipients(to.iter().map(|r| r as &dyn age::Recipient))
-            .unwrap();
+        let enc =
+            age::Encryptor::with_recipients(to.iter().map(|r| r as &dyn age::Recipient)).unwrap();
         let mut out = Vec::new();
         let mut w = enc.wrap_output(&mut out).unwrap();
         w.write_all(plain).unwrap();
@@ -1020,7 +1037,10 @@ mod tests {
         let bytes = rec.encode().unwrap();
         assert_eq!(ShareRecord::decode(object, &bytes).unwrap(), rec);
         for cut in 0..bytes.len() {
-            assert!(ShareRecord::decode(object, &bytes[..cut]).is_err(), "cut {cut}");
+            assert!(
+                ShareRecord::decode(object, &bytes[..cut]).is_err(),
+                "cut {cut}"
+            );
         }
         let mut big = bytes.clone();
         big.resize(MAX_SHARE_BYTES + 1, 0);
@@ -1030,7 +1050,10 @@ mod tests {
     #[test]
     fn header_parser_never_panics_on_truncations_and_flips() {
         let a = x25519::Identity::generate();
-        let file = encrypt(b"abc", &[a.to_public(), x25519::Identity::generate().to_public()]);
+        let file = encrypt(
+            b"abc",
+            &[a.to_public(), x25519::Identity::generate().to_public()],
+        );
         let h = parse_header(&file).unwrap();
         for cut in 0..h.len {
             assert!(parse_header(&file[..cut]).is_err(), "cut {cut}");
@@ -1057,7 +1080,7 @@ mod tests {
         assert!(matches!(keygen(&p), Err(CryptError::Exists(_))));
         let ids = Identities::load(&p).unwrap();
         assert_eq!(ids.ids.len(), 1);
-        let parsed = parse_recipients(&[r.clone()], &[]).unwrap();
+        let parsed = parse_recipients(std::slice::from_ref(&r), &[]).unwrap();
         assert_eq!(parsed.len(), 1);
         assert!(parse_recipients(&["age1nope".into()], &[]).is_err());
     }

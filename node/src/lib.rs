@@ -19,8 +19,8 @@
 
 pub mod client;
 pub mod config;
-pub mod crypt;
 pub mod container;
+pub mod crypt;
 pub mod datapath;
 pub mod http;
 pub mod json;

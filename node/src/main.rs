@@ -131,7 +131,12 @@ struct PutArgs {
     recipients: RecipientArgs,
     /// The default recipients when none is given on the command line
     /// (age1..., separated by commas or spaces).
-    #[arg(long, env = "DYNOSTORE_ENCRYPT_TO", hide_env_values = true, value_name = "RECIPIENTS")]
+    #[arg(
+        long,
+        env = "DYNOSTORE_ENCRYPT_TO",
+        hide_env_values = true,
+        value_name = "RECIPIENTS"
+    )]
     default_encrypt_to: Option<String>,
     /// Store in clear even when DYNOSTORE_ENCRYPT_TO is set.
     #[arg(long, conflicts_with_all = ["encrypt_to", "recipients_file"])]
@@ -336,7 +341,10 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Get(args) => get(args).await,
         Command::Keygen { file } => {
             let recipient = crypt::keygen(&file)?;
-            eprintln!("wrote a new identity to {} (keep it secret)", file.display());
+            eprintln!(
+                "wrote a new identity to {} (keep it secret)",
+                file.display()
+            );
             println!("{recipient}");
             Ok(())
         }
@@ -524,11 +532,10 @@ fn put_recipients(args: &PutArgs) -> Result<Vec<crypt::Recipient>> {
         return Ok(out);
     }
     match &args.default_encrypt_to {
-        Some(v) if !args.plaintext && !v.trim().is_empty() => Ok(crypt::parse_recipients(
-            std::slice::from_ref(v),
-            &[],
-        )
-        .context("DYNOSTORE_ENCRYPT_TO")?),
+        Some(v) if !args.plaintext && !v.trim().is_empty() => {
+            Ok(crypt::parse_recipients(std::slice::from_ref(v), &[])
+                .context("DYNOSTORE_ENCRYPT_TO")?)
+        }
         _ => Ok(Vec::new()),
     }
 }

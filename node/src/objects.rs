@@ -293,10 +293,12 @@ pub async fn get_into(
     let mut s = open(client).await?;
     let size = start_get(&mut s, object, progress).await?;
     let skipped = receive(&mut s, sink, object, size, progress).await?;
-    sink.flush().await.map_err(|source| ObjectError::WriteFile {
-        path: PathBuf::from("output"),
-        source,
-    })?;
+    sink.flush()
+        .await
+        .map_err(|source| ObjectError::WriteFile {
+            path: PathBuf::from("output"),
+            source,
+        })?;
     Ok((size, skipped))
 }
 

@@ -90,9 +90,9 @@ impl<'a> Windows<'a> {
         if bytes.len() < WINDOW {
             return;
         }
-        let mut h = bytes[..WINDOW]
-            .iter()
-            .fold(0u64, |h, &b| h.wrapping_mul(BASE).wrapping_add(u64::from(b) + 1));
+        let mut h = bytes[..WINDOW].iter().fold(0u64, |h, &b| {
+            h.wrapping_mul(BASE).wrapping_add(u64::from(b) + 1)
+        });
         f(0, h);
         for i in WINDOW..bytes.len() {
             h = h
@@ -220,8 +220,20 @@ fn encrypted_objects_round_trip_share_interoperate_and_leave_no_plaintext() {
 
     // The right identity: byte-exact, no partial left, the ID verified.
     let dest = root.join("back.dcm");
-    ok(get(&net, &nodes[1], &id, &dest, &["-i", alice.to_str().unwrap()]), "get -i");
-    assert!(std::fs::read(&dest).unwrap() == plain, "decrypted bytes differ");
+    ok(
+        get(
+            &net,
+            &nodes[1],
+            &id,
+            &dest,
+            &["-i", alice.to_str().unwrap()],
+        ),
+        "get -i",
+    );
+    assert!(
+        std::fs::read(&dest).unwrap() == plain,
+        "decrypted bytes differ"
+    );
     assert!(!partial(&dest).exists());
 
     // A wrong identity: refused with a clear message, nothing written.
@@ -230,7 +242,10 @@ fn encrypted_objects_round_trip_share_interoperate_and_leave_no_plaintext() {
     assert!(!out.status.success(), "a wrong identity decrypted");
     assert!(text(&out).contains("wrong identity"), "{}", text(&out));
     assert!(!wrong.exists(), "output written for a wrong identity");
-    assert!(!partial(&wrong).exists(), "partial left for a wrong identity");
+    assert!(
+        !partial(&wrong).exists(),
+        "partial left for a wrong identity"
+    );
 
     // A plaintext range across a 64 KiB chunk boundary of age's format.
     let range = root.join("range.bin");
@@ -258,7 +273,14 @@ fn encrypted_objects_round_trip_share_interoperate_and_leave_no_plaintext() {
         &nodes[3],
         &id,
         &root.join("past.bin"),
-        &["-i", alice.to_str().unwrap(), "--offset", &plain.len().to_string(), "--length", "1"],
+        &[
+            "-i",
+            alice.to_str().unwrap(),
+            "--offset",
+            &plain.len().to_string(),
+            "--length",
+            "1",
+        ],
     );
     assert!(!past.status.success(), "a range past the end succeeded");
     assert!(!root.join("past.bin").exists() && !partial(&root.join("past.bin")).exists());
@@ -271,7 +293,14 @@ fn encrypted_objects_round_trip_share_interoperate_and_leave_no_plaintext() {
     assert!(raw_bytes.starts_with(b"age-encryption.org/v1\n"));
     let by_age = root.join("by-age.dcm");
     ok(
-        age_tool(&["-d", "-i", alice.to_str().unwrap(), "-o", by_age.to_str().unwrap(), raw.to_str().unwrap()]),
+        age_tool(&[
+            "-d",
+            "-i",
+            alice.to_str().unwrap(),
+            "-o",
+            by_age.to_str().unwrap(),
+            raw.to_str().unwrap(),
+        ]),
         "age -d of the raw object",
     );
     assert!(std::fs::read(&by_age).unwrap() == plain);
@@ -282,18 +311,39 @@ fn encrypted_objects_round_trip_share_interoperate_and_leave_no_plaintext() {
     std::fs::write(&other_path, &other).unwrap();
     let other_age = root.join("other.bin.age");
     ok(
-        age_tool(&["-r", &alice_r, "-o", other_age.to_str().unwrap(), other_path.to_str().unwrap()]),
+        age_tool(&[
+            "-r",
+            &alice_r,
+            "-o",
+            other_age.to_str().unwrap(),
+            other_path.to_str().unwrap(),
+        ]),
         "age -r",
     );
     let put2 = put_json(&net, &nodes[1], &other_age, &[]);
     assert_eq!(put2["encrypted"], false);
     let id2 = put2["id"].as_str().unwrap().to_string();
     let back2 = root.join("other.back");
-    ok(get(&net, &nodes[5], &id2, &back2, &["-i", alice.to_str().unwrap()]), "get -i of age's file");
+    ok(
+        get(
+            &net,
+            &nodes[5],
+            &id2,
+            &back2,
+            &["-i", alice.to_str().unwrap()],
+        ),
+        "get -i of age's file",
+    );
     assert!(std::fs::read(&back2).unwrap() == other);
     // A plain object with -i: refused, nothing written.
     let not_enc = root.join("not-enc");
-    let out = get(&net, &nodes[0], &id2, &not_enc, &["-i", bob.to_str().unwrap()]);
+    let out = get(
+        &net,
+        &nodes[0],
+        &id2,
+        &not_enc,
+        &["-i", bob.to_str().unwrap()],
+    );
     assert!(!out.status.success());
     assert!(!not_enc.exists() && !partial(&not_enc).exists());
 
@@ -326,21 +376,56 @@ fn encrypted_objects_round_trip_share_interoperate_and_leave_no_plaintext() {
         st["size"]
     );
     let bob_back = root.join("bob.dcm");
-    ok(get(&net, &nodes[3], &share_id, &bob_back, &["-i", bob.to_str().unwrap()]), "bob reads the share");
+    ok(
+        get(
+            &net,
+            &nodes[3],
+            &share_id,
+            &bob_back,
+            &["-i", bob.to_str().unwrap()],
+        ),
+        "bob reads the share",
+    );
     assert!(std::fs::read(&bob_back).unwrap() == plain);
     let carol_out = root.join("carol.dcm");
-    let out = get(&net, &nodes[3], &share_id, &carol_out, &["-i", carol.to_str().unwrap()]);
-    assert!(!out.status.success() && text(&out).contains("wrong identity"), "{}", text(&out));
+    let out = get(
+        &net,
+        &nodes[3],
+        &share_id,
+        &carol_out,
+        &["-i", carol.to_str().unwrap()],
+    );
+    assert!(
+        !out.status.success() && text(&out).contains("wrong identity"),
+        "{}",
+        text(&out)
+    );
     assert!(!carol_out.exists() && !partial(&carol_out).exists());
     // Bob cannot open the original itself (his stanza is only in the share).
-    let out = get(&net, &nodes[3], &id, &carol_out, &["-i", bob.to_str().unwrap()]);
+    let out = get(
+        &net,
+        &nodes[3],
+        &id,
+        &carol_out,
+        &["-i", bob.to_str().unwrap()],
+    );
     assert!(!out.status.success());
     // The share, raw: a standard age file for bob.
     let share_raw = root.join("share.age");
-    ok(get(&net, &nodes[4], &share_id, &share_raw, &["--raw"]), "get --raw of a share");
+    ok(
+        get(&net, &nodes[4], &share_id, &share_raw, &["--raw"]),
+        "get --raw of a share",
+    );
     let by_age = root.join("share-by-age.dcm");
     ok(
-        age_tool(&["-d", "-i", bob.to_str().unwrap(), "-o", by_age.to_str().unwrap(), share_raw.to_str().unwrap()]),
+        age_tool(&[
+            "-d",
+            "-i",
+            bob.to_str().unwrap(),
+            "-o",
+            by_age.to_str().unwrap(),
+            share_raw.to_str().unwrap(),
+        ]),
         "age -d of a share",
     );
     assert!(std::fs::read(&by_age).unwrap() == plain);
@@ -368,7 +453,9 @@ fn encrypted_objects_round_trip_share_interoperate_and_leave_no_plaintext() {
     assert_eq!(clear["encrypted"], false);
     assert_eq!(
         clear["id"].as_str().unwrap(),
-        blake3::hash(&std::fs::read(&dflt).unwrap()).to_hex().to_string()
+        blake3::hash(&std::fs::read(&dflt).unwrap())
+            .to_hex()
+            .to_string()
     );
 
     // No file on any node holds a 4 KiB window of the plaintext.
@@ -401,13 +488,25 @@ fn encrypted_objects_round_trip_share_interoperate_and_leave_no_plaintext() {
     );
     let degraded = root.join("degraded.dcm");
     ok(
-        get(&net, &nodes[1], &id, &degraded, &["-i", alice.to_str().unwrap()]),
+        get(
+            &net,
+            &nodes[1],
+            &id,
+            &degraded,
+            &["-i", alice.to_str().unwrap()],
+        ),
         "get -i with two holders down",
     );
     assert!(std::fs::read(&degraded).unwrap() == plain);
     let bob_degraded = root.join("bob-degraded.dcm");
     ok(
-        get(&net, &nodes[2], &share_id, &bob_degraded, &["-i", bob.to_str().unwrap()]),
+        get(
+            &net,
+            &nodes[2],
+            &share_id,
+            &bob_degraded,
+            &["-i", bob.to_str().unwrap()],
+        ),
         "share with two holders down",
     );
     assert!(std::fs::read(&bob_degraded).unwrap() == plain);
