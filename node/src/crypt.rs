@@ -697,6 +697,9 @@ async fn fetch_through(
     let result = match (fetched, done) {
         (_, Err(e)) => Err(e),
         (_, Ok(Err(e))) if e.is_cause() => Err(e),
+        // The pipe broke because the thread stopped reading (a chunk that
+        // failed authentication): the thread's error is the cause.
+        (Err(ObjectError::WriteFile { .. }), Ok(Err(e))) => Err(e),
         (Err(e), _) => Err(e.into()),
         (Ok(_), Ok(r)) => r,
     };

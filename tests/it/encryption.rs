@@ -347,6 +347,43 @@ fn encrypted_objects_round_trip_share_interoperate_and_leave_no_plaintext() {
     assert!(!out.status.success());
     assert!(!not_enc.exists() && !partial(&not_enc).exists());
 
+    // An age file altered before it was put (a flipped payload byte, a
+    // missing last byte) is a valid object whose ID matches: age's
+    // authentication refuses it, and nothing is kept.
+    let age_bytes = std::fs::read(&other_age).unwrap();
+    let mut flipped = age_bytes.clone();
+    let at = flipped.len() - 100;
+    flipped[at] ^= 1;
+    for (name, bytes) in [
+        ("flipped.age", flipped),
+        ("truncated.age", age_bytes[..age_bytes.len() - 1].to_vec()),
+    ] {
+        let p = root.join(name);
+        std::fs::write(&p, &bytes).unwrap();
+        let idb = put_json(&net, &nodes[1], &p, &[])["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let dest = root.join(format!("{name}.out"));
+        let out = get(
+            &net,
+            &nodes[2],
+            &idb,
+            &dest,
+            &["-i", alice.to_str().unwrap()],
+        );
+        assert!(!out.status.success(), "{name} decrypted");
+        assert!(
+            text(&out).contains("failed decryption"),
+            "{name}: {}",
+            text(&out)
+        );
+        assert!(
+            !dest.exists() && !partial(&dest).exists(),
+            "{name} left output"
+        );
+    }
+
     // Share with bob, without re-uploading: a small share object.
     let out = ok(
         net.cli(&[
