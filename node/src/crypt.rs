@@ -1068,6 +1068,30 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        /// The two decoders of untrusted bytes never panic, whatever follows
+        /// their magic.
+        #[test]
+        fn decoders_never_panic(tail in proptest::collection::vec(proptest::num::u8::ANY, 0..2048),
+                                lines in proptest::collection::vec("[-> a-zA-Z0-9+/=]{0,70}", 0..8)) {
+            let object = ObjectId::from_hash(blake3::hash(b"p"));
+            let mut text = AGE_MAGIC.to_vec();
+            for l in &lines {
+                text.extend_from_slice(l.as_bytes());
+                text.push(b'\n');
+            }
+            let _ = parse_header(&text);
+            let mut a = AGE_MAGIC.to_vec();
+            a.extend_from_slice(&tail);
+            let _ = parse_header(&a);
+            let _ = parse_header(&tail);
+            let mut sh = SHARE_MAGIC.to_vec();
+            sh.extend_from_slice(&tail);
+            let _ = ShareRecord::decode(object, &sh);
+            let _ = ShareRecord::decode(object, &tail);
+        }
+    }
+
     #[test]
     fn keygen_writes_0600_and_never_overwrites() {
         let dir = tempfile::tempdir().unwrap();
