@@ -28,6 +28,7 @@
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use age::secrecy::ExposeSecret;
@@ -240,9 +241,11 @@ pub fn parse_recipients(
 
 /// Encrypts `src` to a new temporary file (0600, in the temporary
 /// directory: `TMPDIR`), streaming; the file is deleted when dropped.
+/// `done` counts the plaintext bytes encrypted so far.
 pub fn encrypt_to_temp(
     src: &Path,
     recipients: &[x25519::Recipient],
+    done: &AtomicU64,
 ) -> Result<tempfile::NamedTempFile, CryptError> {
     if recipients.is_empty() {
         return Err(CryptError::NoRecipients);
@@ -284,6 +287,7 @@ pub fn encrypt_to_temp(
             break;
         }
         w.write_all(&buf[..n]).map_err(tmp_err)?;
+        done.fetch_add(n as u64, Ordering::Relaxed);
     }
     let mut out = w.finish().map_err(tmp_err)?;
     out.flush().map_err(tmp_err)?;
@@ -302,9 +306,21 @@ pub async fn put_encrypted(
 ) -> Result<PutReceipt, CryptError> {
     let src = path.to_path_buf();
     let recipients = recipients.to_vec();
-    let tmp = tokio::task::spawn_blocking(move || encrypt_to_temp(&src, &recipients))
-        .await
-        .map_err(|e| CryptError::Internal(e.to_string()))??;
+    // The encryption pass shows on the progress bar too (then the put's).
+    if let Ok(m) = tokio::fs::metadata(path).await {
+        progress.set_len(m.len());
+    }
+    let done = Arc::new(AtomicU64::new(0));
+    let counter = done.clone();
+    let mut task =
+        tokio::task::spawn_blocking(move || encrypt_to_temp(&src, &recipients, &counter));
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(100));
+    let tmp = loop {
+        tokio::select! {
+            r = &mut task => break r.map_err(|e| CryptError::Internal(e.to_string()))??,
+            _ = tick.tick() => progress.advance(done.load(Ordering::Relaxed)),
+        }
+    };
     let r = objects::put_file(client, tmp.path(), params, progress).await?;
     drop(tmp);
     Ok(r)
