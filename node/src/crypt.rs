@@ -99,22 +99,6 @@ pub enum CryptError {
     Internal(String),
 }
 
-impl CryptError {
-    /// Errors that explain a fetch failure rather than result from one
-    /// (the thread stopped reading, so the fetch saw a broken pipe).
-    fn is_cause(&self) -> bool {
-        matches!(
-            self,
-            CryptError::WrongIdentity { .. }
-                | CryptError::NotEncrypted(_)
-                | CryptError::Header { .. }
-                | CryptError::BadShare { .. }
-                | CryptError::Write { .. }
-                | CryptError::Range { .. }
-        )
-    }
-}
-
 /// Identities loaded from one identity file, with the file's name for errors.
 pub struct Identities {
     label: String,
@@ -712,9 +696,10 @@ async fn fetch_through(
         .map_err(|e| CryptError::Internal(format!("the decrypting thread failed: {e}")));
     let result = match (fetched, done) {
         (_, Err(e)) => Err(e),
-        (_, Ok(Err(e))) if e.is_cause() => Err(e),
-        // The pipe broke because the thread stopped reading (a chunk that
-        // failed authentication): the thread's error is the cause.
+        // The pipe broke because the thread stopped reading (a wrong
+        // identity, a chunk that failed authentication): its error is the
+        // cause. Any other fetch failure (unknown object, too few shards,
+        // wrong bytes) is the cause of whatever the thread saw.
         (Err(ObjectError::WriteFile { .. }), Ok(Err(e))) => Err(e),
         (Err(e), _) => Err(e.into()),
         (Ok(_), Ok(r)) => r,

@@ -247,6 +247,19 @@ fn encrypted_objects_round_trip_share_interoperate_and_leave_no_plaintext() {
         "partial left for a wrong identity"
     );
 
+    // An unknown object with -i: the fetch's error, not a decryption one.
+    let unknown = blake3::hash(b"never stored").to_hex().to_string();
+    let out = get(
+        &net,
+        &nodes[2],
+        &unknown,
+        &wrong,
+        &["-i", alice.to_str().unwrap()],
+    );
+    assert!(!out.status.success());
+    assert!(text(&out).contains("no manifest"), "{}", text(&out));
+    assert!(!wrong.exists() && !partial(&wrong).exists());
+
     // A plaintext range across a 64 KiB chunk boundary of age's format.
     let range = root.join("range.bin");
     let (off, len) = (65_000usize, 70_000usize);
