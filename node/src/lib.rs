@@ -19,11 +19,13 @@
 //! - [`trust`]: node admission by site certificate (federation file, own
 //!   certificate, admitted peers).
 //! - [`client`]: the command-line client's connection to an entry peer.
+//! - [`crypt`]: client-side encryption (age v1), decryption and sharing.
 
 pub mod client;
 pub mod config;
 pub mod container;
 pub(crate) mod dashboard;
+pub mod crypt;
 pub mod datapath;
 pub mod http;
 pub mod json;

@@ -15,7 +15,7 @@ use dynostore_node::config::{Config, DEFAULT_K, DEFAULT_M, IDENTITY_FILE};
 use dynostore_node::container::ContainerSpec;
 use dynostore_node::json::{list_json, stat_json, status_json};
 use dynostore_node::objects::{self, Output, Progress, PutParams};
-use dynostore_node::{keys, node, shard_proto};
+use dynostore_node::{crypt, keys, node, shard_proto};
 use dynostore_protocol::erasure::CodecKind;
 use dynostore_protocol::wire::{
     ClientRequest, ClientResponse, ControlRequest, ControlResponse, StatusReport,
@@ -51,16 +51,16 @@ enum Command {
     },
     /// Store files; prints each object's ID (its BLAKE3, as b3sum prints it).
     Put(PutArgs),
-    /// Fetch an object by ID; verifies every byte against the ID.
-    Get {
-        id: String,
-        /// Output file ('-' for standard output). Written as FILE.partial
-        /// and renamed only once the whole object is verified.
-        #[arg(short, long, default_value = "-")]
-        output: PathBuf,
-        #[command(flatten)]
-        conn: ConnArgs,
-    },
+    /// Fetch an object by ID; verifies every byte against the ID. With -i,
+    /// decrypts it (or the object a share opens) while streaming.
+    Get(GetArgs),
+    /// Write a new age X25519 identity to FILE (mode 0600, never
+    /// overwrites); prints its recipient (age1...), for --encrypt-to.
+    Keygen { file: PathBuf },
+    /// Let more recipients read an encrypted object without re-uploading
+    /// it: stores a small share object (a new age header for the same
+    /// payload) and prints its ID, which the recipients get with -i.
+    Share(ShareArgs),
     /// Show an object's geometry, shard holders and health.
     Stat {
         id: String,
@@ -136,6 +136,81 @@ struct PutArgs {
     #[arg(long)]
     name: Option<String>,
     /// One JSON object per file instead of the ID.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    recipients: RecipientArgs,
+    /// The default recipients when none is given on the command line
+    /// (age1..., separated by commas or spaces).
+    #[arg(
+        long,
+        env = "DYNOSTORE_ENCRYPT_TO",
+        hide_env_values = true,
+        value_name = "RECIPIENTS"
+    )]
+    default_encrypt_to: Option<String>,
+    /// Store in clear even when DYNOSTORE_ENCRYPT_TO is set.
+    #[arg(long, conflicts_with_all = ["encrypt_to", "recipients_file"])]
+    plaintext: bool,
+    #[command(flatten)]
+    conn: ConnArgs,
+}
+
+/// Recipients to encrypt to.
+#[derive(Debug, Args)]
+struct RecipientArgs {
+    /// Encrypt to this age X25519 recipient (age1...; repeatable; commas
+    /// or spaces separate several in one value).
+    #[arg(long = "encrypt-to", value_name = "RECIPIENT")]
+    encrypt_to: Vec<String>,
+    /// Encrypt to every recipient in FILE (one age1... per line, # comments).
+    #[arg(short = 'R', long = "recipients-file", value_name = "FILE")]
+    recipients_file: Vec<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+struct GetArgs {
+    id: String,
+    /// Output file ('-' for standard output). Written as FILE.partial
+    /// and renamed only once the whole object is verified (and, with -i,
+    /// authenticated).
+    #[arg(short, long, default_value = "-")]
+    output: PathBuf,
+    /// Decrypt with the age identity file IDENTITY (from `keygen` or
+    /// age-keygen). A share object is followed to the object it opens.
+    #[arg(short = 'i', long = "identity", value_name = "IDENTITY")]
+    identity: Option<PathBuf>,
+    /// Write the age file without decrypting; a share object is followed
+    /// and written as a standard age file (its header, the target's payload).
+    #[arg(long, conflicts_with = "identity")]
+    raw: bool,
+    /// With -i: the first plaintext byte to write.
+    #[arg(long, requires = "identity")]
+    offset: Option<u64>,
+    /// With -i: how many plaintext bytes to write (default: to the end).
+    #[arg(long, requires = "identity")]
+    length: Option<u64>,
+    #[command(flatten)]
+    conn: ConnArgs,
+}
+
+#[derive(Debug, Args)]
+struct ShareArgs {
+    /// The encrypted object (or a share of it).
+    id: String,
+    /// Give access to this recipient (age1...; repeatable).
+    #[arg(long = "to", value_name = "RECIPIENT")]
+    to: Vec<String>,
+    /// Give access to every recipient in FILE.
+    #[arg(short = 'R', long = "recipients-file", value_name = "FILE")]
+    recipients_file: Vec<PathBuf>,
+    /// Your identity file: one of the object's recipients.
+    #[arg(short = 'i', long = "identity", value_name = "IDENTITY")]
+    identity: PathBuf,
+    /// Name of the share object (default: "share of ID").
+    #[arg(long)]
+    name: Option<String>,
+    /// One JSON object instead of the share's ID.
     #[arg(long)]
     json: bool,
     #[command(flatten)]
@@ -277,7 +352,17 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::Status { conn, json } => status(conn, json).await,
         Command::Put(args) => put(args).await,
-        Command::Get { id, output, conn } => get(&id, output, conn).await,
+        Command::Get(args) => get(args).await,
+        Command::Keygen { file } => {
+            let recipient = crypt::keygen(&file)?;
+            eprintln!(
+                "wrote a new identity to {} (keep it secret)",
+                file.display()
+            );
+            println!("{recipient}");
+            Ok(())
+        }
+        Command::Share(args) => share(args).await,
         Command::Stat { id, json, conn } => stat(&id, json, conn).await,
         Command::Rm { id, conn } => {
             let object = parse_object(&id)?;
@@ -449,9 +534,30 @@ fn put_targets(args: &PutArgs) -> Result<Vec<(PathBuf, String)>> {
     Ok(out)
 }
 
+/// The recipients of a put: the command line's, else DYNOSTORE_ENCRYPT_TO's
+/// (none with --plaintext).
+fn put_recipients(args: &PutArgs) -> Result<Vec<crypt::Recipient>> {
+    let r = &args.recipients;
+    if !r.encrypt_to.is_empty() || !r.recipients_file.is_empty() {
+        let out = crypt::parse_recipients(&r.encrypt_to, &r.recipients_file)?;
+        if out.is_empty() {
+            bail!("the recipients files hold no recipient");
+        }
+        return Ok(out);
+    }
+    match &args.default_encrypt_to {
+        Some(v) if !args.plaintext && !v.trim().is_empty() => {
+            Ok(crypt::parse_recipients(std::slice::from_ref(v), &[])
+                .context("DYNOSTORE_ENCRYPT_TO")?)
+        }
+        _ => Ok(Vec::new()),
+    }
+}
+
 async fn put(args: PutArgs) -> Result<()> {
     let targets = put_targets(&args)?;
     let total = targets.len();
+    let recipients = put_recipients(&args)?;
     let client = args.conn.connect().await?;
     let mut failures = 0;
     for (path, name) in targets {
@@ -463,7 +569,15 @@ async fn put(args: PutArgs) -> Result<()> {
             name: Some(name.clone()),
         };
         let mut bar = Bar::new(args.json, &name);
-        let r = objects::put_file(&client, &path, &params, &mut bar).await;
+        let r = if recipients.is_empty() {
+            objects::put_file(&client, &path, &params, &mut bar)
+                .await
+                .map_err(anyhow::Error::from)
+        } else {
+            crypt::put_encrypted(&client, &path, &params, &recipients, &mut bar)
+                .await
+                .map_err(anyhow::Error::from)
+        };
         bar.finish();
         match r {
             Ok(r) if args.json => println!(
@@ -472,6 +586,7 @@ async fn put(args: PutArgs) -> Result<()> {
                     "id": r.object.to_string(), "size": r.size, "k": r.k, "m": r.m,
                     "name": name, "segments": r.segments, "existed": r.existed,
                     "manifest_replicas": r.manifest_replicas,
+                    "encrypted": !recipients.is_empty(),
                 })
             ),
             Ok(r) => println!("{}", r.object),
@@ -488,13 +603,41 @@ async fn put(args: PutArgs) -> Result<()> {
     Ok(())
 }
 
-async fn get(id: &str, output: PathBuf, conn: ConnArgs) -> Result<()> {
-    let object = parse_object(id)?;
+async fn get(args: GetArgs) -> Result<()> {
+    let GetArgs {
+        id,
+        output,
+        identity,
+        raw,
+        offset,
+        length,
+        conn,
+    } = args;
+    let object = parse_object(&id)?;
     let out = if output == Path::new("-") {
         Output::Stdout
     } else {
         Output::File(output)
     };
+    let mode = match &identity {
+        Some(path) => Some(crypt::GetMode::Decrypt(std::sync::Arc::new(
+            crypt::Identities::load(path)?,
+        ))),
+        None if raw => Some(crypt::GetMode::Raw),
+        None => None,
+    };
+    if let Some(mode) = mode {
+        let range = (offset.is_some() || length.is_some()).then(|| crypt::Range {
+            offset: offset.unwrap_or(0),
+            len: length,
+        });
+        let client = conn.connect().await?;
+        let mut bar = Bar::new(matches!(out, Output::Stdout), &object.short());
+        let r = crypt::get(&client, object, &out, mode, range, &mut bar).await;
+        bar.finish();
+        r?;
+        return Ok(());
+    }
     let client = conn.connect().await?;
     let mut bar = Bar::new(matches!(out, Output::Stdout), &object.short());
     let r = objects::get_object(&client, object, &out, &mut bar).await;
@@ -508,6 +651,38 @@ async fn get(id: &str, output: PathBuf, conn: ConnArgs) -> Result<()> {
             s.holder,
             s.reason
         );
+    }
+    Ok(())
+}
+
+async fn share(args: ShareArgs) -> Result<()> {
+    let object = parse_object(&args.id)?;
+    let identities = crypt::Identities::load(&args.identity)?;
+    let recipients = crypt::parse_recipients(&args.to, &args.recipients_file)?;
+    if recipients.is_empty() {
+        bail!("share needs at least one recipient: --to age1... or -R FILE");
+    }
+    let params = PutParams {
+        codec: CodecKind::default(),
+        k: DEFAULT_K,
+        m: DEFAULT_M,
+        segment_size: None,
+        name: args.name.clone(),
+    };
+    let client = args.conn.connect().await?;
+    let s = crypt::share(&client, object, &identities, &recipients, &params).await?;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "id": s.receipt.object.to_string(),
+                "target": s.target.to_string(),
+                "recipients": recipients.len(),
+                "existed": s.receipt.existed,
+            })
+        );
+    } else {
+        println!("{}", s.receipt.object);
     }
     Ok(())
 }

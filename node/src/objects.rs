@@ -237,14 +237,7 @@ pub async fn get_object(
     progress: &mut dyn Progress,
 ) -> Result<(u64, Vec<SkippedShard>), ObjectError> {
     let mut s = open(client).await?;
-    write_frame(&mut s, &ClientRequest::Get { object }).await?;
-    s.flush().await?;
-    let size = match read_frame::<ClientResponse, _>(&mut s).await? {
-        ClientResponse::Object { size, .. } => size,
-        ClientResponse::Error(e) => return Err(ObjectError::Remote(e)),
-        other => return Err(ObjectError::Protocol(format!("{other:?}"))),
-    };
-    progress.set_len(size);
+    let size = start_get(&mut s, object, progress).await?;
     let (mut sink, partial) = open_output(output).await?;
     let result = receive(&mut s, &mut sink, object, size, progress).await;
     let result = match result {
@@ -270,6 +263,45 @@ pub async fn get_object(
     result.map(|skipped| (size, skipped))
 }
 
+async fn start_get(
+    s: &mut Stream,
+    object: ObjectId,
+    progress: &mut dyn Progress,
+) -> Result<u64, ObjectError> {
+    write_frame(s, &ClientRequest::Get { object }).await?;
+    s.flush().await?;
+    let size = match read_frame::<ClientResponse, _>(s).await? {
+        ClientResponse::Object { size, .. } => size,
+        ClientResponse::Error(e) => return Err(ObjectError::Remote(e)),
+        other => return Err(ObjectError::Protocol(format!("{other:?}"))),
+    };
+    progress.set_len(size);
+    Ok(size)
+}
+
+/// Fetches an object into `sink` (flushed at the end, not shut down) and
+/// verifies it against its ID; returns its size and the skipped shards.
+/// The sink has seen every byte by the time this fails with
+/// [`ObjectError::Integrity`]: a consumer that must not act on unverified
+/// bytes waits for this result (the client-side decryption does).
+pub async fn get_into(
+    client: &Client,
+    object: ObjectId,
+    sink: &mut Sink,
+    progress: &mut dyn Progress,
+) -> Result<(u64, Vec<SkippedShard>), ObjectError> {
+    let mut s = open(client).await?;
+    let size = start_get(&mut s, object, progress).await?;
+    let skipped = receive(&mut s, sink, object, size, progress).await?;
+    sink.flush()
+        .await
+        .map_err(|source| ObjectError::WriteFile {
+            path: PathBuf::from("output"),
+            source,
+        })?;
+    Ok((size, skipped))
+}
+
 fn write_err(output: &Output, source: io::Error) -> ObjectError {
     ObjectError::WriteFile {
         path: match output {
@@ -280,7 +312,8 @@ fn write_err(output: &Output, source: io::Error) -> ObjectError {
     }
 }
 
-type Sink = Box<dyn tokio::io::AsyncWrite + Unpin + Send>;
+/// Where a get's bytes go.
+pub type Sink = Box<dyn tokio::io::AsyncWrite + Unpin + Send>;
 
 async fn open_output(output: &Output) -> Result<(Sink, Option<PathBuf>), ObjectError> {
     match output {

@@ -2,6 +2,7 @@
 
 mod admin;
 mod dashboard;
+mod encryption;
 mod federation;
 mod frames;
 mod harness;
