@@ -21,7 +21,7 @@
 use std::collections::BTreeMap;
 
 use crate::ids::NodeId;
-use crate::placement::{Member, MemberState, View};
+use crate::placement::{fill_weights, Member, MemberState, Space, View};
 use crate::wire::Announcement;
 
 /// How long silence may last before a member changes state.
@@ -151,14 +151,27 @@ impl Membership {
         self.members.is_empty()
     }
 
-    /// The placement view: every member with its free bytes as weight
-    /// (durable containers only for a durable member) and whether it is
+    /// The placement view: every member weighted by
+    /// [`crate::placement::fill_weight`] of its space (durable containers
+    /// only for a durable member, [`Announcement::placement_space`]) against
+    /// the reference fill of the `Alive` members, and whether it is
     /// volatile ([`Announcement::is_volatile`]).
     pub fn view(&self) -> View {
-        View::new(self.members.values().map(|e| Member {
+        let spaces: Vec<(Space, bool)> = self
+            .members
+            .values()
+            .map(|e| {
+                (
+                    e.announcement.placement_space(),
+                    e.state == MemberState::Alive,
+                )
+            })
+            .collect();
+        let weights = fill_weights(&spaces);
+        View::new(self.members.values().zip(weights).map(|(e, weight)| Member {
             id: e.announcement.node.clone(),
             site: e.announcement.site.clone(),
-            weight: e.announcement.placement_weight(),
+            weight,
             state: e.state,
             volatile: e.announcement.is_volatile(),
         }))
@@ -223,7 +236,10 @@ mod tests {
         m.observe(ann(1, 1, 30), 0);
         m.tick(200);
         let v = m.view();
-        assert_eq!(v.get(&id(0)).unwrap().weight, 70);
+        // Node 0 (30% used) is the only Alive member, so it is at the
+        // reference fill and weighs its capacity.
+        assert_eq!(v.get(&id(0)).unwrap().weight, 100);
+        assert!(v.get(&id(1)).unwrap().weight > 0);
         assert_eq!(v.get(&id(1)).unwrap().state, MemberState::Suspect);
         assert_eq!(v.eligible_count(), 1);
     }

@@ -108,6 +108,30 @@ pub fn repair_targets(
     keep: &[NodeId],
     max_volatile: usize,
 ) -> Vec<NodeId> {
+    // Most stripes find their targets among members of unused sites near
+    // the head of the ranking: try the head first. When its first pass
+    // (unused sites) fills every target, the full ranking's first pass
+    // picks the same ones, as it walks the same prefix.
+    let head_len = (4 * (count + keep.len())).max(32);
+    let head = view.ranking_head(key, Weighting::Weighted, eligible_for_writes, head_len);
+    let whole = head.len() < head_len;
+    let (chosen, by_site) = pick_targets(view, &head, count, keep, max_volatile);
+    if whole || by_site {
+        return chosen;
+    }
+    let all = view.ranking(key, Weighting::Weighted, eligible_for_writes);
+    pick_targets(view, &all, count, keep, max_volatile).0
+}
+
+/// The two passes of [`repair_targets`] over `ranked` candidates; also
+/// whether the first pass alone found all `count`.
+fn pick_targets(
+    view: &View,
+    ranked: &[&NodeId],
+    count: usize,
+    keep: &[NodeId],
+    max_volatile: usize,
+) -> (Vec<NodeId>, bool) {
     let mut volatile = keep.iter().filter(|id| view.is_volatile(id)).count();
     let mut fits = |id: &NodeId| {
         if !view.is_volatile(id) {
@@ -123,9 +147,9 @@ pub fn repair_targets(
         .iter()
         .filter_map(|id| view.get(id).map(|m| m.site.as_str()))
         .collect();
-    let candidates: Vec<&NodeId> = view
-        .ranking(key, Weighting::Weighted, eligible_for_writes)
-        .into_iter()
+    let candidates: Vec<&NodeId> = ranked
+        .iter()
+        .copied()
         .filter(|id| !keep.contains(id))
         .collect();
     let mut chosen: Vec<NodeId> = Vec::with_capacity(count);
@@ -142,6 +166,7 @@ pub fn repair_targets(
             }
         }
     }
+    let by_site = chosen.len() == count;
     // Then anyone, in ranking order.
     for id in &candidates {
         if chosen.len() == count {
@@ -151,7 +176,7 @@ pub fn repair_targets(
             chosen.push((*id).clone());
         }
     }
-    chosen
+    (chosen, by_site)
 }
 
 /// Rebalancing moves for one stripe: `(shard index, new holder)` pairs.

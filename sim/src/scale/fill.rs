@@ -6,8 +6,10 @@
 //! take a shard only if its free bytes are at least the shard size. The
 //! policies:
 //!
-//! - **rendezvous**: the protocol's [`View::place`] over a view whose
-//!   weights are the nodes' free bytes. [`View::new`] costs O(n log n) and
+//! - **rendezvous**: the protocol's [`View::place`] over a view weighted
+//!   as the node weighs its members ([`View::weighted`]: capacity with a
+//!   bounded correction from fill, see `dynostore_protocol::placement`),
+//!   from each node's used bytes. [`View::new`] costs O(n log n) and
 //!   hashes every node ID, so the view is rebuilt every `refresh` objects,
 //!   not per object: within a window every node keeps the weight it had at
 //!   the window's start. The first choices of a window are computed in
@@ -399,7 +401,7 @@ impl Placer for RendezvousPlacer<'_> {
         let n = self.world.n;
         let view = self
             .world
-            .view(self.active.iter().copied(), |i| ledger.free(i));
+            .weighted_view(self.active.iter().copied(), |i| ledger.used[i as usize]);
         let firsts = par_map(self.threads, window.len(), |j| {
             let mut v = place_indices(&view, window[j].key, n);
             v.resize(n, MISSING);
