@@ -21,7 +21,7 @@
 use std::collections::BTreeMap;
 
 use crate::ids::NodeId;
-use crate::placement::{fill_weights, Member, MemberState, Space, View};
+use crate::placement::{Member, MemberState, View};
 use crate::wire::Announcement;
 
 /// How long silence may last before a member changes state.
@@ -151,29 +151,22 @@ impl Membership {
         self.members.is_empty()
     }
 
-    /// The placement view: every member weighted by
+    /// The placement view ([`View::weighted`]): every member weighted by
     /// [`crate::placement::fill_weight`] of its space (durable containers
     /// only for a durable member, [`Announcement::placement_space`]) against
-    /// the reference fill of the `Alive` members, and whether it is
-    /// volatile ([`Announcement::is_volatile`]).
+    /// the reference fill of the `Alive` members, its capacity for the
+    /// rebalancer's ranking, and whether it is volatile
+    /// ([`Announcement::is_volatile`]).
     pub fn view(&self) -> View {
-        let spaces: Vec<(Space, bool)> = self
-            .members
-            .values()
-            .map(|e| {
-                (
-                    e.announcement.placement_space(),
-                    e.state == MemberState::Alive,
-                )
-            })
-            .collect();
-        let weights = fill_weights(&spaces);
-        View::new(self.members.values().zip(weights).map(|(e, weight)| Member {
-            id: e.announcement.node.clone(),
-            site: e.announcement.site.clone(),
-            weight,
-            state: e.state,
-            volatile: e.announcement.is_volatile(),
+        View::weighted(self.members.values().map(|e| {
+            let member = Member {
+                id: e.announcement.node.clone(),
+                site: e.announcement.site.clone(),
+                weight: 0,
+                state: e.state,
+                volatile: e.announcement.is_volatile(),
+            };
+            (member, e.announcement.placement_space())
         }))
     }
 }

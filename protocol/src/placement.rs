@@ -63,6 +63,12 @@
 //!   as the others fill.
 //! - Monotone: for one capacity and one `F`, more free bytes never lower the
 //!   weight. Zero only when nothing is free.
+//! - Rebalancing does not chase these weights: it restores the ranking by
+//!   capacity alone ([`Weighting::Capacity`], the weights at even fill),
+//!   which changes with membership but not with every write, and moves a
+//!   shard only where fills differ by a margin
+//!   (`crate::repair::rebalance_moves`). A shard written off that ranking
+//!   by the correction stays where it is while fills are even.
 //! - A pure function of the view: every node computes the same weights from
 //!   the same announcements. Nodes whose views differ (gossip lag) may place
 //!   a stripe differently; that changes balance, never safety, as readers
@@ -85,6 +91,7 @@
 //! members exist. [`place_stripe`] turns a short result into an error.
 
 use std::cmp::Ordering;
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
@@ -216,8 +223,12 @@ pub struct Member {
 /// What a ranking is weighted by.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Weighting {
-    /// By each member's weight ([`fill_weight`]): for shards.
+    /// By each member's weight ([`fill_weight`]): for new shards.
     Weighted,
+    /// By each member's weight at even fill, its capacity (in a
+    /// [`View::weighted`] view): the placement the rebalancer restores,
+    /// which changes with membership and capacity but not with every write.
+    Capacity,
     /// Every eligible member alike: for manifest replicas, whose holders
     /// must stay findable while free space changes.
     Uniform,
@@ -257,8 +268,13 @@ pub struct View {
     node_hash: Vec<u64>,
     site: Vec<u32>,
     eligible_sites: usize,
-    /// The weighted prefilter of large views (see [`View::place_capped`]).
+    /// Per member, its weight at even fill ([`Weighting::Capacity`]): its
+    /// capacity in a [`View::weighted`] view, its weight otherwise.
+    capacity: Vec<u64>,
+    /// The prefilters of large views (see [`View::place_capped`]), for
+    /// [`Weighting::Weighted`] and [`Weighting::Capacity`].
     prefilter: Option<Prefilter>,
+    prefilter_capacity: Option<Prefilter>,
 }
 
 /// Views with more eligible members than this get a [`Prefilter`].
@@ -280,19 +296,22 @@ struct Prefilter {
 }
 
 impl Prefilter {
-    fn new(members: &[Member]) -> Option<Prefilter> {
-        let eligible = members.iter().filter(|m| eligible_for_writes(m));
+    fn new(members: &[Member], weights: &[u64]) -> Option<Prefilter> {
+        let eligible = members
+            .iter()
+            .zip(weights)
+            .filter(|(m, _)| eligible_for_writes(m));
         if eligible.clone().count() <= PREFILTER_MIN_MEMBERS {
             return None;
         }
-        let total: f64 = eligible.map(|m| m.weight as f64).sum();
+        let total: f64 = eligible.map(|(_, &w)| w as f64).sum();
         let theta = total / PREFILTER_PASSERS;
         if !(theta.is_finite() && theta > 0.0) {
             return None;
         }
-        let cut = members
+        let cut = weights
             .iter()
-            .map(|m| (-(m.weight as f64) / theta).exp() * (1.0 - 1e-6))
+            .map(|&w| (-(w as f64) / theta).exp() * (1.0 - 1e-6))
             .collect();
         Some(Prefilter { theta, cut })
     }
@@ -328,13 +347,16 @@ impl View {
             .collect();
         eligible.sort_unstable();
         eligible.dedup();
-        let prefilter = Prefilter::new(&members);
+        let weights: Vec<u64> = members.iter().map(|m| m.weight).collect();
+        let prefilter = Prefilter::new(&members, &weights);
         View {
             members,
             node_hash,
             site,
             eligible_sites: eligible.len(),
-            prefilter,
+            capacity: weights,
+            prefilter: prefilter.clone(),
+            prefilter_capacity: prefilter,
         }
     }
 
@@ -349,12 +371,33 @@ impl View {
             .map(|(m, s)| (*s, m.state == MemberState::Alive))
             .collect();
         let weights = fill_weights(&spaces);
-        View::new(
+        // Of duplicate IDs, the largest capacity (whatever the order).
+        let mut capacity: BTreeMap<NodeId, u64> = BTreeMap::new();
+        for (m, s) in &members {
+            let c = capacity.entry(m.id.clone()).or_default();
+            *c = (*c).max(s.capacity_bytes);
+        }
+        let mut view = View::new(
             members
                 .into_iter()
                 .zip(weights)
                 .map(|((m, _), weight)| Member { weight, ..m }),
-        )
+        );
+        view.capacity = view
+            .members
+            .iter()
+            .map(|m| capacity.get(&m.id).copied().unwrap_or(0))
+            .collect();
+        view.prefilter_capacity = Prefilter::new(&view.members, &view.capacity);
+        view
+    }
+
+    fn prefilter(&self, weighting: Weighting) -> Option<&Prefilter> {
+        match weighting {
+            Weighting::Weighted => self.prefilter.as_ref(),
+            Weighting::Capacity => self.prefilter_capacity.as_ref(),
+            Weighting::Uniform => None,
+        }
     }
 
     pub fn members(&self) -> &[Member] {
@@ -412,6 +455,7 @@ impl View {
     fn score(&self, key: PlacementKey, i: usize, weighting: Weighting) -> f64 {
         let w = match weighting {
             Weighting::Weighted => self.members[i].weight as f64,
+            Weighting::Capacity => self.capacity[i] as f64,
             Weighting::Uniform => 1.0,
         };
         w / -unit(key.0 ^ self.node_hash[i]).ln()
@@ -447,7 +491,7 @@ impl View {
         if len == 0 {
             return Vec::new();
         }
-        if let (Weighting::Weighted, Some(pre)) = (weighting, &self.prefilter) {
+        if let Some(pre) = self.prefilter(weighting) {
             if len <= PREFILTER_MAX_WINDOW {
                 let mut head: Vec<(f64, usize)> = (0..self.members.len())
                     .filter(|&i| {
@@ -507,7 +551,7 @@ impl View {
         // In a large weighted view, the head is found among the members
         // that pass the prefilter: when at least `window` of them reach
         // `theta`, everyone else scores below `theta` and is not in it.
-        if let (Weighting::Weighted, Some(pre)) = (weighting, &self.prefilter) {
+        if let Some(pre) = self.prefilter(weighting) {
             if window <= PREFILTER_MAX_WINDOW {
                 let mut head: Vec<(f64, usize)> = (0..self.members.len())
                     .filter(|&i| {

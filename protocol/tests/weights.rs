@@ -256,3 +256,124 @@ fn fill_weights_keep_the_fullest_node_near_the_mean() {
         "fill weights ({max_fill:.3}) no better than free space ({max_free:.3})"
     );
 }
+
+fn big_weighted_view(len: u32) -> (View, Vec<Member>) {
+    // Capacities over two orders of magnitude, fills 0 to 99 %.
+    let members: Vec<(Member, Space)> = (0..len)
+        .map(|i| {
+            let h = blake3::hash(&i.to_be_bytes());
+            let b = h.as_bytes();
+            let cap = 1_000_000 * (1 + u64::from(b[0]) % 100);
+            let free = cap / 100 * (1 + u64::from(b[1]) % 100);
+            let m = Member {
+                id: node(i),
+                site: format!("site-{}", b[2] % 20),
+                weight: 0,
+                state: if b[3] % 17 == 0 {
+                    MemberState::Suspect
+                } else {
+                    MemberState::Alive
+                },
+                volatile: false,
+            };
+            (m, space(cap, free))
+        })
+        .collect();
+    // The same members weighted by capacity alone, for the oracle.
+    let by_capacity: Vec<Member> = members
+        .iter()
+        .map(|(m, s)| Member {
+            weight: s.capacity_bytes,
+            ..m.clone()
+        })
+        .collect();
+    (View::weighted(members), by_capacity)
+}
+
+#[test]
+fn capacity_ranking_is_the_ranking_at_even_fill() {
+    // 1,000 members: large enough for the prefilters of both weightings.
+    let (view, by_capacity) = big_weighted_view(1000);
+    let oracle = View::new(by_capacity);
+    for k in 0..300u64 {
+        let key = PlacementKey::for_segment(&ObjectId::of(&k.to_le_bytes()), 0);
+        for n in [6, 14] {
+            // Eligibility is the live weight's (full members take nothing),
+            // the order the capacity's.
+            let got = view.place(key, n, Weighting::Capacity);
+            let want: Vec<&NodeId> = oracle
+                .ranking(key, Weighting::Weighted, |m| {
+                    view.get(&m.id).is_some_and(|v| v.weight > 0 && v.state == MemberState::Alive)
+                })
+                .into_iter()
+                .collect();
+            // Spreading aside, every pick is in the head of that ranking
+            // and the first pick is its first.
+            assert_eq!(got[0], want[0], "key {k}");
+            assert!(got.iter().all(|g| want[..4 * n].contains(g)), "key {k}");
+        }
+        // The head of a ranking is the prefix of the full one.
+        for w in [Weighting::Weighted, Weighting::Capacity] {
+            let all = view.ranking(key, w, |m| m.state == MemberState::Alive && m.weight > 0);
+            let head = view.ranking_head(key, w, |m| m.state == MemberState::Alive && m.weight > 0, 40);
+            assert_eq!(head, all[..40].to_vec(), "key {k}");
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(100))]
+
+    #[test]
+    fn rebalancing_only_moves_towards_the_capacity_placement(
+        len in 8u32..40,
+        seed in any::<u64>(),
+        fills in proptest::collection::vec(0.0f64..1.0, 40),
+        pick in proptest::collection::vec(any::<u32>(), 6),
+    ) {
+        use dynostore_protocol::repair::rebalance_moves;
+        let (view, _) = big_weighted_view(len);
+        let key = PlacementKey(seed);
+        let eligible: Vec<NodeId> = view
+            .members()
+            .iter()
+            .filter(|m| m.state == MemberState::Alive && m.weight > 0)
+            .map(|m| m.id.clone())
+            .collect();
+        prop_assume!(eligible.len() >= 6);
+        // Six distinct holders drawn from the members.
+        let mut holders: Vec<NodeId> = Vec::new();
+        for p in &pick {
+            let mut i = *p as usize % view.len();
+            while holders.contains(&view.members()[i].id) {
+                i = (i + 1) % view.len();
+            }
+            holders.push(view.members()[i].id.clone());
+        }
+        let fill = |id: &NodeId| {
+            view.members().iter().position(|m| m.id == *id).map(|i| fills[i % fills.len()])
+        };
+        let desired: Vec<&NodeId> = view.place(key, 6, Weighting::Capacity);
+        let moves = rebalance_moves(&view, key, &holders, fill, 0.1, 2);
+        let mut targets = Vec::new();
+        for (i, to) in &moves {
+            // From a holder off the placement to a member on it, emptier
+            // by the margin, never twice to one member.
+            prop_assert!(!desired.contains(&&holders[*i]));
+            prop_assert!(desired.contains(&to));
+            prop_assert!(!holders.contains(to));
+            prop_assert!(fill(to).unwrap() < fill(&holders[*i]).unwrap() * 0.9);
+            prop_assert!(!targets.contains(to));
+            targets.push(to.clone());
+        }
+        // Applying them and asking again with the same fills: nothing more,
+        // as a moved shard now sits on the placement.
+        for (i, to) in &moves {
+            holders[*i] = to.clone();
+        }
+        let again = rebalance_moves(&view, key, &holders, fill, 0.1, 2);
+        for (i, _) in &again {
+            prop_assert!(!moves.iter().any(|(j, _)| j == i), "slot {i} moved twice");
+        }
+    }
+}
