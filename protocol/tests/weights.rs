@@ -55,20 +55,18 @@ fn naive_weights(spaces: &[(Space, bool)]) -> Vec<u64> {
 }
 
 fn arb_spaces() -> impl Strategy<Value = Vec<(Space, bool)>> {
-    proptest::collection::vec(
-        (1u64..1 << 40, 0u32..=1000, any::<bool>(), 0u8..8),
-        1..60,
+    proptest::collection::vec((1u64..1 << 40, 0u32..=1000, any::<bool>(), 0u8..8), 1..60).prop_map(
+        |v| {
+            v.into_iter()
+                .map(|(cap, permille, alive, zero)| {
+                    // Some members are full, some have no capacity at all.
+                    let cap = if zero == 0 { 0 } else { cap };
+                    let free = (cap as u128 * u128::from(permille) / 1000) as u64;
+                    (space(cap, free), alive)
+                })
+                .collect()
+        },
     )
-    .prop_map(|v| {
-        v.into_iter()
-            .map(|(cap, permille, alive, zero)| {
-                // Some members are full, some have no capacity at all.
-                let cap = if zero == 0 { 0 } else { cap };
-                let free = (cap as u128 * u128::from(permille) / 1000) as u64;
-                (space(cap, free), alive)
-            })
-            .collect()
-    })
 }
 
 proptest! {
@@ -196,7 +194,9 @@ fn fill_network(weigh: impl Fn(&[u64], &[u64]) -> View, objects: u64, refresh: u
     let nodes = 120u32;
     let n = 6;
     // Capacities 1,000 to 64,000 bytes over 12 sites, shards of 10 to 80.
-    let cap: Vec<u64> = (0..nodes).map(|i| 1000 * (1 + u64::from(i * 37 % 64))).collect();
+    let cap: Vec<u64> = (0..nodes)
+        .map(|i| 1000 * (1 + u64::from(i * 37 % 64)))
+        .collect();
     let mut used = vec![0u64; nodes as usize];
     let mut view = weigh(&cap, &used);
     for o in 0..objects {
@@ -212,7 +212,10 @@ fn fill_network(weigh: impl Fn(&[u64], &[u64]) -> View, objects: u64, refresh: u
             }
         }
     }
-    used.iter().zip(&cap).map(|(&u, &c)| u as f64 / c as f64).collect()
+    used.iter()
+        .zip(&cap)
+        .map(|(&u, &c)| u as f64 / c as f64)
+        .collect()
 }
 
 fn members<'a>(cap: &'a [u64], used: &'a [u64]) -> impl Iterator<Item = (Member, Space)> + 'a {
@@ -303,7 +306,8 @@ fn capacity_ranking_is_the_ranking_at_even_fill() {
             let got = view.place(key, n, Weighting::Capacity);
             let want: Vec<&NodeId> = oracle
                 .ranking(key, Weighting::Weighted, |m| {
-                    view.get(&m.id).is_some_and(|v| v.weight > 0 && v.state == MemberState::Alive)
+                    view.get(&m.id)
+                        .is_some_and(|v| v.weight > 0 && v.state == MemberState::Alive)
                 })
                 .into_iter()
                 .collect();
@@ -315,7 +319,12 @@ fn capacity_ranking_is_the_ranking_at_even_fill() {
         // The head of a ranking is the prefix of the full one.
         for w in [Weighting::Weighted, Weighting::Capacity] {
             let all = view.ranking(key, w, |m| m.state == MemberState::Alive && m.weight > 0);
-            let head = view.ranking_head(key, w, |m| m.state == MemberState::Alive && m.weight > 0, 40);
+            let head = view.ranking_head(
+                key,
+                w,
+                |m| m.state == MemberState::Alive && m.weight > 0,
+                40,
+            );
             assert_eq!(head, all[..40].to_vec(), "key {k}");
         }
     }

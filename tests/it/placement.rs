@@ -4,7 +4,9 @@
 
 use std::time::Duration;
 
-use crate::harness::{addrs, cluster_with, data, wait_all_see, wait_until, Net, NodeProc, NodeSpec};
+use crate::harness::{
+    addrs, cluster_with, data, wait_all_see, wait_until, Net, NodeProc, NodeSpec,
+};
 
 /// Every object is `SEGMENTS` segments of `SEG` bytes, coded 4 + 2, so every
 /// shard is `SEG / 4` bytes and a count of moved shards is a count of bytes.
@@ -47,7 +49,13 @@ fn two_joiners_receive_about_their_share_and_no_more() {
     let mut nodes = cluster_with(&net, 6, |i| vec![container(&format!("n{i}"))], &[]);
     let ids: Vec<String> = nodes.iter().map(|n| n.id.clone()).collect();
     let id_refs: Vec<&str> = ids.iter().map(String::as_str).collect();
-    wait_all_see(&net, &addrs(&nodes), &id_refs, "alive", Duration::from_secs(60));
+    wait_all_see(
+        &net,
+        &addrs(&nodes),
+        &id_refs,
+        "alive",
+        Duration::from_secs(60),
+    );
 
     // Fill: 24 objects of 256 KiB, 4 + 2 over six nodes, in one put.
     let dir = root.join("files");
@@ -76,10 +84,16 @@ fn two_joiners_receive_about_their_share_and_no_more() {
         .filter(|l| !l.is_empty())
         .collect();
     assert_eq!(object_ids.len(), OBJECTS, "{object_ids:?}");
-    let stored: u64 = nodes.iter().map(|n| used_and_moved(&net, n).unwrap().0).sum();
+    let stored: u64 = nodes
+        .iter()
+        .map(|n| used_and_moved(&net, n).unwrap().0)
+        .sum();
     let want_stored = (OBJECTS * SEGMENTS * 6) as u64 * SHARD_BYTES;
     assert_eq!(stored, want_stored, "stored bytes before the join");
-    let moved_before: u64 = nodes.iter().map(|n| used_and_moved(&net, n).unwrap().1).sum();
+    let moved_before: u64 = nodes
+        .iter()
+        .map(|n| used_and_moved(&net, n).unwrap().1)
+        .sum();
 
     // Two empty nodes of the same capacity join.
     let first = nodes[0].addr();
@@ -102,7 +116,13 @@ fn two_joiners_receive_about_their_share_and_no_more() {
         })
         .collect();
     let joiner_ids: Vec<&str> = joiners.iter().map(|n| n.id.as_str()).collect();
-    wait_all_see(&net, &addrs(&nodes), &joiner_ids, "alive", Duration::from_secs(30));
+    wait_all_see(
+        &net,
+        &addrs(&nodes),
+        &joiner_ids,
+        "alive",
+        Duration::from_secs(30),
+    );
 
     // Moves settle: the total moved stays the same over three polls that
     // are two repair rounds apart, once the joiners hold something.
@@ -166,14 +186,31 @@ fn two_joiners_receive_about_their_share_and_no_more() {
         if now == want_stored {
             Ok(())
         } else {
-            Err(format!("{now} bytes stored, want {want_stored} (was {stored_after})"))
+            Err(format!(
+                "{now} bytes stored, want {want_stored} (was {stored_after})"
+            ))
         }
     });
     let back = root.join("back.bin");
     for (id, f) in object_ids.iter().zip(&files).take(3) {
-        let out = net.cli(&["get", id, "--peer", &joiners[0].addr(), "-o", back.to_str().unwrap()]);
-        assert!(out.status.success(), "get {id}: {}", String::from_utf8_lossy(&out.stderr));
-        assert_eq!(std::fs::read(&back).unwrap(), std::fs::read(f).unwrap(), "{id}");
+        let out = net.cli(&[
+            "get",
+            id,
+            "--peer",
+            &joiners[0].addr(),
+            "-o",
+            back.to_str().unwrap(),
+        ]);
+        assert!(
+            out.status.success(),
+            "get {id}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(
+            std::fs::read(&back).unwrap(),
+            std::fs::read(f).unwrap(),
+            "{id}"
+        );
     }
 
     // The bound. The rebalancer moves a shard only from a holder outside

@@ -672,8 +672,8 @@ fn render_into(o: &mut String, r: &Report, p: &Args, md: &Model) -> std::fmt::Re
     }
     writeln!(
         o,
-        "   rendezvous drift: {} of the stored bytes are not where the end-of-fill ranking would \
-         put them (written under older weights)",
+        "   rendezvous drift: {} of the stored bytes are not where the ranking by capacity would \
+         put them (the fill correction places new shards off it)",
         pct(mv.rendezvous_drift)
     )?;
     writeln!(
@@ -689,7 +689,8 @@ fn render_into(o: &mut String, r: &Report, p: &Args, md: &Model) -> std::fmt::Re
             .map_or_else(String::new, |f| format!(", joiners at {}", pct(f)));
         writeln!(
             o,
-            "   live rebalancer after the {what}: {} shards rebuilt, {} moved in {} passes;              mean fill {}, fullest {}{joiners}; stripes short of k+m distinct members: {}",
+            "   live rebalancer after the {what}: {} shards rebuilt, {} moved in {} passes; \
+             mean fill {}, fullest {}{joiners}; stripes short of k+m distinct members: {}",
             grouped(l.rebuilt_shards),
             grouped(l.moved_shards),
             l.passes,

@@ -30,21 +30,21 @@
 //! shard only to a member emptier than its holder by the margin (the model
 //! has no volatile members, whose moves ignore fill).
 //!
-//! # Rendezvous: re-placement with fixed weights
+//! # Rendezvous: re-placement by the rebalancer's ranking
 //! For comparison, every stored object is also re-placed with the
-//! protocol's [`View::place`] under the view before and the view after the
-//! change, with every member that stays keeping its weight, and the moved
-//! bytes are `sum over objects of |after \ before| * shard_bytes` (a shard
-//! is moved when its stripe gains a holder; holders that stay keep their
-//! shard). Joiners are weighted as they will be at even fill (their
-//! capacity). This is what a rebalancer that chased the ranking would move
-//! if weights did not change; the live rebalancer does not chase the
-//! ranking (it needs the fill margin), which is why its figure can be lower.
+//! protocol's [`View::place`] by the ranking the rebalancer restores
+//! (weights = capacities, `Weighting::Capacity` in the node) under the view
+//! before and the view after the change, and the moved bytes are
+//! `sum over objects of |after \ before| * shard_bytes` (a shard is moved
+//! when its stripe gains a holder; holders that stay keep their shard).
+//! That is the minimal disruption of the ranking itself: what the
+//! rebalancer would move if every stripe sat on it before the change.
 //!
 //! Also reported: the *drift*, the fraction of stored bytes whose holder at
-//! write time differs from the ranking at the end of the fill (objects
-//! written under older views with other weights); a rebalancer that chased
-//! the current ranking would move that much with no membership change.
+//! write time differs from that ranking at the end of the fill (the fill
+//! correction places new shards off it); the live rebalancer leaves them
+//! there while fills are even, which a rebalancer that chased the ranking
+//! would not.
 //!
 //! ## Exact shortcuts (verified on a sample)
 //! A full `place` over 10,000 nodes costs about 170 µs, and the rendezvous
@@ -269,7 +269,7 @@ pub fn moves(
                 rows.push(MoveRow {
                     policy: Policy::Rendezvous,
                     method: format!(
-                        "live rebalancer (rebalance_moves, fill margin {:.0}%; leave: repair_targets                          first), joiners announce their real empty space",
+                        "live rebalancer: rebalance_moves, margin {:.0}% (leave: repair_targets first)",
                         100.0 * PlannerConfig::default().rebalance_margin
                     ),
                     join: Moved::new(join_bytes, ideal_join),
@@ -280,7 +280,7 @@ pub fn moves(
                 });
                 rows.push(MoveRow {
                     policy: Policy::Rendezvous,
-                    method: "re-place every object, weights held fixed; joiners at even fill"
+                    method: "re-place every object by the rebalancer's ranking (by capacity)"
                         .into(),
                     join: Moved::new(r.join, ideal_join),
                     leave: Some(Moved::new(r.leave, r.leave_ideal)),
@@ -340,15 +340,6 @@ struct RendezvousTotals {
     mismatches: u64,
 }
 
-/// Each node's weight in `view`, by node index (0 when absent).
-fn weights_of(world: &World, view: &View) -> Vec<u64> {
-    let mut w = vec![0; world.all_nodes.len()];
-    for m in view.members() {
-        w[node_index(&m.id) as usize] = m.weight;
-    }
-    w
-}
-
 fn rendezvous(
     world: &World,
     outcome: &FillOutcome,
@@ -360,17 +351,16 @@ fn rendezvous(
 ) -> RendezvousTotals {
     let n = world.n;
     let ledger = &outcome.ledger;
-    let before_view = world.weighted_view(initial.iter().copied(), |i| ledger.used[i as usize]);
-    // Fixed weights: the members keep theirs; a joiner at even fill weighs
-    // its capacity (`fill_weight` at the reference fill).
-    let w = weights_of(world, &before_view);
+    // The rebalancer's ranking: by capacity (the weights at even fill),
+    // for every member with room.
     let weight = |i: u32| -> u64 {
-        if (i as usize) < world.initial {
-            w[i as usize]
-        } else {
+        if ledger.free(i) > 0 {
             world.capacity(i)
+        } else {
+            0
         }
     };
+    let before_view = world.view(initial.iter().copied(), weight);
     let grown: Vec<u32> = initial.iter().chain(joiners).copied().collect();
     let join_view = world.view(grown.iter().copied(), weight);
     let leave_view = world.view(staying.iter().copied(), weight);
@@ -526,13 +516,7 @@ fn live_rebalance(
                     .copied()
                     .filter(|&h| !is_gone[h as usize])
                     .collect();
-                let t = repair_targets(
-                    &view,
-                    world.objects[o].key,
-                    n - keep.len(),
-                    &ids(&keep),
-                    m,
-                );
+                let t = repair_targets(&view, world.objects[o].key, n - keep.len(), &ids(&keep), m);
                 t.iter().map(node_index).collect::<Vec<u32>>()
             });
             for (j, t) in targets.into_iter().enumerate() {
