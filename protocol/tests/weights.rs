@@ -42,13 +42,9 @@ fn naive_weights(spaces: &[(Space, bool)]) -> Vec<u64> {
                 return 0;
             }
             let f = 1.0 - s.free_bytes.min(s.capacity_bytes) as f64 / s.capacity_bytes as f64;
-            let mut factor = (-FILL_GAIN * (f - f_ref)).exp();
-            if factor > MAX_BOOST {
-                factor = MAX_BOOST;
-            }
-            if factor < 1.0 / MAX_DAMPING {
-                factor = 1.0 / MAX_DAMPING;
-            }
+            let factor = (-FILL_GAIN * (f - f_ref))
+                .exp()
+                .clamp(1.0 / MAX_DAMPING, MAX_BOOST);
             ((s.capacity_bytes as f64 * factor).round() as u64).max(1)
         })
         .collect()
@@ -272,7 +268,7 @@ fn big_weighted_view(len: u32) -> (View, Vec<Member>) {
                 id: node(i),
                 site: format!("site-{}", b[2] % 20),
                 weight: 0,
-                state: if b[3] % 17 == 0 {
+                state: if b[3].is_multiple_of(17) {
                     MemberState::Suspect
                 } else {
                     MemberState::Alive
