@@ -86,6 +86,9 @@ pub struct FillConfig {
     pub threads: usize,
     /// Fill fractions at which to record the spread.
     pub checkpoints: Vec<f64>,
+    /// Print each checkpoint's spread on stderr as it is reached (long
+    /// runs show what they measured so far).
+    pub progress: bool,
     /// Names the random policy's RNG stream, so that re-runs on other node
     /// sets use the same stream.
     pub label: &'static str,
@@ -310,6 +313,16 @@ fn drive(
                     &out,
                 );
                 record(log, policy, &cp);
+                if cfg.progress {
+                    eprintln!(
+                        "          {} at {:.0}%: std {:.2}%, max {:.1}%, refused {}",
+                        policy.name(),
+                        100.0 * cp.target,
+                        100.0 * cp.spread.std_dev,
+                        100.0 * cp.spread.max,
+                        cp.refused_objects
+                    );
+                }
                 out.checkpoints.push(cp);
                 next_cp += 1;
             }

@@ -370,6 +370,7 @@ pub fn simulate(args: &Args, log: &mut EventLog) -> Report {
         refresh: args.refresh_every as usize,
         threads,
         checkpoints,
+        progress: !args.quiet,
         label: "random-policy",
     };
     let fills: Vec<FillOutcome> = Policy::ALL
@@ -386,6 +387,7 @@ pub fn simulate(args: &Args, log: &mut EventLog) -> Report {
         verify_every: args.verify_every as usize,
         fill: FillConfig {
             checkpoints: Vec::new(),
+            progress: false,
             ..fill_cfg.clone()
         },
     };
@@ -682,7 +684,11 @@ fn render_into(o: &mut String, r: &Report, p: &Args, md: &Model) -> std::fmt::Re
         grouped(mv.shortcut_checks),
         mv.shortcut_mismatches
     )?;
-    for (what, live) in [("join", &mv.live_join), ("leave", &mv.live_leave)] {
+    for (what, live) in [
+        ("fill, before any change,", &mv.live_settle),
+        ("join", &mv.live_join),
+        ("leave", &mv.live_leave),
+    ] {
         let Some(l) = live else { continue };
         let joiners = l
             .joiner_fill

@@ -140,7 +140,10 @@ pub struct MovesReport {
     /// Objects re-placed over the whole view to check the shortcuts.
     pub shortcut_checks: u64,
     pub shortcut_mismatches: u64,
-    /// The live rebalancer after the join and after the leave.
+    /// The live rebalancer before any change (settling the imbalance the
+    /// fill left), then after the join and after the leave, each from the
+    /// settled state.
+    pub live_settle: Option<LiveOutcome>,
     pub live_join: Option<LiveOutcome>,
     pub live_leave: Option<LiveOutcome>,
 }
@@ -232,7 +235,7 @@ pub fn moves(
         .collect();
 
     let mut rows = Vec::new();
-    let (mut live_join, mut live_leave) = (None, None);
+    let (mut live_settle, mut live_join, mut live_leave) = (None, None, None);
     let mut drift = 0.0;
     let (mut checks, mut mismatches) = (0, 0);
     for (f, outcome) in fills.iter().enumerate() {
@@ -250,9 +253,27 @@ pub fn moves(
                 drift = r.drift as f64 / stored_bytes.max(1) as f64;
                 checks = r.checks;
                 mismatches = r.mismatches;
-                let (join, join_bytes) = live_rebalance(world, outcome, &grown, &[], cfg);
+                // The rebalancer runs all the time in a live federation: it
+                // has settled the fill's own imbalance before anyone joins.
+                let mut settled = Holdings {
+                    holders: outcome.holders.clone(),
+                    used: outcome.ledger.used.clone(),
+                };
+                let (settle, _) = live_rebalance(world, outcome, &mut settled, &initial, &[], cfg);
+                let mut state = settled.clone();
+                let (join, join_bytes) =
+                    live_rebalance(world, outcome, &mut state, &grown, &[], cfg);
+                let leave_ideal: u64 = (0..world.objects.len())
+                    .filter(|&i| outcome.stored[i])
+                    .map(|i| {
+                        let hs = &settled.holders[i * world.n..(i + 1) * world.n];
+                        let on = hs.iter().filter(|&&h| is_leaver[h as usize]).count() as u64;
+                        on * world.objects[i].shard_bytes
+                    })
+                    .sum();
+                let mut state = settled;
                 let (leave, leave_bytes) =
-                    live_rebalance(world, outcome, &staying, &world.leavers, cfg);
+                    live_rebalance(world, outcome, &mut state, &staying, &world.leavers, cfg);
                 log.event(
                     "moves-live",
                     &[
@@ -273,10 +294,7 @@ pub fn moves(
                         100.0 * PlannerConfig::default().rebalance_margin
                     ),
                     join: Moved::new(join_bytes, ideal_join),
-                    leave: Some(Moved::new(
-                        leave_bytes,
-                        bytes_on(world, outcome, &is_leaver),
-                    )),
+                    leave: Some(Moved::new(leave_bytes, leave_ideal)),
                 });
                 rows.push(MoveRow {
                     policy: Policy::Rendezvous,
@@ -285,6 +303,7 @@ pub fn moves(
                     join: Moved::new(r.join, ideal_join),
                     leave: Some(Moved::new(r.leave, r.leave_ideal)),
                 });
+                live_settle = Some(settle);
                 live_join = Some(join);
                 live_leave = Some(leave);
             }
@@ -324,6 +343,7 @@ pub fn moves(
         rendezvous_drift: drift,
         shortcut_checks: checks,
         shortcut_mismatches: mismatches,
+        live_settle,
         live_join,
         live_leave,
     }
@@ -451,6 +471,13 @@ fn rendezvous(
     t
 }
 
+/// Where every shard is and each node's used bytes.
+#[derive(Debug, Clone)]
+struct Holdings {
+    holders: Vec<u32>,
+    used: Vec<u64>,
+}
+
 /// Most passes of the live rebalancer (each one moves less than the last;
 /// the cap only bounds a run that would not settle, and shows in `passes`).
 const MAX_PASSES: u32 = 20;
@@ -462,6 +489,7 @@ const MAX_PASSES: u32 = 20;
 fn live_rebalance(
     world: &World,
     outcome: &FillOutcome,
+    state: &mut Holdings,
     members: &[u32],
     gone: &[u32],
     cfg: &MovesConfig,
@@ -469,8 +497,7 @@ fn live_rebalance(
     let n = world.n;
     let m = world.m;
     let margin = PlannerConfig::default().rebalance_margin;
-    let mut holders = outcome.holders.clone();
-    let mut used = outcome.ledger.used.clone();
+    let Holdings { holders, used } = state;
     let mut is_gone = vec![false; world.all_nodes.len()];
     for &g in gone {
         is_gone[g as usize] = true;
@@ -504,7 +531,7 @@ fn live_rebalance(
     if !gone.is_empty() {
         for chunk in stored.chunks(refresh) {
             let view = world.weighted_view(members.iter().copied(), |i| used[i as usize]);
-            let snapshot = &holders;
+            let snapshot: &[u32] = holders;
             let targets = par_map(cfg.threads, chunk.len(), |j| {
                 let o = chunk[j];
                 let hs = &snapshot[o * n..(o + 1) * n];
@@ -537,6 +564,38 @@ fn live_rebalance(
                         _ => MISSING,
                     };
                 }
+                // A target without room refuses the shard and the next
+                // round plans again once its fill is known: here, with the
+                // members that have room for it (rare: a large shard).
+                let missing = holders[o * n..(o + 1) * n]
+                    .iter()
+                    .filter(|&&h| h == MISSING)
+                    .count();
+                if missing > 0 {
+                    let keep: Vec<u32> = holders[o * n..(o + 1) * n]
+                        .iter()
+                        .copied()
+                        .filter(|&h| h != MISSING)
+                        .collect();
+                    let roomy = members
+                        .iter()
+                        .copied()
+                        .filter(|&i| used[i as usize] + shard <= world.capacity(i));
+                    let view = world.weighted_view(roomy, |i| used[i as usize]);
+                    let t = repair_targets(&view, world.objects[o].key, missing, &ids(&keep), m);
+                    let mut t = t.iter().map(node_index);
+                    for slot in &mut holders[o * n..(o + 1) * n] {
+                        if *slot != MISSING {
+                            continue;
+                        }
+                        if let Some(to) = t.next() {
+                            used[to as usize] += shard;
+                            written += shard;
+                            out.rebuilt_shards += 1;
+                            *slot = to;
+                        }
+                    }
+                }
             }
         }
     }
@@ -557,7 +616,7 @@ fn live_rebalance(
                 .filter(|&&i| used[i as usize] < world.capacity(i))
                 .map(|&i| fill[i as usize])
                 .fold(f64::INFINITY, f64::min);
-            let snapshot = &holders;
+            let snapshot: &[u32] = holders;
             let found = par_map(cfg.threads, chunk.len(), |j| {
                 let o = chunk[j];
                 let hs = &snapshot[o * n..(o + 1) * n];
