@@ -63,6 +63,14 @@
 //!   as the others fill.
 //! - Monotone: for one capacity and one `F`, more free bytes never lower the
 //!   weight. Zero only when nothing is free.
+//! - Sized ([`View::place_sized`], what the writer uses): for a shard of
+//!   `s` bytes, `f_j` is taken as it would be with the shard stored,
+//!   `f_j + s / c_j` (never raising the weight), and a member with fewer
+//!   than `s` free bytes is passed over. A large shard then goes to a
+//!   member it leaves near `F`, not to a small one it would push far above
+//!   (shard sizes vary by orders of magnitude; a few large ones decided the
+//!   fullest node). A pure function of (key, view, size); the manifest
+//!   records where the shards went, so no one recomputes it.
 //! - Rebalancing does not chase these weights: it restores the ranking by
 //!   capacity alone ([`Weighting::Capacity`], the weights at even fill),
 //!   which changes with membership but not with every write, and moves a
@@ -275,6 +283,9 @@ pub struct View {
     /// [`Weighting::Weighted`] and [`Weighting::Capacity`].
     prefilter: Option<Prefilter>,
     prefilter_capacity: Option<Prefilter>,
+    /// Per member, its free bytes, and the reference fill, in a
+    /// [`View::weighted`] view: what [`View::place_sized`] needs.
+    free: Option<(Vec<u64>, f64)>,
 }
 
 /// Views with more eligible members than this get a [`Prefilter`].
@@ -357,6 +368,7 @@ impl View {
             capacity: weights,
             prefilter: prefilter.clone(),
             prefilter_capacity: prefilter,
+            free: None,
         }
     }
 
@@ -370,12 +382,13 @@ impl View {
             .iter()
             .map(|(m, s)| (*s, m.state == MemberState::Alive))
             .collect();
+        let reference = reference_fill(spaces.iter().filter(|(_, c)| *c).map(|(s, _)| *s));
         let weights = fill_weights(&spaces);
-        // Of duplicate IDs, the largest capacity (whatever the order).
-        let mut capacity: BTreeMap<NodeId, u64> = BTreeMap::new();
+        // Of duplicate IDs, the largest space (whatever the order).
+        let mut space: BTreeMap<NodeId, (u64, u64)> = BTreeMap::new();
         for (m, s) in &members {
-            let c = capacity.entry(m.id.clone()).or_default();
-            *c = (*c).max(s.capacity_bytes);
+            let c = space.entry(m.id.clone()).or_default();
+            *c = (*c).max((s.capacity_bytes, s.free_bytes.min(s.capacity_bytes)));
         }
         let mut view = View::new(
             members
@@ -383,13 +396,37 @@ impl View {
                 .zip(weights)
                 .map(|((m, _), weight)| Member { weight, ..m }),
         );
-        view.capacity = view
-            .members
-            .iter()
-            .map(|m| capacity.get(&m.id).copied().unwrap_or(0))
-            .collect();
+        let of = |m: &Member| space.get(&m.id).copied().unwrap_or((0, 0));
+        view.capacity = view.members.iter().map(|m| of(m).0).collect();
+        view.free = Some((view.members.iter().map(|m| of(m).1).collect(), reference));
         view.prefilter_capacity = Prefilter::new(&view.members, &view.capacity);
         view
+    }
+
+    /// Member `i`'s weight for a shard of `shard_bytes`: its
+    /// [`fill_weight`] as it would be with the shard stored (0 without room
+    /// for it), never above its weight. Its weight when the view has no
+    /// spaces or the size is 0.
+    fn sized_weight(&self, i: usize, shard_bytes: u64) -> f64 {
+        let w = self.members[i].weight;
+        let Some((free, reference)) = &self.free else {
+            return w as f64;
+        };
+        if shard_bytes == 0 || w == 0 {
+            return w as f64;
+        }
+        let (cap, free) = (self.capacity[i], free[i]);
+        if cap == 0 || shard_bytes > free {
+            return 0.0;
+        }
+        let fill = 1.0 - (free - shard_bytes) as f64 / cap as f64;
+        let factor = (-FILL_GAIN * (fill - reference)).exp();
+        let factor = if factor.is_nan() {
+            1.0
+        } else {
+            factor.clamp(1.0 / MAX_DAMPING, MAX_BOOST)
+        };
+        (cap as f64 * factor).min(w as f64)
     }
 
     fn prefilter(&self, weighting: Weighting) -> Option<&Prefilter> {
@@ -540,9 +577,46 @@ impl View {
         weighting: Weighting,
         max_volatile: usize,
     ) -> Vec<&NodeId> {
+        self.place_inner(key, n, weighting, max_volatile, 0)
+    }
+
+    /// [`View::place_capped`] by [`Weighting::Weighted`] for shards of
+    /// `shard_bytes`: each member weighed as it would be with the shard
+    /// stored, so that a large shard does not push a small member far
+    /// above the others, and members without room for it are passed over.
+    /// The same as [`View::place_capped`] for a size of 0 or a view built
+    /// by [`View::new`].
+    pub fn place_sized(
+        &self,
+        key: PlacementKey,
+        n: usize,
+        max_volatile: usize,
+        shard_bytes: u64,
+    ) -> Vec<&NodeId> {
+        self.place_inner(key, n, Weighting::Weighted, max_volatile, shard_bytes)
+    }
+
+    fn place_inner(
+        &self,
+        key: PlacementKey,
+        n: usize,
+        weighting: Weighting,
+        max_volatile: usize,
+        shard_bytes: u64,
+    ) -> Vec<&NodeId> {
         if n == 0 {
             return Vec::new();
         }
+        let sized = weighting == Weighting::Weighted && shard_bytes > 0 && self.free.is_some();
+        // Scores for this shard size; a member without room scores 0 and
+        // is dropped.
+        let score = |i: usize| -> f64 {
+            if sized {
+                self.sized_weight(i, shard_bytes) / -unit(key.0 ^ self.node_hash[i]).ln()
+            } else {
+                self.score(key, i, weighting)
+            }
+        };
         let want_sites = n.min(self.eligible_sites);
         // Most keys need only the head of the ranking: partition the best
         // `window` first and fall back to a full sort when the head does not
@@ -553,12 +627,15 @@ impl View {
         // `theta`, everyone else scores below `theta` and is not in it.
         if let Some(pre) = self.prefilter(weighting) {
             if window <= PREFILTER_MAX_WINDOW {
+                // A sized score is never above the unsized one, so the
+                // prefilter (built from the weights) still passes a
+                // superset of the members that reach `theta`.
                 let mut head: Vec<(f64, usize)> = (0..self.members.len())
                     .filter(|&i| {
                         unit(key.0 ^ self.node_hash[i]) >= pre.cut[i]
                             && eligible_for_writes(&self.members[i])
                     })
-                    .map(|i| (self.score(key, i, weighting), i))
+                    .map(|i| (score(i), i))
                     .filter(|&(s, _)| s >= pre.theta)
                     .collect();
                 if head.len() >= window {
@@ -574,7 +651,8 @@ impl View {
         }
         let mut scored: Vec<(f64, usize)> = (0..self.members.len())
             .filter(|&i| eligible_for_writes(&self.members[i]))
-            .map(|i| (self.score(key, i, weighting), i))
+            .map(|i| (score(i), i))
+            .filter(|&(s, _)| s > 0.0)
             .collect();
         if scored.is_empty() {
             return Vec::new();
@@ -656,7 +734,18 @@ pub fn place_stripe(
     n: usize,
     max_volatile: usize,
 ) -> Result<Vec<NodeId>, PlacementError> {
-    let picks = view.place_capped(key, n, Weighting::Weighted, max_volatile);
+    place_stripe_sized(view, key, n, max_volatile, 0)
+}
+
+/// [`place_stripe`] for shards of `shard_bytes` ([`View::place_sized`]).
+pub fn place_stripe_sized(
+    view: &View,
+    key: PlacementKey,
+    n: usize,
+    max_volatile: usize,
+    shard_bytes: u64,
+) -> Result<Vec<NodeId>, PlacementError> {
+    let picks = view.place_sized(key, n, max_volatile, shard_bytes);
     if picks.len() < n {
         return Err(not_enough_durable(view, n, max_volatile));
     }

@@ -382,3 +382,104 @@ proptest! {
         }
     }
 }
+
+/// The oracle of `place_sized`: every eligible member scored with its
+/// weight as it would be with the shard stored, full sort, site spreading
+/// in two literal passes.
+fn naive_sized(
+    members: &[(Member, Space)],
+    view: &View,
+    key: PlacementKey,
+    n: usize,
+    shard: u64,
+) -> Vec<NodeId> {
+    let alive: Vec<(Space, bool)> = members
+        .iter()
+        .map(|(m, s)| (*s, m.state == MemberState::Alive))
+        .collect();
+    let f_ref = reference_fill(alive.iter().filter(|(_, a)| *a).map(|(s, _)| *s));
+    let mut scored: Vec<(f64, &Member)> = members
+        .iter()
+        .filter_map(|(m, s)| {
+            let w = view.get(&m.id)?.weight;
+            if m.state != MemberState::Alive || w == 0 || shard > s.free_bytes {
+                return None;
+            }
+            let f = 1.0 - (s.free_bytes - shard) as f64 / s.capacity_bytes as f64;
+            let sized = (s.capacity_bytes as f64
+                * (-FILL_GAIN * (f - f_ref))
+                    .exp()
+                    .clamp(1.0 / MAX_DAMPING, MAX_BOOST))
+            .min(w as f64);
+            let h = blake3::hash(m.id.as_bytes());
+            let h = u64::from_le_bytes(h.as_bytes()[..8].try_into().unwrap());
+            let u = dynostore_protocol::placement::unit(key.0 ^ h);
+            Some((sized / -u.ln(), m))
+        })
+        .filter(|(s, _)| *s > 0.0)
+        .collect();
+    scored.sort_by(|a, b| b.0.partial_cmp(&a.0).unwrap().then(a.1.id.cmp(&b.1.id)));
+    let mut chosen: Vec<&Member> = Vec::new();
+    let mut sites = std::collections::HashSet::new();
+    for (_, m) in &scored {
+        if chosen.len() < n && sites.insert(m.site.clone()) {
+            chosen.push(m);
+        }
+    }
+    for (_, m) in &scored {
+        if chosen.len() < n && !chosen.iter().any(|c| c.id == m.id) {
+            chosen.push(m);
+        }
+    }
+    scored
+        .iter()
+        .filter(|(_, m)| chosen.iter().any(|c| c.id == m.id))
+        .map(|(_, m)| m.id.clone())
+        .collect()
+}
+
+#[test]
+fn sized_placement_agrees_with_its_oracle_and_needs_room() {
+    for len in [40u32, 1000] {
+        let members: Vec<(Member, Space)> = (0..len)
+            .map(|i| {
+                let b = *blake3::hash(&(i + 7).to_le_bytes()).as_bytes();
+                let cap = 1_000_000 * (1 + u64::from(b[0]) % 100);
+                let free = cap / 100 * (1 + u64::from(b[1]) % 40);
+                let m = Member {
+                    id: node(i),
+                    site: format!("site-{}", b[2] % 20),
+                    weight: 0,
+                    state: MemberState::Alive,
+                    volatile: false,
+                };
+                (m, space(cap, free))
+            })
+            .collect();
+        let view = View::weighted(members.clone());
+        for k in 0..200u64 {
+            let key = PlacementKey::for_segment(&ObjectId::of(&k.to_le_bytes()), 1);
+            // Size 0 is the unsized placement.
+            assert_eq!(
+                view.place_sized(key, 6, usize::MAX, 0),
+                view.place(key, 6, Weighting::Weighted)
+            );
+            for shard in [1_000u64, 300_000, 5_000_000] {
+                let got: Vec<NodeId> = view
+                    .place_sized(key, 6, usize::MAX, shard)
+                    .into_iter()
+                    .cloned()
+                    .collect();
+                assert_eq!(
+                    got,
+                    naive_sized(&members, &view, key, 6, shard),
+                    "key {k} shard {shard}"
+                );
+                for id in &got {
+                    let (_, s) = members.iter().find(|(m, _)| m.id == *id).unwrap();
+                    assert!(s.free_bytes >= shard, "a member without room was chosen");
+                }
+            }
+        }
+    }
+}

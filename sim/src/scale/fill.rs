@@ -416,7 +416,11 @@ impl Placer for RendezvousPlacer<'_> {
             .world
             .weighted_view(self.active.iter().copied(), |i| ledger.used[i as usize]);
         let firsts = par_map(self.threads, window.len(), |j| {
-            let mut v = place_indices(&view, window[j].key, n);
+            let mut v: Vec<u32> = view
+                .place_sized(window[j].key, n, usize::MAX, window[j].shard_bytes)
+                .into_iter()
+                .map(node_index)
+                .collect();
             v.resize(n, MISSING);
             v
         });
