@@ -17,9 +17,12 @@
 //!   node weighs it ([`World::weighted_view`]); each move copies one shard
 //!   to its new holder. As in the node, where announcements report free
 //!   space every few seconds and a repairer moves at most a few dozen
-//!   shards per round, the view and the fills it compares are refreshed
-//!   every `refresh` objects, not per move. Passes repeat until one moves
-//!   nothing.
+//!   shards per round, the fills it compares are refreshed every `refresh`
+//!   objects, not per move (the view once per pass: the rebalancer ranks
+//!   by capacity, which writes do not change). Passes repeat until one
+//!   moves nothing. The rebalancer has run all along in a live federation,
+//!   so it first settles the imbalance the fill left (reported) and the
+//!   join and the leave start from that state.
 //! - Leave: the leavers vanish with their shards. Every shard they held is
 //!   rebuilt where [`dynostore_protocol::repair::repair_targets`] puts it
 //!   (the planner's choice), then rebalancing passes run as after a join.
@@ -604,8 +607,12 @@ fn live_rebalance(
     loop {
         out.passes += 1;
         let mut moved_this_pass = 0u64;
+        // The rebalancer ranks by capacity, which no write changes: one
+        // view per pass (a member that filled up since still looks
+        // eligible, as in a node between announcements, and refuses the
+        // shard). The fills it compares are refreshed every chunk.
+        let view = world.weighted_view(members.iter().copied(), |i| used[i as usize]);
         for chunk in stored.chunks(refresh) {
-            let view = world.weighted_view(members.iter().copied(), |i| used[i as usize]);
             let fill: Vec<f64> = (0..world.all_nodes.len() as u32)
                 .map(|i| used[i as usize] as f64 / world.capacity(i) as f64)
                 .collect();
