@@ -685,7 +685,7 @@ fn render_into(o: &mut String, r: &Report, p: &Args, md: &Model) -> std::fmt::Re
         mv.shortcut_mismatches
     )?;
     for (what, live) in [
-        ("fill, before any change,", &mv.live_settle),
+        ("fill (before any change)", &mv.live_settle),
         ("join", &mv.live_join),
         ("leave", &mv.live_leave),
     ] {
