@@ -38,7 +38,8 @@ use libp2p::{PeerId, Stream};
 use dynostore_protocol::erasure::{Encoder, Geometry};
 use dynostore_protocol::manifest::{Generation, Manifest, Metadata, ShardRef, ShardSlot};
 use dynostore_protocol::placement::{
-    eligible_for_writes, place_stripe, stripe_fits, PlacementError, PlacementKey, View, Weighting,
+    eligible_for_writes, place_stripe_sized, stripe_fits, PlacementError, PlacementKey, View,
+    Weighting,
 };
 use dynostore_protocol::planner::{put_generation, tombstone_askees, Presence};
 use dynostore_protocol::repair::{self, manifest_replicas};
@@ -457,7 +458,8 @@ async fn write_segment(
 ) -> SegmentWrite {
     let segment = owner.segment;
     let n = shards.len();
-    let targets: Vec<NodeId> = match place_stripe(view, key, n, max_volatile) {
+    let shard_bytes = shards.first().map_or(0, |b| b.len() as u64);
+    let targets: Vec<NodeId> = match place_stripe_sized(view, key, n, max_volatile, shard_bytes) {
         Ok(t) => t,
         Err(e) => return (Vec::new(), Err(e.into())),
     };

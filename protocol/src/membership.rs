@@ -151,16 +151,22 @@ impl Membership {
         self.members.is_empty()
     }
 
-    /// The placement view: every member with its free bytes as weight
-    /// (durable containers only for a durable member) and whether it is
-    /// volatile ([`Announcement::is_volatile`]).
+    /// The placement view ([`View::weighted`]): every member weighted by
+    /// [`crate::placement::fill_weight`] of its space (durable containers
+    /// only for a durable member, [`Announcement::placement_space`]) against
+    /// the reference fill of the `Alive` members, its capacity for the
+    /// rebalancer's ranking, and whether it is volatile
+    /// ([`Announcement::is_volatile`]).
     pub fn view(&self) -> View {
-        View::new(self.members.values().map(|e| Member {
-            id: e.announcement.node.clone(),
-            site: e.announcement.site.clone(),
-            weight: e.announcement.placement_weight(),
-            state: e.state,
-            volatile: e.announcement.is_volatile(),
+        View::weighted(self.members.values().map(|e| {
+            let member = Member {
+                id: e.announcement.node.clone(),
+                site: e.announcement.site.clone(),
+                weight: 0,
+                state: e.state,
+                volatile: e.announcement.is_volatile(),
+            };
+            (member, e.announcement.placement_space())
         }))
     }
 }
@@ -224,7 +230,10 @@ mod tests {
         m.observe(ann(1, 1, 30), 0);
         m.tick(200);
         let v = m.view();
-        assert_eq!(v.get(&id(0)).unwrap().weight, 70);
+        // Node 0 (30% used) is the only Alive member, so it is at the
+        // reference fill and weighs its capacity.
+        assert_eq!(v.get(&id(0)).unwrap().weight, 100);
+        assert!(v.get(&id(1)).unwrap().weight > 0);
         assert_eq!(v.get(&id(1)).unwrap().state, MemberState::Suspect);
         assert_eq!(v.eligible_count(), 1);
     }

@@ -7,8 +7,8 @@
 //!
 //! # Formula
 //! For a key `x` (a 64-bit [`PlacementKey`] derived from the object ID and
-//! segment index) and an eligible member `j` with weight `w_j` (its free
-//! bytes) the score is
+//! segment index) and an eligible member `j` with weight `w_j` (from its
+//! capacity and fill, see "Weights" below) the score is
 //!
 //! ```text
 //! u_j     = (fmix64(x XOR h_j) >> 11 + 0.5) / 2^53      uniform in (0, 1)
@@ -33,6 +33,55 @@
 //!   ranking order, is taken before any site is used twice, so a stripe of
 //!   `n` shards over at least `n` sites lands on `n` distinct sites.
 //!
+//! # Weights: capacity with a bounded correction from gossiped fill
+//! A member's weight is not its free bytes but ([`fill_weight`])
+//!
+//! ```text
+//! F   = sum(c_j - r_j) / sum(c_j)     over Alive members with c_j > 0
+//! f_j = 1 - r_j / c_j
+//! w_j = 0                                                   if r_j = 0
+//!     = max(1, c_j * clamp(exp(-G * (f_j - F)), 1/L, B))    otherwise
+//! ```
+//!
+//! where `c_j` and `r_j` are the capacity and free bytes of the containers
+//! new shards go to (as announced), `F` the reference fill of the view
+//! ([`reference_fill`]), `G` = [`FILL_GAIN`], `B` = [`MAX_BOOST`] and
+//! `L` = [`MAX_DAMPING`]. Properties (tested in `tests/weights.rs` against a
+//! literal oracle, and in the scale model):
+//! - At even fill (`f_j = F`) the weight is the capacity, so shares follow
+//!   capacity and a membership change moves about the fair share, as with
+//!   any fixed weights.
+//! - A member fuller than the view receives exponentially fewer new shards
+//!   (halved for every `ln 2 / G`, 0.35 percentage points, above `F`), an
+//!   emptier one more: a node's deviation from `F` decays as new data is
+//!   written instead of performing a random walk. Free-space weights
+//!   (`w = r`) correct with a gain of only `1 / (1 - F)`, too weak to stop
+//!   small nodes, whose few large shards are noisy, from filling up.
+//! - Bounded: `c_j / L <= w_j <= B * c_j`. An empty joiner is rated at most
+//!   `B` times its capacity, so that rebalancing towards it is limited by
+//!   the rebalancer's fill margin, not by a weight that grows without bound
+//!   as the others fill.
+//! - Monotone: for one capacity and one `F`, more free bytes never lower the
+//!   weight. Zero only when nothing is free.
+//! - Sized ([`View::place_sized`], what the writer uses): for a shard of
+//!   `s` bytes, `f_j` is taken as it would be with the shard stored,
+//!   `f_j + s / c_j` (never raising the weight), and a member with fewer
+//!   than `s` free bytes is passed over. A large shard then goes to a
+//!   member it leaves near `F`, not to a small one it would push far above
+//!   (shard sizes vary by orders of magnitude; a few large ones decided the
+//!   fullest node). A pure function of (key, view, size); the manifest
+//!   records where the shards went, so no one recomputes it.
+//! - Rebalancing does not chase these weights: it restores the ranking by
+//!   capacity alone ([`Weighting::Capacity`], the weights at even fill),
+//!   which changes with membership but not with every write, and moves a
+//!   shard only where fills differ by a margin
+//!   (`crate::repair::rebalance_moves`). A shard written off that ranking
+//!   by the correction stays where it is while fills are even.
+//! - A pure function of the view: every node computes the same weights from
+//!   the same announcements. Nodes whose views differ (gossip lag) may place
+//!   a stripe differently; that changes balance, never safety, as readers
+//!   and repair find shards through the manifest's holder table.
+//!
 //! Only `Alive` members with a weight above zero receive new shards;
 //! `Suspect` and `Down` members are skipped, which is what makes a suspect
 //! node drain of new writes.
@@ -50,10 +99,84 @@
 //! members exist. [`place_stripe`] turns a short result into an error.
 
 use std::cmp::Ordering;
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
 use crate::ids::{NodeId, ObjectId};
+
+/// Gain of the fill correction: a member `1 / G` (fill fraction) above the
+/// view's reference fill has its weight divided by `e` ([`fill_weight`]).
+pub const FILL_GAIN: f64 = 200.0;
+/// Most a member's weight is raised above its capacity (an empty joiner in
+/// a full view).
+pub const MAX_BOOST: f64 = 4.0;
+/// Most a member's weight is lowered below its capacity (a member far
+/// fuller than the view).
+pub const MAX_DAMPING: f64 = 1.0e6;
+
+/// The space a member offers to placement: the capacity and free bytes of
+/// the containers its new shards go to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Space {
+    pub capacity_bytes: u64,
+    pub free_bytes: u64,
+}
+
+impl Space {
+    /// Used fraction in `[0, 1]`; 1 for no capacity.
+    pub fn fill(&self) -> f64 {
+        if self.capacity_bytes == 0 {
+            return 1.0;
+        }
+        let free = self.free_bytes.min(self.capacity_bytes);
+        1.0 - free as f64 / self.capacity_bytes as f64
+    }
+}
+
+/// The reference fill `F` of a set of members: used bytes over capacity,
+/// summed over those with a capacity (0 when none has one). Callers pass
+/// the `Alive` members, so that a silent member's stale announcement does
+/// not shift everyone's weights.
+pub fn reference_fill(spaces: impl IntoIterator<Item = Space>) -> f64 {
+    let (mut used, mut capacity) = (0u128, 0u128);
+    for s in spaces {
+        let free = s.free_bytes.min(s.capacity_bytes);
+        used += u128::from(s.capacity_bytes - free);
+        capacity += u128::from(s.capacity_bytes);
+    }
+    if capacity == 0 {
+        return 0.0;
+    }
+    used as f64 / capacity as f64
+}
+
+/// A member's placement weight from its space and the view's reference
+/// fill (formula in the module header).
+pub fn fill_weight(space: Space, reference_fill: f64) -> u64 {
+    if space.free_bytes == 0 || space.capacity_bytes == 0 {
+        return 0;
+    }
+    let factor = (-FILL_GAIN * (space.fill() - reference_fill)).exp();
+    let factor = if factor.is_nan() {
+        1.0
+    } else {
+        factor.clamp(1.0 / MAX_DAMPING, MAX_BOOST)
+    };
+    // `as` saturates, so a huge capacity cannot wrap.
+    ((space.capacity_bytes as f64 * factor).round() as u64).max(1)
+}
+
+/// The weights of a set of members, in input order: [`fill_weight`] with
+/// the [`reference_fill`] of those for which `counts` is true (the `Alive`
+/// ones).
+pub fn fill_weights(spaces: &[(Space, bool)]) -> Vec<u64> {
+    let reference = reference_fill(spaces.iter().filter(|(_, c)| *c).map(|(s, _)| *s));
+    spaces
+        .iter()
+        .map(|(s, _)| fill_weight(*s, reference))
+        .collect()
+}
 
 /// Why a stripe cannot be placed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -95,7 +218,8 @@ impl MemberState {
 pub struct Member {
     pub id: NodeId,
     pub site: String,
-    /// Free bytes (0 = accepts nothing).
+    /// Placement weight (0 = accepts nothing): [`fill_weight`] of its
+    /// space in a live view, any non-negative figure in tests.
     pub weight: u64,
     pub state: MemberState,
     /// Its shards may be held in memory and are lost when it restarts (see
@@ -107,8 +231,12 @@ pub struct Member {
 /// What a ranking is weighted by.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Weighting {
-    /// By each member's weight (free space): for shards.
+    /// By each member's weight ([`fill_weight`]): for new shards.
     Weighted,
+    /// By each member's weight at even fill, its capacity (in a
+    /// [`View::weighted`] view): the placement the rebalancer restores,
+    /// which changes with membership and capacity but not with every write.
+    Capacity,
     /// Every eligible member alike: for manifest replicas, whose holders
     /// must stay findable while free space changes.
     Uniform,
@@ -148,6 +276,56 @@ pub struct View {
     node_hash: Vec<u64>,
     site: Vec<u32>,
     eligible_sites: usize,
+    /// Per member, its weight at even fill ([`Weighting::Capacity`]): its
+    /// capacity in a [`View::weighted`] view, its weight otherwise.
+    capacity: Vec<u64>,
+    /// The prefilters of large views (see [`View::place_capped`]), for
+    /// [`Weighting::Weighted`] and [`Weighting::Capacity`].
+    prefilter: Option<Prefilter>,
+    prefilter_capacity: Option<Prefilter>,
+    /// Per member, its free bytes, and the reference fill, in a
+    /// [`View::weighted`] view: what [`View::place_sized`] needs.
+    free: Option<(Vec<u64>, f64)>,
+}
+
+/// Views with more eligible members than this get a [`Prefilter`].
+const PREFILTER_MIN_MEMBERS: usize = 512;
+/// Members expected to pass the prefilter per key.
+const PREFILTER_PASSERS: f64 = 256.0;
+/// Largest head of the ranking the prefilter serves.
+const PREFILTER_MAX_WINDOW: usize = 128;
+
+/// A score threshold `theta` and, per member, the least `u` for which its
+/// score can reach `theta`, lowered by a relative 1e-6 so that rounding
+/// never drops a member that reaches it: `w / -ln(u) >= theta` needs
+/// `u >= exp(-w / theta)`. Testing `unit(key ^ h) >= cut` costs a hash and
+/// a compare instead of a logarithm, and only the passers are scored.
+#[derive(Debug, Clone)]
+struct Prefilter {
+    theta: f64,
+    cut: Vec<f64>,
+}
+
+impl Prefilter {
+    fn new(members: &[Member], weights: &[u64]) -> Option<Prefilter> {
+        let eligible = members
+            .iter()
+            .zip(weights)
+            .filter(|(m, _)| eligible_for_writes(m));
+        if eligible.clone().count() <= PREFILTER_MIN_MEMBERS {
+            return None;
+        }
+        let total: f64 = eligible.map(|(_, &w)| w as f64).sum();
+        let theta = total / PREFILTER_PASSERS;
+        if !(theta.is_finite() && theta > 0.0) {
+            return None;
+        }
+        let cut = weights
+            .iter()
+            .map(|&w| (-(w as f64) / theta).exp() * (1.0 - 1e-6))
+            .collect();
+        Some(Prefilter { theta, cut })
+    }
 }
 
 impl View {
@@ -180,11 +358,82 @@ impl View {
             .collect();
         eligible.sort_unstable();
         eligible.dedup();
+        let weights: Vec<u64> = members.iter().map(|m| m.weight).collect();
+        let prefilter = Prefilter::new(&members, &weights);
         View {
             members,
             node_hash,
             site,
             eligible_sites: eligible.len(),
+            capacity: weights,
+            prefilter: prefilter.clone(),
+            prefilter_capacity: prefilter,
+            free: None,
+        }
+    }
+
+    /// A view of members given with their [`Space`] instead of a weight:
+    /// each weighted by [`fill_weight`] against the [`reference_fill`] of
+    /// the `Alive` ones. What the node builds from announcements and the
+    /// scale model from its ledger.
+    pub fn weighted(members: impl IntoIterator<Item = (Member, Space)>) -> Self {
+        let members: Vec<(Member, Space)> = members.into_iter().collect();
+        let spaces: Vec<(Space, bool)> = members
+            .iter()
+            .map(|(m, s)| (*s, m.state == MemberState::Alive))
+            .collect();
+        let reference = reference_fill(spaces.iter().filter(|(_, c)| *c).map(|(s, _)| *s));
+        let weights = fill_weights(&spaces);
+        // Of duplicate IDs, the largest space (whatever the order).
+        let mut space: BTreeMap<NodeId, (u64, u64)> = BTreeMap::new();
+        for (m, s) in &members {
+            let c = space.entry(m.id.clone()).or_default();
+            *c = (*c).max((s.capacity_bytes, s.free_bytes.min(s.capacity_bytes)));
+        }
+        let mut view = View::new(
+            members
+                .into_iter()
+                .zip(weights)
+                .map(|((m, _), weight)| Member { weight, ..m }),
+        );
+        let of = |m: &Member| space.get(&m.id).copied().unwrap_or((0, 0));
+        view.capacity = view.members.iter().map(|m| of(m).0).collect();
+        view.free = Some((view.members.iter().map(|m| of(m).1).collect(), reference));
+        view.prefilter_capacity = Prefilter::new(&view.members, &view.capacity);
+        view
+    }
+
+    /// Member `i`'s weight for a shard of `shard_bytes`: its
+    /// [`fill_weight`] as it would be with the shard stored (0 without room
+    /// for it), never above its weight. Its weight when the view has no
+    /// spaces or the size is 0.
+    fn sized_weight(&self, i: usize, shard_bytes: u64) -> f64 {
+        let w = self.members[i].weight;
+        let Some((free, reference)) = &self.free else {
+            return w as f64;
+        };
+        if shard_bytes == 0 || w == 0 {
+            return w as f64;
+        }
+        let (cap, free) = (self.capacity[i], free[i]);
+        if cap == 0 || shard_bytes > free {
+            return 0.0;
+        }
+        let fill = 1.0 - (free - shard_bytes) as f64 / cap as f64;
+        let factor = (-FILL_GAIN * (fill - reference)).exp();
+        let factor = if factor.is_nan() {
+            1.0
+        } else {
+            factor.clamp(1.0 / MAX_DAMPING, MAX_BOOST)
+        };
+        (cap as f64 * factor).min(w as f64)
+    }
+
+    fn prefilter(&self, weighting: Weighting) -> Option<&Prefilter> {
+        match weighting {
+            Weighting::Weighted => self.prefilter.as_ref(),
+            Weighting::Capacity => self.prefilter_capacity.as_ref(),
+            Weighting::Uniform => None,
         }
     }
 
@@ -243,6 +492,7 @@ impl View {
     fn score(&self, key: PlacementKey, i: usize, weighting: Weighting) -> f64 {
         let w = match weighting {
             Weighting::Weighted => self.members[i].weight as f64,
+            Weighting::Capacity => self.capacity[i] as f64,
             Weighting::Uniform => 1.0,
         };
         w / -unit(key.0 ^ self.node_hash[i]).ln()
@@ -259,6 +509,50 @@ impl View {
             .filter(|&i| filter(&self.members[i]))
             .map(|i| (self.score(key, i, weighting), i))
             .collect();
+        scored.sort_unstable_by(by_score);
+        scored
+            .into_iter()
+            .map(|(_, i)| &self.members[i].id)
+            .collect()
+    }
+
+    /// The first `len` of [`View::ranking`] (all of it when shorter),
+    /// found without sorting every member when the view is large.
+    pub fn ranking_head(
+        &self,
+        key: PlacementKey,
+        weighting: Weighting,
+        filter: impl Fn(&Member) -> bool,
+        len: usize,
+    ) -> Vec<&NodeId> {
+        if len == 0 {
+            return Vec::new();
+        }
+        if let Some(pre) = self.prefilter(weighting) {
+            if len <= PREFILTER_MAX_WINDOW {
+                let mut head: Vec<(f64, usize)> = (0..self.members.len())
+                    .filter(|&i| {
+                        unit(key.0 ^ self.node_hash[i]) >= pre.cut[i] && filter(&self.members[i])
+                    })
+                    .map(|i| (self.score(key, i, weighting), i))
+                    .filter(|&(s, _)| s >= pre.theta)
+                    .collect();
+                if head.len() >= len {
+                    head.select_nth_unstable_by(len - 1, by_score);
+                    head.truncate(len);
+                    head.sort_unstable_by(by_score);
+                    return head.into_iter().map(|(_, i)| &self.members[i].id).collect();
+                }
+            }
+        }
+        let mut scored: Vec<(f64, usize)> = (0..self.members.len())
+            .filter(|&i| filter(&self.members[i]))
+            .map(|i| (self.score(key, i, weighting), i))
+            .collect();
+        if scored.len() > len {
+            scored.select_nth_unstable_by(len - 1, by_score);
+            scored.truncate(len);
+        }
         scored.sort_unstable_by(by_score);
         scored
             .into_iter()
@@ -283,18 +577,86 @@ impl View {
         weighting: Weighting,
         max_volatile: usize,
     ) -> Vec<&NodeId> {
-        let mut scored: Vec<(f64, usize)> = (0..self.members.len())
-            .filter(|&i| eligible_for_writes(&self.members[i]))
-            .map(|i| (self.score(key, i, weighting), i))
-            .collect();
-        if n == 0 || scored.is_empty() {
+        self.place_inner(key, n, weighting, max_volatile, 0)
+    }
+
+    /// [`View::place_capped`] by [`Weighting::Weighted`] for shards of
+    /// `shard_bytes`: each member weighed as it would be with the shard
+    /// stored, so that a large shard does not push a small member far
+    /// above the others, and members without room for it are passed over.
+    /// The same as [`View::place_capped`] for a size of 0 or a view built
+    /// by [`View::new`].
+    pub fn place_sized(
+        &self,
+        key: PlacementKey,
+        n: usize,
+        max_volatile: usize,
+        shard_bytes: u64,
+    ) -> Vec<&NodeId> {
+        self.place_inner(key, n, Weighting::Weighted, max_volatile, shard_bytes)
+    }
+
+    fn place_inner(
+        &self,
+        key: PlacementKey,
+        n: usize,
+        weighting: Weighting,
+        max_volatile: usize,
+        shard_bytes: u64,
+    ) -> Vec<&NodeId> {
+        if n == 0 {
             return Vec::new();
         }
+        let sized = weighting == Weighting::Weighted && shard_bytes > 0 && self.free.is_some();
+        // Scores for this shard size; a member without room scores 0 and
+        // is dropped.
+        let score = |i: usize| -> f64 {
+            if sized {
+                self.sized_weight(i, shard_bytes) / -unit(key.0 ^ self.node_hash[i]).ln()
+            } else {
+                self.score(key, i, weighting)
+            }
+        };
         let want_sites = n.min(self.eligible_sites);
         // Most keys need only the head of the ranking: partition the best
         // `window` first and fall back to a full sort when the head does not
         // give `n` picks over enough distinct sites.
         let window = (4 * n).max(32);
+        // In a large weighted view, the head is found among the members
+        // that pass the prefilter: when at least `window` of them reach
+        // `theta`, everyone else scores below `theta` and is not in it.
+        if let Some(pre) = self.prefilter(weighting) {
+            if window <= PREFILTER_MAX_WINDOW {
+                // A sized score is never above the unsized one, so the
+                // prefilter (built from the weights) still passes a
+                // superset of the members that reach `theta`.
+                let mut head: Vec<(f64, usize)> = (0..self.members.len())
+                    .filter(|&i| {
+                        unit(key.0 ^ self.node_hash[i]) >= pre.cut[i]
+                            && eligible_for_writes(&self.members[i])
+                    })
+                    .map(|i| (score(i), i))
+                    .filter(|&(s, _)| s >= pre.theta)
+                    .collect();
+                if head.len() >= window {
+                    head.select_nth_unstable_by(window - 1, by_score);
+                    head.truncate(window);
+                    head.sort_unstable_by(by_score);
+                    let (picks, complete) = self.spread(&head, n, want_sites, max_volatile);
+                    if complete {
+                        return picks;
+                    }
+                }
+            }
+        }
+        let mut scored: Vec<(f64, usize)> = (0..self.members.len())
+            .filter(|&i| eligible_for_writes(&self.members[i]))
+            .map(|i| (score(i), i))
+            .filter(|&(s, _)| s > 0.0)
+            .collect();
+        if scored.is_empty() {
+            return Vec::new();
+        }
         if scored.len() > window {
             scored.select_nth_unstable_by(window - 1, by_score);
             scored[..window].sort_unstable_by(by_score);
@@ -372,7 +734,18 @@ pub fn place_stripe(
     n: usize,
     max_volatile: usize,
 ) -> Result<Vec<NodeId>, PlacementError> {
-    let picks = view.place_capped(key, n, Weighting::Weighted, max_volatile);
+    place_stripe_sized(view, key, n, max_volatile, 0)
+}
+
+/// [`place_stripe`] for shards of `shard_bytes` ([`View::place_sized`]).
+pub fn place_stripe_sized(
+    view: &View,
+    key: PlacementKey,
+    n: usize,
+    max_volatile: usize,
+    shard_bytes: u64,
+) -> Result<Vec<NodeId>, PlacementError> {
+    let picks = view.place_sized(key, n, max_volatile, shard_bytes);
     if picks.len() < n {
         return Err(not_enough_durable(view, n, max_volatile));
     }
@@ -399,7 +772,7 @@ pub fn stripe_fits(view: &View, n: usize, max_volatile: usize) -> Result<(), Pla
     Err(not_enough_durable(view, n, max_volatile))
 }
 
-/// Alive with free space.
+/// Alive with a weight above zero (some free space).
 pub fn eligible_for_writes(m: &Member) -> bool {
     m.state == MemberState::Alive && m.weight > 0
 }

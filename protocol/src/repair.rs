@@ -17,8 +17,10 @@
 //! the stripe, preferring sites the stripe does not use yet
 //! ([`repair_targets`]), so that repair keeps the write-time invariants:
 //! distinct nodes, distinct sites first, and at most `m` shards of a stripe
-//! on volatile members (see [`crate::placement`]). Rebalancing keeps that
-//! cap too, and moves a stripe that holds more than `m` volatile shards
+//! on volatile members (see [`crate::placement`]). Rebalancing
+//! ([`rebalance_moves`]) restores the placement at even fill
+//! ([`Weighting::Capacity`]) only where fills differ by a margin, keeps
+//! that cap too, and moves a stripe that holds more than `m` volatile shards
 //! (written before a member became volatile, or by an older writer) onto
 //! durable members regardless of fill.
 
@@ -108,6 +110,30 @@ pub fn repair_targets(
     keep: &[NodeId],
     max_volatile: usize,
 ) -> Vec<NodeId> {
+    // Most stripes find their targets among members of unused sites near
+    // the head of the ranking: try the head first. When its first pass
+    // (unused sites) fills every target, the full ranking's first pass
+    // picks the same ones, as it walks the same prefix.
+    let head_len = (4 * (count + keep.len())).max(32);
+    let head = view.ranking_head(key, Weighting::Weighted, eligible_for_writes, head_len);
+    let whole = head.len() < head_len;
+    let (chosen, by_site) = pick_targets(view, &head, count, keep, max_volatile);
+    if whole || by_site {
+        return chosen;
+    }
+    let all = view.ranking(key, Weighting::Weighted, eligible_for_writes);
+    pick_targets(view, &all, count, keep, max_volatile).0
+}
+
+/// The two passes of [`repair_targets`] over `ranked` candidates; also
+/// whether the first pass alone found all `count`.
+fn pick_targets(
+    view: &View,
+    ranked: &[&NodeId],
+    count: usize,
+    keep: &[NodeId],
+    max_volatile: usize,
+) -> (Vec<NodeId>, bool) {
     let mut volatile = keep.iter().filter(|id| view.is_volatile(id)).count();
     let mut fits = |id: &NodeId| {
         if !view.is_volatile(id) {
@@ -123,9 +149,9 @@ pub fn repair_targets(
         .iter()
         .filter_map(|id| view.get(id).map(|m| m.site.as_str()))
         .collect();
-    let candidates: Vec<&NodeId> = view
-        .ranking(key, Weighting::Weighted, eligible_for_writes)
-        .into_iter()
+    let candidates: Vec<&NodeId> = ranked
+        .iter()
+        .copied()
         .filter(|id| !keep.contains(id))
         .collect();
     let mut chosen: Vec<NodeId> = Vec::with_capacity(count);
@@ -142,6 +168,7 @@ pub fn repair_targets(
             }
         }
     }
+    let by_site = chosen.len() == count;
     // Then anyone, in ranking order.
     for id in &candidates {
         if chosen.len() == count {
@@ -151,18 +178,24 @@ pub fn repair_targets(
             chosen.push((*id).clone());
         }
     }
-    chosen
+    (chosen, by_site)
 }
 
 /// Rebalancing moves for one stripe: `(shard index, new holder)` pairs.
 ///
-/// The stripe's desired holders are what [`View::place`] picks now. A shard
-/// whose holder is not desired moves to a desired member that holds none of
-/// the stripe, but only when that member's fill fraction (0..=1, from
-/// `fill`) is below the holder's by more than the relative `margin`
-/// (`to < from * (1 - margin)`), so that the small drift of rankings as free
-/// space changes does not make shards wander. The caller
-/// copies first and deletes after, so the stripe never drops below k + m.
+/// The stripe's desired holders are what [`View::place`] picks by
+/// [`Weighting::Capacity`]: the placement at even fill, which changes with
+/// membership and capacity, not with every write (new shards are placed by
+/// the fill-corrected [`Weighting::Weighted`], so most stripes sit a little
+/// off it, and that is fine). A shard whose holder is not desired moves to
+/// a desired member that holds none of the stripe, but only when that
+/// member's fill fraction (0..=1, from `fill`) is below the holder's by
+/// more than the relative `margin` (`to < from * (1 - margin)`). So a
+/// shard moves only towards a fixed target and never back: after a join a
+/// stripe moves at most the shards the joiners displaced from its desired
+/// set (their fair share), even when fills are announced late, and while
+/// fills are even nothing moves at all. The caller copies first and deletes
+/// after, so the stripe never drops below k + m.
 ///
 /// Volatile members: the desired holders have at most `max_volatile` of
 /// them ([`View::place_capped`]); no move raises the stripe's volatile
@@ -178,7 +211,7 @@ pub fn rebalance_moves(
     max_volatile: usize,
 ) -> Vec<(usize, NodeId)> {
     let desired: Vec<&NodeId> =
-        view.place_capped(key, holders.len(), Weighting::Weighted, max_volatile);
+        view.place_capped(key, holders.len(), Weighting::Capacity, max_volatile);
     let mut free_targets: Vec<&NodeId> = desired
         .iter()
         .copied()

@@ -32,7 +32,7 @@ use crate::ids::{NodeId, ObjectId, ShardId};
 use crate::manifest::{
     Generation, ManifestVersion, Metadata, ShardRef, ShardSlot, MAX_MANIFEST_BYTES, MAX_META_LEN,
 };
-use crate::placement::MemberState;
+use crate::placement::{MemberState, Space};
 
 // Version 2: shard copies are owned per object generation ([`ShardRef`]).
 pub const SHARD_PROTOCOL: &str = "/dynostore/shard/2";
@@ -438,18 +438,25 @@ impl Announcement {
         !durable || in_memory
     }
 
-    /// The placement weight: free bytes, of the durable containers only
+    /// Free bytes new shards can go to: of the durable containers only
     /// when the member counts as durable (those are where its new shards
     /// go).
-    pub fn placement_weight(&self) -> u64 {
-        if self.is_volatile() {
-            return self.free_bytes();
-        }
+    pub fn placement_free_bytes(&self) -> u64 {
+        self.placement_space().free_bytes
+    }
+
+    /// Capacity and free bytes of the containers new shards go to: the
+    /// durable ones for a durable member, all of them for a volatile one.
+    /// What [`crate::placement::fill_weight`] weighs.
+    pub fn placement_space(&self) -> Space {
+        let volatile = self.is_volatile();
         self.containers
             .iter()
-            .filter(|c| c.is_durable())
-            .map(|c| c.free_bytes)
-            .sum()
+            .filter(|c| volatile || c.is_durable())
+            .fold(Space::default(), |s, c| Space {
+                capacity_bytes: s.capacity_bytes.saturating_add(c.capacity_bytes),
+                free_bytes: s.free_bytes.saturating_add(c.free_bytes),
+            })
     }
 }
 

@@ -230,7 +230,7 @@ fn announcements_say_which_members_are_volatile() {
     // Memory only: volatile, weighted by all its free space.
     let a = announcement(vec![container("memory", 100, 100)]);
     assert!(a.is_volatile());
-    assert_eq!(a.placement_weight(), 100);
+    assert_eq!(a.placement_free_bytes(), 100);
     // A directory or a bucket: durable.
     for kind in ["fs", "s3", "webdav", "sftp"] {
         assert!(!announcement(vec![container(kind, 100, 40)]).is_volatile());
@@ -239,11 +239,13 @@ fn announcements_say_which_members_are_volatile() {
     // durable free space only (where its new shards go).
     let a = announcement(vec![container("fs", 100, 40), container("memory", 50, 50)]);
     assert!(!a.is_volatile());
-    assert_eq!(a.placement_weight(), 40);
+    assert_eq!(a.placement_free_bytes(), 40);
+    assert_eq!(a.placement_space().capacity_bytes, 100);
     // Mixed with anything in memory: volatile.
     let a = announcement(vec![container("fs", 100, 40), container("memory", 50, 49)]);
     assert!(a.is_volatile());
-    assert_eq!(a.placement_weight(), 89);
+    assert_eq!(a.placement_free_bytes(), 89);
+    assert_eq!(a.placement_space().capacity_bytes, 150);
     // A kind this build does not know counts as volatile.
     assert!(announcement(vec![container("tape?", 100, 100)]).is_volatile());
     // No container with capacity: volatile (and weight 0 anyway).

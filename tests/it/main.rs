@@ -9,6 +9,7 @@ mod harness;
 mod membership;
 mod objects;
 mod ownership;
+mod placement;
 mod repair;
 mod s3;
 mod safety;

@@ -26,9 +26,11 @@
 //!   returns. Placement matters here: site spreading puts at most one shard
 //!   of a stripe in a site while there are at least `k + m` sites.
 //! - **Where repairs go**, per policy:
-//!   - rendezvous: a node drawn with probability proportional to its free
-//!     bytes among the nodes of sites that are up and hold no shard of the
-//!     stripe (any up site if there is none). That is the distribution of
+//!   - rendezvous: a node drawn with probability proportional to its
+//!     placement weight (`placement::fill_weight`, against the reference
+//!     fill at the start of the run) among the nodes of sites that are up
+//!     and hold no shard of the stripe (any up site if there is none).
+//!     That is close to the distribution of
 //!     the replacement [`View::place`] picks when one holder is removed
 //!     (first choice proportional to weight, site-first). It is sampled
 //!     with the simulation's RNG instead of computed per repair because a
@@ -61,6 +63,7 @@
 use std::cmp::Reverse;
 use std::collections::{BTreeSet, BinaryHeap};
 
+use dynostore_protocol::placement::{fill_weight, reference_fill, Space};
 use dynostore_protocol::planner::{plan_stripe, ShardState, StripePlan};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
@@ -243,14 +246,27 @@ impl Ctx<'_> {
     }
 }
 
+/// The protocol's placement weight of a node with `used` of `capacity`.
+fn weight_of(capacity: u64, used: u64, reference: f64) -> u64 {
+    fill_weight(
+        Space {
+            capacity_bytes: capacity,
+            free_bytes: capacity.saturating_sub(used),
+        },
+        reference,
+    )
+}
+
 /// Picks the destination of a rebuilt shard.
 #[derive(Debug)]
 enum Chooser {
     Rendezvous {
-        /// Per site: its nodes and a Fenwick tree of their free bytes.
+        /// Per site: its nodes and a Fenwick tree of their placement
+        /// weights (`fill_weight` against `reference`, the fill at the start).
         site_nodes: Vec<Vec<u32>>,
         slot_in_site: Vec<u32>,
         trees: Vec<Fenwick>,
+        reference: f64,
         rng: ChaCha8Rng,
     },
     Utility {
@@ -277,14 +293,23 @@ impl Chooser {
                     slot_in_site[i as usize] = site_nodes[s].len() as u32;
                     site_nodes[s].push(i);
                 }
+                let reference = reference_fill((0..initial).map(|i| Space {
+                    capacity_bytes: world.capacity(i),
+                    free_bytes: ledger.free(i),
+                }));
                 let trees = site_nodes
                     .iter()
-                    .map(|nodes| Fenwick::from_values(nodes.iter().map(|&i| ledger.free(i))))
+                    .map(|nodes| {
+                        Fenwick::from_values(nodes.iter().map(|&i| {
+                            weight_of(world.capacity(i), ledger.used[i as usize], reference)
+                        }))
+                    })
                     .collect();
                 Chooser::Rendezvous {
                     site_nodes,
                     slot_in_site,
                     trees,
+                    reference,
                     rng,
                 }
             }
@@ -312,9 +337,12 @@ impl Chooser {
             Chooser::Rendezvous {
                 slot_in_site,
                 trees,
+                reference,
                 ..
             } => {
-                let delta = old_used as i128 - ctx.used[i] as i128;
+                let cap = ctx.capacity[i];
+                let delta = weight_of(cap, ctx.used[i], *reference) as i128
+                    - weight_of(cap, old_used, *reference) as i128;
                 trees[ctx.site_of[i] as usize].add(slot_in_site[i] as usize, delta);
             }
             Chooser::Utility {

@@ -6,8 +6,10 @@
 //! take a shard only if its free bytes are at least the shard size. The
 //! policies:
 //!
-//! - **rendezvous**: the protocol's [`View::place`] over a view whose
-//!   weights are the nodes' free bytes. [`View::new`] costs O(n log n) and
+//! - **rendezvous**: the protocol's [`View::place`] over a view weighted
+//!   as the node weighs its members ([`View::weighted`]: capacity with a
+//!   bounded correction from fill, see `dynostore_protocol::placement`),
+//!   from each node's used bytes. [`View::new`] costs O(n log n) and
 //!   hashes every node ID, so the view is rebuilt every `refresh` objects,
 //!   not per object: within a window every node keeps the weight it had at
 //!   the window's start. The first choices of a window are computed in
@@ -84,6 +86,9 @@ pub struct FillConfig {
     pub threads: usize,
     /// Fill fractions at which to record the spread.
     pub checkpoints: Vec<f64>,
+    /// Print each checkpoint's spread on stderr as it is reached (long
+    /// runs show what they measured so far).
+    pub progress: bool,
     /// Names the random policy's RNG stream, so that re-runs on other node
     /// sets use the same stream.
     pub label: &'static str,
@@ -308,6 +313,16 @@ fn drive(
                     &out,
                 );
                 record(log, policy, &cp);
+                if cfg.progress {
+                    eprintln!(
+                        "          {} at {:.0}%: std {:.2}%, max {:.1}%, refused {}",
+                        policy.name(),
+                        100.0 * cp.target,
+                        100.0 * cp.spread.std_dev,
+                        100.0 * cp.spread.max,
+                        cp.refused_objects
+                    );
+                }
                 out.checkpoints.push(cp);
                 next_cp += 1;
             }
@@ -399,9 +414,13 @@ impl Placer for RendezvousPlacer<'_> {
         let n = self.world.n;
         let view = self
             .world
-            .view(self.active.iter().copied(), |i| ledger.free(i));
+            .weighted_view(self.active.iter().copied(), |i| ledger.used[i as usize]);
         let firsts = par_map(self.threads, window.len(), |j| {
-            let mut v = place_indices(&view, window[j].key, n);
+            let mut v: Vec<u32> = view
+                .place_sized(window[j].key, n, usize::MAX, window[j].shard_bytes)
+                .into_iter()
+                .map(node_index)
+                .collect();
             v.resize(n, MISSING);
             v
         });

@@ -7,10 +7,12 @@
 //! 2. [`fill`] (report 1): each policy fills the network from empty to the
 //!    target fill; the spread of per-node fill fractions at checkpoints.
 //!    The rendezvous policy is `dynostore_protocol::placement::View::place`
-//!    over free-byte weights; the baselines are the DynoStore paper's
+//!    over the node's weights (capacity with a bounded fill correction,
+//!    `View::weighted`); the baselines are the DynoStore paper's
 //!    utility factor (greedy, least `used / capacity`) and uniform random.
 //! 3. [`moves`] (report 2): bytes moved when the joiners join and when the
-//!    leavers leave, against the ideal.
+//!    leavers leave, against the ideal; for rendezvous by the node's own
+//!    rebalancer and repair targets (`protocol::repair`).
 //! 4. [`durability`] (report 3): node failures, repairs and site outages
 //!    over simulated years, event-driven, for the configured rates and for
 //!    a harsher setting (so the figure is informative when nothing is lost).
@@ -368,6 +370,7 @@ pub fn simulate(args: &Args, log: &mut EventLog) -> Report {
         refresh: args.refresh_every as usize,
         threads,
         checkpoints,
+        progress: !args.quiet,
         label: "random-policy",
     };
     let fills: Vec<FillOutcome> = Policy::ALL
@@ -384,6 +387,7 @@ pub fn simulate(args: &Args, log: &mut EventLog) -> Report {
         verify_every: args.verify_every as usize,
         fill: FillConfig {
             checkpoints: Vec::new(),
+            progress: false,
             ..fill_cfg.clone()
         },
     };
@@ -568,7 +572,7 @@ fn render_into(o: &mut String, r: &Report, p: &Args, md: &Model) -> std::fmt::Re
     writeln!(
         o,
         "  sites: {}, {} .. {} nodes each; the rendezvous view is rebuilt every {} objects \
-         (weights = free bytes at the rebuild)",
+         (weights = capacity x fill correction at the rebuild)",
         p.sites, md.nodes_per_site_min, md.nodes_per_site_max, p.refresh_every
     )?;
     writeln!(o)?;
@@ -670,8 +674,8 @@ fn render_into(o: &mut String, r: &Report, p: &Args, md: &Model) -> std::fmt::Re
     }
     writeln!(
         o,
-        "   rendezvous drift: {} of the stored bytes are not where the end-of-fill ranking would \
-         put them (written under older free-space weights)",
+        "   rendezvous drift: {} of the stored bytes are not where the ranking by capacity would \
+         put them (the fill correction places new shards off it)",
         pct(mv.rendezvous_drift)
     )?;
     writeln!(
@@ -680,6 +684,27 @@ fn render_into(o: &mut String, r: &Report, p: &Args, md: &Model) -> std::fmt::Re
         grouped(mv.shortcut_checks),
         mv.shortcut_mismatches
     )?;
+    for (what, live) in [
+        ("fill (before any change)", &mv.live_settle),
+        ("join", &mv.live_join),
+        ("leave", &mv.live_leave),
+    ] {
+        let Some(l) = live else { continue };
+        let joiners = l
+            .joiner_fill
+            .map_or_else(String::new, |f| format!(", joiners at {}", pct(f)));
+        writeln!(
+            o,
+            "   live rebalancer after the {what}: {} shards rebuilt, {} moved in {} passes; \
+             mean fill {}, fullest {}{joiners}; stripes short of k+m distinct members: {}",
+            grouped(l.rebuilt_shards),
+            grouped(l.moved_shards),
+            l.passes,
+            pct(l.mean_fill),
+            pct(l.max_fill),
+            grouped(l.short_stripes)
+        )?;
+    }
     writeln!(o)?;
 
     writeln!(

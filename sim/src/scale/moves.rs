@@ -7,24 +7,47 @@
 //!   proportional fill can move less.
 //! - Leave: the bytes the leavers hold: they must all be re-created.
 //!
-//! # Rendezvous
-//! Every stored object is re-placed with the protocol's [`View::place`]
-//! under the view before and the view after the change, and the moved
-//! bytes are `sum over objects of |after \ before| * shard_bytes` (a shard
-//! is moved when its stripe gains a holder; holders that stay keep their
-//! shard). "Before" is the view at the end of the fill (every node weighted
-//! by its free bytes); "after" keeps those weights for the members that
-//! stay, and gives each joiner the free bytes it will have once the network
-//! is evenly filled again, `(1 - mean fill) * capacity`. A second row
-//! weights joiners by their free bytes now (their whole capacity, as they
-//! are empty): free-space weights rate an empty node `1 / (1 - fill)` times
-//! higher per byte of capacity than a full one, so a rebalance by that
-//! ranking would overshoot; new writes are what should fill new nodes.
+//! # Rendezvous: the live rebalancer
+//! The figure that counts is what a live federation moves: the node's own
+//! rules, run over the state the fill left ([`live_rebalance`]).
+//! - Join: the joiners enter empty, announcing their real (empty) space.
+//!   Passes over every stored object call
+//!   [`dynostore_protocol::repair::rebalance_moves`] with the node's fill
+//!   margin ([`PlannerConfig::default`]) against a view weighted as the
+//!   node weighs it ([`World::weighted_view`]); each move copies one shard
+//!   to its new holder. As in the node, where announcements report free
+//!   space every few seconds and a repairer moves at most a few dozen
+//!   shards per round, the fills it compares are refreshed every `refresh`
+//!   objects, not per move (the view once per pass: the rebalancer ranks
+//!   by capacity, which writes do not change). Passes repeat until one
+//!   moves nothing. The rebalancer has run all along in a live federation,
+//!   so it first settles the imbalance the fill left (reported) and the
+//!   join and the leave start from that state.
+//! - Leave: the leavers vanish with their shards. Every shard they held is
+//!   rebuilt where [`dynostore_protocol::repair::repair_targets`] puts it
+//!   (the planner's choice), then rebalancing passes run as after a join.
+//!   Moved = rebuilt + rebalanced bytes; the ideal is the leavers' bytes.
+//!
+//! A pass skips, exactly, an object none of whose holders is fuller than
+//! the emptiest eligible node by the margin: `rebalance_moves` moves a
+//! shard only to a member emptier than its holder by the margin (the model
+//! has no volatile members, whose moves ignore fill).
+//!
+//! # Rendezvous: re-placement by the rebalancer's ranking
+//! For comparison, every stored object is also re-placed with the
+//! protocol's [`View::place`] by the ranking the rebalancer restores
+//! (weights = capacities, `Weighting::Capacity` in the node) under the view
+//! before and the view after the change, and the moved bytes are
+//! `sum over objects of |after \ before| * shard_bytes` (a shard is moved
+//! when its stripe gains a holder; holders that stay keep their shard).
+//! That is the minimal disruption of the ranking itself: what the
+//! rebalancer would move if every stripe sat on it before the change.
 //!
 //! Also reported: the *drift*, the fraction of stored bytes whose holder at
-//! write time differs from the ranking at the end of the fill (objects
-//! written under older views with other weights); a rebalancer that chased
-//! the current ranking would move that much with no membership change.
+//! write time differs from that ranking at the end of the fill (the fill
+//! correction places new shards off it); the live rebalancer leaves them
+//! there while fills are even, which a rebalancer that chased the ranking
+//! would not.
 //!
 //! ## Exact shortcuts (verified on a sample)
 //! A full `place` over 10,000 nodes costs about 170 µs, and the rendezvous
@@ -44,7 +67,8 @@
 //! Most objects do not change on a join at all, so before building the
 //! small view a conservative pre-filter computes the protocol's score
 //! (`w / -ln(unit(key ^ node_hash))`, with the protocol's public `unit` and
-//! `node_hash`) of the stripe's holders and of the joiners: a joiner that
+//! `node_hash`, and the weights of the views) of the stripe's holders and
+//! of the joiners: a joiner that
 //! ranks below every holder cannot be picked (the holders fill the stripe
 //! first), so when none outscores the weakest holder the placement is
 //! unchanged. The filter is off if a joiner brings a site with no eligible
@@ -67,11 +91,14 @@
 //!   what both baselines need anyway to find data.
 
 use dynostore_protocol::placement::{node_hash, unit, Member, PlacementKey, View};
+use dynostore_protocol::planner::PlannerConfig;
+use dynostore_protocol::repair::{rebalance_moves, repair_targets};
+use dynostore_protocol::NodeId;
 use serde::Serialize;
 
 use super::fill::{fill, FillConfig, FillOutcome, Policy};
 use super::log::EventLog;
-use super::world::{node_index, par_map, place_indices, World};
+use super::world::{node_index, par_map, place_indices, World, MISSING};
 
 /// One way of counting moved bytes for a join and a leave.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -116,6 +143,29 @@ pub struct MovesReport {
     /// Objects re-placed over the whole view to check the shortcuts.
     pub shortcut_checks: u64,
     pub shortcut_mismatches: u64,
+    /// The live rebalancer before any change (settling the imbalance the
+    /// fill left), then after the join and after the leave, each from the
+    /// settled state.
+    pub live_settle: Option<LiveOutcome>,
+    pub live_join: Option<LiveOutcome>,
+    pub live_leave: Option<LiveOutcome>,
+}
+
+/// What the live rebalancer did after one membership change.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LiveOutcome {
+    /// Shards rebuilt (leave) and moved (both).
+    pub rebuilt_shards: u64,
+    pub moved_shards: u64,
+    /// Passes over the objects, the last one moving nothing.
+    pub passes: u32,
+    /// Mean fill of the joiners after it (join only).
+    pub joiner_fill: Option<f64>,
+    /// Mean fill and the fullest node of the members after it.
+    pub mean_fill: f64,
+    pub max_fill: f64,
+    /// Stripes with fewer than k + m distinct holders after it (must be 0).
+    pub short_stripes: u64,
 }
 
 /// How the moves phase is set up.
@@ -131,7 +181,6 @@ pub struct MovesConfig {
 #[derive(Debug, Clone, Copy, Default)]
 struct PerObject {
     join: u8,
-    join_naive: u8,
     leave: u8,
     leave_ideal: u8,
     drift: u8,
@@ -189,6 +238,7 @@ pub fn moves(
         .collect();
 
     let mut rows = Vec::new();
+    let (mut live_settle, mut live_join, mut live_leave) = (None, None, None);
     let mut drift = 0.0;
     let (mut checks, mut mismatches) = (0, 0);
     for (f, outcome) in fills.iter().enumerate() {
@@ -201,34 +251,64 @@ pub fn moves(
                 );
                 log.event(
                     "moves-rendezvous",
-                    &[
-                        r.join,
-                        r.join_naive,
-                        r.leave,
-                        r.leave_ideal,
-                        r.drift,
-                        r.mismatches,
-                    ],
+                    &[r.join, r.leave, r.leave_ideal, r.drift, r.mismatches],
                 );
                 drift = r.drift as f64 / stored_bytes.max(1) as f64;
                 checks = r.checks;
                 mismatches = r.mismatches;
+                // The rebalancer runs all the time in a live federation: it
+                // has settled the fill's own imbalance before anyone joins.
+                let mut settled = Holdings {
+                    holders: outcome.holders.clone(),
+                    used: outcome.ledger.used.clone(),
+                };
+                let (settle, _) = live_rebalance(world, outcome, &mut settled, &initial, &[], cfg);
+                let mut state = settled.clone();
+                let (join, join_bytes) =
+                    live_rebalance(world, outcome, &mut state, &grown, &[], cfg);
+                let leave_ideal: u64 = (0..world.objects.len())
+                    .filter(|&i| outcome.stored[i])
+                    .map(|i| {
+                        let hs = &settled.holders[i * world.n..(i + 1) * world.n];
+                        let on = hs.iter().filter(|&&h| is_leaver[h as usize]).count() as u64;
+                        on * world.objects[i].shard_bytes
+                    })
+                    .sum();
+                let mut state = settled;
+                let (leave, leave_bytes) =
+                    live_rebalance(world, outcome, &mut state, &staying, &world.leavers, cfg);
+                log.event(
+                    "moves-live",
+                    &[
+                        join_bytes,
+                        join.moved_shards,
+                        u64::from(join.passes),
+                        leave_bytes,
+                        leave.rebuilt_shards,
+                        leave.moved_shards,
+                        u64::from(leave.passes),
+                        join.short_stripes + leave.short_stripes,
+                    ],
+                );
                 rows.push(MoveRow {
                     policy: Policy::Rendezvous,
-                    method:
-                        "re-place every object; joiners weighted by their free bytes at even fill"
-                            .into(),
+                    method: format!(
+                        "live rebalancer: rebalance_moves, margin {:.0}% (leave: repair_targets first)",
+                        100.0 * PlannerConfig::default().rebalance_margin
+                    ),
+                    join: Moved::new(join_bytes, ideal_join),
+                    leave: Some(Moved::new(leave_bytes, leave_ideal)),
+                });
+                rows.push(MoveRow {
+                    policy: Policy::Rendezvous,
+                    method: "re-place every object by the rebalancer's ranking (by capacity)"
+                        .into(),
                     join: Moved::new(r.join, ideal_join),
                     leave: Some(Moved::new(r.leave, r.leave_ideal)),
                 });
-                rows.push(MoveRow {
-                    policy: Policy::Rendezvous,
-                    method:
-                        "re-place every object; joiners weighted by their free bytes now (empty)"
-                            .into(),
-                    join: Moved::new(r.join_naive, ideal_join),
-                    leave: None,
-                });
+                live_settle = Some(settle);
+                live_join = Some(join);
+                live_leave = Some(leave);
             }
             policy => {
                 let leave_ideal = bytes_on(world, outcome, &is_leaver);
@@ -266,6 +346,9 @@ pub fn moves(
         rendezvous_drift: drift,
         shortcut_checks: checks,
         shortcut_mismatches: mismatches,
+        live_settle,
+        live_join,
+        live_leave,
     }
 }
 
@@ -273,7 +356,6 @@ pub fn moves(
 #[derive(Debug, Default)]
 struct RendezvousTotals {
     join: u64,
-    join_naive: u64,
     leave: u64,
     leave_ideal: u64,
     drift: u64,
@@ -292,39 +374,22 @@ fn rendezvous(
 ) -> RendezvousTotals {
     let n = world.n;
     let ledger = &outcome.ledger;
-    let free = |i: u32| ledger.free(i);
-    let used: u128 = initial
-        .iter()
-        .map(|&i| u128::from(ledger.used[i as usize]))
-        .sum();
-    let capacity: u128 = initial.iter().map(|&i| u128::from(world.capacity(i))).sum();
-    let free_fraction = 1.0 - used as f64 / capacity as f64;
-    let target = |i: u32| (world.capacity(i) as f64 * free_fraction) as u64;
-
-    let before_view = world.view(initial.iter().copied(), free);
-    let grown: Vec<u32> = initial.iter().chain(joiners).copied().collect();
-    let join_view = world.view(grown.iter().copied(), |i| {
-        if (i as usize) < world.initial {
-            free(i)
-        } else {
-            target(i)
-        }
-    });
-    let naive_view = world.view(grown.iter().copied(), |i| {
-        if (i as usize) < world.initial {
-            free(i)
-        } else {
+    // The rebalancer's ranking: by capacity (the weights at even fill),
+    // for every member with room.
+    let weight = |i: u32| -> u64 {
+        if ledger.free(i) > 0 {
             world.capacity(i)
+        } else {
+            0
         }
-    });
-    let leave_view = world.view(staying.iter().copied(), free);
+    };
+    let before_view = world.view(initial.iter().copied(), weight);
+    let grown: Vec<u32> = initial.iter().chain(joiners).copied().collect();
+    let join_view = world.view(grown.iter().copied(), weight);
+    let leave_view = world.view(staying.iter().copied(), weight);
     let joiners_target: Vec<Member> = joiners
         .iter()
-        .map(|&j| world.member(j, target(j)))
-        .collect();
-    let joiners_naive: Vec<Member> = joiners
-        .iter()
-        .map(|&j| world.member(j, world.capacity(j)))
+        .map(|&j| world.member(j, weight(j)))
         .collect();
 
     // The pre-filter (module header): node hashes and the sites that
@@ -335,7 +400,7 @@ fn rendezvous(
     };
     let mut site_has_eligible = vec![false; world.sites.len()];
     for &i in initial {
-        if free(i) > 0 {
+        if weight(i) > 0 {
             site_has_eligible[world.site_of(i) as usize] = true;
         }
     }
@@ -359,34 +424,29 @@ fn rendezvous(
         // weakest holder (then nothing can change).
         let min_before = before
             .iter()
-            .map(|&i| score(obj.key, i, free(i)))
+            .map(|&i| score(obj.key, i, weight(i)))
             .fold(f64::INFINITY, f64::min);
-        let place_with = |joining: &[Member]| -> Vec<u32> {
-            let may_change = !filter_sound
-                || before.len() < n
-                || joining
-                    .iter()
-                    .any(|m| score(obj.key, node_index(&m.id), m.weight) >= min_before);
-            if !may_change {
-                return before.clone();
-            }
+        let may_change = !filter_sound
+            || before.len() < n
+            || joiners_target
+                .iter()
+                .any(|m| score(obj.key, node_index(&m.id), m.weight) >= min_before);
+        let after = if may_change {
             let small = View::new(
                 before
                     .iter()
-                    .map(|&i| world.member(i, free(i)))
-                    .chain(joining.iter().cloned()),
+                    .map(|&i| world.member(i, weight(i)))
+                    .chain(joiners_target.iter().cloned()),
             );
             place_indices(&small, obj.key, n)
+        } else {
+            before.clone()
         };
-        let after = place_with(&joiners_target);
         r.join = gained(&after, &before);
-        let after_naive = place_with(&joiners_naive);
-        r.join_naive = gained(&after_naive, &before);
         if verify {
             r.checks += 1;
             let full = place_indices(&join_view, obj.key, n);
-            let full_naive = place_indices(&naive_view, obj.key, n);
-            r.mismatches += u8::from(full != after || full_naive != after_naive);
+            r.mismatches += u8::from(full != after);
         }
 
         let leaving = before.iter().filter(|&&i| is_leaver[i as usize]).count() as u8;
@@ -405,7 +465,6 @@ fn rendezvous(
     for (j, r) in per_object.iter().enumerate() {
         let shard = world.objects[stored[j]].shard_bytes;
         t.join += u64::from(r.join) * shard;
-        t.join_naive += u64::from(r.join_naive) * shard;
         t.leave += u64::from(r.leave) * shard;
         t.leave_ideal += u64::from(r.leave_ideal) * shard;
         t.drift += u64::from(r.drift) * shard;
@@ -413,6 +472,226 @@ fn rendezvous(
         t.mismatches += u64::from(r.mismatches);
     }
     t
+}
+
+/// Where every shard is and each node's used bytes.
+#[derive(Debug, Clone)]
+struct Holdings {
+    holders: Vec<u32>,
+    used: Vec<u64>,
+}
+
+/// Most passes of the live rebalancer (each one moves less than the last;
+/// the cap only bounds a run that would not settle, and shows in `passes`).
+const MAX_PASSES: u32 = 20;
+
+/// The live rebalancer (module header) on the rendezvous fill's holdings,
+/// with `members` the nodes after the change and `gone` the nodes that
+/// left with their shards. Returns what it did and the bytes it wrote to
+/// new holders (rebuilt plus moved).
+fn live_rebalance(
+    world: &World,
+    outcome: &FillOutcome,
+    state: &mut Holdings,
+    members: &[u32],
+    gone: &[u32],
+    cfg: &MovesConfig,
+) -> (LiveOutcome, u64) {
+    let n = world.n;
+    let m = world.m;
+    let margin = PlannerConfig::default().rebalance_margin;
+    let Holdings { holders, used } = state;
+    let mut is_gone = vec![false; world.all_nodes.len()];
+    for &g in gone {
+        is_gone[g as usize] = true;
+        used[g as usize] = 0;
+    }
+    let mut is_member = vec![false; world.all_nodes.len()];
+    for &i in members {
+        is_member[i as usize] = true;
+    }
+    let stored: Vec<usize> = (0..world.objects.len())
+        .filter(|&i| outcome.stored[i])
+        .collect();
+    let ids = |hs: &[u32]| -> Vec<NodeId> {
+        hs.iter()
+            .map(|&h| world.all_nodes[h as usize].id.clone())
+            .collect()
+    };
+    let refresh = cfg.fill.refresh.max(1);
+    let mut written: u64 = 0;
+    let mut out = LiveOutcome {
+        rebuilt_shards: 0,
+        moved_shards: 0,
+        passes: 0,
+        joiner_fill: None,
+        mean_fill: 0.0,
+        max_fill: 0.0,
+        short_stripes: 0,
+    };
+
+    // Leave: rebuild what the leavers held, where the planner puts it.
+    if !gone.is_empty() {
+        for chunk in stored.chunks(refresh) {
+            let view = world.weighted_view(members.iter().copied(), |i| used[i as usize]);
+            let snapshot: &[u32] = holders;
+            let targets = par_map(cfg.threads, chunk.len(), |j| {
+                let o = chunk[j];
+                let hs = &snapshot[o * n..(o + 1) * n];
+                if !hs.iter().any(|&h| is_gone[h as usize]) {
+                    return Vec::new();
+                }
+                let keep: Vec<u32> = hs
+                    .iter()
+                    .copied()
+                    .filter(|&h| !is_gone[h as usize])
+                    .collect();
+                let t = repair_targets(&view, world.objects[o].key, n - keep.len(), &ids(&keep), m);
+                t.iter().map(node_index).collect::<Vec<u32>>()
+            });
+            for (j, t) in targets.into_iter().enumerate() {
+                let o = chunk[j];
+                let shard = world.objects[o].shard_bytes;
+                let mut t = t.into_iter();
+                for slot in &mut holders[o * n..(o + 1) * n] {
+                    if !is_gone[*slot as usize] {
+                        continue;
+                    }
+                    *slot = match t.next() {
+                        Some(to) if used[to as usize] + shard <= world.capacity(to) => {
+                            used[to as usize] += shard;
+                            written += shard;
+                            out.rebuilt_shards += 1;
+                            to
+                        }
+                        _ => MISSING,
+                    };
+                }
+                // A target without room refuses the shard and the next
+                // round plans again once its fill is known: here, with the
+                // members that have room for it (rare: a large shard).
+                let missing = holders[o * n..(o + 1) * n]
+                    .iter()
+                    .filter(|&&h| h == MISSING)
+                    .count();
+                if missing > 0 {
+                    let keep: Vec<u32> = holders[o * n..(o + 1) * n]
+                        .iter()
+                        .copied()
+                        .filter(|&h| h != MISSING)
+                        .collect();
+                    let roomy = members
+                        .iter()
+                        .copied()
+                        .filter(|&i| used[i as usize] + shard <= world.capacity(i));
+                    let view = world.weighted_view(roomy, |i| used[i as usize]);
+                    let t = repair_targets(&view, world.objects[o].key, missing, &ids(&keep), m);
+                    let mut t = t.iter().map(node_index);
+                    for slot in &mut holders[o * n..(o + 1) * n] {
+                        if *slot != MISSING {
+                            continue;
+                        }
+                        if let Some(to) = t.next() {
+                            used[to as usize] += shard;
+                            written += shard;
+                            out.rebuilt_shards += 1;
+                            *slot = to;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    // Rebalancing passes until one moves nothing.
+    loop {
+        out.passes += 1;
+        let mut moved_this_pass = 0u64;
+        // The rebalancer ranks by capacity, which no write changes: one
+        // view per pass (a member that filled up since still looks
+        // eligible, as in a node between announcements, and refuses the
+        // shard). The fills it compares are refreshed every chunk.
+        let view = world.weighted_view(members.iter().copied(), |i| used[i as usize]);
+        for chunk in stored.chunks(refresh) {
+            let fill: Vec<f64> = (0..world.all_nodes.len() as u32)
+                .map(|i| used[i as usize] as f64 / world.capacity(i) as f64)
+                .collect();
+            // Emptiest eligible member: no holder fuller than it by the
+            // margin means no move for that stripe (exact skip).
+            let emptiest = members
+                .iter()
+                .filter(|&&i| used[i as usize] < world.capacity(i))
+                .map(|&i| fill[i as usize])
+                .fold(f64::INFINITY, f64::min);
+            let snapshot: &[u32] = holders;
+            let found = par_map(cfg.threads, chunk.len(), |j| {
+                let o = chunk[j];
+                let hs = &snapshot[o * n..(o + 1) * n];
+                if hs.contains(&MISSING)
+                    || !hs
+                        .iter()
+                        .any(|&h| emptiest < fill[h as usize] * (1.0 - margin))
+                {
+                    return Vec::new();
+                }
+                let fill_of = |id: &NodeId| {
+                    let i = node_index(id) as usize;
+                    is_member.get(i).copied().unwrap_or(false).then(|| fill[i])
+                };
+                rebalance_moves(&view, world.objects[o].key, &ids(hs), fill_of, margin, m)
+                    .into_iter()
+                    .map(|(slot, to)| (slot, node_index(&to)))
+                    .collect::<Vec<(usize, u32)>>()
+            });
+            for (j, moves) in found.into_iter().enumerate() {
+                let o = chunk[j];
+                let shard = world.objects[o].shard_bytes;
+                for (slot, to) in moves {
+                    // The new holder refuses a shard it has no room for.
+                    if used[to as usize] + shard > world.capacity(to) {
+                        continue;
+                    }
+                    let from = holders[o * n + slot];
+                    used[from as usize] -= shard;
+                    used[to as usize] += shard;
+                    holders[o * n + slot] = to;
+                    written += shard;
+                    moved_this_pass += 1;
+                }
+            }
+        }
+        out.moved_shards += moved_this_pass;
+        if moved_this_pass == 0 || out.passes >= MAX_PASSES {
+            break;
+        }
+    }
+
+    let fill_of = |i: u32| used[i as usize] as f64 / world.capacity(i) as f64;
+    let used_sum: u128 = members.iter().map(|&i| u128::from(used[i as usize])).sum();
+    let cap_sum: u128 = members.iter().map(|&i| u128::from(world.capacity(i))).sum();
+    out.mean_fill = used_sum as f64 / cap_sum.max(1) as f64;
+    out.max_fill = members.iter().map(|&i| fill_of(i)).fold(0.0, f64::max);
+    let joiners: Vec<u32> = members
+        .iter()
+        .copied()
+        .filter(|&i| i as usize >= world.initial)
+        .collect();
+    if !joiners.is_empty() {
+        let u: u128 = joiners.iter().map(|&i| u128::from(used[i as usize])).sum();
+        let c: u128 = joiners.iter().map(|&i| u128::from(world.capacity(i))).sum();
+        out.joiner_fill = Some(u as f64 / c.max(1) as f64);
+    }
+    out.short_stripes = stored
+        .iter()
+        .filter(|&&o| {
+            let hs = &holders[o * n..(o + 1) * n];
+            let mut d: Vec<u32> = hs.iter().copied().filter(|&h| h != MISSING).collect();
+            d.sort_unstable();
+            d.dedup();
+            d.len() < n || d.iter().any(|&h| !is_member[h as usize])
+        })
+        .count() as u64;
+    (out, written)
 }
 
 /// How many of `after`'s nodes are not in `before`.

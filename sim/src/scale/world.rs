@@ -34,7 +34,7 @@
 use std::ops::Range;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use dynostore_protocol::placement::{Member, MemberState, PlacementKey, View, Weighting};
+use dynostore_protocol::placement::{Member, MemberState, PlacementKey, Space, View, Weighting};
 use dynostore_protocol::{NodeId, ObjectId};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -201,6 +201,24 @@ impl World {
     /// A protocol view of `nodes`, each weighted by `weight(i)`.
     pub fn view(&self, nodes: impl IntoIterator<Item = u32>, weight: impl Fn(u32) -> u64) -> View {
         View::new(nodes.into_iter().map(|i| self.member(i, weight(i))))
+    }
+
+    /// The protocol view of `nodes` weighted as the node weighs its
+    /// members ([`View::weighted`]: capacity with the fill correction),
+    /// from each node's used bytes.
+    pub fn weighted_view(
+        &self,
+        nodes: impl IntoIterator<Item = u32>,
+        used: impl Fn(u32) -> u64,
+    ) -> View {
+        View::weighted(nodes.into_iter().map(|i| {
+            let capacity_bytes = self.capacity(i);
+            let space = Space {
+                capacity_bytes,
+                free_bytes: capacity_bytes.saturating_sub(used(i)),
+            };
+            (self.member(i, 0), space)
+        }))
     }
 
     pub fn capacity(&self, i: u32) -> u64 {
