@@ -24,8 +24,8 @@
 pub mod client;
 pub mod config;
 pub mod container;
-pub(crate) mod dashboard;
 pub mod crypt;
+pub(crate) mod dashboard;
 pub mod datapath;
 pub mod http;
 pub mod json;
