@@ -90,6 +90,12 @@ fn certify(node: &NodeProc, key: &Path, fed: &Path, capacity: &str, days: &str) 
     );
 }
 
+/// A 2+1 put of `file` through `peer`.
+fn put_2_1(net: &Net, peer: &str, file: &Path) -> std::process::Output {
+    let file = file.to_str().unwrap();
+    net.cli(&["put", "--k", "2", "--m", "1", "--peer", peer, file])
+}
+
 fn ids_in(status: &Value) -> Vec<String> {
     status["members"]
         .as_array()
@@ -232,19 +238,10 @@ fn only_certified_nodes_join_and_only_within_their_ceiling() {
         }
     }
 
-    // Objects go to admitted nodes only, and n3 holds no more than 32 MiB.
+    // Objects go to admitted nodes only.
     let file = root.join("obj.bin");
     std::fs::write(&file, data(3 << 20, 5)).unwrap();
-    let put = net.cli(&[
-        "put",
-        "--k",
-        "2",
-        "--m",
-        "1",
-        "--peer",
-        &boot,
-        file.to_str().unwrap(),
-    ]);
+    let put = put_2_1(&net, &boot, &file);
     assert!(put.status.success(), "put: {put:?}");
     let id = String::from_utf8(put.stdout).unwrap().trim().to_string();
     let stat = net.cli(&["stat", "--json", "--peer", &boot, &id]);
@@ -260,16 +257,7 @@ fn only_certified_nodes_join_and_only_within_their_ceiling() {
     // An unadmitted node as entry peer cannot place shards on members.
     let other_file = root.join("other.bin");
     std::fs::write(&other_file, data(1 << 20, 6)).unwrap();
-    let via_outsider = net.cli(&[
-        "put",
-        "--k",
-        "2",
-        "--m",
-        "1",
-        "--peer",
-        &none.addr(),
-        other_file.to_str().unwrap(),
-    ]);
+    let via_outsider = put_2_1(&net, &none.addr(), &other_file);
     assert!(
         !via_outsider.status.success(),
         "an outsider stored an object: {via_outsider:?}"
