@@ -244,15 +244,32 @@ impl Config {
         Ok(cfg)
     }
 
-    /// Writes `DIR/config.toml` with a commented header.
+    /// Writes `DIR/config.toml` with a commented header, readable by its
+    /// owner only (mode 0600): container specs may carry credentials.
     pub fn save(&self, dir: &Path) -> Result<(), ConfigError> {
         let path = dir.join(CONFIG_FILE);
         let body = toml::to_string_pretty(self).map_err(|e| ConfigError::Parse {
             path: path.clone(),
             reason: e.to_string(),
         })?;
-        std::fs::write(&path, format!("{HEADER}{body}"))
-            .map_err(|source| ConfigError::Write { path, source })
+        let write = || -> std::io::Result<()> {
+            use std::io::Write;
+            let mut opts = std::fs::OpenOptions::new();
+            opts.write(true).create(true).truncate(true);
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+                opts.mode(0o600);
+                // An existing file keeps its mode on open: narrow it first.
+                if path.exists() {
+                    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+                }
+            }
+            let mut f = opts.open(&path)?;
+            f.write_all(format!("{HEADER}{body}").as_bytes())?;
+            f.sync_all()
+        };
+        write().map_err(|source| ConfigError::Write { path, source })
     }
 
     /// Checks every field; the error names the field and what is allowed.
@@ -448,6 +465,24 @@ pub fn bootstrap_peer(s: &str) -> Result<(libp2p::PeerId, Multiaddr), ConfigErro
 
 #[cfg(test)]
 mod tests {
+    #[cfg(unix)]
+    #[test]
+    fn the_config_file_is_readable_by_its_owner_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(CONFIG_FILE);
+        std::fs::write(&path, "old").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let cfg = Config::new(
+            vec!["/ip4/127.0.0.1/tcp/0".into()],
+            vec![ContainerSpec::mem("m", 1 << 20)],
+        );
+        cfg.save(dir.path()).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        assert_eq!(Config::load(dir.path()).unwrap(), cfg);
+    }
+
     use super::*;
 
     fn cfg() -> Config {
