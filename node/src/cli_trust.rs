@@ -14,7 +14,7 @@ use dynostore_node::trust::{
     fresh_seed, load_cert, load_federation, load_site_key, new_site_key, write_site_key,
 };
 use dynostore_protocol::token::{self, Grant, Op, Restriction, Token};
-use dynostore_protocol::trust::{check_label, NodeCert, NodeCertBody, CERT_VERSION};
+use dynostore_protocol::trust::{check_label, NodeCert, NodeCertBody, Revocation, CERT_VERSION};
 use dynostore_protocol::NodeId;
 
 /// The files `cert install` puts into a node directory.
@@ -124,6 +124,25 @@ pub(crate) enum TokenCommand {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Revoke tokens (signed with a site's admin key) through any node;
+    /// every member learns it from the others within a few announcement
+    /// intervals and keeps it on disk. Revokes the token file's own
+    /// identifier (its last block: an attenuated copy, or the whole token
+    /// when it is not attenuated) and any --id given.
+    Revoke {
+        #[arg(long)]
+        site_key: PathBuf,
+        #[arg(long)]
+        federation: PathBuf,
+        /// A token file to revoke (its last block's identifier).
+        #[arg(long, value_name = "FILE")]
+        token_file: Option<PathBuf>,
+        /// Revocation identifiers (hex, as `token issue` / `inspect` print them).
+        #[arg(long = "id", value_name = "ID")]
+        ids: Vec<String>,
+        #[command(flatten)]
+        conn: crate::ConnArgs,
+    },
     /// Check a token against the federation and print what it allows and
     /// its revocation IDs.
     Inspect {
@@ -154,8 +173,35 @@ fn write_token(path: &Path, t: &Token) -> Result<()> {
     Ok(())
 }
 
+/// A site-signed revocation of `token`'s last block and of `ids`.
+pub(crate) fn revocation(
+    site_key: &Path,
+    federation: &Path,
+    token: Option<&Path>,
+    mut ids: Vec<String>,
+) -> Result<Vec<u8>> {
+    let (site, sk) = load_site_key(site_key)?;
+    let fed = load_federation(federation)?;
+    if fed.site_key(&site) != Some(&sk.public()) {
+        bail!(
+            "{} does not list this key for site {site}",
+            federation.display()
+        );
+    }
+    if let Some(path) = token {
+        let t = read_token(path, &fed)?;
+        ids.extend(t.revocation_ids().last().cloned());
+    }
+    if ids.is_empty() {
+        bail!("nothing to revoke: give --token-file FILE or --id ID");
+    }
+    let r = Revocation::sign(fed.name(), &site, &sk, ids, wall_ms())?;
+    Ok(r.encode())
+}
+
 pub(crate) fn token_cmd(cmd: TokenCommand) -> Result<()> {
     match cmd {
+        TokenCommand::Revoke { .. } => bail!("token revoke is handled by the caller"),
         TokenCommand::Issue {
             site_key,
             federation,

@@ -55,6 +55,8 @@ struct Request {
 /// A connection to one node.
 pub struct Client {
     peer: PeerId,
+    /// The user token sent with every request (biscuit bytes).
+    token: Option<Vec<u8>>,
     tx: mpsc::Sender<Request>,
     streams: libp2p_stream::Control,
     task: tokio::task::JoinHandle<()>,
@@ -115,6 +117,7 @@ impl Client {
         let task = tokio::spawn(drive(swarm, peer, rx));
         Ok(Client {
             peer,
+            token: None,
             tx,
             streams,
             task,
@@ -125,6 +128,17 @@ impl Client {
         self.peer
     }
 
+    /// Acts with `token` from now on: on every client request, and around
+    /// operator requests (`deny`, `scrub`, `status`) as their admin token.
+    pub fn with_token(mut self, token: Option<Vec<u8>>) -> Self {
+        self.token = token;
+        self
+    }
+
+    pub fn token(&self) -> Option<&[u8]> {
+        self.token.as_deref()
+    }
+
     /// A handle for opening shard streams to the node (or, through it being
     /// connected, to nothing else: the client knows no other addresses).
     pub fn streams(&self) -> libp2p_stream::Control {
@@ -133,6 +147,16 @@ impl Client {
 
     /// Sends one control request and waits for the answer.
     pub async fn control(&self, request: ControlRequest) -> Result<ControlResponse, ClientError> {
+        let request = match (&self.token, request) {
+            (
+                Some(t),
+                r @ (ControlRequest::Deny { .. } | ControlRequest::Scrub | ControlRequest::Status),
+            ) => ControlRequest::Operator {
+                token: t.clone(),
+                request: Box::new(r),
+            },
+            (_, r) => r,
+        };
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Request { request, reply })

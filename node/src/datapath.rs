@@ -43,9 +43,11 @@ use dynostore_protocol::placement::{
 };
 use dynostore_protocol::planner::{put_generation, tombstone_askees, Presence};
 use dynostore_protocol::repair::{self, manifest_replicas};
+use dynostore_protocol::token::Op as TokenOp;
 use dynostore_protocol::wire::{
-    Chunk, ClientRequest, ClientResponse, ErrorKind, Health, ObjectStat, ObjectSummary, PutReceipt,
-    RemoteError, SegmentStat, ShardStat, SkippedShard,
+    Chunk, ClientEnvelope, ClientRequest, ClientResponse, ErrorKind, Health, ObjectStat,
+    ObjectSummary, PutReceipt, RemoteError, SegmentStat, ShardStat, SkippedShard,
+    MAX_LISTED_OBJECTS,
 };
 use dynostore_protocol::{MemberState, NodeId, ObjectId, ShardId};
 
@@ -66,6 +68,8 @@ const MANIFEST_SEARCH: usize = 20;
 pub enum DataError {
     #[error("{0}")]
     BadRequest(String),
+    #[error("{0}")]
+    Forbidden(String),
     #[error("not enough nodes: a {k}+{m} stripe needs {needed} distinct live nodes with free space, {alive} are available")]
     NotEnoughNodes {
         k: u16,
@@ -109,6 +113,7 @@ impl DataError {
     pub fn kind(&self) -> ErrorKind {
         match self {
             DataError::BadRequest(_) => ErrorKind::BadRequest,
+            DataError::Forbidden(_) => ErrorKind::Forbidden,
             DataError::NotEnoughNodes { .. } | DataError::Durability(_) => {
                 ErrorKind::NotEnoughNodes
             }
@@ -131,70 +136,85 @@ impl DataError {
     }
 }
 
+/// Checks a request against the object's manifest before any work on it:
+/// the client protocol's token check, or [`open_gate`].
+pub(crate) type Gate<'a> = &'a (dyn Fn(&Manifest) -> Result<(), DataError> + Send + Sync);
+
+/// Lets every request through (the admin API, which checks its callers
+/// itself; an open network).
+pub(crate) fn open_gate(_: &Manifest) -> Result<(), DataError> {
+    Ok(())
+}
+
+/// Who a client request acts for: anyone in an open network (no
+/// federation), else the verified user token.
+enum Access<'a> {
+    Open,
+    User {
+        admission: &'a crate::trust::Admission,
+        token: Box<dynostore_protocol::token::Token>,
+    },
+}
+
+impl Access<'_> {
+    /// Whether the request may do `op` on `m` (by its name, or as its owner).
+    fn check(&self, op: TokenOp, m: &Manifest) -> Result<(), DataError> {
+        match self {
+            Access::Open => Ok(()),
+            Access::User { admission, token } => admission
+                .authorize(
+                    token,
+                    op,
+                    m.meta.name.as_deref().unwrap_or(""),
+                    m.meta.owner.as_deref(),
+                )
+                .map(|_| ())
+                .map_err(|e| DataError::Forbidden(e.to_string())),
+        }
+    }
+
+    /// Whether a listing shows `o` to this request.
+    fn shows(&self, o: &ObjectSummary) -> bool {
+        match self {
+            Access::Open => true,
+            Access::User { admission, token } => admission
+                .authorize(
+                    token,
+                    TokenOp::Ls,
+                    o.name.as_deref().unwrap_or(""),
+                    o.owner.as_deref(),
+                )
+                .is_ok(),
+        }
+    }
+}
+
 /// Serves one client stream.
 pub(crate) async fn serve_client(mut s: Stream, client: PeerId, shared: Arc<Shared>) {
-    let req: ClientRequest = match read_frame(&mut s).await {
+    let ClientEnvelope { token, request } = match read_frame(&mut s).await {
         Ok(r) => r,
         Err(e) => {
             tracing::debug!(%client, error = %e, "bad client request");
             return;
         }
     };
-    let result = match req {
-        ClientRequest::Put {
-            object,
-            size,
-            codec,
-            k,
-            m,
-            segment_size,
-            meta,
-        } => {
-            let timer = shared.metrics.op(Op::Put);
-            let r = match Geometry::new(codec, k, m, segment_size) {
-                Ok(g) => put(&shared, &mut s, object, size, g, meta)
-                    .await
-                    .map(ClientResponse::Stored),
-                Err(e) => Err(DataError::BadRequest(e.to_string())),
-            };
-            timer.finish(r.as_ref().err().map(DataError::kind));
-            if let Err(e) = &r {
-                shared.dashboard.events.push(
-                    crate::dashboard::EventKind::PutRefused,
-                    Some(object.to_string()),
-                    format!("put of {} refused: {e}", object.short()),
-                );
-            }
-            r
-        }
-        ClientRequest::Get { object } => {
-            let timer = shared.metrics.op(Op::Get);
-            let r = get(&shared, &mut StreamSink(&mut s), object).await;
-            timer.finish(r.as_ref().err().map(DataError::kind));
-            match r {
-                // The answer was streamed.
-                Ok(()) => {
-                    let _ = s.close().await;
-                    return;
-                }
-                Err(e) => Err(e),
-            }
-        }
-        ClientRequest::Stat { object } => {
-            stat_object(&shared, object).await.map(ClientResponse::Stat)
-        }
-        ClientRequest::Remove { object } => {
-            let timer = shared.metrics.op(Op::Remove);
-            let r = remove(&shared, object).await;
-            timer.finish(r.as_ref().err().map(DataError::kind));
-            r
-        }
-        ClientRequest::List => list_objects(&shared)
-            .await
-            .map(|objects| ClientResponse::List { objects }),
+    // A revocation needs no token: its site's signature is its authority
+    // (and a user whose token was revoked must not be needed to spread it).
+    let access = match request {
+        ClientRequest::Revoke { .. } => Ok(Access::Open),
+        _ => authenticate(&shared, token.as_deref()),
+    };
+    let result = match access {
+        Ok(access) => answer(&shared, &mut s, &access, request).await,
+        Err(e) => Err(e),
     };
     let resp = match result {
-        Ok(r) => r,
+        // The answer was streamed.
+        Ok(None) => {
+            let _ = s.close().await;
+            return;
+        }
+        Ok(Some(r)) => r,
         Err(e) => {
             tracing::warn!(%client, error = %e, "client request failed");
             ClientResponse::Error(e.remote())
@@ -206,23 +226,141 @@ pub(crate) async fn serve_client(mut s: Stream, client: PeerId, shared: Arc<Shar
     let _ = s.close().await;
 }
 
+/// The request's access: open without a federation, else its token,
+/// decoded and signature-checked before any work.
+fn authenticate<'a>(shared: &'a Shared, token: Option<&[u8]>) -> Result<Access<'a>, DataError> {
+    match &shared.admission {
+        None => Ok(Access::Open),
+        Some(admission) => match admission.user_token(token) {
+            Ok(token) => Ok(Access::User {
+                admission,
+                token: Box::new(token),
+            }),
+            Err(e) => {
+                shared.metrics.admission_refused();
+                Err(DataError::Forbidden(e.to_string()))
+            }
+        },
+    }
+}
+
+/// Answers one request; `None` when the answer was streamed.
+async fn answer(
+    shared: &Arc<Shared>,
+    s: &mut Stream,
+    access: &Access<'_>,
+    request: ClientRequest,
+) -> Result<Option<ClientResponse>, DataError> {
+    Ok(Some(match request {
+        ClientRequest::Put {
+            object,
+            size,
+            codec,
+            k,
+            m,
+            segment_size,
+            mut meta,
+        } => {
+            let timer = shared.metrics.op(Op::Put);
+            // The owner is whoever the verified token speaks for, never
+            // what the client wrote.
+            meta.owner = None;
+            let r = match access {
+                Access::Open => Ok(()),
+                Access::User { admission, token } => admission
+                    .authorize(
+                        token,
+                        TokenOp::Put,
+                        meta.name.as_deref().unwrap_or(""),
+                        None,
+                    )
+                    .map(|p| meta.owner = Some(p.to_string()))
+                    .map_err(|e| DataError::Forbidden(e.to_string())),
+            };
+            let r = match r.and_then(|()| {
+                Geometry::new(codec, k, m, segment_size)
+                    .map_err(|e| DataError::BadRequest(e.to_string()))
+            }) {
+                Ok(g) => put(shared, s, object, size, g, meta)
+                    .await
+                    .map(ClientResponse::Stored),
+                Err(e) => Err(e),
+            };
+            timer.finish(r.as_ref().err().map(DataError::kind));
+            if let Err(e) = &r {
+                shared.dashboard.events.push(
+                    crate::dashboard::EventKind::PutRefused,
+                    Some(object.to_string()),
+                    format!("put of {} refused: {e}", object.short()),
+                );
+            }
+            r?
+        }
+        ClientRequest::Get { object } => {
+            let timer = shared.metrics.op(Op::Get);
+            let gate = |m: &Manifest| access.check(TokenOp::Get, m);
+            let r = get(shared, &mut StreamSink(s), object, &gate).await;
+            timer.finish(r.as_ref().err().map(DataError::kind));
+            r?;
+            return Ok(None);
+        }
+        ClientRequest::Stat { object } => {
+            let gate = |m: &Manifest| access.check(TokenOp::Get, m);
+            ClientResponse::Stat(stat_object(shared, object, &gate).await?)
+        }
+        ClientRequest::Remove { object } => {
+            let timer = shared.metrics.op(Op::Remove);
+            let gate = |m: &Manifest| access.check(TokenOp::Rm, m);
+            let r = remove(shared, object, &gate).await;
+            timer.finish(r.as_ref().err().map(DataError::kind));
+            r?
+        }
+        ClientRequest::List { after, limit } => {
+            let (mut objects, next) = list_objects(shared, after, limit).await?;
+            objects.retain(|o| access.shows(o));
+            ClientResponse::List { objects, next }
+        }
+        ClientRequest::Revoke { revocation } => match &shared.admission {
+            None => {
+                return Err(DataError::BadRequest(
+                    "this network has no federation, so no tokens to revoke".into(),
+                ))
+            }
+            Some(a) => {
+                let added = a
+                    .revoke(&revocation)
+                    .map_err(|e| DataError::Forbidden(e.to_string()))?;
+                tracing::info!(added, "a site revoked tokens");
+                ClientResponse::Revoked {
+                    added: added as u32,
+                }
+            }
+        },
+    }))
+}
+
 /// `stat` of one object, counted in the metrics: for the client protocol
 /// and the admin API alike.
 pub(crate) async fn stat_object(
     shared: &Arc<Shared>,
     object: ObjectId,
+    gate: Gate<'_>,
 ) -> Result<ObjectStat, DataError> {
     let timer = shared.metrics.op(Op::Stat);
-    let r = stat(shared, object).await;
+    let r = stat(shared, object, gate).await;
     timer.finish(r.as_ref().err().map(DataError::kind));
     r
 }
 
 /// The objects the network holds, counted in the metrics: for the client
 /// protocol and the admin API alike.
-pub(crate) async fn list_objects(shared: &Arc<Shared>) -> Result<Vec<ObjectSummary>, DataError> {
+pub(crate) async fn list_objects(
+    shared: &Arc<Shared>,
+    after: Option<ObjectId>,
+    limit: u32,
+) -> Result<(Vec<ObjectSummary>, Option<ObjectId>), DataError> {
     let timer = shared.metrics.op(Op::List);
-    let r = list(shared).await;
+    let r = list(shared, after, limit).await;
     timer.finish(r.as_ref().err().map(DataError::kind));
     r
 }
@@ -720,8 +858,11 @@ pub(crate) async fn get(
     shared: &Arc<Shared>,
     sink: &mut impl ObjectSink,
     object: ObjectId,
+    gate: Gate<'_>,
 ) -> Result<(), DataError> {
-    let manifest = Arc::new(require_manifest(shared, object).await?);
+    let manifest = require_manifest(shared, object).await?;
+    gate(&manifest)?;
+    let manifest = Arc::new(manifest);
     sink.begin(manifest.size, &manifest.meta).await?;
     let mut hasher = Hasher::new();
     let mut skipped = Vec::new();
@@ -778,8 +919,13 @@ pub(crate) async fn get(
     sink.end(skipped).await
 }
 
-async fn stat(shared: &Arc<Shared>, object: ObjectId) -> Result<ObjectStat, DataError> {
+async fn stat(
+    shared: &Arc<Shared>,
+    object: ObjectId,
+    gate: Gate<'_>,
+) -> Result<ObjectStat, DataError> {
     let m = require_manifest(shared, object).await?;
+    gate(&m)?;
     // Ask each holder once to re-hash all of its shards of this object.
     let mut by_holder: BTreeMap<u32, Vec<ShardId>> = BTreeMap::new();
     for seg in &m.segments {
@@ -866,8 +1012,13 @@ async fn verify_on(shared: &Shared, node: &NodeId, shards: Vec<ShardId>) -> Hash
     }
 }
 
-async fn remove(shared: &Arc<Shared>, object: ObjectId) -> Result<ClientResponse, DataError> {
+async fn remove(
+    shared: &Arc<Shared>,
+    object: ObjectId,
+    gate: Gate<'_>,
+) -> Result<ClientResponse, DataError> {
     let m = require_manifest(shared, object).await?;
+    gate(&m)?;
     let peers = shared.peers();
     let shards = peers.release_manifest(&m).await;
     // Manifest replicas may sit anywhere the ranking pointed over time: ask
@@ -897,35 +1048,62 @@ async fn remove(shared: &Arc<Shared>, object: ObjectId) -> Result<ClientResponse
     Ok(ClientResponse::Removed { shards, manifests })
 }
 
-async fn list(shared: &Arc<Shared>) -> Result<Vec<ObjectSummary>, DataError> {
-    let mut all: BTreeMap<ObjectId, ObjectSummary> = BTreeMap::new();
-    for o in shared
-        .manifests
-        .summaries()
-        .map_err(|e| DataError::Internal(e.to_string()))?
-    {
-        all.insert(o.object, o);
-    }
+/// One page of the objects the network holds: the union of every live
+/// member's page after `after`. A member's page is complete only up to its
+/// last entry when it is full, so the merged page stops at the smallest
+/// such last entry; `next` is where the following page starts.
+async fn list(
+    shared: &Arc<Shared>,
+    after: Option<ObjectId>,
+    limit: u32,
+) -> Result<(Vec<ObjectSummary>, Option<ObjectId>), DataError> {
+    let limit = limit.clamp(1, MAX_LISTED_OBJECTS as u32);
     let members: Vec<NodeId> = shared
         .membership()
         .entries()
-        .filter(|(id, e)| **id != shared.local && e.state == MemberState::Alive)
+        .filter(|(id, e)| **id == shared.local || e.state == MemberState::Alive)
         .map(|(id, _)| id.clone())
         .collect();
     let peers = shared.peers();
-    let answers =
-        futures::future::join_all(members.iter().map(|node| peers.list_manifests(node))).await;
-    for a in answers {
+    let answers = futures::future::join_all(
+        members
+            .iter()
+            .map(|node| peers.list_manifests(node, after, limit)),
+    )
+    .await;
+    let mut all: BTreeMap<ObjectId, ObjectSummary> = BTreeMap::new();
+    // The smallest last entry of a full page: nothing past it is known.
+    let mut known_to: Option<ObjectId> = None;
+    for (node, a) in members.iter().zip(answers) {
         match a {
             Ok(objects) => {
+                if objects.len() >= limit as usize {
+                    if let Some(last) = objects.last() {
+                        known_to = Some(known_to.map_or(last.object, |k| k.min(last.object)));
+                    }
+                }
                 for o in objects {
                     all.entry(o.object).or_insert(o);
                 }
             }
+            Err(e) if *node == shared.local => {
+                return Err(DataError::Internal(format!("local manifests: {e}")))
+            }
             Err(e) => tracing::debug!(error = %e, "a member did not list its manifests"),
         }
     }
-    Ok(all.into_values().collect())
+    let page: Vec<ObjectSummary> = all
+        .into_values()
+        .filter(|o| known_to.is_none_or(|k| o.object <= k))
+        .take(limit as usize)
+        .collect();
+    let more = known_to.is_some() || page.len() >= limit as usize;
+    let next = if more {
+        page.last().map(|o| o.object)
+    } else {
+        None
+    };
+    Ok((page, next))
 }
 
 /// The health of `m` from [`slot_presence`], holders that do not answer

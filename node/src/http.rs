@@ -283,12 +283,18 @@ async fn respond(
             StatusCode::OK,
             &crate::json::status_json(&shared.status().await),
         ),
-        Route::Objects => match datapath::list_objects(shared).await {
-            Ok(objects) => json(StatusCode::OK, &crate::json::list_json(&objects)),
+        Route::Objects => match datapath::list_objects(
+            shared,
+            None,
+            dynostore_protocol::wire::MAX_LISTED_OBJECTS as u32,
+        )
+        .await
+        {
+            Ok((objects, _)) => json(StatusCode::OK, &crate::json::list_json(&objects)),
             Err(e) => data_error(&e),
         },
         Route::Object(id) => match parse_id(id) {
-            Ok(object) => match datapath::stat_object(shared, object).await {
+            Ok(object) => match datapath::stat_object(shared, object, &datapath::open_gate).await {
                 Ok(st) => json(StatusCode::OK, &crate::json::stat_json(&st)),
                 Err(e) => data_error(&e),
             },
@@ -415,7 +421,7 @@ async fn download(shared: &Arc<Shared>, object: ObjectId) -> Response<AnyBody> {
             body: body_tx,
         };
         let timer = shared.metrics.op(Op::Get);
-        let r = datapath::get(&shared, &mut sink, object).await;
+        let r = datapath::get(&shared, &mut sink, object, &datapath::open_gate).await;
         timer.finish(r.as_ref().err().map(DataError::kind));
         if let Err(e) = r {
             tracing::debug!(object = %object.short(), error = %e, "download failed");

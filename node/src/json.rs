@@ -8,7 +8,7 @@ use dynostore_protocol::wire::{ObjectStat, ObjectSummary, StatusReport};
 pub fn list_json(objects: &[ObjectSummary]) -> serde_json::Value {
     objects
         .iter()
-        .map(|o| serde_json::json!({"id": o.object.to_string(), "size": o.size, "name": o.name}))
+        .map(|o| serde_json::json!({"id": o.object.to_string(), "size": o.size, "name": o.name, "owner": o.owner}))
         .collect()
 }
 
@@ -22,6 +22,7 @@ pub fn stat_json(st: &ObjectStat) -> serde_json::Value {
         "m": st.m,
         "segment_size": st.segment_size,
         "name": st.meta.name,
+        "owner": st.meta.owner,
         "health": st.health,
         "segments": st.segments.iter().map(|seg| serde_json::json!({
             "len": seg.len,

@@ -25,7 +25,9 @@ use std::sync::Arc;
 
 use dynostore_protocol::manifest::{Generation, Manifest, ManifestError, ShardSlot};
 use dynostore_protocol::manifest::{ManifestVersion, ShardRef};
-use dynostore_protocol::wire::{ErrorKind, ManifestState, ObjectSummary, MAX_REMOVED_GENERATIONS};
+use dynostore_protocol::wire::{
+    ErrorKind, ManifestState, ObjectSummary, MAX_LISTED_OBJECTS, MAX_REMOVED_GENERATIONS,
+};
 use dynostore_protocol::{NodeId, ObjectId, ShardId};
 
 use crate::store::{IndexError, KvTree, ShardStore, StoreError};
@@ -394,16 +396,38 @@ impl ManifestStore {
         Ok(out)
     }
 
-    pub fn summaries(&self) -> Result<Vec<ObjectSummary>, ManifestStoreError> {
-        Ok(self
-            .all()?
-            .into_iter()
-            .map(|m| ObjectSummary {
-                object: m.object,
-                size: m.size,
-                name: m.meta.name,
-            })
-            .collect())
+    /// Summaries of held manifests in object order: at most `limit`
+    /// (capped at [`MAX_LISTED_OBJECTS`]) after `after`.
+    pub fn summaries_page(
+        &self,
+        after: Option<ObjectId>,
+        limit: u32,
+    ) -> Result<Vec<ObjectSummary>, ManifestStoreError> {
+        let limit = (limit as usize).min(MAX_LISTED_OBJECTS);
+        let mut out = Vec::new();
+        for (key, bytes) in self.tree.iter()? {
+            if out.len() >= limit {
+                break;
+            }
+            if after.is_some_and(|a| key.as_slice() <= a.as_bytes().as_slice()) {
+                continue;
+            }
+            match Manifest::decode(&bytes) {
+                Ok(m) => out.push(summary(m)),
+                Err(e) => tracing::warn!(key = ?key, error = %e, "skipping a bad manifest record"),
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// What a listing shows of a manifest.
+pub fn summary(m: Manifest) -> ObjectSummary {
+    ObjectSummary {
+        object: m.object,
+        size: m.size,
+        name: m.meta.name,
+        owner: m.meta.owner,
     }
 }
 

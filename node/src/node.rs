@@ -24,7 +24,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -41,7 +41,7 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use dynostore_protocol::membership::{Membership, Timeouts};
 use dynostore_protocol::wire::{
-    Announcement, ControlRequest, ControlResponse, Load, RemoteError, WireMessage,
+    Announcement, ControlRequest, ControlResponse, Load, RemoteError, StatusReport, WireMessage,
     ANNOUNCEMENT_VERSION, ANNOUNCE_TOPIC,
 };
 use dynostore_protocol::{MemberState, NodeId};
@@ -54,6 +54,7 @@ use crate::peers::PeerNet;
 use crate::shared::Shared;
 use crate::store::ShardStore;
 use crate::trust::Admission;
+use dynostore_protocol::trust::RevocationBytes;
 
 /// Inbound shard streams served at once; bounds memory to this many shards.
 pub const MAX_INBOUND_STREAMS: usize = 32;
@@ -146,7 +147,12 @@ pub async fn run(
     );
     let admission = match (&cfg.federation, &cfg.cert) {
         (Some(fed), Some(cert)) => {
-            let a = Admission::load(&dir.join(fed), &dir.join(cert), &local)?;
+            let a = Admission::load(
+                &dir.join(fed),
+                &dir.join(cert),
+                &dir.join("revocations.cbor"),
+                &local,
+            )?;
             if a.own_site() != cfg.site {
                 return Err(NodeError::SiteMismatch {
                     config: cfg.site.clone(),
@@ -247,6 +253,7 @@ pub async fn run(
         rebootstrap: Duration::from_millis(cfg.rebootstrap_interval_ms),
         rounds: 0,
         refused: HashSet::new(),
+        pulling_revocations: Arc::new(AtomicBool::new(false)),
     };
     let result = ev.run(shutdown).await;
     announcer.abort();
@@ -413,6 +420,10 @@ async fn announce_loop(shared: Arc<Shared>, interval: Duration, cmd_tx: mpsc::Se
             software: env!("CARGO_PKG_VERSION").to_string(),
             seq,
             cert: shared.admission.as_ref().map(Admission::own_cert_bytes),
+            revocations: shared
+                .admission
+                .as_ref()
+                .map_or(0, |a| a.revocations.digest()),
         };
         let bytes = ann.encode();
         // The local view counts this node as every member does: capacity
@@ -454,6 +465,8 @@ struct EventLoop {
     rounds: u64,
     /// Certificate refusals already logged (bounded: cleared when large).
     refused: HashSet<(NodeId, String)>,
+    /// A revocation pull is under way.
+    pulling_revocations: Arc<AtomicBool>,
 }
 
 impl EventLoop {
@@ -723,6 +736,7 @@ impl EventLoop {
                 self.swarm.add_peer_address(source, addr);
             }
         }
+        self.pull_revocations(&ann);
         let now = self.shared.now_ms();
         if let Some(t) = self.shared.membership().observe(ann, now) {
             tracing::info!(node = %t.node, from = ?t.from, to = t.to.as_str(), "member state changed");
@@ -762,6 +776,47 @@ impl EventLoop {
         }
     }
 
+    /// An admitted member announced a different set of revocations: ask it
+    /// for its list (one pull at a time; the next announcement retries).
+    fn pull_revocations(&mut self, ann: &Announcement) {
+        let Some(a) = &self.shared.admission else {
+            return;
+        };
+        if ann.revocations == 0
+            || ann.revocations == a.revocations.digest()
+            || self.pulling_revocations.load(Ordering::Acquire)
+        {
+            return;
+        }
+        self.pulling_revocations.store(true, Ordering::Release);
+        let flag = self.pulling_revocations.clone();
+        let shared = self.shared.clone();
+        let node = ann.node.clone();
+        tokio::spawn(async move {
+            let _done = ClearOnDrop(flag);
+            let items = match shared.peers().revocations(&node).await {
+                Ok(items) => items,
+                Err(e) => {
+                    tracing::debug!(node = %node.short(), error = %e, "revocations not pulled");
+                    return;
+                }
+            };
+            let Some(a) = &shared.admission else { return };
+            let mut added = 0;
+            for RevocationBytes(b) in items {
+                match a.revoke(&b) {
+                    Ok(n) => added += n,
+                    Err(e) => {
+                        tracing::warn!(node = %node.short(), error = %e, "a pulled revocation was refused")
+                    }
+                }
+            }
+            if added > 0 {
+                tracing::info!(added, from = %node.short(), "learnt revoked tokens");
+            }
+        });
+    }
+
     fn on_control_request(
         &mut self,
         peer: PeerId,
@@ -769,13 +824,57 @@ impl EventLoop {
         channel: ResponseChannel<ControlResponse>,
     ) {
         let node = net::node_id(&peer);
-        if !matches!(request, ControlRequest::Status) && !self.shared.is_admitted(&node) {
-            tracing::debug!(%peer, "refused a node-only request from an unadmitted peer");
-            let response = remote_error(
-                dynostore_protocol::wire::ErrorKind::Forbidden,
-                &"this request is for admitted members of the federation only",
-            );
+        let forbidden = |e: &dyn std::fmt::Display| {
+            remote_error(dynostore_protocol::wire::ErrorKind::Forbidden, e)
+        };
+        // Operator requests come in an envelope with an admin token; in an
+        // open network (no federation) the envelope's token is not checked.
+        let (request, operator) = match request {
+            ControlRequest::Operator { token, request } => match &self.shared.admission {
+                Some(a) => match a.operator(&token) {
+                    Ok(p) => {
+                        tracing::info!(%peer, operator = %p, "operator request");
+                        (*request, true)
+                    }
+                    Err(e) => {
+                        let response = forbidden(&e);
+                        self.on_command(Command::Respond { channel, response });
+                        return;
+                    }
+                },
+                None => (*request, true),
+            },
+            r => (r, self.shared.admission.is_none()),
+        };
+        let refusal: Option<String> = match &request {
+            ControlRequest::Status => None,
+            ControlRequest::Deny { .. } | ControlRequest::Scrub if !operator => {
+                Some(crate::trust::AccessError::NotOperator.to_string())
+            }
+            ControlRequest::Deny { .. } | ControlRequest::Scrub => None,
+            _ if !self.shared.is_admitted(&node) => {
+                Some("this request is for admitted members of the federation only".into())
+            }
+            _ => None,
+        };
+        if let Some(reason) = refusal {
+            tracing::debug!(%peer, %reason, "refused a control request");
+            self.shared.metrics.admission_refused();
+            let response = forbidden(&reason);
             self.on_command(Command::Respond { channel, response });
+            return;
+        }
+        if let ControlRequest::Status = request {
+            let shared = self.shared.clone();
+            let tx = self.cmd_tx.clone();
+            tokio::spawn(async move {
+                let mut report = shared.status().await;
+                if !operator {
+                    redact(&mut report);
+                }
+                let response = ControlResponse::Status(report);
+                let _ = tx.send(Command::Respond { channel, response }).await;
+            });
             return;
         }
         if let ControlRequest::Deny { peers } = request {
@@ -790,6 +889,29 @@ impl EventLoop {
             tracing::trace!(%peer, "control request answered");
             let _ = tx.send(Command::Respond { channel, response }).await;
         });
+    }
+}
+
+/// A status report for anyone but an operator, in a federation that
+/// admits by certificate: who is a member and how full, without addresses,
+/// software versions or this node's container names (which can carry
+/// paths and endpoints).
+fn redact(report: &mut StatusReport) {
+    for c in &mut report.containers {
+        c.name = String::new();
+    }
+    for m in &mut report.members {
+        m.addrs.clear();
+        m.software.clear();
+    }
+}
+
+/// Clears a flag when dropped (a pull that ends in any way).
+struct ClearOnDrop(Arc<AtomicBool>);
+
+impl Drop for ClearOnDrop {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
     }
 }
 
@@ -862,10 +984,24 @@ async fn answer_control(shared: &Arc<Shared>, request: ControlRequest) -> Contro
             let (checked, corrupt) = crate::repair::scrub(shared).await;
             ControlResponse::Scrubbed { checked, corrupt }
         }
-        ControlRequest::ListManifests => match shared.manifests.summaries() {
-            Ok(objects) => ControlResponse::Manifests { objects },
-            Err(e) => remote_error(e.kind(), &e),
+        ControlRequest::Revocations => ControlResponse::Revocations {
+            items: shared
+                .admission
+                .as_ref()
+                .map(|a| a.revocations.all())
+                .unwrap_or_default(),
         },
+        // Unwrapped by `on_control_request`.
+        ControlRequest::Operator { .. } => remote_error(
+            dynostore_protocol::wire::ErrorKind::BadRequest,
+            &"nested operator request",
+        ),
+        ControlRequest::ListManifests { after, limit } => {
+            match shared.manifests.summaries_page(after, limit) {
+                Ok(objects) => ControlResponse::Manifests { objects },
+                Err(e) => remote_error(e.kind(), &e),
+            }
+        }
     }
 }
 

@@ -16,7 +16,7 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use dynostore_protocol::erasure::{CodecKind, Geometry, MAX_SEGMENT_SIZE};
 use dynostore_protocol::manifest::Metadata;
 use dynostore_protocol::wire::{
-    Chunk, ClientRequest, ClientResponse, PutReceipt, RemoteError, SkippedShard,
+    Chunk, ClientEnvelope, ClientRequest, ClientResponse, PutReceipt, RemoteError, SkippedShard,
 };
 use dynostore_protocol::ObjectId;
 
@@ -88,6 +88,21 @@ impl PutParams {
     }
 }
 
+/// Sends a request with the client's token as the stream's first frame.
+async fn send_request(
+    s: &mut Stream,
+    client: &Client,
+    request: ClientRequest,
+) -> Result<(), ObjectError> {
+    let env = ClientEnvelope {
+        token: client.token().map(<[u8]>::to_vec),
+        request,
+    };
+    write_frame(s, &env).await?;
+    s.flush().await?;
+    Ok(())
+}
+
 async fn open(client: &Client) -> Result<Stream, ObjectError> {
     client
         .streams()
@@ -145,6 +160,7 @@ pub async fn put_file(
             .duration_since(std::time::UNIX_EPOCH)
             .ok()
             .map(|d| d.as_millis() as u64),
+        owner: None,
     };
     let req = ClientRequest::Put {
         object,
@@ -155,8 +171,7 @@ pub async fn put_file(
         segment_size: g.segment_size,
         meta,
     };
-    write_frame(&mut s, &req).await?;
-    s.flush().await?;
+    send_request(&mut s, client, req).await?;
     match read_frame::<ClientResponse, _>(&mut s).await? {
         ClientResponse::Ready => {}
         ClientResponse::Stored(r) => return Ok(r),
@@ -237,7 +252,7 @@ pub async fn get_object(
     progress: &mut dyn Progress,
 ) -> Result<(u64, Vec<SkippedShard>), ObjectError> {
     let mut s = open(client).await?;
-    let size = start_get(&mut s, object, progress).await?;
+    let size = start_get(&mut s, client, object, progress).await?;
     let (mut sink, partial) = open_output(output).await?;
     let result = receive(&mut s, &mut sink, object, size, progress).await;
     let result = match result {
@@ -265,11 +280,11 @@ pub async fn get_object(
 
 async fn start_get(
     s: &mut Stream,
+    client: &Client,
     object: ObjectId,
     progress: &mut dyn Progress,
 ) -> Result<u64, ObjectError> {
-    write_frame(s, &ClientRequest::Get { object }).await?;
-    s.flush().await?;
+    send_request(s, client, ClientRequest::Get { object }).await?;
     let size = match read_frame::<ClientResponse, _>(s).await? {
         ClientResponse::Object { size, .. } => size,
         ClientResponse::Error(e) => return Err(ObjectError::Remote(e)),
@@ -291,7 +306,7 @@ pub async fn get_into(
     progress: &mut dyn Progress,
 ) -> Result<(u64, Vec<SkippedShard>), ObjectError> {
     let mut s = open(client).await?;
-    let size = start_get(&mut s, object, progress).await?;
+    let size = start_get(&mut s, client, object, progress).await?;
     let skipped = receive(&mut s, sink, object, size, progress).await?;
     sink.flush()
         .await
@@ -396,8 +411,7 @@ async fn receive(
 /// Sends a one-shot request (stat, rm, ls) and returns the answer.
 pub async fn request(client: &Client, req: ClientRequest) -> Result<ClientResponse, ObjectError> {
     let mut s = open(client).await?;
-    write_frame(&mut s, &req).await?;
-    s.flush().await?;
+    send_request(&mut s, client, req).await?;
     let resp = read_frame::<ClientResponse, _>(&mut s).await?;
     let _ = s.close().await;
     match resp {

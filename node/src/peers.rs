@@ -466,19 +466,40 @@ impl Peers<'_> {
         }
     }
 
-    /// The objects whose manifest replica `node` holds.
+    /// The objects whose manifest replica `node` holds: at most `limit`
+    /// after `after`, in object order.
     pub(crate) async fn list_manifests(
         self,
         node: &NodeId,
+        after: Option<ObjectId>,
+        limit: u32,
     ) -> Result<Vec<ObjectSummary>, PeerError> {
         if self.is_local(node) {
-            return Ok(self.manifests.summaries()?);
+            return Ok(self.manifests.summaries_page(after, limit)?);
         }
         match self
-            .control("list_manifests", node, ControlRequest::ListManifests)
+            .control(
+                "list_manifests",
+                node,
+                ControlRequest::ListManifests { after, limit },
+            )
             .await?
         {
             ControlResponse::Manifests { objects } => Ok(objects),
+            other => Err(unexpected(node, &other)),
+        }
+    }
+
+    /// The revocations `node` knows.
+    pub(crate) async fn revocations(
+        self,
+        node: &NodeId,
+    ) -> Result<Vec<dynostore_protocol::trust::RevocationBytes>, PeerError> {
+        match self
+            .control("revocations", node, ControlRequest::Revocations)
+            .await?
+        {
+            ControlResponse::Revocations { items } => Ok(items),
             other => Err(unexpected(node, &other)),
         }
     }

@@ -27,7 +27,11 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use dynostore_protocol::trust::{Admitted, Federation, NodeCert, SiteKey, TrustError};
+use dynostore_protocol::token::{Op, Principal, Token};
+use dynostore_protocol::trust::{
+    Admitted, Federation, NodeCert, Revocation, RevocationBytes, SiteKey, TrustError,
+    MAX_REVOCATIONS,
+};
 use dynostore_protocol::wire::Announcement;
 use dynostore_protocol::NodeId;
 use serde::Deserialize;
@@ -171,12 +175,20 @@ pub struct Admission {
     own: NodeCert,
     own_bytes: Vec<u8>,
     admitted: Mutex<HashMap<NodeId, Admitted>>,
+    pub revocations: Revocations,
 }
 
 impl Admission {
-    /// Loads both files and checks the node's own certificate.
-    pub fn load(federation: &Path, cert: &Path, local: &NodeId) -> Result<Self, AdmissionError> {
+    /// Loads both files and checks the node's own certificate; the kept
+    /// revocations come from `revocations` (created on the first one).
+    pub fn load(
+        federation: &Path,
+        cert: &Path,
+        revocations: &Path,
+        local: &NodeId,
+    ) -> Result<Self, AdmissionError> {
         let federation = load_federation(federation)?;
+        let revocations = Revocations::load(revocations, &federation)?;
         let own = load_cert(cert)?;
         own.verify(&federation, local, wall_ms())
             .map_err(|source| AdmissionError::OwnCert {
@@ -189,6 +201,7 @@ impl Admission {
             own,
             own_bytes,
             admitted: Mutex::new(HashMap::new()),
+            revocations,
         })
     }
 
@@ -236,4 +249,233 @@ impl Admission {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
+}
+
+/// Why a request's credentials were refused (answered as `Forbidden`).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AccessError {
+    #[error("this federation requires a user token (pass --token FILE or set DYNOSTORE_TOKEN)")]
+    NoToken,
+    #[error(transparent)]
+    Token(#[from] dynostore_protocol::token::TokenError),
+    #[error(
+        "operator requests need an admin token of this node's site {site:?} (this one is from {found:?})"
+    )]
+    OtherSite { site: String, found: String },
+    #[error("operator requests to this node need an admin token")]
+    NotOperator,
+    #[error("revocation refused: {0}")]
+    Revocation(TrustError),
+    #[error("cannot keep revocations in {path}: {source}")]
+    Store {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("this node knows {limit} revocations, its limit; ask an operator")]
+    RevocationsFull { limit: usize },
+}
+
+impl Admission {
+    pub fn federation(&self) -> &Federation {
+        &self.federation
+    }
+
+    /// Decodes a client's token against the federation's site keys and
+    /// refuses a revoked one, before any work on the request.
+    pub fn user_token(&self, token: Option<&[u8]>) -> Result<Token, AccessError> {
+        let bytes = token.ok_or(AccessError::NoToken)?;
+        let t = Token::decode(bytes, &self.federation)?;
+        if let Some(id) = t
+            .revocation_ids()
+            .into_iter()
+            .find(|id| self.revocations.is_revoked(id))
+        {
+            return Err(dynostore_protocol::token::TokenError::Revoked { id }.into());
+        }
+        Ok(t)
+    }
+
+    /// Whether `token` allows `op` on an object named `resource` (`""`
+    /// when unnamed) that `owner` stored, now, given the revocations.
+    pub fn authorize(
+        &self,
+        token: &Token,
+        op: Op,
+        resource: &str,
+        owner: Option<&str>,
+    ) -> Result<Principal, AccessError> {
+        let owner: Option<Principal> = owner.and_then(|o| o.parse().ok());
+        Ok(
+            token.authorize_object(op, resource, owner.as_ref(), wall_ms() / 1000, |id| {
+                self.revocations.is_revoked(id)
+            })?,
+        )
+    }
+
+    /// An operator's token: `admin` over every name, from this node's own
+    /// site (a site's admin runs its own nodes, not another site's).
+    pub fn operator(&self, token: &[u8]) -> Result<Principal, AccessError> {
+        let t = self.user_token(Some(token))?;
+        let p = self.authorize(&t, Op::Admin, "", None)?;
+        if p.site != self.own_site() {
+            return Err(AccessError::OtherSite {
+                site: self.own_site().to_string(),
+                found: p.site,
+            });
+        }
+        Ok(p)
+    }
+
+    /// Verifies and keeps a site's signed revocation; returns how many
+    /// identifiers were new.
+    pub fn revoke(&self, bytes: &[u8]) -> Result<usize, AccessError> {
+        let r = Revocation::decode(bytes).map_err(AccessError::Revocation)?;
+        r.verify(&self.federation)
+            .map_err(AccessError::Revocation)?;
+        self.revocations.add(&r)
+    }
+}
+
+/// The revocations a node knows: every identifier any verified site
+/// revocation named, kept in `DIR/revocations.cbor` (rewritten whole,
+/// fsynced and renamed into place on every change, so a crash leaves the
+/// old list or the new one), and a digest announced to members so that a
+/// member that knows a different set pulls it ([`Revocations::digest`]).
+#[derive(Debug)]
+pub struct Revocations {
+    path: PathBuf,
+    state: Mutex<RevocationState>,
+}
+
+#[derive(Debug, Default)]
+struct RevocationState {
+    /// Encoded revocations by their BLAKE3 (what is stored and sent).
+    messages: std::collections::BTreeMap<[u8; 32], Vec<u8>>,
+    /// Every identifier they name.
+    ids: std::collections::HashSet<String>,
+}
+
+impl Revocations {
+    /// Loads `path` if it exists. Each kept revocation is verified again;
+    /// one that no longer verifies (its site left the federation file) is
+    /// still honoured, and reported: dropping a revocation silently would
+    /// give rights back.
+    pub fn load(path: &Path, federation: &Federation) -> Result<Self, AdmissionError> {
+        let mut state = RevocationState::default();
+        match std::fs::read(path) {
+            Ok(bytes) => {
+                let list: Vec<RevocationBytes> =
+                    ciborium::from_reader(bytes.as_slice()).map_err(|e| {
+                        AdmissionError::Format {
+                            path: path.to_path_buf(),
+                            reason: e.to_string(),
+                        }
+                    })?;
+                for RevocationBytes(b) in list {
+                    let r = Revocation::decode(&b).map_err(|source| AdmissionError::Trust {
+                        path: path.to_path_buf(),
+                        source,
+                    })?;
+                    if let Err(e) = r.verify(federation) {
+                        tracing::warn!(error = %e, "a kept revocation no longer verifies; still honoured");
+                    }
+                    state.ids.extend(r.body().ids.iter().cloned());
+                    state.messages.insert(*blake3::hash(&b).as_bytes(), b);
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => {
+                return Err(AdmissionError::Read {
+                    path: path.to_path_buf(),
+                    source,
+                })
+            }
+        }
+        Ok(Revocations {
+            path: path.to_path_buf(),
+            state: Mutex::new(state),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, RevocationState> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    pub fn is_revoked(&self, id: &str) -> bool {
+        self.lock().ids.contains(id)
+    }
+
+    /// 0 when empty, else a digest of the set of revocations.
+    pub fn digest(&self) -> u64 {
+        let st = self.lock();
+        if st.messages.is_empty() {
+            return 0;
+        }
+        let mut h = blake3::Hasher::new();
+        for k in st.messages.keys() {
+            h.update(k);
+        }
+        let b = h.finalize();
+        u64::from_le_bytes(b.as_bytes()[..8].try_into().unwrap_or([0; 8])).max(1)
+    }
+
+    /// Every kept revocation, encoded.
+    pub fn all(&self) -> Vec<RevocationBytes> {
+        self.lock()
+            .messages
+            .values()
+            .map(|b| RevocationBytes(b.clone()))
+            .collect()
+    }
+
+    /// Keeps a verified revocation durably before it counts.
+    fn add(&self, r: &Revocation) -> Result<usize, AccessError> {
+        let bytes = r.encode();
+        let key = *blake3::hash(&bytes).as_bytes();
+        let mut st = self.lock();
+        if st.messages.contains_key(&key) {
+            return Ok(0);
+        }
+        if st.messages.len() >= MAX_REVOCATIONS {
+            return Err(AccessError::RevocationsFull {
+                limit: MAX_REVOCATIONS,
+            });
+        }
+        let mut list: Vec<RevocationBytes> = st
+            .messages
+            .values()
+            .map(|b| RevocationBytes(b.clone()))
+            .collect();
+        list.push(RevocationBytes(bytes.clone()));
+        let mut out = Vec::new();
+        ciborium::into_writer(&list, &mut out).map_err(|e| AccessError::Store {
+            path: self.path.clone(),
+            source: std::io::Error::other(e.to_string()),
+        })?;
+        write_durably(&self.path, &out).map_err(|source| AccessError::Store {
+            path: self.path.clone(),
+            source,
+        })?;
+        let before = st.ids.len();
+        st.ids.extend(r.body().ids.iter().cloned());
+        st.messages.insert(key, bytes);
+        Ok(st.ids.len() - before)
+    }
+}
+
+/// Writes `path` so that a crash leaves either its old or its new content.
+fn write_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
 }

@@ -79,6 +79,10 @@ pub struct Metadata {
     /// Milliseconds since the Unix epoch, supplied by the writer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub created_ms: Option<u64>,
+    /// `user@site` of the token the object was stored with, set by the
+    /// entry peer from the verified token (never taken from the client).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
 }
 
 /// One upload of an object: every put that writes shards picks a new one.
@@ -481,6 +485,7 @@ mod tests {
                 name: Some("scan.dcm".into()),
                 content_type: None,
                 created_ms: Some(1_700_000_000_000),
+                owner: None,
             },
         );
         for s in 0..g.segment_count(size) {

@@ -196,6 +196,7 @@ mod tests {
             software: "t".into(),
             seq,
             cert: None,
+            revocations: 0,
         }
     }
 

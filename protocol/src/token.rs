@@ -228,6 +228,22 @@ pub fn issue(
     Ok(Token(token))
 }
 
+/// The bytes of a token in its text form (what token files and
+/// `DYNOSTORE_TOKEN` hold), for a client that cannot verify it (it holds
+/// no federation file); the node it talks to verifies.
+pub fn token_bytes(text: &str) -> Result<Vec<u8>, TokenError> {
+    let text = text.trim();
+    if text.len() > TOKEN_MAX_BYTES.div_ceil(3) * 4 {
+        return Err(TokenError::TooLarge {
+            found: text.len() * 3 / 4,
+            limit: TOKEN_MAX_BYTES,
+        });
+    }
+    biscuit_auth::UnverifiedBiscuit::from_base64(text)
+        .and_then(|u| u.to_vec())
+        .map_err(invalid)
+}
+
 /// A decoded token whose signatures chain to one of the federation's sites.
 #[derive(Debug, Clone)]
 pub struct Token(Biscuit);
@@ -263,7 +279,27 @@ impl Token {
                 limit: TOKEN_MAX_BLOCKS,
             });
         }
-        Ok(Token(token))
+        // The site a token speaks for is the site whose key signed it: a
+        // site admin cannot issue tokens in another site's name.
+        let signer: Vec<&str> = token
+            .root_key_id()
+            .map(|id| {
+                federation
+                    .sites()
+                    .filter(|(_, k)| key_id(k) == id)
+                    .map(|(name, _)| name)
+                    .collect()
+            })
+            .unwrap_or_default();
+        let token = Token(token);
+        let claimed = token.principal()?.site;
+        if !signer.contains(&claimed.as_str()) {
+            return Err(TokenError::Invalid(format!(
+                "token names site {claimed:?} but is signed by {}",
+                signer.first().copied().unwrap_or("an unknown key")
+            )));
+        }
+        Ok(token)
     }
 
     /// [`Token::decode`] of biscuit's URL-safe base64 text form.
@@ -357,6 +393,24 @@ impl Token {
         now_secs: u64,
         is_revoked: impl Fn(&str) -> bool,
     ) -> Result<String, TokenError> {
+        self.authorize_object(op, resource, None, now_secs, is_revoked)
+            .map(|p| p.user)
+    }
+
+    /// Like [`Token::authorize`], for an existing object owned by `owner`:
+    /// the token also allows `op` when it names the owner itself (a user
+    /// may `get` or `rm` what they stored, whatever its name), provided it
+    /// grants `op` at all. Attenuation checks still apply to `resource`,
+    /// so a token narrowed to a prefix gains nothing from ownership
+    /// outside it. Returns who the token speaks for.
+    pub fn authorize_object(
+        &self,
+        op: Op,
+        resource: &str,
+        owner: Option<&Principal>,
+        now_secs: u64,
+        is_revoked: impl Fn(&str) -> bool,
+    ) -> Result<Principal, TokenError> {
         if let Some(id) = self.revocation_ids().into_iter().find(|id| is_revoked(id)) {
             return Err(TokenError::Revoked { id });
         }
@@ -365,7 +419,7 @@ impl Token {
             resource: resource.chars().take(200).collect(),
             reason,
         };
-        let mut a = AuthorizerBuilder::new()
+        let mut b = AuthorizerBuilder::new()
             .code_with_params(
                 "operation({op}); resource({r}); time({now});
                  allow if operation($op), right($op), resource($r), prefix($p), $r.starts_with($p);",
@@ -376,7 +430,21 @@ impl Token {
                 ]),
                 HashMap::new(),
             )
-            .map_err(invalid)?
+            .map_err(invalid)?;
+        if let Some(o) = owner {
+            b = b
+                .code_with_params(
+                    "owner_user({u}); owner_site({s});
+                     allow if operation($op), right($op), owner_user($u), user($u), owner_site($s), site($s);",
+                    params(vec![
+                        ("u", Term::Str(o.user.clone())),
+                        ("s", Term::Str(o.site.clone())),
+                    ]),
+                    HashMap::new(),
+                )
+                .map_err(invalid)?;
+        }
+        let mut a = b
             .set_limits(AuthorizerLimits {
                 max_facts: 1000,
                 max_iterations: 100,
@@ -385,10 +453,59 @@ impl Token {
             .build(&self.0)
             .map_err(|e| denied(e.to_string()))?;
         a.authorize().map_err(|e| denied(explain(&e)))?;
-        let (user,): (String,) = a
-            .query_exactly_one("data($u) <- user($u)")
+        let (user, site): (String, String) = a
+            .query_exactly_one("data($u, $s) <- user($u), site($s)")
             .map_err(|e| denied(e.to_string()))?;
-        Ok(user)
+        Ok(Principal { user, site })
+    }
+
+    /// Who the token speaks for, from its authority block (no check of
+    /// expiry or rights: for display and for revocation by a site).
+    pub fn principal(&self) -> Result<Principal, TokenError> {
+        let mut a = AuthorizerBuilder::new()
+            .code("allow if true;")
+            .map_err(invalid)?
+            .set_limits(AuthorizerLimits {
+                max_facts: 1000,
+                max_iterations: 100,
+                max_time: std::time::Duration::from_millis(50),
+            })
+            .build(&self.0)
+            .map_err(invalid)?;
+        let (user, site): (String, String) = a
+            .query_exactly_one("data($u, $s) <- user($u), site($s)")
+            .map_err(invalid)?;
+        Ok(Principal { user, site })
+    }
+}
+
+/// The user a token speaks for, qualified by the site that issued it
+/// (user names are a site's own: `alice` of one hospital is not `alice`
+/// of another). Written `user@site`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Principal {
+    pub user: String,
+    pub site: String,
+}
+
+impl fmt::Display for Principal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}@{}", self.user, self.site)
+    }
+}
+
+impl FromStr for Principal {
+    type Err = TokenError;
+    fn from_str(s: &str) -> Result<Self, TokenError> {
+        let (user, site) = s
+            .rsplit_once('@')
+            .ok_or_else(|| TokenError::Invalid(format!("owner {s:?} is not user@site")))?;
+        check_label("user", user).map_err(invalid)?;
+        check_label("site label", site).map_err(invalid)?;
+        Ok(Principal {
+            user: user.into(),
+            site: site.into(),
+        })
     }
 }
 
@@ -467,6 +584,63 @@ mod tests {
         assert!(t
             .authorize(Op::Get, "imaging/ct1", NOW + 3600, never)
             .is_err());
+    }
+
+    #[test]
+    fn an_owner_reaches_their_objects_but_attenuation_still_binds() {
+        let (f, k) = fed();
+        let t = issue(
+            "hospital-a",
+            &k,
+            &grant(&[Op::Get, Op::Rm], &["imaging/"]),
+            [1; 32],
+        )
+        .unwrap();
+        let t = round_trip(&t, &f);
+        let never = |_: &str| false;
+        let me: Principal = "alice@hospital-a".parse().unwrap();
+        let other: Principal = "alice@observatory".parse().unwrap();
+        // Outside the prefix: only as the owner.
+        assert!(t.authorize_object(Op::Rm, "x", None, NOW, never).is_err());
+        assert_eq!(
+            t.authorize_object(Op::Rm, "x", Some(&me), NOW, never)
+                .unwrap(),
+            me
+        );
+        assert!(t
+            .authorize_object(Op::Rm, "x", Some(&other), NOW, never)
+            .is_err());
+        // Ownership does not add operations.
+        assert!(t
+            .authorize_object(Op::Put, "x", Some(&me), NOW, never)
+            .is_err());
+        // An attenuated copy stays inside its prefix even for the owner.
+        let narrow = t
+            .attenuate(
+                &Restriction {
+                    prefix: Some("imaging/shared/".into()),
+                    ..Restriction::default()
+                },
+                [3; 32],
+            )
+            .unwrap();
+        assert!(narrow
+            .authorize_object(Op::Get, "x", Some(&me), NOW, never)
+            .is_err());
+        assert!(narrow
+            .authorize_object(Op::Get, "imaging/shared/a", Some(&me), NOW, never)
+            .is_ok());
+    }
+
+    #[test]
+    fn a_site_cannot_issue_tokens_in_another_sites_name() {
+        let (f, k) = fed();
+        let forged = issue("observatory", &k, &grant(&[Op::Get], &[""]), [1; 32]).unwrap();
+        let e = Token::decode(&forged.to_bytes().unwrap(), &f).unwrap_err();
+        assert!(
+            matches!(e, TokenError::Invalid(ref m) if m.contains("observatory")),
+            "{e}"
+        );
     }
 
     #[test]

@@ -79,6 +79,8 @@ pub enum TrustError {
     },
     #[error("invalid public key {value:?}: {reason}")]
     PublicKey { value: String, reason: String },
+    #[error("revocation: {0}")]
+    Revocation(String),
     #[error("site {site:?} is listed twice")]
     DuplicateSite { site: String },
 }
@@ -398,6 +400,151 @@ impl Admitted {
     }
 }
 
+/// The largest encoded revocation a node accepts.
+pub const REVOCATION_MAX_BYTES: usize = 16 << 10;
+/// Most token identifiers one revocation names.
+pub const MAX_REVOKED_PER_MESSAGE: usize = 64;
+/// Most revocations a node keeps (and sends in one answer).
+pub const MAX_REVOCATIONS: usize = 10_000;
+/// Prefixed to a revocation body before signing.
+pub const REVOCATION_SIGNING_CONTEXT: &[u8] = b"dynostore token revocation v1\0";
+
+/// A site admin's statement that tokens are revoked: the hex revocation
+/// identifiers of token blocks ([`crate::token::Token::revocation_ids`]).
+/// Signed with the site's admin key, so any member verifies it offline and
+/// nobody else can revoke in a site's name; a site may revoke any token
+/// identifier (a revocation only ever takes rights away, and it is
+/// attributable to the site that signed it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RevocationBody {
+    pub federation: String,
+    pub site: String,
+    pub ids: Vec<String>,
+    pub issued_ms: u64,
+}
+
+/// A signed revocation; encoded as the CBOR pair `(body bytes, signature)`
+/// like a certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Revocation {
+    body: RevocationBody,
+    body_bytes: Vec<u8>,
+    signature: [u8; 64],
+}
+
+/// An encoded revocation as a CBOR byte string (in control answers).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RevocationBytes(#[serde(with = "serde_bytes_vec")] pub Vec<u8>);
+
+fn check_revoked_id(id: &str) -> Result<(), TrustError> {
+    if id.len() < 16 || id.len() > 256 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(TrustError::Revocation(format!(
+            "identifier {:?} is not 16 to 256 hex digits",
+            id.chars().take(40).collect::<String>()
+        )));
+    }
+    Ok(())
+}
+
+impl Revocation {
+    /// Signs a revocation of `ids` by `site` of `federation`.
+    pub fn sign(
+        federation: &str,
+        site: &str,
+        key: &SiteKey,
+        ids: Vec<String>,
+        issued_ms: u64,
+    ) -> Result<Self, TrustError> {
+        let body = RevocationBody {
+            federation: federation.into(),
+            site: site.into(),
+            ids,
+            issued_ms,
+        };
+        Self::check_body(&body)?;
+        let body_bytes = encode_cbor(&body);
+        let mut input = REVOCATION_SIGNING_CONTEXT.to_vec();
+        input.extend_from_slice(&body_bytes);
+        let signature = key.0.sign(&input).to_bytes();
+        Ok(Revocation {
+            body,
+            body_bytes,
+            signature,
+        })
+    }
+
+    fn check_body(b: &RevocationBody) -> Result<(), TrustError> {
+        check_label("federation name", &b.federation)?;
+        check_label("site label", &b.site)?;
+        if b.ids.is_empty() || b.ids.len() > MAX_REVOKED_PER_MESSAGE {
+            return Err(TrustError::Revocation(format!(
+                "{} identifiers (1 to {MAX_REVOKED_PER_MESSAGE})",
+                b.ids.len()
+            )));
+        }
+        b.ids.iter().try_for_each(|id| check_revoked_id(id))
+    }
+
+    pub fn body(&self) -> &RevocationBody {
+        &self.body
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        encode_cbor(&WireCert(self.body_bytes.clone(), self.signature.to_vec()))
+    }
+
+    /// Decodes untrusted bytes (size first, then form); [`Revocation::verify`]
+    /// checks the signature.
+    pub fn decode(bytes: &[u8]) -> Result<Self, TrustError> {
+        if bytes.len() > REVOCATION_MAX_BYTES {
+            return Err(TrustError::Revocation(format!(
+                "{} bytes, more than the limit of {REVOCATION_MAX_BYTES}",
+                bytes.len()
+            )));
+        }
+        let WireCert(body_bytes, sig) =
+            ciborium::from_reader(bytes).map_err(|e| TrustError::Revocation(e.to_string()))?;
+        let signature: [u8; 64] = sig
+            .as_slice()
+            .try_into()
+            .map_err(|_| TrustError::Revocation(format!("signature of {} bytes", sig.len())))?;
+        let body: RevocationBody = ciborium::from_reader(body_bytes.as_slice())
+            .map_err(|e| TrustError::Revocation(format!("body: {e}")))?;
+        Self::check_body(&body)?;
+        Ok(Revocation {
+            body,
+            body_bytes,
+            signature,
+        })
+    }
+
+    /// The federation and the signing site's key.
+    pub fn verify(&self, federation: &Federation) -> Result<&RevocationBody, TrustError> {
+        let b = &self.body;
+        if b.federation != federation.name {
+            return Err(TrustError::Revocation(format!(
+                "it is for federation {:?}, this node belongs to {:?}",
+                b.federation, federation.name
+            )));
+        }
+        let key = federation.site_key(&b.site).ok_or_else(|| {
+            TrustError::Revocation(format!(
+                "site {:?} is not a site of this federation",
+                b.site
+            ))
+        })?;
+        let mut input = REVOCATION_SIGNING_CONTEXT.to_vec();
+        input.extend_from_slice(&self.body_bytes);
+        if !key.verify(&input, &self.signature) {
+            return Err(TrustError::Revocation(format!(
+                "signature does not verify under site {:?}'s admin key",
+                b.site
+            )));
+        }
+        Ok(b)
+    }
+}
+
 fn signing_input(body_bytes: &[u8]) -> Vec<u8> {
     let mut v = Vec::with_capacity(CERT_SIGNING_CONTEXT.len() + body_bytes.len());
     v.extend_from_slice(CERT_SIGNING_CONTEXT);
@@ -433,7 +580,7 @@ pub(crate) mod opt_bytes {
 }
 
 /// Byte strings as CBOR byte strings (not arrays of integers).
-mod serde_bytes_vec {
+pub(crate) mod serde_bytes_vec {
     use serde::{Deserialize, Deserializer, Serializer};
 
     pub fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
@@ -452,6 +599,31 @@ mod serde_bytes_vec {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_revocation_verifies_only_under_its_sites_key() {
+        let a = SiteKey::from_seed([1; 32]);
+        let b = SiteKey::from_seed([2; 32]);
+        let mut f = Federation::new("eu").unwrap();
+        f.add_site("a", a.public()).unwrap();
+        f.add_site("b", b.public()).unwrap();
+        let id = "ab".repeat(64);
+        let r = Revocation::sign("eu", "a", &a, vec![id.clone()], 5).unwrap();
+        let back = Revocation::decode(&r.encode()).unwrap();
+        assert_eq!(back.verify(&f).unwrap().ids, vec![id.clone()]);
+        // Signed by b's key in a's name.
+        let forged = Revocation::sign("eu", "a", &b, vec![id.clone()], 5).unwrap();
+        assert!(Revocation::decode(&forged.encode())
+            .unwrap()
+            .verify(&f)
+            .is_err());
+        // Another federation.
+        let other = Revocation::sign("us", "a", &a, vec![id], 5).unwrap();
+        assert!(other.verify(&f).is_err());
+        // Malformed identifiers and garbage never decode.
+        assert!(Revocation::sign("eu", "a", &a, vec!["zz".into()], 5).is_err());
+        assert!(Revocation::decode(&[0xff; 40]).is_err());
+    }
 
     fn node(n: u8) -> NodeId {
         // An identity-multihash-shaped byte string, as PeerId bytes are.

@@ -320,8 +320,9 @@ pub enum ControlRequest {
         object: ObjectId,
         generation: Generation,
     },
-    /// Summaries of the manifests this node holds.
-    ListManifests,
+    /// Summaries of the manifests this node holds, in object order: at
+    /// most `limit` (capped at [`MAX_LISTED_OBJECTS`]) after `after`.
+    ListManifests { after: Option<ObjectId>, limit: u32 },
     /// Which of these manifests does this node hold (or know deleted)?
     ManifestStates { objects: Vec<ObjectId> },
     /// Re-hash every stored shard now; corrupt copies are deleted.
@@ -333,6 +334,18 @@ pub enum ControlRequest {
     /// across restarts. Fault injection and quarantine of a misbehaving
     /// member; anyone holding the network key may send it, as `Delete`.
     Deny { peers: Vec<NodeId> },
+    /// Every revocation this node knows ([`crate::trust::Revocation`]s,
+    /// encoded): pulled by a member whose revocation digest differs.
+    Revocations,
+    /// An operator request (`Deny`, `Scrub`, detailed `Status`) with the
+    /// admin token that allows it. In a federation that admits nodes by
+    /// certificate, operator requests are answered only in this envelope,
+    /// with an `admin` token of the node's own site.
+    Operator {
+        #[serde(with = "crate::trust::serde_bytes_vec")]
+        token: Vec<u8>,
+        request: Box<ControlRequest>,
+    },
 }
 
 impl WireMessage for ControlRequest {
@@ -351,9 +364,19 @@ impl WireMessage for ControlRequest {
                 check_count("objects", objects.len(), MAX_SHARDS_PER_REQUEST)
             }
             ControlRequest::Deny { peers } => check_count("peers", peers.len(), MAX_DENIED),
+            ControlRequest::Operator { token, request } => {
+                check_count("token bytes", token.len(), crate::token::TOKEN_MAX_BYTES)?;
+                match **request {
+                    ControlRequest::Deny { .. }
+                    | ControlRequest::Scrub
+                    | ControlRequest::Status => request.check(),
+                    _ => Err("only deny, scrub and status are operator requests".into()),
+                }
+            }
             ControlRequest::DeleteManifest { .. }
             | ControlRequest::Scrub
-            | ControlRequest::ListManifests
+            | ControlRequest::ListManifests { .. }
+            | ControlRequest::Revocations
             | ControlRequest::Status => Ok(()),
         }
     }
@@ -409,6 +432,14 @@ pub struct Announcement {
         with = "crate::trust::opt_bytes"
     )]
     pub cert: Option<Vec<u8>>,
+    /// A digest of the revocations the node knows (0: none); a member that
+    /// knows a different set pulls the node's list.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub revocations: u64,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
 }
 
 impl Announcement {
@@ -605,6 +636,10 @@ pub enum ControlResponse {
     Denied {
         count: u32,
     },
+    /// Encoded revocations (answers `Revocations`).
+    Revocations {
+        items: Vec<crate::trust::RevocationBytes>,
+    },
     Error(RemoteError),
 }
 
@@ -626,6 +661,9 @@ impl WireMessage for ControlResponse {
                 })
             }
             ControlResponse::Scrubbed { .. } | ControlResponse::Denied { .. } => Ok(()),
+            ControlResponse::Revocations { items } => {
+                check_count("revocations", items.len(), crate::trust::MAX_REVOCATIONS)
+            }
             ControlResponse::Status(s) => {
                 check_containers(&s.containers)?;
                 check_count("members", s.members.len(), MAX_MEMBERS)?;
@@ -650,13 +688,17 @@ pub struct ObjectSummary {
     pub object: ObjectId,
     pub size: u64,
     pub name: Option<String>,
+    /// `user@site` of the token that stored it (none in an open network).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
 }
 
 fn check_summaries(objects: &[ObjectSummary]) -> Result<(), String> {
     check_count("objects", objects.len(), MAX_LISTED_OBJECTS)?;
     objects
         .iter()
-        .filter_map(|o| o.name.as_deref())
+        .flat_map(|o| [o.name.as_deref(), o.owner.as_deref()])
+        .flatten()
         .try_for_each(|n| check_text("name", n, MAX_META_LEN))
 }
 
@@ -683,7 +725,42 @@ pub enum ClientRequest {
     Remove {
         object: ObjectId,
     },
-    List,
+    /// Objects in ID order: at most `limit` (capped at
+    /// [`MAX_LISTED_OBJECTS`]) after `after`; the answer says where the
+    /// next page starts.
+    List {
+        after: Option<ObjectId>,
+        limit: u32,
+    },
+    /// Spread a site admin's signed revocation ([`crate::trust::Revocation`],
+    /// encoded) to every member; it needs no token, its signature is its
+    /// authority.
+    Revoke {
+        #[serde(with = "crate::trust::serde_bytes_vec")]
+        revocation: Vec<u8>,
+    },
+}
+
+/// What a client sends first: its request and the user token it acts with
+/// (biscuit bytes; required by a federation that admits nodes by
+/// certificate, ignored by an open network).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientEnvelope {
+    #[serde(default, with = "crate::trust::opt_bytes")]
+    pub token: Option<Vec<u8>>,
+    pub request: ClientRequest,
+}
+
+impl WireMessage for ClientEnvelope {
+    const NAME: &'static str = "client request";
+    const MAX_BYTES: usize = ClientRequest::MAX_BYTES + crate::token::TOKEN_MAX_BYTES + 1024;
+
+    fn check(&self) -> Result<(), String> {
+        if let Some(t) = &self.token {
+            check_count("token bytes", t.len(), crate::token::TOKEN_MAX_BYTES)?;
+        }
+        self.request.check()
+    }
 }
 
 impl WireMessage for ClientRequest {
@@ -691,12 +768,23 @@ impl WireMessage for ClientRequest {
     const MAX_BYTES: usize = 64 << 10;
 
     fn check(&self) -> Result<(), String> {
-        if let ClientRequest::Put { meta, .. } = self {
-            for v in [&meta.name, &meta.content_type].into_iter().flatten() {
-                check_text("metadata", v, MAX_META_LEN)?;
+        match self {
+            ClientRequest::Put { meta, .. } => {
+                for v in [&meta.name, &meta.content_type, &meta.owner]
+                    .into_iter()
+                    .flatten()
+                {
+                    check_text("metadata", v, MAX_META_LEN)?;
+                }
+                Ok(())
             }
+            ClientRequest::Revoke { revocation } => check_count(
+                "revocation bytes",
+                revocation.len(),
+                crate::trust::REVOCATION_MAX_BYTES,
+            ),
+            _ => Ok(()),
         }
-        Ok(())
     }
 }
 
@@ -783,6 +871,13 @@ pub enum ClientResponse {
     },
     List {
         objects: Vec<ObjectSummary>,
+        /// Pass as `after` for the next page; `None`: this was the last.
+        #[serde(default)]
+        next: Option<ObjectId>,
+    },
+    /// The entry peer now knows `added` more revoked identifiers.
+    Revoked {
+        added: u32,
     },
     Error(RemoteError),
 }
@@ -793,7 +888,7 @@ impl WireMessage for ClientResponse {
 
     fn check(&self) -> Result<(), String> {
         match self {
-            ClientResponse::List { objects } => check_summaries(objects),
+            ClientResponse::List { objects, .. } => check_summaries(objects),
             ClientResponse::Error(e) => check_text("error message", &e.message, MAX_TEXT_LEN),
             _ => Ok(()),
         }
@@ -851,6 +946,7 @@ mod tests {
             software: "0.1.0".into(),
             seq: 7,
             cert: None,
+            revocations: 0,
         }
     }
 

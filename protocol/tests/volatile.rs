@@ -222,6 +222,7 @@ fn announcement(containers: Vec<ContainerReport>) -> Announcement {
         software: "t".into(),
         seq: 1,
         cert: None,
+        revocations: 0,
     }
 }
 

@@ -88,7 +88,9 @@ impl Net {
 /// Runs the CLI with the given key (or none, with the variable cleared).
 pub fn cli_with_key(key: Option<&Path>, args: &[&str]) -> Output {
     let mut cmd = Command::new(bin());
-    cmd.args(args).env_remove("DYNOSTORE_PEER");
+    cmd.args(args)
+        .env_remove("DYNOSTORE_PEER")
+        .env_remove("DYNOSTORE_TOKEN");
     match key {
         Some(k) => cmd.env("DYNOSTORE_NETWORK_KEY", k),
         None => cmd.env_remove("DYNOSTORE_NETWORK_KEY"),

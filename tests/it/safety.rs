@@ -19,7 +19,7 @@ use dynostore_node::{keys, net as dnet};
 use dynostore_protocol::erasure::CodecKind;
 use dynostore_protocol::manifest::{ManifestVersion, Metadata};
 use dynostore_protocol::wire::{
-    ClientRequest, ClientResponse, ControlRequest, ControlResponse, ErrorKind,
+    ClientEnvelope, ClientRequest, ClientResponse, ControlRequest, ControlResponse, ErrorKind,
 };
 use dynostore_protocol::ObjectId;
 
@@ -222,6 +222,10 @@ async fn put_as(net: &Net, peer: &NodeProc, claimed: ObjectId, body: &[u8]) -> C
         m: 2,
         segment_size: SEG as u32,
         meta: Metadata::default(),
+    };
+    let req = ClientEnvelope {
+        token: None,
+        request: req,
     };
     dnet::write_frame(&mut s, &req).await.unwrap();
     s.flush().await.unwrap();

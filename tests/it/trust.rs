@@ -20,7 +20,7 @@ use crate::harness::{
 };
 
 /// `dynostore site init`: writes the key, returns the federation-file line.
-fn site_init(dir: &Path, site: &str) -> (PathBuf, String) {
+pub(crate) fn site_init(dir: &Path, site: &str) -> (PathBuf, String) {
     let key = dir.join(format!("{site}.key"));
     let out = cli_with_key(
         None,
@@ -40,7 +40,7 @@ fn site_init(dir: &Path, site: &str) -> (PathBuf, String) {
     )
 }
 
-fn federation_file(dir: &Path, file: &str, name: &str, lines: &[&str]) -> PathBuf {
+pub(crate) fn federation_file(dir: &Path, file: &str, name: &str, lines: &[&str]) -> PathBuf {
     let path = dir.join(file);
     let text = format!("name = \"{name}\"\n[sites]\n{}\n", lines.join("\n"));
     std::fs::write(&path, text).unwrap();
@@ -48,7 +48,7 @@ fn federation_file(dir: &Path, file: &str, name: &str, lines: &[&str]) -> PathBu
 }
 
 /// `init` a node (not started) on a 256 MiB directory container.
-fn init(net: &Net, name: &str, site: &str, bootstrap: Option<&str>) -> NodeProc {
+pub(crate) fn init(net: &Net, name: &str, site: &str, bootstrap: Option<&str>) -> NodeProc {
     let shards = net.root.path().join(name).join("shards");
     NodeProc::init(
         net.root.path(),
@@ -64,7 +64,7 @@ fn init(net: &Net, name: &str, site: &str, bootstrap: Option<&str>) -> NodeProc 
 }
 
 /// `cert issue --dir`: certifies and installs; panics with stderr on failure.
-fn certify(node: &NodeProc, key: &Path, fed: &Path, capacity: &str, days: &str) {
+pub(crate) fn certify(node: &NodeProc, key: &Path, fed: &Path, capacity: &str, days: &str) {
     let out = cli_with_key(
         None,
         &[
@@ -90,10 +90,49 @@ fn certify(node: &NodeProc, key: &Path, fed: &Path, capacity: &str, days: &str) 
     );
 }
 
-/// A 2+1 put of `file` through `peer`.
-fn put_2_1(net: &Net, peer: &str, file: &Path) -> std::process::Output {
+/// A 2+1 put of `file` through `peer`, with `token`.
+fn put_2_1(net: &Net, peer: &str, token: &Path, file: &Path) -> std::process::Output {
     let file = file.to_str().unwrap();
-    net.cli(&["put", "--k", "2", "--m", "1", "--peer", peer, file])
+    let token = token.to_str().unwrap();
+    net.cli(&[
+        "put", "--k", "2", "--m", "1", "--peer", peer, "--token", token, file,
+    ])
+}
+
+/// `token issue`: a token for `user` with `ops` over `prefix`, valid for
+/// `days`, written to `out`; returns its revocation ID.
+pub(crate) fn issue_token(
+    key: &Path,
+    fed: &Path,
+    user: &str,
+    ops: &str,
+    prefix: &str,
+    days: &str,
+    out: &Path,
+) -> String {
+    let o = cli_with_key(
+        None,
+        &[
+            "token",
+            "issue",
+            "--site-key",
+            key.to_str().unwrap(),
+            "--federation",
+            fed.to_str().unwrap(),
+            "--user",
+            user,
+            "--ops",
+            ops,
+            "--prefix",
+            prefix,
+            "--days",
+            days,
+            "--out",
+            out.to_str().unwrap(),
+        ],
+    );
+    assert!(o.status.success(), "token issue: {o:?}");
+    String::from_utf8(o.stdout).unwrap().trim().to_string()
 }
 
 fn ids_in(status: &Value) -> Vec<String> {
@@ -239,12 +278,22 @@ fn only_certified_nodes_join_and_only_within_their_ceiling() {
     }
 
     // Objects go to admitted nodes only.
+    let token = root.join("alice.token");
+    issue_token(&key_a, &fed, "alice", "put,get", "", "1", &token);
     let file = root.join("obj.bin");
     std::fs::write(&file, data(3 << 20, 5)).unwrap();
-    let put = put_2_1(&net, &boot, &file);
+    let put = put_2_1(&net, &boot, &token, &file);
     assert!(put.status.success(), "put: {put:?}");
     let id = String::from_utf8(put.stdout).unwrap().trim().to_string();
-    let stat = net.cli(&["stat", "--json", "--peer", &boot, &id]);
+    let stat = net.cli(&[
+        "stat",
+        "--json",
+        "--peer",
+        &boot,
+        "--token",
+        token.to_str().unwrap(),
+        &id,
+    ]);
     assert!(stat.status.success(), "stat: {stat:?}");
     let holders = String::from_utf8_lossy(&stat.stdout).to_string();
     for n in [&none, &alien, &forger, &brief] {
@@ -257,7 +306,7 @@ fn only_certified_nodes_join_and_only_within_their_ceiling() {
     // An unadmitted node as entry peer cannot place shards on members.
     let other_file = root.join("other.bin");
     std::fs::write(&other_file, data(1 << 20, 6)).unwrap();
-    let via_outsider = put_2_1(&net, &none.addr(), &other_file);
+    let via_outsider = put_2_1(&net, &none.addr(), &token, &other_file);
     assert!(
         !via_outsider.status.success(),
         "an outsider stored an object: {via_outsider:?}"
@@ -271,7 +320,7 @@ fn only_certified_nodes_join_and_only_within_their_ceiling() {
         let out = net.cli(&args);
         let err = String::from_utf8_lossy(&out.stderr).to_string();
         assert!(!out.status.success(), "{args:?} was accepted");
-        assert!(err.contains("admitted members"), "{args:?}: {err}");
+        assert!(err.contains("need an admin token"), "{args:?}: {err}");
     }
     let shard = root.join("shard.bin");
     std::fs::write(&shard, b"not from a member").unwrap();
@@ -286,6 +335,8 @@ fn only_certified_nodes_join_and_only_within_their_ceiling() {
         "get",
         "--peer",
         &nodes[1].addr(),
+        "--token",
+        token.to_str().unwrap(),
         &id,
         "-o",
         back.to_str().unwrap(),

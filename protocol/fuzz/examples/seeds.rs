@@ -40,6 +40,7 @@ fn manifest(codec: CodecKind, k: u16, m: u16, size: u64, segment_size: u32) -> M
             name: Some("scan.dcm".into()),
             content_type: Some("application/dicom".into()),
             created_ms: Some(1_700_000_000_000),
+            owner: None,
         },
     );
     for s in 0..g.segment_count(size) {
@@ -75,6 +76,7 @@ fn announcement() -> Announcement {
         software: "0.1.0".into(),
         seq: 7,
         cert: None,
+        revocations: 0,
     }
 }
 
