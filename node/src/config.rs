@@ -101,6 +101,9 @@ pub struct Config {
     /// clients keep most of the throughput.
     #[serde(default = "default_repair_rate")]
     pub repair_rate_bytes_per_sec: u64,
+    /// The byte budget of the node's put and get buffers (default 512 MiB).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_budget_bytes: Option<u64>,
     /// Turns automatic repair off (for experiments that must see data decay).
     #[serde(default = "default_true")]
     pub repair_enabled: bool,
@@ -194,6 +197,7 @@ const HEADER: &str = "\
 # repair_interval_ms       how often responsible objects are checked (default 30000)
 # repair_rate_bytes_per_sec  repair traffic budget (default 64 MiB/s)
 # repair_enabled           automatic repair on/off (default true)
+# memory_budget_bytes      bytes of put and get buffers the node holds at most (default 512 MiB)
 # scrub_interval_ms        how often every shard is re-hashed (default 1 day)
 # tombstone_ttl_ms         how long removals are remembered (default 7 days)
 # admin_listen             HTTP admin API, loopback only (default 127.0.0.1:0; see admin.addr)
@@ -219,6 +223,7 @@ impl Config {
             request_timeout_ms: default_request_timeout_ms(),
             repair_interval_ms: default_repair_interval_ms(),
             repair_rate_bytes_per_sec: default_repair_rate(),
+            memory_budget_bytes: None,
             repair_enabled: true,
             scrub_interval_ms: default_scrub_interval_ms(),
             tombstone_ttl_ms: default_tombstone_ttl_ms(),
@@ -357,6 +362,15 @@ impl Config {
                 0,
                 "a positive number of milliseconds",
             ));
+        }
+        if let Some(b) = self.memory_budget_bytes {
+            if b < 16 << 20 {
+                return Err(field(
+                    "memory_budget_bytes",
+                    b,
+                    "at least 16 MiB (16777216)",
+                ));
+            }
         }
         if self.request_timeout_ms == 0 {
             return Err(field(

@@ -51,6 +51,7 @@ use dynostore_protocol::wire::{
 };
 use dynostore_protocol::{MemberState, NodeId, ObjectId, ShardId};
 
+use crate::limits::IdleStream;
 use crate::metrics::Op;
 use crate::net::{read_frame, write_frame};
 use crate::shared::Shared;
@@ -136,6 +137,23 @@ impl DataError {
     }
 }
 
+/// A client's stream: every read and write must progress within the
+/// node's request timeout.
+type ClientStream = IdleStream<Stream>;
+
+/// How long a client has to send its request after opening a stream.
+pub const CLIENT_HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The memory a put holds for one segment: its bytes and its parity.
+pub fn put_segment_cost(g: &Geometry, len: u64) -> u64 {
+    len + len.div_ceil(u64::from(g.k)) * u64::from(g.m)
+}
+
+/// The memory a get holds for one segment: k shards and the decoded bytes.
+pub fn get_segment_cost(len: u64) -> u64 {
+    2 * len
+}
+
 /// Checks a request against the object's manifest before any work on it:
 /// the client protocol's token check, or [`open_gate`].
 pub(crate) type Gate<'a> = &'a (dyn Fn(&Manifest) -> Result<(), DataError> + Send + Sync);
@@ -190,11 +208,17 @@ impl Access<'_> {
 }
 
 /// Serves one client stream.
-pub(crate) async fn serve_client(mut s: Stream, client: PeerId, shared: Arc<Shared>) {
-    let ClientEnvelope { token, request } = match read_frame(&mut s).await {
-        Ok(r) => r,
-        Err(e) => {
+pub(crate) async fn serve_client(s: Stream, client: PeerId, shared: Arc<Shared>) {
+    let mut s = IdleStream::new(s, shared.net.timeout);
+    let first = tokio::time::timeout(CLIENT_HEADER_TIMEOUT, read_frame(&mut s)).await;
+    let ClientEnvelope { token, request } = match first {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => {
             tracing::debug!(%client, error = %e, "bad client request");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(%client, "no client request within {CLIENT_HEADER_TIMEOUT:?}");
             return;
         }
     };
@@ -247,7 +271,7 @@ fn authenticate<'a>(shared: &'a Shared, token: Option<&[u8]>) -> Result<Access<'
 /// Answers one request; `None` when the answer was streamed.
 async fn answer(
     shared: &Arc<Shared>,
-    s: &mut Stream,
+    s: &mut ClientStream,
     access: &Access<'_>,
     request: ClientRequest,
 ) -> Result<Option<ClientResponse>, DataError> {
@@ -373,12 +397,24 @@ type Written = Vec<(ShardSlot, NodeId)>;
 #[tracing::instrument(skip_all, fields(object = %object.short(), size))]
 async fn put(
     shared: &Arc<Shared>,
-    s: &mut Stream,
+    s: &mut ClientStream,
     object: ObjectId,
     size: u64,
     g: Geometry,
     meta: Metadata,
 ) -> Result<PutReceipt, DataError> {
+    let cost = put_segment_cost(&g, u64::from(g.segment_size));
+    if !shared.memory.fits(cost) {
+        return Err(DataError::BadRequest(format!(
+            "a segment of {} MiB with k={} m={} needs {} MiB of buffers, more than this node's \
+             memory budget of {} MiB: use smaller segments",
+            g.segment_size >> 20,
+            g.k,
+            g.m,
+            cost.div_ceil(1 << 20),
+            shared.memory.bytes() >> 20
+        )));
+    }
     let view = shared.membership().view();
     let n = g.n();
     let alive = view.eligible_count();
@@ -484,7 +520,7 @@ fn receipt(m: &Manifest, replicas: usize, existed: bool) -> PutReceipt {
 #[allow(clippy::too_many_arguments)]
 async fn put_segments(
     shared: &Arc<Shared>,
-    s: &mut Stream,
+    s: &mut ClientStream,
     view: &View,
     object: ObjectId,
     generation: Generation,
@@ -502,6 +538,12 @@ async fn put_segments(
     let result: Result<(), DataError> = async {
         for idx in 0..segments {
             let len = g.segment_len(size, idx) as usize;
+            // Reserved before the bytes are read, released when the
+            // segment is stored (the reservation moves into its task).
+            let reserved = shared
+                .memory
+                .reserve(put_segment_cost(&g, len as u64))
+                .await;
             let mut buf = vec![0u8; len];
             s.read_exact(&mut buf).await?;
             shared.metrics.received(len as u64);
@@ -533,7 +575,9 @@ async fn put_segments(
                     segment: idx,
                     index: 0,
                 };
-                write_segment(&shared, &view, key, owner, shards, usize::from(g.m)).await
+                let r = write_segment(&shared, &view, key, owner, shards, usize::from(g.m)).await;
+                drop(reserved);
+                r
             }));
             if in_flight.len() >= SEGMENTS_IN_FLIGHT {
                 collect_one(&mut in_flight, &mut done, written).await?;
@@ -815,7 +859,7 @@ pub(crate) trait ObjectSink {
 
 /// The client protocol's answer to a get: an `Object` frame, `Data`
 /// chunks, then `End` or `Error`.
-struct StreamSink<'a>(&'a mut Stream);
+struct StreamSink<'a>(&'a mut ClientStream);
 
 impl ObjectSink for StreamSink<'_> {
     async fn begin(&mut self, size: u64, meta: &Metadata) -> Result<(), DataError> {
@@ -874,11 +918,15 @@ pub(crate) async fn get(
             let shared = shared.clone();
             let manifest = manifest.clone();
             let idx = next;
+            let len = manifest.geometry.segment_len(manifest.size, idx as u64);
+            let reserved = shared.memory.reserve(get_segment_cost(len)).await;
             // A task, so that fetching goes on while the client is written to.
+            // The reservation is held until the segment is sent on.
             let task = tokio::spawn(async move {
                 read_segment(&shared, &manifest, idx)
                     .await
                     .map_err(DataError::from)
+                    .map(|r| (r, reserved))
             });
             in_flight.push_back(async move {
                 task.await.unwrap_or_else(|e| {
@@ -891,11 +939,12 @@ pub(crate) async fn get(
             break;
         };
         match result {
-            Ok((bytes, mut skip)) => {
+            Ok(((bytes, mut skip), reserved)) => {
                 hasher.update(&bytes);
                 skipped.append(&mut skip);
                 let len = bytes.len() as u64;
                 sink.data(bytes).await?;
+                drop(reserved);
                 shared.metrics.sent(len);
             }
             Err(e) => {

@@ -30,6 +30,7 @@ pub mod datapath;
 pub mod http;
 pub mod json;
 pub mod keys;
+pub mod limits;
 pub mod manifests;
 pub(crate) mod metrics;
 pub mod net;

@@ -268,6 +268,12 @@ struct InitArgs {
     scrub_interval_ms: Option<u64>,
     #[arg(long)]
     repair_rate_bytes_per_sec: Option<u64>,
+    /// Deadline of requests to other nodes, and the idle deadline of streams.
+    #[arg(long)]
+    request_timeout_ms: Option<u64>,
+    /// Bytes of put and get buffers the node holds at most.
+    #[arg(long)]
+    memory_budget_bytes: Option<u64>,
     /// Create the node with automatic repair off.
     #[arg(long)]
     no_repair: bool,
@@ -838,6 +844,10 @@ fn init(args: InitArgs) -> Result<()> {
     let mut cfg = Config::new(args.listen, args.containers);
     cfg.site = args.site;
     cfg.bootstrap = args.bootstrap;
+    if let Some(v) = args.request_timeout_ms {
+        cfg.request_timeout_ms = v;
+    }
+    cfg.memory_budget_bytes = args.memory_budget_bytes;
     if let Some(v) = args.announce_interval_ms {
         cfg.announce_interval_ms = v;
     }

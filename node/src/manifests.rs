@@ -62,6 +62,14 @@ pub enum ManifestStoreError {
     },
     #[error("manifest stored under {key} describes object {found}")]
     WrongObject { key: ObjectId, found: ObjectId },
+    #[error(
+        "manifest for generation {generation} of {object} changes more than where its shards \
+         are held; refused"
+    )]
+    Changed {
+        object: ObjectId,
+        generation: Generation,
+    },
     #[error(transparent)]
     Index(#[from] IndexError),
     #[error(transparent)]
@@ -71,9 +79,9 @@ pub enum ManifestStoreError {
 impl ManifestStoreError {
     pub fn kind(&self) -> ErrorKind {
         match self {
-            ManifestStoreError::Invalid { .. } | ManifestStoreError::WrongObject { .. } => {
-                ErrorKind::BadRequest
-            }
+            ManifestStoreError::Invalid { .. }
+            | ManifestStoreError::WrongObject { .. }
+            | ManifestStoreError::Changed { .. } => ErrorKind::BadRequest,
             ManifestStoreError::Deleted { .. } => ErrorKind::NotFound,
             ManifestStoreError::Stale { .. } => ErrorKind::BadRequest,
             ManifestStoreError::Index(_) => ErrorKind::Internal,
@@ -224,6 +232,12 @@ impl ManifestStore {
         if let Some(old) = &old {
             if *old == m {
                 return Ok(());
+            }
+            if old.generation == m.generation && !old.same_upload(&m) {
+                return Err(ManifestStoreError::Changed {
+                    object,
+                    generation: m.generation,
+                });
             }
             let (offered, stored) = (m.version(), old.version());
             if offered <= stored {

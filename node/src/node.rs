@@ -59,7 +59,11 @@ use dynostore_protocol::trust::RevocationBytes;
 /// Inbound shard streams served at once; bounds memory to this many shards.
 pub const MAX_INBOUND_STREAMS: usize = 32;
 /// Client operations (put, get, ...) served at once.
-pub const MAX_CLIENT_STREAMS: usize = 16;
+pub const MAX_CLIENT_STREAMS: usize = 32;
+/// Client streams one peer may hold or wait with; more are closed at once.
+pub const MAX_CLIENT_STREAMS_PER_PEER: usize = MAX_CLIENT_STREAMS / 2;
+/// Shard streams one peer may hold or wait with; more are closed at once.
+pub const MAX_INBOUND_STREAMS_PER_PEER: usize = MAX_INBOUND_STREAMS / 2;
 /// Depth of the event loop's command queue.
 const COMMAND_QUEUE: usize = 256;
 /// Most peers dialled per announcement round.
@@ -183,6 +187,10 @@ pub async fn run(
         cfg.tombstone_ttl_ms,
     );
     shared.admission = admission;
+    shared.memory = crate::limits::MemoryBudget::new(
+        cfg.memory_budget_bytes
+            .unwrap_or(crate::shared::DEFAULT_MEMORY_BUDGET),
+    );
     let shared = Arc::new(shared);
     for addr in cfg.listen_addrs() {
         swarm
@@ -334,6 +342,7 @@ fn spawn_servers(
         .accept(net::client_protocol())
         .map_err(|e| NodeError::Setup(e.to_string()))?;
     let permits = Arc::new(Semaphore::new(MAX_INBOUND_STREAMS));
+    let shard_slots = crate::limits::PeerSlots::new(MAX_INBOUND_STREAMS_PER_PEER);
     let s = shared.clone();
     tokio::spawn(async move {
         // Receive and hand off at once: libp2p-stream queues one inbound
@@ -345,7 +354,12 @@ fn spawn_servers(
                 tracing::debug!(%peer, "closed a shard stream from an unadmitted peer");
                 continue;
             }
+            let Some(slot) = shard_slots.try_take(peer) else {
+                tracing::debug!(%peer, "closed a shard stream past the peer's share");
+                continue;
+            };
             tokio::spawn(async move {
+                let _slot = slot;
                 let Ok(permit) = permits.acquire_owned().await else {
                     return;
                 };
@@ -371,11 +385,17 @@ fn spawn_servers(
     });
     // Client operations are long (a whole object); each holds a permit.
     let client_permits = Arc::new(Semaphore::new(MAX_CLIENT_STREAMS));
+    let client_slots = crate::limits::PeerSlots::new(MAX_CLIENT_STREAMS_PER_PEER);
     tokio::spawn(async move {
         while let Some((peer, stream)) = clients.next().await {
             let permits = client_permits.clone();
             let shared = shared.clone();
+            let Some(slot) = client_slots.try_take(peer) else {
+                tracing::debug!(%peer, "closed a client stream past the peer's share");
+                continue;
+            };
             tokio::spawn(async move {
+                let _slot = slot;
                 let Ok(permit) = permits.acquire_owned().await else {
                     return;
                 };

@@ -42,6 +42,8 @@ pub(crate) struct Shared {
     /// Admission by certificate; `None` in a federation without one.
     pub(crate) admission: Option<crate::trust::Admission>,
     pub(crate) dashboard: Dashboard,
+    /// The byte budget of put and get buffers ([`crate::limits`]).
+    pub(crate) memory: crate::limits::MemoryBudget,
 }
 
 /// What this node's announcements report about its traffic and addresses.
@@ -107,6 +109,10 @@ impl RateLimit {
     }
 }
 
+/// The default byte budget of a node's put and get buffers (config
+/// `memory_budget`).
+pub const DEFAULT_MEMORY_BUDGET: u64 = 512 << 20;
+
 impl Shared {
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
@@ -133,6 +139,7 @@ impl Shared {
             metrics: Metrics::new(),
             admission: None,
             dashboard: Dashboard::default(),
+            memory: crate::limits::MemoryBudget::new(DEFAULT_MEMORY_BUDGET),
         }
     }
 

@@ -232,6 +232,27 @@ impl Manifest {
         }
     }
 
+    /// Whether `other` describes the same upload as `self`: the same
+    /// object, generation, size, geometry, metadata (name, owner) and shard
+    /// IDs in the same order. Within one generation only where shards are
+    /// held (and the revision that counts such moves) may change: that is
+    /// all repair and rebalancing ever change, so a replica refuses any
+    /// other change of a generation it holds.
+    pub fn same_upload(&self, other: &Manifest) -> bool {
+        self.object == other.object
+            && self.generation == other.generation
+            && self.size == other.size
+            && self.geometry == other.geometry
+            && self.meta == other.meta
+            && self.segments.len() == other.segments.len()
+            && self.segments.iter().zip(&other.segments).all(|(a, b)| {
+                a.len == b.len
+                    && a.shard_size == b.shard_size
+                    && a.shards.len() == b.shards.len()
+                    && a.shards.iter().zip(&b.shards).all(|(x, y)| x.id == y.id)
+            })
+    }
+
     /// Where this manifest stands among all manifests of its object.
     pub fn version(&self) -> ManifestVersion {
         let h = blake3::hash(&self.encode());
@@ -560,6 +581,27 @@ mod tests {
             Manifest::decode(&vec![0u8; MAX_MANIFEST_BYTES + 1]),
             Err(ManifestError::TooLarge { .. })
         ));
+    }
+
+    #[test]
+    fn only_holders_and_revision_may_change_within_a_generation() {
+        let m = sample(3000, 1000);
+        let mut moved = m.clone();
+        moved.revision += 1;
+        moved.segments[0].shards[0].holder = 1;
+        assert!(m.same_upload(&moved));
+        let mut renamed = m.clone();
+        renamed.meta.name = Some("other".into());
+        assert!(!m.same_upload(&renamed));
+        let mut owned = m.clone();
+        owned.meta.owner = Some("mallory@x".into());
+        assert!(!m.same_upload(&owned));
+        let mut swapped = m.clone();
+        swapped.segments[1].shards[0].id = ShardId::of(b"forged");
+        assert!(!m.same_upload(&swapped));
+        let mut resized = m.clone();
+        resized.size += 1;
+        assert!(!m.same_upload(&resized));
     }
 
     #[test]

@@ -6,6 +6,7 @@ mod encryption;
 mod federation;
 mod frames;
 mod harness;
+mod limits;
 mod membership;
 mod objects;
 mod ownership;

@@ -12,7 +12,15 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::Duration;
 
+use futures::{AsyncReadExt, AsyncWriteExt};
 use serde_json::Value;
+
+use dynostore_node::client::Client;
+use dynostore_node::{keys, net as dnet};
+use dynostore_protocol::wire::{
+    ControlRequest, ControlResponse, ErrorKind, ShardRequest, WireMessage,
+};
+use dynostore_protocol::ObjectId;
 
 use crate::harness::{addrs, cli_with_key, data, wait_all_see, wait_until, Net, NodeProc};
 use crate::trust::{certify, federation_file, init, issue_token, site_init};
@@ -254,6 +262,50 @@ fn tokens_decide_what_each_client_may_do() {
         &["shard", "put", "--peer", a0, shard.to_str().unwrap()],
     );
     assert!(!o.status.success(), "a user stored a raw shard: {o:?}");
+    // Nor, speaking the protocols directly, a shard delete, a deny or a
+    // forged manifest replica.
+    let alice_bytes =
+        dynostore_protocol::token::token_bytes(&std::fs::read_to_string(&alice).unwrap()).unwrap();
+    let object: ObjectId = id.parse().unwrap();
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let psk = keys::load_network_key(&net.key).unwrap();
+        let c = Client::connect(a0.parse().unwrap(), Some(&psk), Duration::from_secs(10))
+            .await
+            .unwrap()
+            .with_token(Some(alice_bytes));
+        for req in [
+            ControlRequest::Delete { slots: Vec::new() },
+            ControlRequest::Deny { peers: Vec::new() },
+            ControlRequest::ManifestStates {
+                objects: vec![object],
+            },
+        ] {
+            match c.control(req.clone()).await.unwrap() {
+                ControlResponse::Error(e) => {
+                    assert_eq!(e.kind, ErrorKind::Forbidden, "{req:?}: {e:?}")
+                }
+                other => panic!("{req:?} was answered: {other:?}"),
+            }
+        }
+        let forged = b"not a manifest".to_vec();
+        let mut s = c
+            .streams()
+            .open_stream(c.peer(), dnet::shard_protocol())
+            .await
+            .unwrap();
+        let header = ShardRequest::PutManifest {
+            object,
+            len: forged.len() as u32,
+        };
+        let _ = s.write_all(&header.to_frame()).await;
+        let _ = s.write_all(&forged).await;
+        let _ = s.flush().await;
+        let mut answer = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut answer)).await;
+        assert!(answer.is_empty(), "a forged manifest was answered");
+    });
+    assert!(get(&net, a0, &alice, &id, &back).status.success());
+
     // Status: members for anyone, addresses only for an operator.
     let s = net.status(a0).unwrap();
     assert!(
