@@ -35,7 +35,8 @@ use futures::stream::FuturesOrdered;
 use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
 use libp2p::{PeerId, Stream};
 
-use dynostore_protocol::erasure::{Encoder, Geometry};
+use dynostore_protocol::durability::{self, Durability};
+use dynostore_protocol::erasure::{Encoder, Geometry, MAX_SEGMENT_SIZE};
 use dynostore_protocol::manifest::{Generation, Manifest, Metadata, ShardRef, ShardSlot};
 use dynostore_protocol::placement::{
     eligible_for_writes, place_stripe_sized, stripe_fits, PlacementError, PlacementKey, View,
@@ -149,13 +150,14 @@ pub(crate) async fn serve_client(mut s: Stream, client: PeerId, shared: Arc<Shar
             m,
             segment_size,
             meta,
+            durability,
         } => {
             let timer = shared.metrics.op(Op::Put);
-            let r = match Geometry::new(codec, k, m, segment_size) {
-                Ok(g) => put(&shared, &mut s, object, size, g, meta)
+            let r = match entry_geometry(&shared, codec, k, m, segment_size, durability) {
+                Ok((g, target)) => put(&shared, &mut s, object, size, g, meta, target)
                     .await
                     .map(ClientResponse::Stored),
-                Err(e) => Err(DataError::BadRequest(e.to_string())),
+                Err(e) => Err(e),
             };
             timer.finish(r.as_ref().err().map(DataError::kind));
             if let Err(e) = &r {
@@ -206,6 +208,66 @@ pub(crate) async fn serve_client(mut s: Stream, client: PeerId, shared: Arc<Shar
     let _ = s.close().await;
 }
 
+/// The geometry of a put: the one the client named, or (for a durability
+/// target, or `k = m = 0` with this site's default target) the cheapest
+/// one [`durability::choose`] finds for the members that can take shards
+/// now, or (`k = m = 0` and no default target) the configured defaults. A
+/// `segment_size` of 0 means `k` MiB. Returns the target written for.
+fn entry_geometry(
+    shared: &Shared,
+    codec: dynostore_protocol::CodecKind,
+    k: u16,
+    m: u16,
+    segment_size: u32,
+    durability: Option<Durability>,
+) -> Result<(Geometry, Option<Durability>), DataError> {
+    let policy = &shared.writes;
+    let target = match durability {
+        Some(t) => Some(t),
+        None if k == 0 && m == 0 => policy.default_durability.map(Durability),
+        None => None,
+    };
+    let (k, m) = match target {
+        Some(t) => {
+            let view = shared.membership().view();
+            let eligible: Vec<_> = view
+                .members()
+                .iter()
+                .filter(|m| eligible_for_writes(m))
+                .collect();
+            let mut sites: Vec<&str> = eligible.iter().map(|m| m.site.as_str()).collect();
+            sites.sort_unstable();
+            sites.dedup();
+            let at = durability::Membership {
+                members: eligible.len(),
+                sites: sites.len(),
+            };
+            let c = durability::choose(t.0, at, &policy.model, policy.max_stripe_shards)
+                .map_err(|e| DataError::BadRequest(e.to_string()))?;
+            tracing::info!(
+                target = t.0,
+                k = c.k,
+                m = c.m,
+                members = at.members,
+                sites = at.sites,
+                nines = c.durability.nines(),
+                "geometry chosen for a durability target"
+            );
+            (c.k, c.m)
+        }
+        None if k == 0 && m == 0 => (policy.default_k, policy.default_m),
+        None => (k, m),
+    };
+    let segment_size = if segment_size == 0 {
+        (u32::from(k) << 20).min(MAX_SEGMENT_SIZE)
+    } else {
+        segment_size
+    };
+    let g = Geometry::new(codec, k, m, segment_size)
+        .map_err(|e| DataError::BadRequest(e.to_string()))?;
+    Ok((g, target))
+}
+
 /// `stat` of one object, counted in the metrics: for the client protocol
 /// and the admin API alike.
 pub(crate) async fn stat_object(
@@ -240,6 +302,7 @@ async fn put(
     size: u64,
     g: Geometry,
     meta: Metadata,
+    target: Option<Durability>,
 ) -> Result<PutReceipt, DataError> {
     let view = shared.membership().view();
     let n = g.n();
@@ -286,6 +349,7 @@ async fn put(
         Ok(segments) => {
             let mut m = Manifest::new(object, size, g, meta);
             m.generation = generation;
+            m.durability_target = target;
             for (idx, holders) in segments.into_iter().enumerate() {
                 let len = g.segment_len(size, idx as u64);
                 let shards: Vec<(ShardId, NodeId)> =
@@ -810,7 +874,8 @@ async fn stat(shared: &Arc<Shared>, object: ObjectId) -> Result<ObjectStat, Data
     let k = usize::from(m.geometry.k);
     let n = m.geometry.n();
     let mut health = Health::Healthy;
-    let segments = m
+    let mut live: Vec<u32> = Vec::with_capacity(m.segments.len());
+    let segments: Vec<SegmentStat> = m
         .segments
         .iter()
         .map(|seg| {
@@ -824,6 +889,9 @@ async fn stat(shared: &Arc<Shared>, object: ObjectId) -> Result<ObjectStat, Data
                 })
                 .collect();
             let good = shards.iter().filter(|s| s.ok).count();
+            let distinct: HashSet<&NodeId> =
+                shards.iter().filter(|s| s.ok).map(|s| &s.holder).collect();
+            live.push(distinct.len() as u32);
             health = health.max(if good >= n {
                 Health::Healthy
             } else if good >= k {
@@ -847,6 +915,11 @@ async fn stat(shared: &Arc<Shared>, object: ObjectId) -> Result<ObjectStat, Data
         meta: m.meta.clone(),
         health,
         segments,
+        durability_target: m.durability_target,
+        durability_now: Some(Durability(
+            durability::object_durability(m.geometry.k, m.geometry.m, &live, &shared.writes.model)
+                .annual(),
+        )),
     })
 }
 

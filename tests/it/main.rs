@@ -16,3 +16,4 @@ mod safety;
 mod shards;
 mod sim_cluster;
 mod trust;
+mod wan;
