@@ -342,3 +342,54 @@ fn four_sites_site_aware_reads_and_durability_targets() {
         assert!(fs::read(&out_file).unwrap() == *bytes, "bytes of {id}");
     }
 }
+
+/// The paper's comparison (`dynostore-sim wan`), short: every system
+/// serves every client site, and under faults each survives what it
+/// promises: DynoStore (3+2 over four sites) and three-way replication
+/// lose nothing with two nodes or one whole site down, the central store
+/// nothing survives the loss of its one server or its site.
+#[test]
+fn the_paper_comparison_runs_and_each_system_survives_its_promise() {
+    use dynostore_sim::cluster::scenario::Workload;
+    use dynostore_sim::wan::{compare, Args};
+    if !on_path("s3s-fs") {
+        panic!("s3s-fs is not installed: scripts/s3s-fs.sh (scripts/test.sh runs it)");
+    }
+    let args = Args {
+        workload: Workload::Medical,
+        seed: 3,
+        objects: Some(4),
+        size_scale: Some(0.05),
+        bin: Some(bin()),
+        json: true,
+        no_faults: false,
+        plot: None,
+    };
+    let r = compare(&args).unwrap();
+    eprintln!("{}", dynostore_sim::wan::table(&r));
+    assert_eq!((r.dynostore_k, r.dynostore_m), (3, 2));
+    for system in ["dynostore", "central", "replication"] {
+        let rows: Vec<_> = r.sites.iter().filter(|s| s.system == system).collect();
+        assert_eq!(rows.len(), 4, "{system}: one row per client site");
+        for row in rows {
+            assert_eq!(row.put.failed + row.get.failed, 0, "{row:?}");
+            assert!(row.get.count > 0 && row.get.p50_ms > 0.0, "{row:?}");
+        }
+    }
+    let ok = |step: usize, system: &str| r.faults[step].read_ok[system];
+    assert_eq!(r.faults.len(), 4);
+    for step in [0, 1] {
+        assert_eq!(ok(step, "dynostore"), 1.0, "{:?}", r.faults[step]);
+        assert_eq!(ok(step, "replication"), 1.0, "{:?}", r.faults[step]);
+        assert_eq!(ok(step, "central"), 0.0, "{:?}", r.faults[step]);
+    }
+    let site = &r.faults[3];
+    assert_eq!(site.read_ok["dynostore"], 1.0, "{site:?}");
+    assert_eq!(site.read_ok["replication"], 1.0, "{site:?}");
+    assert_eq!(site.read_ok["central"], 0.0, "{site:?}");
+}
+
+fn on_path(bin: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(bin).is_file()))
+}
