@@ -304,9 +304,11 @@ struct InitArgs {
 
 #[derive(Debug, Args)]
 struct ConnArgs {
-    /// Multiaddr of any node (the entry peer).
-    #[arg(long, env = "DYNOSTORE_PEER")]
-    peer: Multiaddr,
+    /// Multiaddr of any node (the entry peer). Several (repeated or
+    /// comma-separated): all are dialled and the first to answer is used,
+    /// which is the nearest one (the handshake takes a few round trips).
+    #[arg(long, env = "DYNOSTORE_PEER", required = true, value_delimiter = ',')]
+    peer: Vec<Multiaddr>,
     /// The network's key file.
     #[arg(long, env = "DYNOSTORE_NETWORK_KEY")]
     network_key: Option<PathBuf>,
@@ -321,7 +323,15 @@ impl ConnArgs {
             Some(p) => Some(keys::load_network_key(p)?),
             None => None,
         };
-        Ok(Client::connect(self.peer.clone(), psk.as_ref(), self.timeout()).await?)
+        let timeout = self.timeout();
+        let tries = self
+            .peer
+            .iter()
+            .map(|a| Box::pin(Client::connect(a.clone(), psk.as_ref(), timeout)));
+        // The losers' connections close as their futures are dropped.
+        let first = futures::future::select_ok(tries).await;
+        let (client, _) = first?;
+        Ok(client)
     }
 
     fn timeout(&self) -> Duration {

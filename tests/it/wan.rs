@@ -316,6 +316,41 @@ fn four_sites_site_aware_reads_and_durability_targets() {
         weighted(&b)
     );
 
+    // Given a far and a near peer, the CLI uses the near one as its entry
+    // peer: a get through "d0,a0" is read by a0 (its byte counts grow),
+    // not by d0.
+    let total_read = |n: &WanNode| -> u64 {
+        by_site(&net.status(&n.addr).unwrap())
+            .iter()
+            .map(|(_, b)| b)
+            .sum()
+    };
+    let d0 = nodes.iter().find(|n| n.site == "d").unwrap();
+    let (aware_before, d0_before) = (total_read(aware), total_read(d0));
+    let both = format!("{},{}", d0.addr, aware.addr);
+    let out_file = files.join("nearest");
+    ok(
+        &cli(
+            &net,
+            &matrix,
+            &[
+                "get",
+                "--peer",
+                &both,
+                &objects[0].0,
+                "-o",
+                out_file.to_str().unwrap(),
+            ],
+        ),
+        "get through the nearest of two peers",
+    );
+    assert!(fs::read(&out_file).unwrap() == objects[0].1);
+    assert!(
+        total_read(aware) > aware_before,
+        "a0 was not the entry peer"
+    );
+    assert_eq!(total_read(d0), d0_before, "d0 was the entry peer");
+
     // Site d goes dark: every object is still read whole (k = 3 of 5, at
     // most 2 at one site).
     let aware_addr = aware.addr.clone();
