@@ -21,8 +21,9 @@
 //! direction, one task reads chunks (at most [`CHUNK_BYTES`]) from the
 //! source, reserves their transmission time in the direction's token
 //! bucket, stamps them with `done + delay`, and queues them on a bounded
-//! channel (at most [`CHUNKS_IN_FLIGHT`], which covers the bandwidth-delay
-//! product of 1 Gbit/s over 100 ms); a second task writes each chunk out
+//! channel (at most [`CHUNKS_IN_FLIGHT`], 8 MiB, which covers the
+//! bandwidth-delay product of 1 Gbit/s over a 60 ms one-way delay; a
+//! longer fatter link is capped below its bandwidth); a second task writes each chunk out
 //! when its stamp is reached. Chunks keep their order, so a late chunk
 //! holds back the ones behind it, as in TCP. One bucket per directed site
 //! pair is shared by all connections of the process. With probability
