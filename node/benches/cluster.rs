@@ -647,6 +647,7 @@ async fn small_objects(
                     m: M,
                     segment_size: None,
                     name: Some(format!("small-{i}")),
+                    durability: None,
                 };
                 let client = &clients[i % NODES];
                 let start = Instant::now();

@@ -327,6 +327,7 @@ fn params(name: Option<String>) -> PutParams {
         m: M,
         segment_size: None,
         name,
+        durability: None,
     }
 }
 

@@ -83,9 +83,22 @@ impl Client {
         network_key: Option<&NetworkKey>,
         timeout: Duration,
     ) -> Result<Client, ClientError> {
+        let shaper =
+            crate::wan::Shaper::from_env().map_err(|e| ClientError::Setup(e.to_string()))?;
+        Self::connect_shaped(addr, network_key, timeout, shaper).await
+    }
+
+    /// [`Client::connect`] with the WAN emulation of a client at a given
+    /// site (`None`: not shaped, whatever the environment says).
+    pub async fn connect_shaped(
+        addr: Multiaddr,
+        network_key: Option<&NetworkKey>,
+        timeout: Duration,
+        shaper: Option<std::sync::Arc<crate::wan::Shaper>>,
+    ) -> Result<Client, ClientError> {
         let key = Keypair::generate_ed25519();
-        let transport =
-            net::transport(&key, network_key).map_err(|e| ClientError::Setup(e.to_string()))?;
+        let transport = net::transport_with(&key, network_key, shaper)
+            .map_err(|e| ClientError::Setup(e.to_string()))?;
         let mut swarm = libp2p::SwarmBuilder::with_existing_identity(key)
             .with_tokio()
             .with_other_transport(|_| transport)

@@ -127,6 +127,33 @@ pub struct Config {
     pub default_k: u16,
     #[serde(default = "default_m")]
     pub default_m: u16,
+    /// This site's default annual durability target: a put that names
+    /// neither `k`/`m` nor a target (`k = m = 0` on the wire) gets the
+    /// cheapest geometry that meets it ([`dynostore_protocol::durability`]);
+    /// absent, such a put gets `default_k` + `default_m`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_durability: Option<f64>,
+    /// Annual failure rate assumed for every node when choosing `k` and `m`
+    /// for a durability target (default 0.04, see the durability module).
+    #[serde(default = "default_afr")]
+    pub afr: f64,
+    /// Time until a lost shard is rebuilt, in the durability formula.
+    #[serde(default = "default_repair_window_hours")]
+    pub repair_window_hours: f64,
+    /// Ceiling on `k + m` when choosing for a durability target.
+    #[serde(default = "default_max_stripe_shards")]
+    pub max_stripe_shards: u16,
+    /// Reads ask the cheapest holders first by measured round-trip time
+    /// and transfer rate (off: data shards first, site-blind; for
+    /// comparisons).
+    #[serde(default = "default_true")]
+    pub site_aware_reads: bool,
+    /// WAN emulation for tests and scenarios: a matrix file of sites,
+    /// their loopback addresses and the delay and bandwidth between them
+    /// ([`crate::wan`]). The connections this node dials are shaped from
+    /// its `site`; QUIC is off. Never set in a real deployment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wan_emulation: Option<PathBuf>,
     /// Data containers that hold this node's shards.
     pub containers: Vec<ContainerSpec>,
 }
@@ -144,6 +171,15 @@ fn default_k() -> u16 {
 }
 fn default_m() -> u16 {
     DEFAULT_M
+}
+fn default_afr() -> f64 {
+    dynostore_protocol::durability::DEFAULT_AFR
+}
+fn default_repair_window_hours() -> f64 {
+    dynostore_protocol::durability::DEFAULT_REPAIR_WINDOW_HOURS
+}
+fn default_max_stripe_shards() -> u16 {
+    dynostore_protocol::durability::DEFAULT_MAX_SHARDS
 }
 
 fn default_repair_interval_ms() -> u64 {
@@ -202,6 +238,10 @@ const HEADER: &str = "\
 # tombstone_ttl_ms         how long removals are remembered (default 7 days)
 # admin_listen             HTTP admin API, loopback only (default 127.0.0.1:0; see admin.addr)
 # default_k, default_m     the geometry /health judges writes by (default 4 and 2)
+# default_durability       a put with no k, m or target is written for this annual durability
+# afr, repair_window_hours the failure model of durability targets (default 0.04, 24 h)
+# max_stripe_shards        ceiling on k + m for durability targets (default 20)
+# site_aware_reads         reads ask the cheapest holders by measured RTT first (default true)
 # [[containers]]           where shards are kept: kind = dir | mem | s3 (see README)
 
 ";
@@ -230,6 +270,12 @@ impl Config {
             admin_listen: default_admin_listen(),
             default_k: DEFAULT_K,
             default_m: DEFAULT_M,
+            default_durability: None,
+            afr: default_afr(),
+            repair_window_hours: default_repair_window_hours(),
+            max_stripe_shards: default_max_stripe_shards(),
+            site_aware_reads: true,
+            wan_emulation: None,
             containers,
         }
     }
@@ -405,6 +451,28 @@ impl Config {
                 name,
                 value,
                 &format!("a geometry a put could use ({e})"),
+            ));
+        }
+        if let Some(d) = self.default_durability {
+            if !(d > 0.0 && d < 1.0) {
+                return Err(field("default_durability", d, "a probability in (0, 1)"));
+            }
+        }
+        if !(self.afr > 0.0 && self.afr < 1.0) {
+            return Err(field("afr", self.afr, "a probability in (0, 1)"));
+        }
+        if !(self.repair_window_hours > 0.0 && self.repair_window_hours.is_finite()) {
+            return Err(field(
+                "repair_window_hours",
+                self.repair_window_hours,
+                "a positive number of hours",
+            ));
+        }
+        if self.max_stripe_shards < 2 {
+            return Err(field(
+                "max_stripe_shards",
+                self.max_stripe_shards,
+                "at least 2 (k >= 1 and m >= 1)",
             ));
         }
         if self.containers.is_empty() {

@@ -35,7 +35,8 @@ use futures::stream::FuturesOrdered;
 use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
 use libp2p::{PeerId, Stream};
 
-use dynostore_protocol::erasure::{Encoder, Geometry};
+use dynostore_protocol::durability::{self, Durability};
+use dynostore_protocol::erasure::{Encoder, Geometry, MAX_SEGMENT_SIZE};
 use dynostore_protocol::manifest::{Generation, Manifest, Metadata, ShardRef, ShardSlot};
 use dynostore_protocol::placement::{
     eligible_for_writes, place_stripe_sized, stripe_fits, PlacementError, PlacementKey, View,
@@ -284,6 +285,7 @@ async fn answer(
             m,
             segment_size,
             mut meta,
+            durability,
         } => {
             let timer = shared.metrics.op(Op::Put);
             // The owner is whoever the verified token speaks for, never
@@ -301,11 +303,10 @@ async fn answer(
                     .map(|p| meta.owner = Some(p.to_string()))
                     .map_err(|e| DataError::Forbidden(e.to_string())),
             };
-            let r = match r.and_then(|()| {
-                Geometry::new(codec, k, m, segment_size)
-                    .map_err(|e| DataError::BadRequest(e.to_string()))
-            }) {
-                Ok(g) => put(shared, s, object, size, g, meta)
+            let r = match r
+                .and_then(|()| entry_geometry(shared, codec, k, m, segment_size, durability))
+            {
+                Ok((g, target)) => put(shared, s, object, size, g, meta, target)
                     .await
                     .map(ClientResponse::Stored),
                 Err(e) => Err(e),
@@ -363,6 +364,66 @@ async fn answer(
     }))
 }
 
+/// The geometry of a put: the one the client named, or (for a durability
+/// target, or `k = m = 0` with this site's default target) the cheapest
+/// one [`durability::choose`] finds for the members that can take shards
+/// now, or (`k = m = 0` and no default target) the configured defaults. A
+/// `segment_size` of 0 means `k` MiB. Returns the target written for.
+fn entry_geometry(
+    shared: &Shared,
+    codec: dynostore_protocol::CodecKind,
+    k: u16,
+    m: u16,
+    segment_size: u32,
+    durability: Option<Durability>,
+) -> Result<(Geometry, Option<Durability>), DataError> {
+    let policy = &shared.writes;
+    let target = match durability {
+        Some(t) => Some(t),
+        None if k == 0 && m == 0 => policy.default_durability.map(Durability),
+        None => None,
+    };
+    let (k, m) = match target {
+        Some(t) => {
+            let view = shared.membership().view();
+            let eligible: Vec<_> = view
+                .members()
+                .iter()
+                .filter(|m| eligible_for_writes(m))
+                .collect();
+            let mut sites: Vec<&str> = eligible.iter().map(|m| m.site.as_str()).collect();
+            sites.sort_unstable();
+            sites.dedup();
+            let at = durability::Membership {
+                members: eligible.len(),
+                sites: sites.len(),
+            };
+            let c = durability::choose(t.0, at, &policy.model, policy.max_stripe_shards)
+                .map_err(|e| DataError::BadRequest(e.to_string()))?;
+            tracing::info!(
+                target = t.0,
+                k = c.k,
+                m = c.m,
+                members = at.members,
+                sites = at.sites,
+                nines = c.durability.nines(),
+                "geometry chosen for a durability target"
+            );
+            (c.k, c.m)
+        }
+        None if k == 0 && m == 0 => (policy.default_k, policy.default_m),
+        None => (k, m),
+    };
+    let segment_size = if segment_size == 0 {
+        (u32::from(k) << 20).min(MAX_SEGMENT_SIZE)
+    } else {
+        segment_size
+    };
+    let g = Geometry::new(codec, k, m, segment_size)
+        .map_err(|e| DataError::BadRequest(e.to_string()))?;
+    Ok((g, target))
+}
+
 /// `stat` of one object, counted in the metrics: for the client protocol
 /// and the admin API alike.
 pub(crate) async fn stat_object(
@@ -402,6 +463,7 @@ async fn put(
     size: u64,
     g: Geometry,
     meta: Metadata,
+    target: Option<Durability>,
 ) -> Result<PutReceipt, DataError> {
     let cost = put_segment_cost(&g, u64::from(g.segment_size));
     if !shared.memory.fits(cost) {
@@ -460,6 +522,7 @@ async fn put(
         Ok(segments) => {
             let mut m = Manifest::new(object, size, g, meta);
             m.generation = generation;
+            m.durability_target = target;
             for (idx, holders) in segments.into_iter().enumerate() {
                 let len = g.segment_len(size, idx as u64);
                 let shards: Vec<(ShardId, NodeId)> =
@@ -1005,7 +1068,8 @@ async fn stat(
     let k = usize::from(m.geometry.k);
     let n = m.geometry.n();
     let mut health = Health::Healthy;
-    let segments = m
+    let mut live: Vec<u32> = Vec::with_capacity(m.segments.len());
+    let segments: Vec<SegmentStat> = m
         .segments
         .iter()
         .map(|seg| {
@@ -1019,6 +1083,9 @@ async fn stat(
                 })
                 .collect();
             let good = shards.iter().filter(|s| s.ok).count();
+            let distinct: HashSet<&NodeId> =
+                shards.iter().filter(|s| s.ok).map(|s| &s.holder).collect();
+            live.push(distinct.len() as u32);
             health = health.max(if good >= n {
                 Health::Healthy
             } else if good >= k {
@@ -1042,6 +1109,11 @@ async fn stat(
         meta: m.meta.clone(),
         health,
         segments,
+        durability_target: m.durability_target,
+        durability_now: Some(Durability(
+            durability::object_durability(m.geometry.k, m.geometry.m, &live, &shared.writes.model)
+                .annual(),
+        )),
     })
 }
 

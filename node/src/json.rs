@@ -24,6 +24,8 @@ pub fn stat_json(st: &ObjectStat) -> serde_json::Value {
         "name": st.meta.name,
         "owner": st.meta.owner,
         "health": st.health,
+        "durability_target": st.durability_target.map(|d| d.0),
+        "durability_now": st.durability_now.map(|d| d.0),
         "segments": st.segments.iter().map(|seg| serde_json::json!({
             "len": seg.len,
             "shards": seg.shards.iter().map(|s| serde_json::json!({
@@ -69,6 +71,8 @@ pub fn status_json(r: &StatusReport) -> serde_json::Value {
             "software": m.software,
             "requests_in_flight": m.load.requests_in_flight,
             "bytes_per_sec": m.load.bytes_per_sec,
+            "rtt_ms": m.rtt_ms,
         })).collect::<Vec<_>>(),
+        "read_bytes_by_site": r.read_bytes_by_site,
     })
 }

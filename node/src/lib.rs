@@ -20,6 +20,8 @@
 //!   certificate, admitted peers).
 //! - [`client`]: the command-line client's connection to an entry peer.
 //! - [`crypt`]: client-side encryption (age v1), decryption and sharing.
+//! - [`wan`]: WAN emulation (delay, bandwidth, loss per site pair) in the
+//!   transport, for tests and scenarios only.
 
 pub mod client;
 pub mod config;
@@ -43,3 +45,4 @@ pub(crate) mod shared;
 pub mod store;
 pub mod stripes;
 pub mod trust;
+pub mod wan;

@@ -16,6 +16,7 @@ use dynostore_node::container::ContainerSpec;
 use dynostore_node::json::{list_json, stat_json, status_json};
 use dynostore_node::objects::{self, Output, Progress, PutParams};
 use dynostore_node::{crypt, keys, node, shard_proto};
+use dynostore_protocol::durability::Durability;
 use dynostore_protocol::erasure::CodecKind;
 use dynostore_protocol::wire::{
     ClientRequest, ClientResponse, ControlRequest, ControlResponse, StatusReport,
@@ -120,12 +121,19 @@ struct PutArgs {
     /// Store every file under the directory, each named by its relative path.
     #[arg(short = 'r', long)]
     recursive: bool,
-    /// Data shards per stripe.
-    #[arg(long, default_value_t = DEFAULT_K)]
-    k: u16,
-    /// Parity shards per stripe: the number of node losses survived.
-    #[arg(long, default_value_t = DEFAULT_M)]
-    m: u16,
+    /// Data shards per stripe (default: the entry peer's choice, see
+    /// --durability; its default_k, 4 unless configured).
+    #[arg(long, conflicts_with = "durability")]
+    k: Option<u16>,
+    /// Parity shards per stripe: the number of node losses survived
+    /// (default: the entry peer's choice; its default_m, 2 unless configured).
+    #[arg(long, conflicts_with = "durability")]
+    m: Option<u16>,
+    /// Annual durability target, e.g. 0.999999: the entry peer picks the
+    /// k and m with the least overhead that meet it for the members and
+    /// sites it sees (default: the entry peer's site default, if any).
+    #[arg(long, env = "DYNOSTORE_DURABILITY")]
+    durability: Option<f64>,
     /// Erasure codec: reed-solomon-simd or reed-solomon-novelpoly.
     #[arg(long, default_value = "reed-solomon-simd")]
     codec: CodecKind,
@@ -285,13 +293,28 @@ struct InitArgs {
     default_k: Option<u16>,
     #[arg(long)]
     default_m: Option<u16>,
+    /// This site's default annual durability target for puts that name
+    /// no k, m or target.
+    #[arg(long)]
+    default_durability: Option<f64>,
+    /// Annual failure rate of a node, for durability targets (default 0.04).
+    #[arg(long)]
+    afr: Option<f64>,
+    /// WAN emulation matrix (tests and scenarios only; absolute path).
+    #[arg(long)]
+    wan_emulation: Option<PathBuf>,
+    /// Reads take data shards first whatever their site (for comparisons).
+    #[arg(long)]
+    site_blind_reads: bool,
 }
 
 #[derive(Debug, Args)]
 pub(crate) struct ConnArgs {
-    /// Multiaddr of any node (the entry peer).
-    #[arg(long, env = "DYNOSTORE_PEER")]
-    peer: Multiaddr,
+    /// Multiaddr of any node (the entry peer). Several (repeated or
+    /// comma-separated): all are dialled and the first to answer is used,
+    /// which is the nearest one (the handshake takes a few round trips).
+    #[arg(long, env = "DYNOSTORE_PEER", required = true, value_delimiter = ',')]
+    peer: Vec<Multiaddr>,
     /// The network's key file.
     #[arg(long, env = "DYNOSTORE_NETWORK_KEY")]
     network_key: Option<PathBuf>,
@@ -316,12 +339,16 @@ impl ConnArgs {
             Some(p) => Some(keys::load_network_key(p)?),
             None => None,
         };
+        let timeout = self.timeout();
+        let tries = self
+            .peer
+            .iter()
+            .map(|a| Box::pin(Client::connect(a.clone(), psk.as_ref(), timeout)));
+        // The losers' connections close as their futures are dropped.
+        let first = futures::future::select_ok(tries).await;
+        let (client, _) = first?;
         let token = self.token.as_deref().map(load_token).transpose()?;
-        Ok(
-            Client::connect(self.peer.clone(), psk.as_ref(), self.timeout())
-                .await?
-                .with_token(token),
-        )
+        Ok(client.with_token(token))
     }
 
     fn timeout(&self) -> Duration {
@@ -615,15 +642,26 @@ async fn put(args: PutArgs) -> Result<()> {
     let targets = put_targets(&args)?;
     let total = targets.len();
     let recipients = put_recipients(&args)?;
+    // Neither k, m nor a target: k = m = 0, the entry peer's defaults.
+    let (k, m) = match (args.k, args.m) {
+        (None, None) => (0, 0),
+        (k, m) => (k.unwrap_or(DEFAULT_K), m.unwrap_or(DEFAULT_M)),
+    };
+    let durability = args
+        .durability
+        .map(Durability::target)
+        .transpose()
+        .context("--durability")?;
     let client = args.conn.connect().await?;
     let mut failures = 0;
     for (path, name) in targets {
         let params = PutParams {
             codec: args.codec,
-            k: args.k,
-            m: args.m,
+            k,
+            m,
             segment_size: args.segment_size,
             name: Some(name.clone()),
+            durability,
         };
         let mut bar = Bar::new(args.json, &name);
         let r = if recipients.is_empty() {
@@ -725,6 +763,7 @@ async fn share(args: ShareArgs) -> Result<()> {
         m: DEFAULT_M,
         segment_size: None,
         name: args.name.clone(),
+        durability: None,
     };
     let client = args.conn.connect().await?;
     let s = crypt::share(&client, object, &identities, &recipients, &params).await?;
@@ -768,6 +807,12 @@ async fn stat(id: &str, json: bool, conn: ConnArgs) -> Result<()> {
         human_bytes(u64::from(st.segment_size))
     );
     println!("segments {}", st.segments.len());
+    if let Some(t) = st.durability_target {
+        println!("target   {t} per year");
+    }
+    if let Some(d) = st.durability_now {
+        println!("durable  {d} per year by its current holders");
+    }
     println!(
         "health   {}",
         serde_json::to_value(st.health)?.as_str().unwrap_or("?")
@@ -876,6 +921,12 @@ fn init(args: InitArgs) -> Result<()> {
     if let Some(v) = args.default_m {
         cfg.default_m = v;
     }
+    cfg.default_durability = args.default_durability;
+    if let Some(v) = args.afr {
+        cfg.afr = v;
+    }
+    cfg.wan_emulation = args.wan_emulation;
+    cfg.site_aware_reads = !args.site_blind_reads;
     if let Some(key) = &args.network_key {
         // Check it before copying it next to the node.
         let psk = keys::load_network_key(key)?;

@@ -12,6 +12,7 @@
 //! reading or allocating anything.
 
 use std::io;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::Either;
@@ -19,12 +20,14 @@ use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use libp2p::core::muxing::StreamMuxerBox;
 use libp2p::core::transport::{Boxed, Transport as _};
 use libp2p::core::upgrade::Version;
+use libp2p::core::ConnectedPoint;
 use libp2p::identity::Keypair;
 use libp2p::request_response::{self, ProtocolSupport, ResponseChannel};
 use libp2p::{noise, tcp, yamux, PeerId, StreamProtocol};
 use tokio::sync::oneshot;
 
 use crate::keys::NetworkKey;
+use crate::wan::{self, Compat, Shaper};
 use dynostore_protocol::wire::{
     ControlRequest, ControlResponse, WireMessage, CLIENT_PROTOCOL, CONTROL_PROTOCOL, SHARD_PROTOCOL,
 };
@@ -35,25 +38,44 @@ use dynostore_protocol::wire::{
 pub enum NetError {
     #[error("noise configuration failed: {0}")]
     Noise(#[from] noise::Error),
+    #[error(transparent)]
+    Wan(#[from] crate::wan::WanError),
 }
 
-/// The authenticated, multiplexed transport for a node or a client.
+/// The authenticated, multiplexed transport for a client: shaped by the
+/// WAN matrix of [`crate::wan::WAN_ENV`] when that is set.
 pub fn transport(
     key: &Keypair,
     network_key: Option<&NetworkKey>,
+) -> Result<Boxed<(PeerId, StreamMuxerBox)>, NetError> {
+    let shaper = crate::wan::Shaper::from_env()?;
+    transport_with(key, network_key, shaper)
+}
+
+/// The authenticated, multiplexed transport; with a shaper, the TCP
+/// connections it dials are shaped ([`crate::wan`]) and QUIC is off.
+pub fn transport_with(
+    key: &Keypair,
+    network_key: Option<&NetworkKey>,
+    shaper: Option<Arc<Shaper>>,
 ) -> Result<Boxed<(PeerId, StreamMuxerBox)>, NetError> {
     let tcp_cfg = tcp::Config::default().nodelay(true);
     let mut noise = noise::Config::new(key)?;
     if let Some(nk) = network_key {
         noise = noise.with_prologue(nk.noise_prologue());
     }
+    let shaped = shaper.is_some();
     let tcp = tcp::tokio::Transport::new(tcp_cfg)
+        .map(move |s, endpoint| match (&shaper, endpoint) {
+            (Some(sh), ConnectedPoint::Dialer { address, .. }) => Compat(sh.wrap(s.0, &address)),
+            _ => Compat(wan::Either::Plain(s.0)),
+        })
         .upgrade(Version::V1Lazy)
         .authenticate(noise)
         .multiplex(yamux::Config::default())
         .map(|(peer, muxer), _| (peer, StreamMuxerBox::new(muxer)))
         .boxed();
-    if network_key.is_some() {
+    if network_key.is_some() || shaped {
         return Ok(tcp);
     }
     let quic = libp2p::quic::tokio::Transport::new(libp2p::quic::Config::new(key))

@@ -36,7 +36,7 @@ use libp2p::metrics::Recorder;
 use libp2p::request_response::{self, OutboundRequestId, ResponseChannel};
 use libp2p::swarm::dial_opts::DialOpts;
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
-use libp2p::{allow_block_list, identify, Multiaddr, PeerId, StreamProtocol, Swarm};
+use libp2p::{allow_block_list, identify, ping, Multiaddr, PeerId, StreamProtocol, Swarm};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use dynostore_protocol::membership::{Membership, Timeouts};
@@ -64,6 +64,9 @@ pub const MAX_CLIENT_STREAMS: usize = 32;
 pub const MAX_CLIENT_STREAMS_PER_PEER: usize = MAX_CLIENT_STREAMS / 2;
 /// Shard streams one peer may hold or wait with; more are closed at once.
 pub const MAX_INBOUND_STREAMS_PER_PEER: usize = MAX_INBOUND_STREAMS / 2;
+/// How often each connection is pinged (its round-trip time feeds
+/// site-aware reads).
+pub const PING_INTERVAL: Duration = Duration::from_secs(2);
 /// Depth of the event loop's command queue.
 const COMMAND_QUEUE: usize = 256;
 /// Most peers dialled per announcement round.
@@ -116,6 +119,8 @@ struct NodeBehaviour {
     gossipsub: gossipsub::Behaviour,
     control: ControlBehaviour,
     stream: libp2p_stream::Behaviour,
+    /// Round-trip times to connected members, for site-aware reads.
+    ping: ping::Behaviour,
 }
 
 /// Runs the node in `dir` until `shutdown` completes or a signal arrives.
@@ -191,6 +196,17 @@ pub async fn run(
         cfg.memory_budget_bytes
             .unwrap_or(crate::shared::DEFAULT_MEMORY_BUDGET),
     );
+    shared.paths.site_aware = cfg.site_aware_reads;
+    shared.writes = crate::shared::WritePolicy {
+        default_k: cfg.default_k,
+        default_m: cfg.default_m,
+        default_durability: cfg.default_durability,
+        model: dynostore_protocol::durability::FailureModel {
+            afr: cfg.afr,
+            repair_window_hours: cfg.repair_window_hours,
+        },
+        max_stripe_shards: cfg.max_stripe_shards,
+    };
     let shared = Arc::new(shared);
     for addr in cfg.listen_addrs() {
         swarm
@@ -290,7 +306,16 @@ fn build_swarm(
     network_key: Option<&keys::NetworkKey>,
     cfg: &Config,
 ) -> Result<Swarm<NodeBehaviour>, NodeError> {
-    let transport = net::transport(key, network_key)?;
+    let shaper = match &cfg.wan_emulation {
+        Some(path) => {
+            let matrix = crate::wan::Matrix::load(path).map_err(net::NetError::from)?;
+            let shaper = crate::wan::Shaper::new(matrix, &cfg.site).map_err(net::NetError::from)?;
+            tracing::warn!(matrix = %path.display(), site = %cfg.site, "WAN emulation on: dialed connections are delayed and paced");
+            Some(std::sync::Arc::new(shaper))
+        }
+        None => None,
+    };
+    let transport = net::transport_with(key, network_key, shaper)?;
     let timeout = cfg.request_timeout();
     let interval = cfg.announce_interval();
     let swarm = libp2p::SwarmBuilder::with_existing_identity(key.clone())
@@ -323,6 +348,11 @@ fn build_swarm(
                 gossipsub,
                 control: net::control_behaviour(timeout, true),
                 stream: libp2p_stream::Behaviour::new(),
+                ping: ping::Behaviour::new(
+                    ping::Config::new()
+                        .with_interval(PING_INTERVAL)
+                        .with_timeout(timeout),
+                ),
             })
         })
         .map_err(|e| NodeError::Setup(e.to_string()))?
@@ -680,6 +710,13 @@ impl EventLoop {
             }
             NodeBehaviourEvent::Gossipsub(gossipsub::Event::Message { message, .. }) => {
                 self.on_announcement(message);
+            }
+            NodeBehaviourEvent::Ping(ping::Event {
+                peer,
+                result: Ok(rtt),
+                ..
+            }) => {
+                self.shared.paths.record_rtt(&net::node_id(&peer), rtt);
             }
             NodeBehaviourEvent::Control(request_response::Event::Message {
                 peer,

@@ -13,6 +13,7 @@ use futures::{AsyncReadExt, AsyncWriteExt};
 use libp2p::Stream;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
+use dynostore_protocol::durability::Durability;
 use dynostore_protocol::erasure::{CodecKind, Geometry, MAX_SEGMENT_SIZE};
 use dynostore_protocol::manifest::Metadata;
 use dynostore_protocol::wire::{
@@ -76,6 +77,10 @@ pub struct PutParams {
     /// `None`: k MiB, so that shards are 1 MiB.
     pub segment_size: Option<u32>,
     pub name: Option<String>,
+    /// An annual durability target: the entry peer chooses `k` and `m`
+    /// (those above are ignored). `None` with `k = m = 0`: the entry
+    /// peer's defaults (its site's default target, else its default k, m).
+    pub durability: Option<Durability>,
 }
 
 impl PutParams {
@@ -85,6 +90,25 @@ impl PutParams {
             .unwrap_or_else(|| (u32::from(self.k) << 20).min(MAX_SEGMENT_SIZE));
         Geometry::new(self.codec, self.k, self.m, seg)
             .map_err(|e| ObjectError::Params(e.to_string()))
+    }
+
+    /// Whether the entry peer chooses the geometry.
+    fn entry_chooses(&self) -> bool {
+        self.durability.is_some() || (self.k == 0 && self.m == 0)
+    }
+
+    /// The request's `(codec, k, m, segment_size)`: checked here when the
+    /// client names the geometry; else `k = m = 0` and a segment size of 0
+    /// (k MiB at the entry peer) unless one was given.
+    fn request_geometry(&self) -> Result<(CodecKind, u16, u16, u32), ObjectError> {
+        if self.entry_chooses() {
+            if let Some(d) = self.durability {
+                Durability::target(d.0).map_err(|e| ObjectError::Params(e.to_string()))?;
+            }
+            return Ok((self.codec, 0, 0, self.segment_size.unwrap_or(0)));
+        }
+        let g = self.geometry()?;
+        Ok((g.codec, g.k, g.m, g.segment_size))
     }
 }
 
@@ -149,7 +173,7 @@ pub async fn put_file(
     params: &PutParams,
     progress: &mut dyn Progress,
 ) -> Result<PutReceipt, ObjectError> {
-    let g = params.geometry()?;
+    let (codec, k, m, segment_size) = params.request_geometry()?;
     let (object, size) = hash_file(path, &mut NoProgress).await?;
     progress.set_len(size);
     let mut s = open(client).await?;
@@ -165,11 +189,12 @@ pub async fn put_file(
     let req = ClientRequest::Put {
         object,
         size,
-        codec: g.codec,
-        k: g.k,
-        m: g.m,
-        segment_size: g.segment_size,
+        codec,
+        k,
+        m,
+        segment_size,
         meta,
+        durability: params.durability,
     };
     send_request(&mut s, client, req).await?;
     match read_frame::<ClientResponse, _>(&mut s).await? {

@@ -10,6 +10,7 @@
 //! module reaches into another's part: operations on members go through
 //! [`Shared::peers`].
 
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
@@ -44,6 +45,119 @@ pub(crate) struct Shared {
     pub(crate) dashboard: Dashboard,
     /// The byte budget of put and get buffers ([`crate::limits`]).
     pub(crate) memory: crate::limits::MemoryBudget,
+    /// How the entry peer picks a geometry for a put that does not name one.
+    pub(crate) writes: WritePolicy,
+    /// Measured paths to members, for site-aware reads.
+    pub(crate) paths: Paths,
+}
+
+/// Round-trip times (libp2p ping) and transfer rates (shard fetches) to
+/// members, and the shard bytes reads took from each site.
+#[derive(Debug)]
+pub(crate) struct Paths {
+    /// Off: reads ignore costs (site-blind, data shards first).
+    pub(crate) site_aware: bool,
+    table: Mutex<HashMap<NodeId, PathStats>>,
+    read_by_site: Mutex<BTreeMap<String, u64>>,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct PathStats {
+    /// Smoothed round-trip time.
+    rtt_ms: Option<f64>,
+    /// Smoothed milliseconds per byte of a shard fetch beyond one RTT.
+    ms_per_byte: Option<f64>,
+}
+
+/// Weight of a new sample in the smoothed figures.
+const EWMA: f64 = 0.3;
+
+fn smooth(old: Option<f64>, new: f64) -> f64 {
+    old.map_or(new, |o| o + EWMA * (new - o))
+}
+
+impl Default for Paths {
+    fn default() -> Self {
+        Paths {
+            site_aware: true,
+            table: Mutex::new(HashMap::new()),
+            read_by_site: Mutex::new(BTreeMap::new()),
+        }
+    }
+}
+
+impl Paths {
+    pub(crate) fn record_rtt(&self, node: &NodeId, rtt: Duration) {
+        let mut t = self.table.lock().unwrap_or_else(PoisonError::into_inner);
+        let e = t.entry(node.clone()).or_default();
+        e.rtt_ms = Some(smooth(e.rtt_ms, rtt.as_secs_f64() * 1e3));
+    }
+
+    /// A verified shard of `bytes` came from `node` (at `site`) in `elapsed`.
+    pub(crate) fn record_fetch(&self, node: &NodeId, site: &str, bytes: usize, elapsed: Duration) {
+        {
+            let mut t = self.table.lock().unwrap_or_else(PoisonError::into_inner);
+            let e = t.entry(node.clone()).or_default();
+            if bytes >= 4096 {
+                let beyond = (elapsed.as_secs_f64() * 1e3 - e.rtt_ms.unwrap_or(0.0)).max(0.0);
+                e.ms_per_byte = Some(smooth(e.ms_per_byte, beyond / bytes as f64));
+            }
+        }
+        let mut r = self
+            .read_by_site
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        *r.entry(site.to_string()).or_default() += bytes as u64;
+    }
+
+    pub(crate) fn rtt_ms(&self, node: &NodeId) -> Option<u32> {
+        let t = self.table.lock().unwrap_or_else(PoisonError::into_inner);
+        t.get(node).and_then(|e| e.rtt_ms).map(|r| r.round() as u32)
+    }
+
+    /// The estimated time to fetch `bytes` from `node`: its RTT plus the
+    /// transfer at its measured rate; `None` without an RTT, or when reads
+    /// are site-blind.
+    pub(crate) fn cost_ms(&self, node: &NodeId, bytes: u32) -> Option<u32> {
+        if !self.site_aware {
+            return None;
+        }
+        let t = self.table.lock().unwrap_or_else(PoisonError::into_inner);
+        let e = t.get(node)?;
+        let rtt = e.rtt_ms?;
+        let transfer = e.ms_per_byte.unwrap_or(0.0) * f64::from(bytes);
+        Some((rtt + transfer).round().min(f64::from(u32::MAX)) as u32)
+    }
+
+    pub(crate) fn read_by_site(&self) -> BTreeMap<String, u64> {
+        self.read_by_site
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+}
+
+/// The entry peer's defaults for puts (config `default_k`, `default_m`,
+/// `default_durability` and the durability failure model).
+#[derive(Debug, Clone)]
+pub(crate) struct WritePolicy {
+    pub(crate) default_k: u16,
+    pub(crate) default_m: u16,
+    pub(crate) default_durability: Option<f64>,
+    pub(crate) model: dynostore_protocol::durability::FailureModel,
+    pub(crate) max_stripe_shards: u16,
+}
+
+impl Default for WritePolicy {
+    fn default() -> Self {
+        WritePolicy {
+            default_k: crate::config::DEFAULT_K,
+            default_m: crate::config::DEFAULT_M,
+            default_durability: None,
+            model: Default::default(),
+            max_stripe_shards: dynostore_protocol::durability::DEFAULT_MAX_SHARDS,
+        }
+    }
 }
 
 /// What this node's announcements report about its traffic and addresses.
@@ -140,6 +254,8 @@ impl Shared {
             admission: None,
             dashboard: Dashboard::default(),
             memory: crate::limits::MemoryBudget::new(DEFAULT_MEMORY_BUDGET),
+            writes: WritePolicy::default(),
+            paths: Paths::default(),
         }
     }
 
@@ -220,6 +336,7 @@ impl Shared {
                     },
                     seq: a.seq,
                     volatile: a.is_volatile(),
+                    rtt_ms: self.paths.rtt_ms(id),
                 }
             })
             .collect();
@@ -229,6 +346,7 @@ impl Shared {
             shards_stored: self.store.shard_count(),
             members,
             repair: self.repair_report(),
+            read_bytes_by_site: self.paths.read_by_site(),
         }
     }
 }

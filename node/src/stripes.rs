@@ -46,8 +46,10 @@ pub enum StripeError {
 }
 
 /// Fetches any `k` verified shards of segment `idx` and decodes it, as
-/// [`StripeRead`] directs: data shards first, live and lightly loaded
-/// holders first, a failed request replaced by the next candidate, one
+/// [`StripeRead`] directs: the cheapest holders by measured round-trip
+/// time and transfer rate first (parity from a near site before data from
+/// a far one), else data shards first, live and lightly loaded holders
+/// first, a failed request replaced by the next candidate, one
 /// hedged extra request after [`HEDGE_AFTER_MS`].
 pub(crate) async fn read_segment(
     shared: &Arc<Shared>,
@@ -72,7 +74,15 @@ pub(crate) async fn read_segment(
                 .get(n)
                 .map_or(u32::MAX, |e| e.announcement.load.requests_in_flight)
         };
-        StripeRead::for_segment(m, idx, &view, load, shared.now_ms(), HEDGE_AFTER_MS)
+        // This node's own shards cost nothing to fetch.
+        let cost = |n: &NodeId, bytes: u32| {
+            if *n == shared.local && shared.paths.site_aware {
+                Some(0)
+            } else {
+                shared.paths.cost_ms(n, bytes)
+            }
+        };
+        StripeRead::for_segment_costed(m, idx, &view, load, cost, shared.now_ms(), HEDGE_AFTER_MS)
             .map_err(|e| StripeError::Setup(e.to_string()))?
     };
     let mut skipped: Vec<SkippedShard> = down
@@ -87,8 +97,9 @@ pub(crate) async fn read_segment(
             ReadStep::Fetch { slot, holder } => {
                 let id = seg.shards[usize::from(slot)].id;
                 pending.push(async move {
+                    let t0 = std::time::Instant::now();
                     let r = peers.get_shard(&holder, id).await;
-                    (slot, holder, r)
+                    (slot, holder, r, t0.elapsed())
                 });
                 continue;
             }
@@ -105,12 +116,20 @@ pub(crate) async fn read_segment(
                 }
             }
         };
-        let Some((slot, holder, r)) = answer else {
+        let Some((slot, holder, r, elapsed)) = answer else {
             // Nothing in flight and nothing to ask: the read cannot finish.
             return Err(unreadable(idx, read.found(), usize::from(g.k), &skipped));
         };
         match r {
             Ok(bytes) => {
+                let site = shared
+                    .membership()
+                    .get(&holder)
+                    .map(|e| e.announcement.site.clone())
+                    .unwrap_or_default();
+                shared
+                    .paths
+                    .record_fetch(&holder, &site, bytes.len(), elapsed);
                 got[usize::from(slot)] = Some(bytes);
                 read.on_ok(slot);
             }

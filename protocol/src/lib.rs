@@ -7,6 +7,8 @@
 //! thousands of virtual nodes.
 //!
 //! - [`ids`]: `ObjectId`, `ShardId`, `NodeId`.
+//! - [`durability`]: reliability targets: the cheapest `(k, m)` that meets
+//!   an annual durability, in closed form.
 //! - [`erasure`]: segment geometry and the two Reed-Solomon codecs.
 //! - [`manifest`]: the versioned CBOR manifest of an object.
 //! - [`membership`]: the alive/suspect/down view, driven by announcements and time.
@@ -21,6 +23,7 @@
 //! - [`trust`]: site admin keys, the federation's sites, node certificates.
 //! - [`wire`]: the node protocols' messages, limits and framing.
 
+pub mod durability;
 pub mod erasure;
 pub mod ids;
 pub mod manifest;

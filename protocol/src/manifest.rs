@@ -15,6 +15,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::durability::Durability;
 use crate::erasure::{ErasureError, Geometry};
 use crate::ids::{NodeId, ObjectId, ShardId};
 
@@ -213,6 +214,11 @@ pub struct Manifest {
     /// The upload this manifest describes; fixed for its lifetime.
     #[serde(default)]
     pub generation: Generation,
+    /// The annual durability the entry peer chose `k` and `m` for
+    /// (`put --durability`, [`crate::durability::choose`]); absent when
+    /// the writer was given `k` and `m`, and left out of the encoding then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub durability_target: Option<Durability>,
 }
 
 impl Manifest {
@@ -229,6 +235,7 @@ impl Manifest {
             meta,
             revision: 0,
             generation: Generation::default(),
+            durability_target: None,
         }
     }
 

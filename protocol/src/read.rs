@@ -16,6 +16,16 @@
 //! only for bytes verified against the shard's ID. It is done with `k`
 //! distinct verified shards, and fails only when fewer than `k` remain
 //! possible. Time is an argument.
+//!
+//! Site-aware reads: the caller may give each candidate an estimated cost
+//! (`cost_ms`: the time to fetch the shard from its holder, from measured
+//! round-trip times and transfer rates). Candidates with a cost come
+//! first, cheapest first, a parity shard's cost raised by
+//! [`PARITY_DECODE_MS`] (decoding is needed once a parity shard is used):
+//! a parity shard from a near site goes before a data shard from a far one
+//! when that is cheaper. The `k` first requests go to the `k` cheapest
+//! candidates and the hedge to the next cheapest. Candidates without a
+//! cost follow in the site-blind order: data first, then by rank.
 
 use crate::ids::NodeId;
 use crate::manifest::Manifest;
@@ -23,6 +33,8 @@ use crate::placement::{MemberState, View};
 
 /// Extra requests sent beyond `k` once the hedge time has passed.
 pub const HEDGE: usize = 1;
+/// What using a parity shard adds to its cost: the decode it forces.
+pub const PARITY_DECODE_MS: u32 = 2;
 
 /// Why a read cannot be set up.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -53,6 +65,27 @@ pub struct Candidate {
     pub slot: u16,
     pub holder: NodeId,
     pub rank: HolderRank,
+    /// Estimated time to fetch it; `None`: unknown (site-blind order).
+    pub cost_ms: Option<u32>,
+}
+
+impl Candidate {
+    /// The key candidates are tried in (see the module header).
+    fn order_key(&self, k: usize) -> (u64, bool, HolderRank, u16) {
+        let parity = usize::from(self.slot) >= k;
+        let cost = match self.cost_ms {
+            Some(c) => {
+                u64::from(c)
+                    + if parity {
+                        u64::from(PARITY_DECODE_MS)
+                    } else {
+                        0
+                    }
+            }
+            None => u64::MAX,
+        };
+        (cost, parity, self.rank, self.slot)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -106,7 +139,7 @@ impl StripeRead {
                 list.push((c, State::Queued));
             }
         }
-        list.sort_by_key(|(c, _)| (usize::from(c.slot) >= k, c.rank, c.slot));
+        list.sort_by_key(|(c, _)| c.order_key(k));
         Ok(StripeRead {
             k,
             candidates: list,
@@ -123,6 +156,22 @@ impl StripeRead {
         segment: usize,
         view: &View,
         load: impl Fn(&NodeId) -> u32,
+        now_ms: u64,
+        hedge_after_ms: u64,
+    ) -> Result<(Self, Vec<(u16, NodeId)>), ReadError> {
+        Self::for_segment_costed(m, segment, view, load, |_, _| None, now_ms, hedge_after_ms)
+    }
+
+    /// [`StripeRead::for_segment`], site-aware: `cost(holder, shard_bytes)`
+    /// estimates the fetch of a shard from an alive holder (suspect and
+    /// unknown holders get no cost).
+    #[allow(clippy::too_many_arguments)]
+    pub fn for_segment_costed(
+        m: &Manifest,
+        segment: usize,
+        view: &View,
+        load: impl Fn(&NodeId) -> u32,
+        cost: impl Fn(&NodeId, u32) -> Option<u32>,
         now_ms: u64,
         hedge_after_ms: u64,
     ) -> Result<(Self, Vec<(u16, NodeId)>), ReadError> {
@@ -144,10 +193,15 @@ impl StripeRead {
                 }
                 None => HolderRank::Unknown,
             };
+            let cost_ms = match rank {
+                HolderRank::Alive { .. } => cost(holder, seg.shard_size),
+                _ => None,
+            };
             candidates.push(Candidate {
                 slot,
                 holder: holder.clone(),
                 rank,
+                cost_ms,
             });
         }
         let read = StripeRead::new(
@@ -247,6 +301,7 @@ mod tests {
                 slot: i,
                 holder: node(i as u8),
                 rank: HolderRank::Alive { load: 0 },
+                cost_ms: None,
             })
             .collect()
     }

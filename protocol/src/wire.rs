@@ -27,6 +27,7 @@
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use crate::durability::Durability;
 use crate::erasure::{CodecKind, MAX_SEGMENT_SIZE};
 use crate::ids::{NodeId, ObjectId, ShardId};
 use crate::manifest::{
@@ -555,6 +556,9 @@ pub struct MemberReport {
     /// Its shards may be held in memory ([`Announcement::is_volatile`]).
     #[serde(default)]
     pub volatile: bool,
+    /// Round-trip time from the reporting node, smoothed (libp2p ping).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rtt_ms: Option<u32>,
 }
 
 /// A node's own state and its membership view.
@@ -566,6 +570,10 @@ pub struct StatusReport {
     pub members: Vec<MemberReport>,
     #[serde(default)]
     pub repair: RepairReport,
+    /// Shard bytes this node's reads (as an entry peer) took from each
+    /// site, since it started.
+    #[serde(default)]
+    pub read_bytes_by_site: std::collections::BTreeMap<String, u64>,
 }
 
 /// A node's repair and scrub counters.
@@ -715,6 +723,11 @@ pub enum ClientRequest {
         m: u16,
         segment_size: u32,
         meta: Metadata,
+        /// An annual durability target: the entry peer chooses `k` and `m`
+        /// for it ([`crate::durability::choose`]) instead of taking the
+        /// ones given, and a `segment_size` of 0 then means `k` MiB.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        durability: Option<Durability>,
     },
     Get {
         object: ObjectId,
@@ -828,6 +841,15 @@ pub struct ObjectStat {
     pub meta: Metadata,
     pub health: Health,
     pub segments: Vec<SegmentStat>,
+    /// The annual durability the object was written for, if it was
+    /// written for one (`put --durability`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub durability_target: Option<Durability>,
+    /// The annual durability its current holders give by the formula of
+    /// [`crate::durability`] (the entry peer's failure model; verified
+    /// shards on live holders, the weakest segment).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub durability_now: Option<Durability>,
 }
 
 /// A stored object, as acknowledged to the client.

@@ -1238,6 +1238,7 @@ proptest! {
                         1 => HolderRank::Suspect,
                         _ => HolderRank::Unknown,
                     },
+                    cost_ms: None,
                 }
             })
             .collect();

@@ -11,8 +11,14 @@
 //!   checked end to end: every acknowledged object reads back, and full
 //!   redundancy returns after the faults.
 //!
+//! - [`wan`]: the paper's comparison over emulated sites: DynoStore, a
+//!   central store and three-way replication, latency per client site and
+//!   reads under node and site failures.
+//!
 //! Each subcommand of the binary is one module here with an `Args` (clap)
 //! and a `run`.
 
 pub mod cluster;
+pub mod png_plot;
 pub mod scale;
+pub mod wan;

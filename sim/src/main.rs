@@ -8,7 +8,7 @@
 use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser, Subcommand};
-use dynostore_sim::{cluster, scale};
+use dynostore_sim::{cluster, scale, wan};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -31,6 +31,10 @@ enum Command {
     /// network): fill spread, data moved on join and leave, durability,
     /// each beside two baselines. Deterministic for a seed.
     Scale(scale::Args),
+    /// The paper's comparison over four emulated sites (5-60 ms apart):
+    /// DynoStore, a central S3 store and three-way replication; latency
+    /// per client site, then reads while nodes and a site fail.
+    Wan(wan::Args),
 }
 
 fn main() -> ExitCode {
@@ -45,6 +49,7 @@ fn main() -> ExitCode {
             }
             scale::run(args)
         }
+        Command::Wan(args) => wan::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

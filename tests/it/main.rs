@@ -18,3 +18,4 @@ mod shards;
 mod sim_cluster;
 mod tokens;
 mod trust;
+mod wan;

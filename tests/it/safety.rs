@@ -222,6 +222,7 @@ async fn put_as(net: &Net, peer: &NodeProc, claimed: ObjectId, body: &[u8]) -> C
         m: 2,
         segment_size: SEG as u32,
         meta: Metadata::default(),
+        durability: None,
     };
     let req = ClientEnvelope {
         token: None,

@@ -634,6 +634,7 @@ impl<'a> Run<'a> {
             m: s.m,
             segment_size: s.segment_size,
             name: None,
+            durability: None,
         };
         let data_dir = self.root.join("data");
         std::fs::create_dir_all(&data_dir)?;

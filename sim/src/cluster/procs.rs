@@ -27,11 +27,6 @@ pub struct NodeProc {
     child: Option<Child>,
 }
 
-fn free_port() -> Result<u16> {
-    let l = TcpListener::bind("127.0.0.1:0").context("bind an ephemeral port")?;
-    Ok(l.local_addr()?.port())
-}
-
 /// Everything `init` needs beyond the node's own plan.
 pub(crate) struct InitContext<'a> {
     pub bin: &'a Path,
@@ -47,14 +42,30 @@ pub(crate) struct InitContext<'a> {
 impl NodeProc {
     /// `dynostore init` in `root/nI`.
     pub(crate) fn init(index: usize, plan: &NodePlan, cx: &InitContext<'_>) -> Result<NodeProc> {
+        Self::init_at(index, plan, cx, "127.0.0.1", &[])
+    }
+
+    /// [`NodeProc::init`] listening on `ip` (a site's loopback address
+    /// under WAN emulation) with more `init` arguments.
+    pub(crate) fn init_at(
+        index: usize,
+        plan: &NodePlan,
+        cx: &InitContext<'_>,
+        ip: &str,
+        extra: &[String],
+    ) -> Result<NodeProc> {
         let dir = cx.root.join(format!("n{index}"));
-        let port = free_port()?;
+        let port = TcpListener::bind((ip, 0))
+            .with_context(|| format!("bind an ephemeral port on {ip}"))?
+            .local_addr()?
+            .port();
         let t = cx.timing;
         let mut cmd = Command::new(cx.bin);
         cmd.arg("init")
             .arg("--dir")
             .arg(&dir)
-            .args(["--listen", &format!("/ip4/127.0.0.1/tcp/{port}")])
+            .args(["--listen", &format!("/ip4/{ip}/tcp/{port}")])
+            .args(extra)
             .args(["--site", &plan.site])
             .arg("--network-key")
             .arg(cx.key)
@@ -89,7 +100,7 @@ impl NodeProc {
             );
         }
         let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
-        let addr: Multiaddr = format!("/ip4/127.0.0.1/tcp/{port}/p2p/{id}")
+        let addr: Multiaddr = format!("/ip4/{ip}/tcp/{port}/p2p/{id}")
             .parse()
             .with_context(|| format!("init printed {id:?}, not a peer ID"))?;
         Ok(NodeProc {

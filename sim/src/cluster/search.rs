@@ -595,6 +595,7 @@ impl<'p> Search<'p> {
                 m: plan.m,
                 segment_size: Some(plan.segment_size()),
                 name: None,
+                durability: None,
             },
             ids: vec![None; plan.objects.len()],
             expect: vec![None; plan.objects.len()],
