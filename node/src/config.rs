@@ -114,6 +114,13 @@ pub struct Config {
     /// than this may keep orphaned shards of it.
     #[serde(default = "default_tombstone_ttl_ms")]
     pub tombstone_ttl_ms: u64,
+    /// How often unreferenced shard copies are looked for (default 1 hour).
+    #[serde(default = "default_gc_interval_ms")]
+    pub gc_interval_ms: u64,
+    /// How old an upload must be before its unreferenced copies are
+    /// collected (default 1 day; must exceed the longest put).
+    #[serde(default = "default_gc_grace_ms")]
+    pub gc_grace_ms: u64,
     /// Address of the HTTP admin API (`/metrics`, `/health`, `/v1/...`):
     /// a loopback `IP:PORT` (port 0: chosen by the OS; the bound address
     /// is written to `admin.addr`). Other addresses need admin tokens,
@@ -213,6 +220,14 @@ fn default_down_ms() -> u64 {
 fn default_rebootstrap_ms() -> u64 {
     60_000
 }
+fn default_gc_interval_ms() -> u64 {
+    3_600_000
+}
+
+fn default_gc_grace_ms() -> u64 {
+    86_400_000
+}
+
 fn default_request_timeout_ms() -> u64 {
     30_000
 }
@@ -236,6 +251,8 @@ const HEADER: &str = "\
 # memory_budget_bytes      bytes of put and get buffers the node holds at most (default 512 MiB)
 # scrub_interval_ms        how often every shard is re-hashed (default 1 day)
 # tombstone_ttl_ms         how long removals are remembered (default 7 days)
+# gc_interval_ms           how often unreferenced shard copies are looked for (default 1 hour)
+# gc_grace_ms              age of an upload before its unreferenced copies go (default 1 day)
 # admin_listen             HTTP admin API, loopback only (default 127.0.0.1:0; see admin.addr)
 # default_k, default_m     the geometry /health judges writes by (default 4 and 2)
 # default_durability       a put with no k, m or target is written for this annual durability
@@ -264,6 +281,8 @@ impl Config {
             repair_interval_ms: default_repair_interval_ms(),
             repair_rate_bytes_per_sec: default_repair_rate(),
             memory_budget_bytes: None,
+            gc_interval_ms: default_gc_interval_ms(),
+            gc_grace_ms: default_gc_grace_ms(),
             repair_enabled: true,
             scrub_interval_ms: default_scrub_interval_ms(),
             tombstone_ttl_ms: default_tombstone_ttl_ms(),
@@ -417,6 +436,20 @@ impl Config {
                     "at least 16 MiB (16777216)",
                 ));
             }
+        }
+        if self.gc_interval_ms == 0 {
+            return Err(field(
+                "gc_interval_ms",
+                0,
+                "a positive number of milliseconds",
+            ));
+        }
+        if self.gc_grace_ms < self.request_timeout_ms.max(1) {
+            return Err(field(
+                "gc_grace_ms",
+                self.gc_grace_ms,
+                "at least request_timeout_ms (it must exceed the longest put)",
+            ));
         }
         if self.request_timeout_ms == 0 {
             return Err(field(

@@ -29,6 +29,7 @@ pub mod container;
 pub mod crypt;
 pub(crate) mod dashboard;
 pub mod datapath;
+pub mod gc;
 pub mod http;
 pub mod json;
 pub mod keys;

@@ -282,6 +282,12 @@ struct InitArgs {
     /// Bytes of put and get buffers the node holds at most.
     #[arg(long)]
     memory_budget_bytes: Option<u64>,
+    /// How often unreferenced shard copies are looked for.
+    #[arg(long)]
+    gc_interval_ms: Option<u64>,
+    /// Age of an upload before its unreferenced copies are collected.
+    #[arg(long)]
+    gc_grace_ms: Option<u64>,
     /// Create the node with automatic repair off.
     #[arg(long)]
     no_repair: bool,
@@ -893,6 +899,12 @@ fn init(args: InitArgs) -> Result<()> {
         cfg.request_timeout_ms = v;
     }
     cfg.memory_budget_bytes = args.memory_budget_bytes;
+    if let Some(v) = args.gc_interval_ms {
+        cfg.gc_interval_ms = v;
+    }
+    if let Some(v) = args.gc_grace_ms {
+        cfg.gc_grace_ms = v;
+    }
     if let Some(v) = args.announce_interval_ms {
         cfg.announce_interval_ms = v;
     }

@@ -260,6 +260,11 @@ pub async fn run(
         },
     ));
     let sampler = tokio::spawn(crate::dashboard::sample_loop(shared.clone()));
+    let collector = tokio::spawn(crate::gc::gc_loop(
+        shared.clone(),
+        Duration::from_millis(cfg.gc_interval_ms),
+        cfg.gc_grace_ms,
+    ));
     let announcer = tokio::spawn(announce_loop(
         shared.clone(),
         cfg.announce_interval(),
@@ -282,6 +287,7 @@ pub async fn run(
     let result = ev.run(shutdown).await;
     announcer.abort();
     sampler.abort();
+    collector.abort();
     repairer.abort();
     admin.abort();
     let _ = std::fs::remove_file(dir.join(ADDR_FILE));

@@ -5,6 +5,7 @@ mod dashboard;
 mod encryption;
 mod federation;
 mod frames;
+mod gc;
 mod harness;
 mod limits;
 mod membership;

@@ -606,6 +606,33 @@ impl ShardStore {
                 .is_some())
     }
 
+    /// Every recorded reference whose owner's generation began before
+    /// `cutoff_ms` (wall clock), at most `limit`, in shard order.
+    pub fn refs_older_than(
+        &self,
+        cutoff_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<ShardSlot>, StoreError> {
+        let mut out = Vec::new();
+        for (k, _) in self.inner.refs.iter()? {
+            if out.len() >= limit {
+                break;
+            }
+            let (Some(shard), Some(owner)) = (
+                k.get(..32)
+                    .and_then(|b| <[u8; 32]>::try_from(b).ok())
+                    .map(ShardId::from_bytes),
+                k.get(32..).and_then(ShardRef::from_bytes),
+            ) else {
+                continue;
+            };
+            if owner.generation.ms < cutoff_ms {
+                out.push(ShardSlot { shard, owner });
+            }
+        }
+        Ok(out)
+    }
+
     /// The owners recorded for a shard's copy.
     pub fn owners(&self, shard: &ShardId) -> Result<Vec<ShardRef>, StoreError> {
         Ok(self
