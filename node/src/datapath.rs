@@ -152,7 +152,7 @@ pub(crate) async fn serve_client(mut s: Stream, client: PeerId, shared: Arc<Shar
         } => {
             let timer = shared.metrics.op(Op::Put);
             let r = match Geometry::new(codec, k, m, segment_size) {
-                Ok(g) => put(&shared, &mut s, object, size, g, meta)
+                Ok(g) => put(&shared, &mut StreamSource(&mut s), object, size, g, meta)
                     .await
                     .map(ClientResponse::Stored),
                 Err(e) => Err(DataError::BadRequest(e.to_string())),
@@ -192,6 +192,30 @@ pub(crate) async fn serve_client(mut s: Stream, client: PeerId, shared: Arc<Shar
         ClientRequest::List => list_objects(&shared)
             .await
             .map(|objects| ClientResponse::List { objects }),
+        ClientRequest::S3Keys { token } => crate::s3::auth::register(&shared, &token)
+            .await
+            .map(|(access_key, secret)| ClientResponse::S3Keys { access_key, secret })
+            .map_err(DataError::BadRequest),
+        ClientRequest::Name {
+            bucket,
+            key,
+            object,
+            size,
+            etag,
+            content_type,
+        } => crate::s3::ops::name_object(&shared, &bucket, &key, object, size, etag, content_type)
+            .await
+            .map(|()| ClientResponse::Named),
+        ClientRequest::Resolve { bucket, key } => crate::s3::ops::resolve(&shared, &bucket, &key)
+            .await
+            .map(|(object, size)| ClientResponse::Resolved { object, size }),
+        ClientRequest::ListNames {
+            bucket,
+            prefix,
+            after,
+        } => crate::s3::ops::list_names(&shared, &bucket, &prefix, after)
+            .await
+            .map(|(names, truncated)| ClientResponse::Names { names, truncated }),
     };
     let resp = match result {
         Ok(r) => r,
@@ -227,6 +251,47 @@ pub(crate) async fn list_objects(shared: &Arc<Shared>) -> Result<Vec<ObjectSumma
     r
 }
 
+/// Where [`put`] reads an object from: the client protocol's stream
+/// ([`StreamSource`]) or a file the S3 gateway spooled.
+pub(crate) trait PutSource {
+    /// The put was accepted: the bytes may come.
+    async fn ready(&mut self) -> Result<(), DataError>;
+    /// Fills `buf` with the next bytes of the object.
+    async fn read_exact(&mut self, buf: &mut [u8]) -> Result<(), DataError>;
+}
+
+/// The client protocol's put: `Ready`, then the bytes on the stream.
+struct StreamSource<'a>(&'a mut Stream);
+
+impl PutSource for StreamSource<'_> {
+    async fn ready(&mut self) -> Result<(), DataError> {
+        write_frame(self.0, &ClientResponse::Ready).await?;
+        self.0.flush().await?;
+        Ok(())
+    }
+
+    async fn read_exact(&mut self, buf: &mut [u8]) -> Result<(), DataError> {
+        self.0.read_exact(buf).await?;
+        Ok(())
+    }
+}
+
+/// A put on behalf of the S3 gateway (or any in-process caller), counted
+/// in the metrics like a client's.
+pub(crate) async fn put_object(
+    shared: &Arc<Shared>,
+    source: &mut impl PutSource,
+    object: ObjectId,
+    size: u64,
+    g: Geometry,
+    meta: Metadata,
+) -> Result<PutReceipt, DataError> {
+    let timer = shared.metrics.op(Op::Put);
+    let r = put(shared, source, object, size, g, meta).await;
+    timer.finish(r.as_ref().err().map(DataError::kind));
+    r
+}
+
 /// Where each shard of a written segment went, in shard order.
 type Holders = Vec<(ShardSlot, NodeId)>;
 /// Every copy a put stored, for clean-up.
@@ -235,7 +300,7 @@ type Written = Vec<(ShardSlot, NodeId)>;
 #[tracing::instrument(skip_all, fields(object = %object.short(), size))]
 async fn put(
     shared: &Arc<Shared>,
-    s: &mut Stream,
+    s: &mut impl PutSource,
     object: ObjectId,
     size: u64,
     g: Geometry,
@@ -277,8 +342,7 @@ async fn put(
             .chain(existing.as_ref().map(|m| m.generation)),
         rand::random(),
     );
-    write_frame(s, &ClientResponse::Ready).await?;
-    s.flush().await?;
+    s.ready().await?;
 
     let mut written: Written = Vec::new();
     let result = put_segments(shared, s, &view, object, generation, size, g, &mut written).await;
@@ -346,7 +410,7 @@ fn receipt(m: &Manifest, replicas: usize, existed: bool) -> PutReceipt {
 #[allow(clippy::too_many_arguments)]
 async fn put_segments(
     shared: &Arc<Shared>,
-    s: &mut Stream,
+    s: &mut impl PutSource,
     view: &View,
     object: ObjectId,
     generation: Generation,
@@ -654,7 +718,10 @@ pub(crate) async fn find_manifest(
     Some(best)
 }
 
-async fn require_manifest(shared: &Arc<Shared>, object: ObjectId) -> Result<Manifest, DataError> {
+pub(crate) async fn require_manifest(
+    shared: &Arc<Shared>,
+    object: ObjectId,
+) -> Result<Manifest, DataError> {
     let view = shared.membership().view();
     find_manifest(shared, &view, object, MANIFEST_SEARCH)
         .await

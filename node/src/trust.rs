@@ -192,6 +192,11 @@ impl Admission {
         })
     }
 
+    /// The federation (sites and their public keys): tokens verify against it.
+    pub fn federation(&self) -> &Federation {
+        &self.federation
+    }
+
     /// The site label this node's certificate gives it.
     pub fn own_site(&self) -> &str {
         &self.own.body().site

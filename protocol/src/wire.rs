@@ -32,6 +32,7 @@ use crate::ids::{NodeId, ObjectId, ShardId};
 use crate::manifest::{
     Generation, ManifestVersion, Metadata, ShardRef, ShardSlot, MAX_MANIFEST_BYTES, MAX_META_LEN,
 };
+use crate::names::NameRecord;
 use crate::placement::{MemberState, Space};
 
 // Version 2: shard copies are owned per object generation ([`ShardRef`]).
@@ -178,6 +179,15 @@ fn check_text(field: &str, s: &str, max: usize) -> Result<(), String> {
         return Err(format!("{field} is {} bytes, at most {max}", s.len()));
     }
     Ok(())
+}
+
+fn check_records(records: &[NameRecord]) -> Result<(), String> {
+    check_count(
+        "records",
+        records.len(),
+        crate::names::MAX_RECORDS_PER_MESSAGE,
+    )?;
+    records.iter().try_for_each(NameRecord::check)
 }
 
 fn check_count(field: &str, n: usize, max: usize) -> Result<(), String> {
@@ -333,6 +343,20 @@ pub enum ControlRequest {
     /// across restarts. Fault injection and quarantine of a misbehaving
     /// member; anyone holding the network key may send it, as `Delete`.
     Deny { peers: Vec<NodeId> },
+    /// Merge these name records (last writer wins per key); answered
+    /// `Deleted { count }` with the number that changed something.
+    PutNames { records: Vec<NameRecord> },
+    /// The records of namespace `ns` whose keys start with `prefix`, in
+    /// key order, after `after`, at most `limit` (tombstones included).
+    ListNames {
+        ns: String,
+        prefix: String,
+        after: Option<String>,
+        limit: u32,
+    },
+    /// A digest of every record of `ns` this node holds (anti-entropy:
+    /// replicas that agree exchange nothing else).
+    NamesDigest { ns: String },
 }
 
 impl WireMessage for ControlRequest {
@@ -351,6 +375,27 @@ impl WireMessage for ControlRequest {
                 check_count("objects", objects.len(), MAX_SHARDS_PER_REQUEST)
             }
             ControlRequest::Deny { peers } => check_count("peers", peers.len(), MAX_DENIED),
+            ControlRequest::PutNames { records } => check_records(records),
+            ControlRequest::ListNames {
+                ns,
+                prefix,
+                after,
+                limit,
+            } => {
+                check_text("namespace", ns, crate::names::MAX_NAMESPACE_LEN)?;
+                check_text("prefix", prefix, crate::names::MAX_KEY_LEN)?;
+                if let Some(a) = after {
+                    check_text("after", a, crate::names::MAX_KEY_LEN)?;
+                }
+                check_count(
+                    "limit",
+                    *limit as usize,
+                    crate::names::MAX_RECORDS_PER_MESSAGE,
+                )
+            }
+            ControlRequest::NamesDigest { ns } => {
+                check_text("namespace", ns, crate::names::MAX_NAMESPACE_LEN)
+            }
             ControlRequest::DeleteManifest { .. }
             | ControlRequest::Scrub
             | ControlRequest::ListManifests
@@ -605,6 +650,16 @@ pub enum ControlResponse {
     Denied {
         count: u32,
     },
+    /// Name records (answers `ListNames`); `truncated`: more follow.
+    Names {
+        records: Vec<NameRecord>,
+        truncated: bool,
+    },
+    /// Answers `NamesDigest`.
+    NamesDigest {
+        count: u64,
+        digest: [u8; 32],
+    },
     Error(RemoteError),
 }
 
@@ -625,7 +680,10 @@ impl WireMessage for ControlResponse {
                     check_count("removed", s.removed.len(), MAX_REMOVED_GENERATIONS)
                 })
             }
-            ControlResponse::Scrubbed { .. } | ControlResponse::Denied { .. } => Ok(()),
+            ControlResponse::Scrubbed { .. }
+            | ControlResponse::Denied { .. }
+            | ControlResponse::NamesDigest { .. } => Ok(()),
+            ControlResponse::Names { records, .. } => check_records(records),
             ControlResponse::Status(s) => {
                 check_containers(&s.containers)?;
                 check_count("members", s.members.len(), MAX_MEMBERS)?;
@@ -684,6 +742,33 @@ pub enum ClientRequest {
         object: ObjectId,
     },
     List,
+    /// Register a user token for S3; answered `S3Keys` (the node derives
+    /// the secret; see the node's `s3::auth`).
+    S3Keys {
+        token: Vec<u8>,
+    },
+    /// Name a stored object `bucket/key` (the bucket is created if
+    /// absent); answered `Named`.
+    Name {
+        bucket: String,
+        key: String,
+        object: ObjectId,
+        size: u64,
+        etag: String,
+        content_type: Option<String>,
+    },
+    /// The object `bucket/key` names; answered `Resolved`.
+    Resolve {
+        bucket: String,
+        key: String,
+    },
+    /// The names of `bucket` under `prefix` after `after` (at most 1000);
+    /// answered `Names`.
+    ListNames {
+        bucket: String,
+        prefix: String,
+        after: Option<String>,
+    },
 }
 
 impl WireMessage for ClientRequest {
@@ -691,10 +776,45 @@ impl WireMessage for ClientRequest {
     const MAX_BYTES: usize = 64 << 10;
 
     fn check(&self) -> Result<(), String> {
-        if let ClientRequest::Put { meta, .. } = self {
-            for v in [&meta.name, &meta.content_type].into_iter().flatten() {
-                check_text("metadata", v, MAX_META_LEN)?;
+        match self {
+            ClientRequest::Put { meta, .. } => {
+                for v in [&meta.name, &meta.content_type].into_iter().flatten() {
+                    check_text("metadata", v, MAX_META_LEN)?;
+                }
             }
+            ClientRequest::S3Keys { token } => {
+                check_count("token bytes", token.len(), crate::token::TOKEN_MAX_BYTES)?
+            }
+            ClientRequest::Name {
+                bucket,
+                key,
+                etag,
+                content_type,
+                ..
+            } => {
+                check_text("bucket", bucket, crate::names::MAX_NAMESPACE_LEN)?;
+                check_text("key", key, crate::names::MAX_KEY_LEN)?;
+                check_text("etag", etag, crate::names::MAX_SHORT_TEXT)?;
+                if let Some(c) = content_type {
+                    check_text("content type", c, crate::names::MAX_SHORT_TEXT)?;
+                }
+            }
+            ClientRequest::Resolve { bucket, key } => {
+                check_text("bucket", bucket, crate::names::MAX_NAMESPACE_LEN)?;
+                check_text("key", key, crate::names::MAX_KEY_LEN)?;
+            }
+            ClientRequest::ListNames {
+                bucket,
+                prefix,
+                after,
+            } => {
+                check_text("bucket", bucket, crate::names::MAX_NAMESPACE_LEN)?;
+                check_text("prefix", prefix, crate::names::MAX_KEY_LEN)?;
+                if let Some(a) = after {
+                    check_text("after", a, crate::names::MAX_KEY_LEN)?;
+                }
+            }
+            _ => {}
         }
         Ok(())
     }
@@ -784,6 +904,23 @@ pub enum ClientResponse {
     List {
         objects: Vec<ObjectSummary>,
     },
+    /// An S3 key pair for the registered token.
+    S3Keys {
+        access_key: String,
+        secret: String,
+    },
+    /// The name was written.
+    Named,
+    /// What a name points at.
+    Resolved {
+        object: ObjectId,
+        size: u64,
+    },
+    /// Live names in key order; `truncated`: more follow after the last.
+    Names {
+        names: Vec<NameRecord>,
+        truncated: bool,
+    },
     Error(RemoteError),
 }
 
@@ -795,6 +932,11 @@ impl WireMessage for ClientResponse {
         match self {
             ClientResponse::List { objects } => check_summaries(objects),
             ClientResponse::Error(e) => check_text("error message", &e.message, MAX_TEXT_LEN),
+            ClientResponse::Names { names, .. } => check_records(names),
+            ClientResponse::S3Keys { access_key, secret } => {
+                check_text("access key", access_key, MAX_TEXT_LEN)?;
+                check_text("secret", secret, MAX_TEXT_LEN)
+            }
             _ => Ok(()),
         }
     }
