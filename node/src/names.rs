@@ -453,3 +453,61 @@ async fn push_all(shared: &Arc<Shared>, node: &NodeId, ns: &str) -> Result<(), N
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::container::spec::DirSpec;
+    use crate::container::{ByteSize, ContainerSpec};
+    use dynostore_protocol::names::{NameEntry, NameVersion};
+
+    fn rec(key: &str, ms: u64, live: bool) -> NameRecord {
+        NameRecord {
+            ns: "bucket".into(),
+            key: key.into(),
+            version: NameVersion {
+                ms,
+                writer: NodeId::from_bytes(vec![0, 36, 8, 1, 18, 32, 1]).unwrap(),
+            },
+            entry: live.then(|| NameEntry {
+                size: ms,
+                ..NameEntry::default()
+            }),
+        }
+    }
+
+    #[tokio::test]
+    async fn records_merge_by_version_page_and_survive_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let specs = [ContainerSpec::Dir(DirSpec {
+            name: Some("d".into()),
+            path: dir.path().join("d"),
+            quota: ByteSize(1 << 20),
+        })];
+        let digest = {
+            let store = ShardStore::open(dir.path(), &specs).await.unwrap();
+            let names = NameStore::open(&store).unwrap();
+            let batch: Vec<NameRecord> = (0..25)
+                .map(|i| rec(&format!("k{i:02}"), 10, true))
+                .collect();
+            assert_eq!(names.merge(&batch).await.unwrap(), 25);
+            // An older write loses, a newer tombstone wins.
+            assert_eq!(names.merge(&[rec("k03", 9, false)]).await.unwrap(), 0);
+            assert_eq!(names.merge(&[rec("k04", 11, false)]).await.unwrap(), 1);
+            let (page, more) = names.list("bucket", "k0", Some("k01"), 5).unwrap();
+            assert!(more);
+            let keys: Vec<&str> = page.iter().map(|r| r.key.as_str()).collect();
+            assert_eq!(keys, ["k02", "k03", "k04", "k05", "k06"]);
+            assert!(page[2].is_tombstone() && !page[1].is_tombstone());
+            assert_eq!(names.namespaces().unwrap(), ["bucket"]);
+            names.digest("bucket").unwrap()
+        };
+        let store = ShardStore::open(dir.path(), &specs).await.unwrap();
+        let names = NameStore::open(&store).unwrap();
+        assert_eq!(names.digest("bucket").unwrap(), digest);
+        assert_eq!(digest.0, 25);
+        let (all, more) = names.list("bucket", "", None, 1000).unwrap();
+        assert!(!more);
+        assert_eq!(all.len(), 25);
+    }
+}

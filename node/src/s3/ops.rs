@@ -341,6 +341,52 @@ impl Gateway {
         .map_err(name_err)
     }
 
+    /// Completes an upload: the whole object, read part by part into a
+    /// spool (its ID is the BLAKE3 of all its bytes), stored, named.
+    async fn finish_upload(
+        self,
+        bucket: String,
+        key: String,
+        upload_id: String,
+        up: Upload,
+        chosen: Vec<NameEntry>,
+    ) -> S3Result<CompleteMultipartUploadOutput> {
+        let mut spool = Spool::new(&self.cfg.spool_dir, u64::MAX).await?;
+        let mut md5s = md5::Md5::new();
+        for e in &chosen {
+            let object = e.object.ok_or_else(|| s3_error!(InvalidPart))?;
+            datapath::get(&self.shared, &mut SpoolSink(&mut spool), object)
+                .await
+                .map_err(data_err)?;
+            md5s.update(hex_bytes(&e.etag).unwrap_or_default());
+        }
+        let spooled = spool.finish().await?;
+        let name = format!("{bucket}/{key}");
+        let spooled = self.store(spooled, &name, up.content_type.clone()).await?;
+        let tag = format!("{}-{}", super::hex(&md5s.finalize()), chosen.len());
+        self.write(
+            &bucket,
+            &key,
+            Some(NameEntry {
+                object: Some(spooled.object),
+                size: spooled.size,
+                etag: tag.clone(),
+                content_type: up.content_type,
+                meta: up.meta,
+                owner: up.owner,
+                blob: None,
+            }),
+        )
+        .await?;
+        self.drop_upload(&bucket, &upload_id).await?;
+        Ok(CompleteMultipartUploadOutput {
+            bucket: Some(bucket),
+            key: Some(key),
+            e_tag: Some(etag(&tag)),
+            ..Default::default()
+        })
+    }
+
     /// Forgets an upload and its part records.
     async fn drop_upload(&self, bucket: &str, upload_id: &str) -> S3Result<()> {
         let ns = uploads_ns(bucket);
@@ -1112,40 +1158,15 @@ impl S3 for Gateway {
             }
             chosen.push(e.clone());
         }
-        // The whole object, read part by part into a spool: its ID is the
-        // BLAKE3 of all its bytes.
-        let mut spool = Spool::new(&self.cfg.spool_dir, u64::MAX).await?;
-        let mut md5s = md5::Md5::new();
-        for e in &chosen {
-            let object = e.object.ok_or_else(|| s3_error!(InvalidPart))?;
-            datapath::get(&self.shared, &mut SpoolSink(&mut spool), object)
+        // Reading and storing the whole can outlast a client's read
+        // timeout: s3s sends whitespace while this future runs.
+        let g = self.clone();
+        let future = Box::pin(async move {
+            g.finish_upload(input.bucket, input.key, input.upload_id, up, chosen)
                 .await
-                .map_err(data_err)?;
-            md5s.update(hex_bytes(&e.etag).unwrap_or_default());
-        }
-        let spooled = spool.finish().await?;
-        let name = format!("{}/{}", input.bucket, input.key);
-        let spooled = self.store(spooled, &name, up.content_type.clone()).await?;
-        let tag = format!("{}-{}", super::hex(&md5s.finalize()), chosen.len());
-        self.write(
-            &input.bucket,
-            &input.key,
-            Some(NameEntry {
-                object: Some(spooled.object),
-                size: spooled.size,
-                etag: tag.clone(),
-                content_type: up.content_type,
-                meta: up.meta,
-                owner: up.owner,
-                blob: None,
-            }),
-        )
-        .await?;
-        self.drop_upload(&input.bucket, &input.upload_id).await?;
+        });
         Ok(S3Response::new(CompleteMultipartUploadOutput {
-            bucket: Some(input.bucket),
-            key: Some(input.key),
-            e_tag: Some(etag(&tag)),
+            future: Some(future),
             ..Default::default()
         }))
     }
