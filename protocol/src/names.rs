@@ -156,7 +156,7 @@ pub fn merge(answers: impl IntoIterator<Item = NameRecord>) -> Vec<NameRecord> {
 /// One page of a listing: `Key`s and `CommonPrefix`es in order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Listed {
-    Key(NameRecord),
+    Key(Box<NameRecord>),
     CommonPrefix(String),
 }
 
@@ -187,9 +187,9 @@ pub fn fold_page(
                 Some(pos) => {
                     Listed::CommonPrefix(r.key[..prefix.len() + pos + d.len()].to_string())
                 }
-                None => Listed::Key(r),
+                None => Listed::Key(Box::new(r)),
             },
-            None => Listed::Key(r),
+            None => Listed::Key(Box::new(r)),
         };
         if let Listed::CommonPrefix(p) = &entry {
             if after.is_some_and(|a| a.starts_with(p.as_str())) {

@@ -275,7 +275,7 @@ pub(crate) struct ChannelBody {
 }
 
 impl ChannelBody {
-    pub fn new(rx: mpsc::Receiver<Result<Bytes, std::io::Error>>, len: u64) -> StreamingBlob {
+    pub fn blob(rx: mpsc::Receiver<Result<Bytes, std::io::Error>>, len: u64) -> StreamingBlob {
         StreamingBlob::new(ChannelBody { rx, remaining: len })
     }
 }

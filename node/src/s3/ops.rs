@@ -543,7 +543,6 @@ impl S3 for Gateway {
         .await?;
         Ok(S3Response::new(CreateBucketOutput {
             location: Some(format!("/{bucket}")),
-            ..Default::default()
         }))
     }
 
@@ -694,7 +693,7 @@ impl S3 for Gateway {
             }
         };
         Ok(S3Response::new(GetObjectOutput {
-            body: Some(ChannelBody::new(rx, len)),
+            body: Some(ChannelBody::blob(rx, len)),
             content_length: Some(len as i64),
             content_range,
             content_type: e.content_type.clone(),
