@@ -22,6 +22,8 @@ pub const IDENTITY_FILE: &str = "identity.key";
 pub const ADDR_FILE: &str = "node.addr";
 /// File the running node writes the bound address of its admin API to.
 pub const ADMIN_ADDR_FILE: &str = "admin.addr";
+/// Where a running node writes the S3 endpoint's bound address.
+pub const S3_ADDR_FILE: &str = "s3.addr";
 
 /// A refused configuration.
 #[derive(Debug, thiserror::Error)]
@@ -161,8 +163,20 @@ pub struct Config {
     /// its `site`; QUIC is off. Never set in a real deployment.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wan_emulation: Option<PathBuf>,
+    /// Address of the S3 endpoint (`IP:PORT`; absent: no S3). Needs a
+    /// federation, a certificate and a network key: S3 keys come from user
+    /// tokens, their secrets from the network key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub s3_listen: Option<String>,
+    /// Multipart uploads untouched for this long are aborted.
+    #[serde(default = "default_upload_expiry_ms")]
+    pub s3_upload_expiry_ms: u64,
     /// Data containers that hold this node's shards.
     pub containers: Vec<ContainerSpec>,
+}
+
+fn default_upload_expiry_ms() -> u64 {
+    24 * 3600 * 1000
 }
 
 /// The `put` command's default data shards per stripe.
@@ -259,6 +273,8 @@ const HEADER: &str = "\
 # afr, repair_window_hours the failure model of durability targets (default 0.04, 24 h)
 # max_stripe_shards        ceiling on k + m for durability targets (default 20)
 # site_aware_reads         reads ask the cheapest holders by measured RTT first (default true)
+# s3_listen                S3 endpoint IP:PORT (absent = none; needs federation, cert, network_key)
+# s3_upload_expiry_ms      abandoned multipart uploads are aborted after this (default 1 day)
 # [[containers]]           where shards are kept: kind = dir | mem | s3 (see README)
 
 ";
@@ -295,6 +311,8 @@ impl Config {
             max_stripe_shards: default_max_stripe_shards(),
             site_aware_reads: true,
             wan_emulation: None,
+            s3_listen: None,
+            s3_upload_expiry_ms: default_upload_expiry_ms(),
             containers,
         }
     }
@@ -536,6 +554,29 @@ impl Config {
             ));
         }
         Ok(addr)
+    }
+
+    /// The S3 endpoint's address, if any (see `s3_listen`).
+    pub fn s3_addr(&self) -> Result<Option<std::net::SocketAddr>, ConfigError> {
+        let Some(text) = &self.s3_listen else {
+            return Ok(None);
+        };
+        let addr: std::net::SocketAddr = text.parse().map_err(|e| {
+            field(
+                "s3_listen",
+                format!("{text:?}"),
+                &format!("not an IP:PORT address ({e}); e.g. 127.0.0.1:3900"),
+            )
+        })?;
+        if self.federation.is_none() || self.cert.is_none() || self.network_key.is_none() {
+            return Err(field(
+                "s3_listen",
+                format!("{text:?}"),
+                "federation, cert and network_key set too: S3 keys come from user tokens \
+                 (verified with the federation) and their secrets from the network key",
+            ));
+        }
+        Ok(Some(addr))
     }
 
     pub fn announce_interval(&self) -> Duration {

@@ -192,6 +192,17 @@ impl Access<'_> {
         }
     }
 
+    /// Whether the request may do `op` on the name `resource`.
+    fn allows(&self, op: TokenOp, resource: &str) -> Result<(), DataError> {
+        match self {
+            Access::Open => Ok(()),
+            Access::User { admission, token } => admission
+                .authorize(token, op, resource, None)
+                .map(|_| ())
+                .map_err(|e| DataError::Forbidden(e.to_string())),
+        }
+    }
+
     /// Whether a listing shows `o` to this request.
     fn shows(&self, o: &ObjectSummary) -> bool {
         match self {
@@ -306,7 +317,7 @@ async fn answer(
             let r = match r
                 .and_then(|()| entry_geometry(shared, codec, k, m, segment_size, durability))
             {
-                Ok((g, target)) => put(shared, s, object, size, g, meta, target)
+                Ok((g, target)) => put(shared, &mut StreamSource(s), object, size, g, meta, target)
                     .await
                     .map(ClientResponse::Stored),
                 Err(e) => Err(e),
@@ -344,6 +355,39 @@ async fn answer(
             let (mut objects, next) = list_objects(shared, after, limit).await?;
             objects.retain(|o| access.shows(o));
             ClientResponse::List { objects, next }
+        }
+        ClientRequest::S3Keys { token } => crate::s3::auth::register(shared, &token)
+            .await
+            .map(|(access_key, secret)| ClientResponse::S3Keys { access_key, secret })
+            .map_err(DataError::BadRequest)?,
+        ClientRequest::Name {
+            bucket,
+            key,
+            object,
+            size,
+            etag,
+            content_type,
+        } => {
+            access.allows(TokenOp::Put, &format!("{bucket}/{key}"))?;
+            crate::s3::ops::name_object(shared, &bucket, &key, object, size, etag, content_type)
+                .await
+                .map(|()| ClientResponse::Named)?
+        }
+        ClientRequest::Resolve { bucket, key } => {
+            access.allows(TokenOp::Get, &format!("{bucket}/{key}"))?;
+            crate::s3::ops::resolve(shared, &bucket, &key)
+                .await
+                .map(|(object, size)| ClientResponse::Resolved { object, size })?
+        }
+        ClientRequest::ListNames {
+            bucket,
+            prefix,
+            after,
+        } => {
+            access.allows(TokenOp::Ls, &format!("{bucket}/{prefix}"))?;
+            crate::s3::ops::list_names(shared, &bucket, &prefix, after)
+                .await
+                .map(|(names, truncated)| ClientResponse::Names { names, truncated })?
         }
         ClientRequest::Revoke { revocation } => match &shared.admission {
             None => {
@@ -450,6 +494,47 @@ pub(crate) async fn list_objects(
     r
 }
 
+/// Where [`put`] reads an object from: the client protocol's stream
+/// ([`StreamSource`]) or a file the S3 gateway spooled.
+pub(crate) trait PutSource {
+    /// The put was accepted: the bytes may come.
+    async fn ready(&mut self) -> Result<(), DataError>;
+    /// Fills `buf` with the next bytes of the object.
+    async fn read_exact(&mut self, buf: &mut [u8]) -> Result<(), DataError>;
+}
+
+/// The client protocol's put: `Ready`, then the bytes on the stream.
+struct StreamSource<'a>(&'a mut ClientStream);
+
+impl PutSource for StreamSource<'_> {
+    async fn ready(&mut self) -> Result<(), DataError> {
+        write_frame(self.0, &ClientResponse::Ready).await?;
+        self.0.flush().await?;
+        Ok(())
+    }
+
+    async fn read_exact(&mut self, buf: &mut [u8]) -> Result<(), DataError> {
+        self.0.read_exact(buf).await?;
+        Ok(())
+    }
+}
+
+/// A put on behalf of the S3 gateway (or any in-process caller), counted
+/// in the metrics like a client's.
+pub(crate) async fn put_object(
+    shared: &Arc<Shared>,
+    source: &mut impl PutSource,
+    object: ObjectId,
+    size: u64,
+    g: Geometry,
+    meta: Metadata,
+) -> Result<PutReceipt, DataError> {
+    let timer = shared.metrics.op(Op::Put);
+    let r = put(shared, source, object, size, g, meta, None).await;
+    timer.finish(r.as_ref().err().map(DataError::kind));
+    r
+}
+
 /// Where each shard of a written segment went, in shard order.
 type Holders = Vec<(ShardSlot, NodeId)>;
 /// Every copy a put stored, for clean-up.
@@ -458,7 +543,7 @@ type Written = Vec<(ShardSlot, NodeId)>;
 #[tracing::instrument(skip_all, fields(object = %object.short(), size))]
 async fn put(
     shared: &Arc<Shared>,
-    s: &mut ClientStream,
+    s: &mut impl PutSource,
     object: ObjectId,
     size: u64,
     g: Geometry,
@@ -513,8 +598,7 @@ async fn put(
             .chain(existing.as_ref().map(|m| m.generation)),
         rand::random(),
     );
-    write_frame(s, &ClientResponse::Ready).await?;
-    s.flush().await?;
+    s.ready().await?;
 
     let mut written: Written = Vec::new();
     let result = put_segments(shared, s, &view, object, generation, size, g, &mut written).await;
@@ -583,7 +667,7 @@ fn receipt(m: &Manifest, replicas: usize, existed: bool) -> PutReceipt {
 #[allow(clippy::too_many_arguments)]
 async fn put_segments(
     shared: &Arc<Shared>,
-    s: &mut ClientStream,
+    s: &mut impl PutSource,
     view: &View,
     object: ObjectId,
     generation: Generation,
@@ -899,7 +983,10 @@ pub(crate) async fn find_manifest(
     Some(best)
 }
 
-async fn require_manifest(shared: &Arc<Shared>, object: ObjectId) -> Result<Manifest, DataError> {
+pub(crate) async fn require_manifest(
+    shared: &Arc<Shared>,
+    object: ObjectId,
+) -> Result<Manifest, DataError> {
     let view = shared.membership().view();
     find_manifest(shared, &view, object, MANIFEST_SEARCH)
         .await

@@ -39,6 +39,13 @@ impl NetworkKey {
         blake3::derive_key("dynostore 2026-11 noise prologue v1", &self.0).to_vec()
     }
 
+    /// The key every admitted node derives S3 secrets from
+    /// ([`crate::s3::auth`]): derived, so the network key itself never
+    /// enters another protocol.
+    pub fn s3_secret_base(&self) -> [u8; 32] {
+        blake3::derive_key("dynostore 2026-12 s3 secret keys v1", &self.0)
+    }
+
     /// A short public fingerprint, for logs.
     pub fn fingerprint(&self) -> String {
         let h = blake3::derive_key("dynostore 2026-11 key fingerprint v1", &self.0);

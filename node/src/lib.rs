@@ -5,6 +5,7 @@
 //! - [`container`]: data containers (filesystem, memory, S3, ...) behind one trait.
 //! - [`store`]: the shard store: sled index + containers, BLAKE3-verified.
 //! - [`manifests`]: the manifest replicas this node holds.
+//! - [`names`]: name records (buckets, keys) held here and on a namespace's replicas.
 //! - [`datapath`]: put/get/stat/rm/ls of objects as an entry peer.
 //! - [`net`]: transports (TCP + pnet + Noise + Yamux; QUIC in open networks),
 //!   the control codec and stream framing.
@@ -36,11 +37,13 @@ pub mod keys;
 pub mod limits;
 pub mod manifests;
 pub(crate) mod metrics;
+pub mod names;
 pub mod net;
 pub mod node;
 pub mod objects;
 pub mod peers;
 pub mod repair;
+pub mod s3;
 pub mod shard_proto;
 pub(crate) mod shared;
 pub mod store;

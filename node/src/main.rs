@@ -76,8 +76,11 @@ enum Command {
         #[command(flatten)]
         conn: ConnArgs,
     },
-    /// List the objects the network holds.
+    /// List the objects the network holds, or with BUCKET[/PREFIX] the
+    /// names in a bucket.
     Ls {
+        /// A bucket, optionally with a key prefix: BUCKET or BUCKET/PREFIX.
+        target: Option<String>,
         #[arg(long)]
         json: bool,
         #[command(flatten)]
@@ -111,6 +114,26 @@ enum Command {
     /// User tokens: issue (site admin), attenuate (any holder), inspect.
     #[command(subcommand)]
     Token(cli_trust::TokenCommand),
+    /// The S3 endpoint: keys from a user token.
+    #[command(subcommand)]
+    S3(S3Command),
+}
+
+#[derive(Debug, Subcommand)]
+enum S3Command {
+    /// Register a user token with the federation and print the S3 key
+    /// pair it gives (access key ID and secret; the S3 requests signed
+    /// with it carry exactly the token's rights).
+    Keys {
+        /// The token file (from `token issue` or `token attenuate`).
+        #[arg(long, env = "DYNOSTORE_TOKEN")]
+        token: PathBuf,
+        /// One JSON object instead of two lines.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        conn: ConnArgs,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -140,7 +163,9 @@ struct PutArgs {
     /// Segment size in bytes (default: k MiB, i.e. 1 MiB shards).
     #[arg(long)]
     segment_size: Option<u32>,
-    /// Name recorded in the manifest (default: the file name).
+    /// Name recorded in the manifest (default: the file name). A name
+    /// BUCKET/KEY also names the object in that bucket (created when
+    /// absent), as S3 sees it; `get BUCKET/KEY` fetches it.
     #[arg(long)]
     name: Option<String>,
     /// One JSON object per file instead of the ID.
@@ -312,6 +337,13 @@ struct InitArgs {
     /// Reads take data shards first whatever their site (for comparisons).
     #[arg(long)]
     site_blind_reads: bool,
+    /// Serve S3 on this IP:PORT (needs --federation-style trust set up
+    /// and a network key; see README).
+    #[arg(long)]
+    s3_listen: Option<String>,
+    /// Abort multipart uploads untouched for this long.
+    #[arg(long)]
+    s3_upload_expiry_ms: Option<u64>,
 }
 
 #[derive(Debug, Args)]
@@ -465,7 +497,17 @@ async fn run(cli: Cli) -> Result<()> {
                 other => bail!("unexpected answer: {other:?}"),
             }
         }
-        Command::Ls { json, conn } => ls(json, conn).await,
+        Command::Ls {
+            target: Some(t),
+            json,
+            conn,
+        } => ls_names(&t, json, conn).await,
+        Command::Ls {
+            target: None,
+            json,
+            conn,
+        } => ls(json, conn).await,
+        Command::S3(S3Command::Keys { token, json, conn }) => s3_keys(&token, json, conn).await,
         Command::Scrub { conn, json } => {
             let client = conn.connect().await?;
             match client.control(ControlRequest::Scrub).await? {
@@ -680,6 +722,34 @@ async fn put(args: PutArgs) -> Result<()> {
                 .map_err(anyhow::Error::from)
         };
         bar.finish();
+        // An explicit BUCKET/KEY name also goes into the bucket.
+        let r = match (r, args.name.as_deref().and_then(bucket_key)) {
+            (Ok(r), Some((bucket, key))) => {
+                let etag = if recipients.is_empty() {
+                    file_md5(&path)?
+                } else {
+                    // Encrypted: the stored bytes are not the file's.
+                    r.object.to_string()[..32].to_string()
+                };
+                let req = ClientRequest::Name {
+                    bucket: bucket.to_string(),
+                    key: key.to_string(),
+                    object: r.object,
+                    size: r.size,
+                    etag,
+                    content_type: None,
+                };
+                match objects::request(&client, req).await {
+                    Ok(ClientResponse::Named) => Ok(r),
+                    Ok(other) => Err(anyhow::anyhow!("unexpected answer: {other:?}")),
+                    Err(e) => Err(anyhow::Error::from(e).context(format!(
+                        "stored as {} but not named {bucket}/{key}",
+                        r.object
+                    ))),
+                }
+            }
+            (r, _) => r,
+        };
         match r {
             Ok(r) if args.json => println!(
                 "{}",
@@ -691,10 +761,10 @@ async fn put(args: PutArgs) -> Result<()> {
                 })
             ),
             Ok(r) => println!("{}", r.object),
-            Err(e) if total == 1 => bail!("{}: {e}", path.display()),
+            Err(e) if total == 1 => bail!("{}: {e:#}", path.display()),
             Err(e) => {
                 failures += 1;
-                eprintln!("error: {}: {e}", path.display());
+                eprintln!("error: {}: {e:#}", path.display());
             }
         }
     }
@@ -702,6 +772,99 @@ async fn put(args: PutArgs) -> Result<()> {
         bail!("{failures} of {total} files not stored");
     }
     Ok(())
+}
+
+/// MD5 of a file in hex: the ETag S3 clients expect of a single-part object.
+fn file_md5(path: &Path) -> Result<String> {
+    dynostore_node::s3::md5_file(path).with_context(|| format!("cannot read {}", path.display()))
+}
+
+/// Resolves `BUCKET/KEY` to the object it names.
+async fn resolve_name(conn: &ConnArgs, name: &str) -> Result<ObjectId> {
+    let Some((bucket, key)) = bucket_key(name) else {
+        bail!("{name:?} is neither an object ID nor a BUCKET/KEY name");
+    };
+    let client = conn.connect().await?;
+    let req = ClientRequest::Resolve {
+        bucket: bucket.to_string(),
+        key: key.to_string(),
+    };
+    match objects::request(&client, req).await? {
+        ClientResponse::Resolved { object, .. } => Ok(object),
+        other => bail!("unexpected answer: {other:?}"),
+    }
+}
+
+async fn ls_names(target: &str, json: bool, conn: ConnArgs) -> Result<()> {
+    let (bucket, prefix) = target.split_once('/').unwrap_or((target, ""));
+    let client = conn.connect().await?;
+    let mut after: Option<String> = None;
+    let mut all = Vec::new();
+    loop {
+        let req = ClientRequest::ListNames {
+            bucket: bucket.to_string(),
+            prefix: prefix.to_string(),
+            after: after.clone(),
+        };
+        let (names, truncated) = match objects::request(&client, req).await? {
+            ClientResponse::Names { names, truncated } => (names, truncated),
+            other => bail!("unexpected answer: {other:?}"),
+        };
+        after = names.last().map(|r| r.key.clone());
+        for r in names {
+            let e = r.entry.unwrap_or_default();
+            if json {
+                all.push(serde_json::json!({
+                    "key": r.key, "size": e.size, "etag": e.etag,
+                    "id": e.object.map(|o| o.to_string()),
+                    "modified_ms": r.version.ms,
+                }));
+            } else {
+                println!(
+                    "{}  {:>12}  {}",
+                    e.object.map(|o| o.to_string()).unwrap_or_default(),
+                    human_bytes(e.size),
+                    r.key
+                );
+            }
+        }
+        if !truncated || after.is_none() {
+            break;
+        }
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&all)?);
+    }
+    Ok(())
+}
+
+async fn s3_keys(token: &Path, json: bool, conn: ConnArgs) -> Result<()> {
+    let text = std::fs::read_to_string(token)
+        .with_context(|| format!("cannot read the token {}", token.display()))?;
+    let bytes = dynostore_protocol::token::Token::bytes_of_base64(text.trim())
+        .with_context(|| format!("{} is not a token", token.display()))?;
+    let client = conn.connect().await?;
+    match objects::request(&client, ClientRequest::S3Keys { token: bytes }).await? {
+        ClientResponse::S3Keys { access_key, secret } if json => {
+            println!(
+                "{}",
+                serde_json::json!({"access_key_id": access_key, "secret_access_key": secret})
+            );
+            Ok(())
+        }
+        ClientResponse::S3Keys { access_key, secret } => {
+            println!("access key id:     {access_key}");
+            println!("secret access key: {secret}");
+            Ok(())
+        }
+        other => bail!("unexpected answer: {other:?}"),
+    }
+}
+
+/// `BUCKET/KEY` of a name, when it has that form.
+fn bucket_key(name: &str) -> Option<(&str, &str)> {
+    let (b, k) = name.split_once('/')?;
+    (!b.is_empty() && !k.is_empty()).then_some((b, k))
 }
 
 async fn get(args: GetArgs) -> Result<()> {
@@ -714,7 +877,11 @@ async fn get(args: GetArgs) -> Result<()> {
         length,
         conn,
     } = args;
-    let object = parse_object(&id)?;
+    let object = match id.parse::<ObjectId>() {
+        Ok(o) => o,
+        Err(_) if id.contains('/') => resolve_name(&conn, &id).await?,
+        Err(_) => parse_object(&id)?,
+    };
     let out = if output == Path::new("-") {
         Output::Stdout
     } else {
@@ -939,6 +1106,10 @@ fn init(args: InitArgs) -> Result<()> {
     }
     cfg.wan_emulation = args.wan_emulation;
     cfg.site_aware_reads = !args.site_blind_reads;
+    cfg.s3_listen = args.s3_listen;
+    if let Some(v) = args.s3_upload_expiry_ms {
+        cfg.s3_upload_expiry_ms = v;
+    }
     if let Some(key) = &args.network_key {
         // Check it before copying it next to the node.
         let psk = keys::load_network_key(key)?;

@@ -46,7 +46,7 @@ use dynostore_protocol::wire::{
 };
 use dynostore_protocol::{MemberState, NodeId};
 
-use crate::config::{Config, ADDR_FILE, ADMIN_ADDR_FILE, IDENTITY_FILE};
+use crate::config::{Config, ADDR_FILE, ADMIN_ADDR_FILE, IDENTITY_FILE, S3_ADDR_FILE};
 use crate::keys;
 use crate::manifests::ManifestStore;
 use crate::net::{self, Command, ControlBehaviour};
@@ -92,6 +92,8 @@ pub enum NodeError {
     Net(#[from] net::NetError),
     #[error(transparent)]
     Http(#[from] crate::http::HttpError),
+    #[error(transparent)]
+    S3(#[from] crate::s3::S3Error),
     #[error(transparent)]
     Admission(#[from] crate::trust::AdmissionError),
     #[error(
@@ -139,6 +141,7 @@ pub async fn run(
     };
     let store = ShardStore::open(dir, &cfg.containers).await?;
     let manifests = ManifestStore::open(&store)?;
+    let names = crate::names::NameStore::open(&store)?;
     let local = net::node_id(&key.public().to_peer_id());
     let mut swarm = build_swarm(&key, psk.as_ref(), &cfg)?;
     let (cmd_tx, cmd_rx) = mpsc::channel(COMMAND_QUEUE);
@@ -186,6 +189,7 @@ pub async fn run(
         cfg.site.clone(),
         store,
         manifests,
+        names,
         membership,
         net,
         cfg.repair_rate_bytes_per_sec,
@@ -207,6 +211,7 @@ pub async fn run(
         },
         max_stripe_shards: cfg.max_stripe_shards,
     };
+    shared.s3_secret_base = psk.as_ref().map(keys::NetworkKey::s3_secret_base);
     let shared = Arc::new(shared);
     for addr in cfg.listen_addrs() {
         swarm
@@ -259,12 +264,44 @@ pub async fn run(
             tombstone_ttl: Duration::from_millis(cfg.tombstone_ttl_ms),
         },
     ));
+    let s3 = match cfg.s3_addr()? {
+        Some(addr) => {
+            let listener = crate::s3::bind(addr).await?;
+            let bound = listener
+                .local_addr()
+                .map_err(|source| NodeError::AddrFile {
+                    path: dir.join(S3_ADDR_FILE),
+                    source,
+                })?;
+            write_atomically(&dir.join(S3_ADDR_FILE), &format!("{bound}\n")).map_err(|source| {
+                NodeError::AddrFile {
+                    path: dir.join(S3_ADDR_FILE),
+                    source,
+                }
+            })?;
+            println!("S3 on http://{bound}");
+            let shared = shared.clone();
+            let s3cfg = crate::s3::S3Config {
+                spool_dir: dir.join("s3-spool"),
+                k: cfg.default_k,
+                m: cfg.default_m,
+                upload_expiry: Duration::from_millis(cfg.s3_upload_expiry_ms),
+            };
+            Some(tokio::spawn(async move {
+                if let Err(e) = crate::s3::serve(listener, shared, s3cfg).await {
+                    tracing::error!(error = %e, "the S3 endpoint stopped");
+                }
+            }))
+        }
+        None => None,
+    };
     let sampler = tokio::spawn(crate::dashboard::sample_loop(shared.clone()));
     let collector = tokio::spawn(crate::gc::gc_loop(
         shared.clone(),
         Duration::from_millis(cfg.gc_interval_ms),
         cfg.gc_grace_ms,
     ));
+    let name_sync = tokio::spawn(crate::names::sync_loop(shared.clone()));
     let announcer = tokio::spawn(announce_loop(
         shared.clone(),
         cfg.announce_interval(),
@@ -288,6 +325,11 @@ pub async fn run(
     announcer.abort();
     sampler.abort();
     collector.abort();
+    name_sync.abort();
+    if let Some(s3) = s3 {
+        s3.abort();
+        let _ = std::fs::remove_file(dir.join(S3_ADDR_FILE));
+    }
     repairer.abort();
     admin.abort();
     let _ = std::fs::remove_file(dir.join(ADDR_FILE));
@@ -1065,6 +1107,26 @@ async fn answer_control(shared: &Arc<Shared>, request: ControlRequest) -> Contro
                 Err(e) => remote_error(e.kind(), &e),
             }
         }
+        ControlRequest::PutNames { records } => match shared.names.merge(&records).await {
+            Ok(count) => ControlResponse::Deleted { count },
+            Err(e) => remote_error(e.kind(), &e),
+        },
+        ControlRequest::ListNames {
+            ns,
+            prefix,
+            after,
+            limit,
+        } => match shared
+            .names
+            .list(&ns, &prefix, after.as_deref(), limit as usize)
+        {
+            Ok((records, truncated)) => ControlResponse::Names { records, truncated },
+            Err(e) => remote_error(e.kind(), &e),
+        },
+        ControlRequest::NamesDigest { ns } => match shared.names.digest(&ns) {
+            Ok((count, digest)) => ControlResponse::NamesDigest { count, digest },
+            Err(e) => remote_error(e.kind(), &e),
+        },
     }
 }
 

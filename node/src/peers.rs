@@ -16,6 +16,7 @@ use libp2p::PeerId;
 use tokio::sync::{mpsc, oneshot};
 
 use dynostore_protocol::manifest::{Generation, Manifest, ShardSlot};
+use dynostore_protocol::names::NameRecord;
 use dynostore_protocol::placement::View;
 use dynostore_protocol::planner::Presence;
 use dynostore_protocol::wire::{
@@ -26,6 +27,7 @@ use dynostore_protocol::{NodeId, ObjectId, ShardId};
 
 use crate::manifests::{wall_ms, ManifestStore, ManifestStoreError};
 use crate::metrics::{kind_label, Metrics};
+use crate::names::{NameError, NameStore};
 use crate::net::{peer_id, Command};
 use crate::shard_proto::{self, ShardClientError};
 use crate::store::{ShardStore, StoreError};
@@ -48,6 +50,8 @@ pub enum PeerError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Manifests(#[from] ManifestStoreError),
+    #[error(transparent)]
+    Names(#[from] Box<NameError>),
 }
 
 impl From<ShardClientError> for PeerError {
@@ -66,6 +70,7 @@ impl PeerError {
             PeerError::Refused { error, .. } => error.kind,
             PeerError::Store(e) => e.kind(),
             PeerError::Manifests(e) => e.kind(),
+            PeerError::Names(e) => e.kind(),
         }
     }
 
@@ -81,7 +86,7 @@ impl PeerError {
             PeerError::Unreachable { .. } => "unreachable",
             PeerError::Refused { error, .. } => kind_label(error.kind),
             PeerError::Unexpected { .. } => "unexpected",
-            PeerError::Store(_) | PeerError::Manifests(_) => "local",
+            PeerError::Store(_) | PeerError::Manifests(_) | PeerError::Names(_) => "local",
         }
     }
 }
@@ -177,6 +182,7 @@ pub(crate) struct Peers<'a> {
     pub(crate) tombstone_ttl_ms: u64,
     /// Failed requests to other members are counted here.
     pub(crate) metrics: &'a Metrics,
+    pub(crate) names: &'a NameStore,
 }
 
 impl Peers<'_> {
@@ -500,6 +506,70 @@ impl Peers<'_> {
             .await?
         {
             ControlResponse::Revocations { items } => Ok(items),
+            other => Err(unexpected(node, &other)),
+        }
+    }
+    /// Merges name records on `node`; returns how many changed there.
+    pub(crate) async fn put_names(
+        self,
+        node: &NodeId,
+        records: &[NameRecord],
+    ) -> Result<u32, PeerError> {
+        if self.is_local(node) {
+            return self
+                .names
+                .merge(records)
+                .await
+                .map_err(|e| Box::new(e).into());
+        }
+        let req = ControlRequest::PutNames {
+            records: records.to_vec(),
+        };
+        match self.control("put_names", node, req).await? {
+            ControlResponse::Deleted { count } => Ok(count),
+            other => Err(unexpected(node, &other)),
+        }
+    }
+
+    /// One page of `ns`'s records on `node` (see [`NameStore::list`]).
+    pub(crate) async fn list_names(
+        self,
+        node: &NodeId,
+        ns: &str,
+        prefix: &str,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<(Vec<NameRecord>, bool), PeerError> {
+        if self.is_local(node) {
+            return self
+                .names
+                .list(ns, prefix, after, limit as usize)
+                .map_err(|e| Box::new(e).into());
+        }
+        let req = ControlRequest::ListNames {
+            ns: ns.to_string(),
+            prefix: prefix.to_string(),
+            after: after.map(str::to_string),
+            limit,
+        };
+        match self.control("list_names", node, req).await? {
+            ControlResponse::Names { records, truncated } => Ok((records, truncated)),
+            other => Err(unexpected(node, &other)),
+        }
+    }
+
+    /// Count and digest of `ns`'s records on `node`.
+    pub(crate) async fn names_digest(
+        self,
+        node: &NodeId,
+        ns: &str,
+    ) -> Result<(u64, [u8; 32]), PeerError> {
+        if self.is_local(node) {
+            return self.names.digest(ns).map_err(|e| Box::new(e).into());
+        }
+        let req = ControlRequest::NamesDigest { ns: ns.to_string() };
+        match self.control("names_digest", node, req).await? {
+            ControlResponse::NamesDigest { count, digest } => Ok((count, digest)),
             other => Err(unexpected(node, &other)),
         }
     }

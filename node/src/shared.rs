@@ -33,6 +33,11 @@ pub(crate) struct Shared {
     pub(crate) site: String,
     pub(crate) store: ShardStore,
     pub(crate) manifests: ManifestStore,
+    /// Name records held here ([`crate::names`]).
+    pub(crate) names: crate::names::NameStore,
+    /// The key S3 secrets are derived from (from the network key; `None`
+    /// without one: no S3 keys).
+    pub(crate) s3_secret_base: Option<[u8; 32]>,
     membership: Mutex<Membership>,
     pub(crate) start: Instant,
     pub(crate) net: PeerNet,
@@ -234,6 +239,7 @@ impl Shared {
         site: String,
         store: ShardStore,
         manifests: ManifestStore,
+        names: crate::names::NameStore,
         membership: Membership,
         net: PeerNet,
         repair_rate_bytes_per_sec: u64,
@@ -244,6 +250,8 @@ impl Shared {
             site,
             store,
             manifests,
+            names,
+            s3_secret_base: None,
             membership: Mutex::new(membership),
             start: Instant::now(),
             net,
@@ -274,6 +282,7 @@ impl Shared {
             net: &self.net,
             tombstone_ttl_ms: self.tombstone_ttl_ms,
             metrics: &self.metrics,
+            names: &self.names,
         }
     }
 

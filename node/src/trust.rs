@@ -205,6 +205,11 @@ impl Admission {
         })
     }
 
+    /// The federation (sites and their public keys): tokens verify against it.
+    pub fn federation(&self) -> &Federation {
+        &self.federation
+    }
+
     /// The site label this node's certificate gives it.
     pub fn own_site(&self) -> &str {
         &self.own.body().site
@@ -277,10 +282,6 @@ pub enum AccessError {
 }
 
 impl Admission {
-    pub fn federation(&self) -> &Federation {
-        &self.federation
-    }
-
     /// Decodes a client's token against the federation's site keys and
     /// refuses a revoked one, before any work on the request.
     pub fn user_token(&self, token: Option<&[u8]>) -> Result<Token, AccessError> {

@@ -11,6 +11,7 @@
 //!   an annual durability, in closed form.
 //! - [`erasure`]: segment geometry and the two Reed-Solomon codecs.
 //! - [`manifest`]: the versioned CBOR manifest of an object.
+//! - [`names`]: replicated name records (buckets, keys), last writer wins.
 //! - [`membership`]: the alive/suspect/down view, driven by announcements and time.
 //! - [`placement`]: weighted rendezvous hashing with site spreading.
 //! - [`repair`]: who repairs an object and where rebuilt shards go.
@@ -28,6 +29,7 @@ pub mod erasure;
 pub mod ids;
 pub mod manifest;
 pub mod membership;
+pub mod names;
 pub mod placement;
 pub mod planner;
 pub mod read;

@@ -267,6 +267,18 @@ impl PlacementKey {
     pub fn for_manifest(object: &ObjectId) -> Self {
         Self::derive(b"dynostore/placement/manifest/1", object, 0)
     }
+
+    /// Key for the name records of a namespace (an S3 bucket, or a
+    /// reserved namespace; see [`crate::names`]).
+    pub fn for_names(namespace: &str) -> Self {
+        let mut h = blake3::Hasher::new();
+        h.update(b"dynostore/placement/names/1");
+        h.update(namespace.as_bytes());
+        let b = h.finalize();
+        let mut first = [0u8; 8];
+        first.copy_from_slice(&b.as_bytes()[..8]);
+        PlacementKey(u64::from_le_bytes(first))
+    }
 }
 
 /// A membership view prepared for placement queries.

@@ -33,6 +33,7 @@ use crate::ids::{NodeId, ObjectId, ShardId};
 use crate::manifest::{
     Generation, ManifestVersion, Metadata, ShardRef, ShardSlot, MAX_MANIFEST_BYTES, MAX_META_LEN,
 };
+use crate::names::NameRecord;
 use crate::placement::{MemberState, Space};
 
 // Version 2: shard copies are owned per object generation ([`ShardRef`]).
@@ -179,6 +180,15 @@ fn check_text(field: &str, s: &str, max: usize) -> Result<(), String> {
         return Err(format!("{field} is {} bytes, at most {max}", s.len()));
     }
     Ok(())
+}
+
+fn check_records(records: &[NameRecord]) -> Result<(), String> {
+    check_count(
+        "records",
+        records.len(),
+        crate::names::MAX_RECORDS_PER_MESSAGE,
+    )?;
+    records.iter().try_for_each(NameRecord::check)
 }
 
 fn check_count(field: &str, n: usize, max: usize) -> Result<(), String> {
@@ -347,6 +357,20 @@ pub enum ControlRequest {
         token: Vec<u8>,
         request: Box<ControlRequest>,
     },
+    /// Merge these name records (last writer wins per key); answered
+    /// `Deleted { count }` with the number that changed something.
+    PutNames { records: Vec<NameRecord> },
+    /// The records of namespace `ns` whose keys start with `prefix`, in
+    /// key order, after `after`, at most `limit` (tombstones included).
+    ListNames {
+        ns: String,
+        prefix: String,
+        after: Option<String>,
+        limit: u32,
+    },
+    /// A digest of every record of `ns` this node holds (anti-entropy:
+    /// replicas that agree exchange nothing else).
+    NamesDigest { ns: String },
 }
 
 impl WireMessage for ControlRequest {
@@ -373,6 +397,27 @@ impl WireMessage for ControlRequest {
                     | ControlRequest::Status => request.check(),
                     _ => Err("only deny, scrub and status are operator requests".into()),
                 }
+            }
+            ControlRequest::PutNames { records } => check_records(records),
+            ControlRequest::ListNames {
+                ns,
+                prefix,
+                after,
+                limit,
+            } => {
+                check_text("namespace", ns, crate::names::MAX_NAMESPACE_LEN)?;
+                check_text("prefix", prefix, crate::names::MAX_KEY_LEN)?;
+                if let Some(a) = after {
+                    check_text("after", a, crate::names::MAX_KEY_LEN)?;
+                }
+                check_count(
+                    "limit",
+                    *limit as usize,
+                    crate::names::MAX_RECORDS_PER_MESSAGE,
+                )
+            }
+            ControlRequest::NamesDigest { ns } => {
+                check_text("namespace", ns, crate::names::MAX_NAMESPACE_LEN)
             }
             ControlRequest::DeleteManifest { .. }
             | ControlRequest::Scrub
@@ -648,6 +693,16 @@ pub enum ControlResponse {
     Revocations {
         items: Vec<crate::trust::RevocationBytes>,
     },
+    /// Name records (answers `ListNames`); `truncated`: more follow.
+    Names {
+        records: Vec<NameRecord>,
+        truncated: bool,
+    },
+    /// Answers `NamesDigest`.
+    NamesDigest {
+        count: u64,
+        digest: [u8; 32],
+    },
     Error(RemoteError),
 }
 
@@ -668,7 +723,10 @@ impl WireMessage for ControlResponse {
                     check_count("removed", s.removed.len(), MAX_REMOVED_GENERATIONS)
                 })
             }
-            ControlResponse::Scrubbed { .. } | ControlResponse::Denied { .. } => Ok(()),
+            ControlResponse::Scrubbed { .. }
+            | ControlResponse::Denied { .. }
+            | ControlResponse::NamesDigest { .. } => Ok(()),
+            ControlResponse::Names { records, .. } => check_records(records),
             ControlResponse::Revocations { items } => {
                 check_count("revocations", items.len(), crate::trust::MAX_REVOCATIONS)
             }
@@ -752,6 +810,33 @@ pub enum ClientRequest {
         #[serde(with = "crate::trust::serde_bytes_vec")]
         revocation: Vec<u8>,
     },
+    /// Register a user token for S3; answered `S3Keys` (the node derives
+    /// the secret; see the node's `s3::auth`).
+    S3Keys {
+        token: Vec<u8>,
+    },
+    /// Name a stored object `bucket/key` (the bucket is created if
+    /// absent); answered `Named`.
+    Name {
+        bucket: String,
+        key: String,
+        object: ObjectId,
+        size: u64,
+        etag: String,
+        content_type: Option<String>,
+    },
+    /// The object `bucket/key` names; answered `Resolved`.
+    Resolve {
+        bucket: String,
+        key: String,
+    },
+    /// The names of `bucket` under `prefix` after `after` (at most 1000);
+    /// answered `Names`.
+    ListNames {
+        bucket: String,
+        prefix: String,
+        after: Option<String>,
+    },
 }
 
 /// What a client sends first: its request and the user token it acts with
@@ -789,15 +874,47 @@ impl WireMessage for ClientRequest {
                 {
                     check_text("metadata", v, MAX_META_LEN)?;
                 }
-                Ok(())
             }
             ClientRequest::Revoke { revocation } => check_count(
                 "revocation bytes",
                 revocation.len(),
                 crate::trust::REVOCATION_MAX_BYTES,
-            ),
-            _ => Ok(()),
+            )?,
+            ClientRequest::S3Keys { token } => {
+                check_count("token bytes", token.len(), crate::token::TOKEN_MAX_BYTES)?
+            }
+            ClientRequest::Name {
+                bucket,
+                key,
+                etag,
+                content_type,
+                ..
+            } => {
+                check_text("bucket", bucket, crate::names::MAX_NAMESPACE_LEN)?;
+                check_text("key", key, crate::names::MAX_KEY_LEN)?;
+                check_text("etag", etag, crate::names::MAX_SHORT_TEXT)?;
+                if let Some(c) = content_type {
+                    check_text("content type", c, crate::names::MAX_SHORT_TEXT)?;
+                }
+            }
+            ClientRequest::Resolve { bucket, key } => {
+                check_text("bucket", bucket, crate::names::MAX_NAMESPACE_LEN)?;
+                check_text("key", key, crate::names::MAX_KEY_LEN)?;
+            }
+            ClientRequest::ListNames {
+                bucket,
+                prefix,
+                after,
+            } => {
+                check_text("bucket", bucket, crate::names::MAX_NAMESPACE_LEN)?;
+                check_text("prefix", prefix, crate::names::MAX_KEY_LEN)?;
+                if let Some(a) = after {
+                    check_text("after", a, crate::names::MAX_KEY_LEN)?;
+                }
+            }
+            _ => {}
         }
+        Ok(())
     }
 }
 
@@ -901,6 +1018,23 @@ pub enum ClientResponse {
     Revoked {
         added: u32,
     },
+    /// An S3 key pair for the registered token.
+    S3Keys {
+        access_key: String,
+        secret: String,
+    },
+    /// The name was written.
+    Named,
+    /// What a name points at.
+    Resolved {
+        object: ObjectId,
+        size: u64,
+    },
+    /// Live names in key order; `truncated`: more follow after the last.
+    Names {
+        names: Vec<NameRecord>,
+        truncated: bool,
+    },
     Error(RemoteError),
 }
 
@@ -912,6 +1046,11 @@ impl WireMessage for ClientResponse {
         match self {
             ClientResponse::List { objects, .. } => check_summaries(objects),
             ClientResponse::Error(e) => check_text("error message", &e.message, MAX_TEXT_LEN),
+            ClientResponse::Names { names, .. } => check_records(names),
+            ClientResponse::S3Keys { access_key, secret } => {
+                check_text("access key", access_key, MAX_TEXT_LEN)?;
+                check_text("secret", secret, MAX_TEXT_LEN)
+            }
             _ => Ok(()),
         }
     }

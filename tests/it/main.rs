@@ -14,6 +14,7 @@ mod ownership;
 mod placement;
 mod repair;
 mod s3;
+mod s3_clients;
 mod safety;
 mod shards;
 mod sim_cluster;

@@ -1,0 +1,303 @@
+//! The S3 gateway: every node with `s3_listen` set serves the S3 API
+//! (`s3s` over hyper 1) as an entry peer, like the CLI's.
+//!
+//! - [`auth`]: S3 keys from user tokens (SigV4 via s3s's `S3Auth`), and
+//!   each request authorized by the token (`S3Access`).
+//! - [`ops`]: the operations, over [`crate::names`] (buckets, keys,
+//!   uploads) and the data path.
+//! - here: the listener, with the admin API's kind of limits, and the
+//!   spool a streamed body goes through.
+//!
+//! Limits: at most [`MAX_CONNECTIONS`] connections (more are closed on
+//! accept), request heads of [`MAX_HEAD_BYTES`] within [`HEAD_TIMEOUT`],
+//! each body chunk within [`BODY_IDLE`], a connection at most
+//! [`CONNECTION_LIFETIME`], objects of at most [`MAX_OBJECT_BYTES`] in one
+//! PutObject (S3's own limit; larger ones are multipart).
+
+pub mod auth;
+pub mod ops;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use md5::Digest;
+use s3s::dto::StreamingBlob;
+use s3s::stream::{ByteStream, RemainingLength};
+use s3s::{s3_error, S3Result};
+use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, Semaphore};
+
+use dynostore_protocol::ObjectId;
+
+use crate::datapath::{DataError, PutSource};
+use crate::shared::Shared;
+
+/// Connections served at once; further ones are closed on accept.
+pub const MAX_CONNECTIONS: usize = 256;
+/// Largest request head.
+pub const MAX_HEAD_BYTES: usize = 64 * 1024;
+/// Time a client has to send a request head.
+pub const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
+/// A body that sends nothing for this long is cut.
+pub const BODY_IDLE: Duration = Duration::from_secs(60);
+/// A reader that takes nothing for this long is cut.
+pub const SEND_TIMEOUT: Duration = Duration::from_secs(60);
+/// Longest life of one connection (a 5 GiB part at 2 MB/s fits).
+pub const CONNECTION_LIFETIME: Duration = Duration::from_secs(3 * 3600);
+/// Largest single PutObject or part (S3's limit).
+pub const MAX_OBJECT_BYTES: u64 = 5 << 30;
+
+/// Why the S3 gateway could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum S3Error {
+    #[error("cannot listen for S3 on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot create the S3 spool directory {path}: {source}")]
+    Spool {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// What the gateway needs besides [`Shared`].
+#[derive(Debug, Clone)]
+pub struct S3Config {
+    /// Where streamed bodies are spooled (in the node's directory).
+    pub spool_dir: PathBuf,
+    /// The geometry of objects written through S3.
+    pub k: u16,
+    pub m: u16,
+    /// Multipart uploads untouched for this long are aborted.
+    pub upload_expiry: Duration,
+}
+
+pub async fn bind(addr: SocketAddr) -> Result<TcpListener, S3Error> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| S3Error::Bind { addr, source })
+}
+
+/// Serves S3 on `listener` until the task is dropped.
+pub(crate) async fn serve(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    cfg: S3Config,
+) -> Result<(), S3Error> {
+    std::fs::create_dir_all(&cfg.spool_dir).map_err(|source| S3Error::Spool {
+        path: cfg.spool_dir.clone(),
+        source,
+    })?;
+    let keys = auth::Keys::new(shared.clone());
+    let gateway = ops::Gateway::new(shared.clone(), keys.clone(), cfg.clone());
+    tokio::spawn(ops::expire_uploads_loop(gateway.clone()));
+    let mut builder = s3s::service::S3ServiceBuilder::new(gateway);
+    builder.set_auth(keys.clone());
+    builder.set_access(keys);
+    let service = builder.build();
+    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let (tcp, from) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "S3: accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            tracing::debug!(%from, "S3: too many connections; closing one");
+            continue;
+        };
+        let service = service.clone();
+        tokio::spawn(async move {
+            let conn = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEAD_TIMEOUT)
+                .max_buf_size(MAX_HEAD_BYTES)
+                .serve_connection(TokioIo::new(tcp), service);
+            match tokio::time::timeout(CONNECTION_LIFETIME, conn).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::debug!(%from, error = %e, "S3 connection failed"),
+                Err(_) => tracing::debug!(%from, "S3 connection closed at its lifetime"),
+            }
+            drop(permit);
+        });
+    }
+}
+
+/// MD5 of a file in hex: the ETag S3 clients expect of a single-part
+/// object (the CLI's `put --name BUCKET/KEY`).
+pub fn md5_file(path: &std::path::Path) -> std::io::Result<String> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path)?;
+    let mut h = md5::Md5::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(hex(&h.finalize()))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A body spooled to an unnamed temporary file: its length, BLAKE3 (the
+/// object ID) and MD5 (the ETag), learnt while it streamed in.
+#[derive(Debug)]
+pub(crate) struct Spooled {
+    pub file: tokio::fs::File,
+    pub size: u64,
+    pub object: ObjectId,
+    pub md5: [u8; 16],
+}
+
+impl Spooled {
+    pub fn etag(&self) -> String {
+        hex(&self.md5)
+    }
+}
+
+/// Accumulates bytes into a spool file with both hashes.
+pub(crate) struct Spool {
+    file: tokio::fs::File,
+    size: u64,
+    blake: blake3::Hasher,
+    md5: md5::Md5,
+    limit: u64,
+}
+
+impl Spool {
+    pub async fn new(dir: &std::path::Path, limit: u64) -> S3Result<Spool> {
+        let dir = dir.to_path_buf();
+        let file = tokio::task::spawn_blocking(move || tempfile::tempfile_in(dir))
+            .await
+            .map_err(|e| s3_error!(InternalError, "{e}"))?
+            .map_err(|e| s3_error!(InternalError, "cannot create a spool file: {e}"))?;
+        Ok(Spool {
+            file: tokio::fs::File::from_std(file),
+            size: 0,
+            blake: blake3::Hasher::new(),
+            md5: md5::Md5::new(),
+            limit,
+        })
+    }
+
+    pub async fn write(&mut self, bytes: &[u8]) -> S3Result<()> {
+        self.size += bytes.len() as u64;
+        if self.size > self.limit {
+            return Err(s3_error!(
+                EntityTooLarge,
+                "the object is larger than {} bytes",
+                self.limit
+            ));
+        }
+        self.blake.update(bytes);
+        self.md5.update(bytes);
+        self.file
+            .write_all(bytes)
+            .await
+            .map_err(|e| s3_error!(InternalError, "spool write: {e}"))
+    }
+
+    pub async fn finish(mut self) -> S3Result<Spooled> {
+        self.file
+            .flush()
+            .await
+            .map_err(|e| s3_error!(InternalError, "spool flush: {e}"))?;
+        self.file
+            .seek(std::io::SeekFrom::Start(0))
+            .await
+            .map_err(|e| s3_error!(InternalError, "spool seek: {e}"))?;
+        let mut md5 = [0u8; 16];
+        md5.copy_from_slice(&self.md5.finalize());
+        Ok(Spooled {
+            file: self.file,
+            size: self.size,
+            object: ObjectId::from_hash(self.blake.finalize()),
+            md5,
+        })
+    }
+}
+
+/// Spools a request body, each chunk within [`BODY_IDLE`].
+pub(crate) async fn spool_body(
+    dir: &std::path::Path,
+    mut body: StreamingBlob,
+    limit: u64,
+) -> S3Result<Spooled> {
+    let mut spool = Spool::new(dir, limit).await?;
+    loop {
+        let next = tokio::time::timeout(BODY_IDLE, body.next())
+            .await
+            .map_err(|_| s3_error!(RequestTimeout, "no body bytes for {BODY_IDLE:?}"))?;
+        match next {
+            None => break,
+            Some(Ok(bytes)) => spool.write(&bytes).await?,
+            Some(Err(e)) => return Err(s3_error!(IncompleteBody, "{e}")),
+        }
+    }
+    spool.finish().await
+}
+
+impl PutSource for Spooled {
+    async fn ready(&mut self) -> Result<(), DataError> {
+        Ok(())
+    }
+
+    async fn read_exact(&mut self, buf: &mut [u8]) -> Result<(), DataError> {
+        self.file.read_exact(buf).await?;
+        Ok(())
+    }
+}
+
+/// A response body fed by a task through a small bounded channel.
+pub(crate) struct ChannelBody {
+    rx: mpsc::Receiver<Result<Bytes, std::io::Error>>,
+    remaining: u64,
+}
+
+impl ChannelBody {
+    pub fn blob(rx: mpsc::Receiver<Result<Bytes, std::io::Error>>, len: u64) -> StreamingBlob {
+        StreamingBlob::new(ChannelBody { rx, remaining: len })
+    }
+}
+
+impl futures::Stream for ChannelBody {
+    type Item = Result<Bytes, s3s::StdError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        match self.rx.poll_recv(cx) {
+            Poll::Ready(Some(Ok(b))) => {
+                self.remaining = self.remaining.saturating_sub(b.len() as u64);
+                Poll::Ready(Some(Ok(b)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e)))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl ByteStream for ChannelBody {
+    fn remaining_length(&self) -> RemainingLength {
+        RemainingLength::new_exact(usize::try_from(self.remaining).unwrap_or(usize::MAX))
+    }
+}

@@ -1,0 +1,1425 @@
+//! The S3 operations over name records and the data path.
+//!
+//! - Buckets are records of the reserved namespace [`BUCKETS_NS`]; a
+//!   bucket's keys are the records of the namespace named like the bucket.
+//! - PutObject spools the body to a temporary file while hashing it
+//!   (BLAKE3 for the ID, MD5 for the ETag), then stores it through the
+//!   data path with the ID known, then writes the name record. Memory is
+//!   the data path's few segments whatever the size.
+//! - GetObject streams the object through the data path's `get` (whole
+//!   object verified against its ID) or, with `Range`, only the segments
+//!   the range covers (each decoded from verified shards).
+//! - Multipart uploads are records of `.uploads/BUCKET`: the upload
+//!   (`ID`) and each part (`ID/NNNNN`, an object of its own, stored as it
+//!   arrives). Complete reads the parts in order into a spool and stores
+//!   the whole as one object, so its ID is still the BLAKE3 of its bytes.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use futures::stream::FuturesOrdered;
+use futures::StreamExt;
+use md5::Digest;
+use s3s::dto::*;
+use s3s::{s3_error, S3Request, S3Response, S3Result, S3};
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+
+use dynostore_protocol::erasure::{CodecKind, Geometry, MAX_SEGMENT_SIZE};
+use dynostore_protocol::manifest::{Manifest, Metadata as ObjMeta};
+use dynostore_protocol::names::{
+    fold_page, Listed, NameEntry, NameRecord, NameVersion, MAX_RECORDS_PER_MESSAGE,
+};
+use dynostore_protocol::token::Op;
+use dynostore_protocol::wire::{ErrorKind, SkippedShard};
+use dynostore_protocol::ObjectId;
+
+use super::auth::{Keys, User};
+use super::{spool_body, ChannelBody, S3Config, Spool, Spooled, MAX_OBJECT_BYTES, SEND_TIMEOUT};
+use crate::datapath::{self, DataError, ObjectSink, SEGMENTS_IN_FLIGHT};
+use crate::names::{self, NameError};
+use crate::shared::Shared;
+
+/// The bucket catalogue's namespace.
+pub const BUCKETS_NS: &str = ".buckets";
+/// Most keys one listing answers.
+const MAX_KEYS: usize = 1000;
+/// Most parts of one upload (S3's limit).
+const MAX_PARTS: i32 = 10_000;
+/// Smallest part but the last (S3's limit).
+const MIN_PART: u64 = 5 << 20;
+/// Segments of a download buffered between the read and the client.
+const DOWNLOAD_BUFFER: usize = 2;
+
+/// An upload's state, in its record's blob.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Upload {
+    key: String,
+    content_type: Option<String>,
+    meta: Vec<(String, String)>,
+    owner: Option<String>,
+    created_ms: u64,
+}
+
+fn uploads_ns(bucket: &str) -> String {
+    format!(".uploads/{bucket}")
+}
+
+fn part_key(upload: &str, part: i32) -> String {
+    format!("{upload}/{part:05}")
+}
+
+/// The S3 service of one node.
+#[derive(Clone)]
+pub struct Gateway {
+    shared: Arc<Shared>,
+    keys: Keys,
+    cfg: S3Config,
+}
+
+impl std::fmt::Debug for Gateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gateway")
+            .field("cfg", &self.cfg)
+            .finish_non_exhaustive()
+    }
+}
+
+fn data_err(e: DataError) -> s3s::S3Error {
+    match e.kind() {
+        ErrorKind::NotEnoughNodes => s3_error!(ServiceUnavailable, "{e}"),
+        ErrorKind::NotFound => s3_error!(NoSuchKey, "{e}"),
+        ErrorKind::Unavailable => s3_error!(ServiceUnavailable, "{e}"),
+        ErrorKind::BadRequest => s3_error!(InvalidRequest, "{e}"),
+        _ => s3_error!(InternalError, "{e}"),
+    }
+}
+
+fn name_err(e: NameError) -> s3s::S3Error {
+    match e.kind() {
+        ErrorKind::BadRequest => s3_error!(InvalidArgument, "{e}"),
+        ErrorKind::Unavailable => s3_error!(ServiceUnavailable, "{e}"),
+        _ => s3_error!(InternalError, "{e}"),
+    }
+}
+
+fn now_ms() -> u64 {
+    crate::manifests::wall_ms()
+}
+
+fn timestamp(ms: u64) -> Timestamp {
+    Timestamp::from(SystemTime::UNIX_EPOCH + Duration::from_millis(ms))
+}
+
+fn etag(s: &str) -> ETag {
+    ETag::Strong(s.to_string())
+}
+
+fn user_of<T>(req: &S3Request<T>) -> Option<String> {
+    req.extensions
+        .get::<User>()
+        .map(|u| u.0.clone())
+        .filter(|u| !u.is_empty())
+}
+
+fn meta_pairs(m: Option<s3s::dto::Metadata>) -> Vec<(String, String)> {
+    let mut v: Vec<(String, String)> = m.map(|m| m.into_iter().collect()).unwrap_or_default();
+    v.sort();
+    v
+}
+
+fn meta_map(pairs: &[(String, String)]) -> Option<s3s::dto::Metadata> {
+    (!pairs.is_empty()).then(|| pairs.iter().cloned().collect())
+}
+
+fn hex_bytes(s: &str) -> Option<Vec<u8>> {
+    if !s.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+fn token_of(after: &str) -> String {
+    after.bytes().map(|b| format!("{b:02x}")).collect()
+}
+
+fn after_of(token: &str) -> S3Result<String> {
+    hex_bytes(token)
+        .and_then(|b| String::from_utf8(b).ok())
+        .ok_or_else(|| s3_error!(InvalidArgument, "bad continuation token"))
+}
+
+impl Gateway {
+    pub(crate) fn new(shared: Arc<Shared>, keys: Keys, cfg: S3Config) -> Self {
+        Gateway { shared, keys, cfg }
+    }
+
+    fn geometry(&self) -> S3Result<Geometry> {
+        let seg = (u32::from(self.cfg.k) << 20).min(MAX_SEGMENT_SIZE);
+        Geometry::new(CodecKind::default(), self.cfg.k, self.cfg.m, seg)
+            .map_err(|e| s3_error!(InternalError, "{e}"))
+    }
+
+    /// The live record of `ns`/`key`, if any.
+    async fn live(&self, ns: &str, key: &str) -> S3Result<Option<NameRecord>> {
+        Ok(names::get(&self.shared, ns, key)
+            .await
+            .map_err(name_err)?
+            .filter(|r| !r.is_tombstone()))
+    }
+
+    /// Writes `entry` (or a tombstone) under `ns`/`key`, above any version seen.
+    async fn write(&self, ns: &str, key: &str, entry: Option<NameEntry>) -> S3Result<NameVersion> {
+        let seen = names::get(&self.shared, ns, key).await.map_err(name_err)?;
+        let version = NameVersion::next(
+            now_ms(),
+            self.shared.local.clone(),
+            seen.as_ref().map(|r| &r.version),
+        );
+        let record = NameRecord {
+            ns: ns.to_string(),
+            key: key.to_string(),
+            version: version.clone(),
+            entry,
+        };
+        record
+            .check()
+            .map_err(|e| s3_error!(InvalidArgument, "{e}"))?;
+        names::put(&self.shared, vec![record])
+            .await
+            .map_err(name_err)?;
+        Ok(version)
+    }
+
+    async fn require_bucket(&self, bucket: &str) -> S3Result<NameRecord> {
+        self.live(BUCKETS_NS, bucket)
+            .await?
+            .ok_or_else(|| s3_error!(NoSuchBucket))
+    }
+
+    async fn require_key(&self, bucket: &str, key: &str) -> S3Result<(NameRecord, NameEntry)> {
+        match self.live(bucket, key).await? {
+            Some(r) => {
+                let e = r.entry.clone().unwrap_or_default();
+                Ok((r, e))
+            }
+            None => {
+                self.require_bucket(bucket).await?;
+                Err(s3_error!(NoSuchKey))
+            }
+        }
+    }
+
+    /// Stores a spooled body as an object through the data path.
+    async fn store(
+        &self,
+        mut spooled: Spooled,
+        name: &str,
+        ct: Option<String>,
+    ) -> S3Result<Spooled> {
+        let meta = ObjMeta {
+            name: Some(
+                name.chars()
+                    .take(dynostore_protocol::manifest::MAX_META_LEN)
+                    .collect(),
+            ),
+            content_type: ct.filter(|c| c.len() <= dynostore_protocol::manifest::MAX_META_LEN),
+            created_ms: Some(now_ms()),
+            owner: None,
+        };
+        let g = self.geometry()?;
+        let object = spooled.object;
+        let size = spooled.size;
+        datapath::put_object(&self.shared, &mut spooled, object, size, g, meta)
+            .await
+            .map_err(data_err)?;
+        Ok(spooled)
+    }
+
+    async fn spool(&self, body: Option<StreamingBlob>, limit: u64) -> S3Result<Spooled> {
+        match body {
+            Some(b) => spool_body(&self.cfg.spool_dir, b, limit).await,
+            None => Spool::new(&self.cfg.spool_dir, limit).await?.finish().await,
+        }
+    }
+
+    /// One merged listing page of a bucket.
+    async fn list(
+        &self,
+        bucket: &str,
+        prefix: &str,
+        delimiter: Option<&str>,
+        after: Option<String>,
+        max: usize,
+    ) -> S3Result<(Vec<Listed>, bool)> {
+        let mut out: Vec<Listed> = Vec::new();
+        let mut cursor = after.clone();
+        let mut fold_after = after;
+        loop {
+            let (page, more) = names::list_page(
+                &self.shared,
+                bucket,
+                prefix,
+                cursor.as_deref(),
+                MAX_RECORDS_PER_MESSAGE as u32,
+            )
+            .await
+            .map_err(name_err)?;
+            cursor = page.last().map(|r| r.key.clone());
+            let (listed, full) = fold_page(
+                page,
+                prefix,
+                delimiter,
+                fold_after.as_deref(),
+                max - out.len(),
+            );
+            if let Some(l) = listed.last() {
+                fold_after = Some(l.resume_after().to_string());
+            }
+            out.extend(listed);
+            if full {
+                return Ok((out, true));
+            }
+            if !more || cursor.is_none() {
+                return Ok((out, false));
+            }
+            // A common prefix folded on this page may go on in the next.
+            if let (Some(Listed::CommonPrefix(p)), Some(c)) = (out.last(), &cursor) {
+                if c.starts_with(p.as_str()) {
+                    fold_after = Some(p.clone());
+                }
+            }
+        }
+    }
+
+    fn object_of(r: &NameRecord) -> Object {
+        let e = r.entry.clone().unwrap_or_default();
+        Object {
+            key: Some(r.key.clone()),
+            size: Some(e.size as i64),
+            e_tag: Some(etag(&e.etag)),
+            last_modified: Some(timestamp(r.version.ms)),
+            storage_class: Some(ObjectStorageClass::from_static(
+                ObjectStorageClass::STANDARD,
+            )),
+            owner: e.owner.map(|o| Owner {
+                display_name: Some(o.clone()),
+                id: Some(o),
+            }),
+            ..Default::default()
+        }
+    }
+
+    async fn upload(&self, bucket: &str, upload_id: &str) -> S3Result<(NameRecord, Upload)> {
+        if upload_id.contains('/') || upload_id.is_empty() || upload_id.len() > 64 {
+            return Err(s3_error!(NoSuchUpload));
+        }
+        let r = self
+            .live(&uploads_ns(bucket), upload_id)
+            .await?
+            .ok_or_else(|| s3_error!(NoSuchUpload))?;
+        let up: Upload = r
+            .entry
+            .as_ref()
+            .and_then(|e| e.blob.as_deref())
+            .and_then(|b| ciborium::from_reader(b).ok())
+            .ok_or_else(|| s3_error!(InternalError, "an upload record does not decode"))?;
+        Ok((r, up))
+    }
+
+    async fn parts(&self, bucket: &str, upload_id: &str) -> S3Result<Vec<NameRecord>> {
+        names::list_all(
+            &self.shared,
+            &uploads_ns(bucket),
+            &format!("{upload_id}/"),
+            MAX_PARTS as usize + 1,
+        )
+        .await
+        .map_err(name_err)
+    }
+
+    /// Completes an upload: the whole object, read part by part into a
+    /// spool (its ID is the BLAKE3 of all its bytes), stored, named.
+    async fn finish_upload(
+        self,
+        bucket: String,
+        key: String,
+        upload_id: String,
+        up: Upload,
+        chosen: Vec<NameEntry>,
+    ) -> S3Result<CompleteMultipartUploadOutput> {
+        let mut spool = Spool::new(&self.cfg.spool_dir, u64::MAX).await?;
+        let mut md5s = md5::Md5::new();
+        for e in &chosen {
+            let object = e.object.ok_or_else(|| s3_error!(InvalidPart))?;
+            datapath::get(
+                &self.shared,
+                &mut SpoolSink(&mut spool),
+                object,
+                &datapath::open_gate,
+            )
+            .await
+            .map_err(data_err)?;
+            md5s.update(hex_bytes(&e.etag).unwrap_or_default());
+        }
+        let spooled = spool.finish().await?;
+        let name = format!("{bucket}/{key}");
+        let spooled = self.store(spooled, &name, up.content_type.clone()).await?;
+        let tag = format!("{}-{}", super::hex(&md5s.finalize()), chosen.len());
+        self.write(
+            &bucket,
+            &key,
+            Some(NameEntry {
+                object: Some(spooled.object),
+                size: spooled.size,
+                etag: tag.clone(),
+                content_type: up.content_type,
+                meta: up.meta,
+                owner: up.owner,
+                blob: None,
+            }),
+        )
+        .await?;
+        self.drop_upload(&bucket, &upload_id).await?;
+        Ok(CompleteMultipartUploadOutput {
+            bucket: Some(bucket),
+            key: Some(key),
+            e_tag: Some(etag(&tag)),
+            ..Default::default()
+        })
+    }
+
+    /// Forgets an upload and its part records.
+    async fn drop_upload(&self, bucket: &str, upload_id: &str) -> S3Result<()> {
+        let ns = uploads_ns(bucket);
+        for p in self.parts(bucket, upload_id).await? {
+            self.write(&ns, &p.key, None).await?;
+        }
+        self.write(&ns, upload_id, None).await?;
+        Ok(())
+    }
+}
+
+/// Where a full download's bytes go: a bounded channel to the body.
+struct BodySink {
+    tx: mpsc::Sender<Result<Bytes, std::io::Error>>,
+}
+
+impl ObjectSink for BodySink {
+    async fn begin(&mut self, _size: u64, _meta: &ObjMeta) -> Result<(), DataError> {
+        Ok(())
+    }
+
+    async fn data(&mut self, bytes: Vec<u8>) -> Result<(), DataError> {
+        match tokio::time::timeout(SEND_TIMEOUT, self.tx.send(Ok(Bytes::from(bytes)))).await {
+            Ok(Ok(())) => Ok(()),
+            _ => Err(DataError::Io(std::io::Error::new(
+                std::io::ErrorKind::BrokenPipe,
+                "the S3 client went away or stalled",
+            ))),
+        }
+    }
+
+    async fn fail(&mut self, e: &DataError) -> Result<(), DataError> {
+        // An error aborts the body: the client sees fewer bytes than the
+        // declared length, never a complete wrong object.
+        let _ = tokio::time::timeout(
+            SEND_TIMEOUT,
+            self.tx.send(Err(std::io::Error::other(e.to_string()))),
+        )
+        .await;
+        Ok(())
+    }
+
+    async fn end(&mut self, _skipped: Vec<SkippedShard>) -> Result<(), DataError> {
+        Ok(())
+    }
+}
+
+/// Where a completed upload's parts are read into.
+struct SpoolSink<'a>(&'a mut Spool);
+
+impl ObjectSink for SpoolSink<'_> {
+    async fn begin(&mut self, _size: u64, _meta: &ObjMeta) -> Result<(), DataError> {
+        Ok(())
+    }
+
+    async fn data(&mut self, bytes: Vec<u8>) -> Result<(), DataError> {
+        self.0
+            .write(&bytes)
+            .await
+            .map_err(|e| DataError::Internal(format!("{e:?}")))
+    }
+
+    async fn fail(&mut self, _e: &DataError) -> Result<(), DataError> {
+        Ok(())
+    }
+
+    async fn end(&mut self, _skipped: Vec<SkippedShard>) -> Result<(), DataError> {
+        Ok(())
+    }
+}
+
+/// Sends bytes `[start, end)` of the object of `m` into `tx`, segment by
+/// segment (each decoded from verified shards).
+async fn send_range(
+    shared: Arc<Shared>,
+    m: Arc<Manifest>,
+    start: u64,
+    end: u64,
+    tx: mpsc::Sender<Result<Bytes, std::io::Error>>,
+) {
+    let mut offsets = Vec::with_capacity(m.segments.len());
+    let mut off = 0u64;
+    for s in &m.segments {
+        offsets.push(off);
+        off += s.len;
+    }
+    let wanted: Vec<usize> = (0..m.segments.len())
+        .filter(|&i| offsets[i] < end && offsets[i] + m.segments[i].len > start)
+        .collect();
+    let mut in_flight = FuturesOrdered::new();
+    let mut next = 0usize;
+    loop {
+        while next < wanted.len() && in_flight.len() < SEGMENTS_IN_FLIGHT {
+            let idx = wanted[next];
+            let shared = shared.clone();
+            let m = m.clone();
+            in_flight.push_back(async move {
+                let r =
+                    tokio::spawn(
+                        async move { crate::stripes::read_segment(&shared, &m, idx).await },
+                    )
+                    .await;
+                (idx, r)
+            });
+            next += 1;
+        }
+        let Some((idx, r)) = in_flight.next().await else {
+            return;
+        };
+        let bytes = match r {
+            Ok(Ok((b, _))) => b,
+            Ok(Err(e)) => {
+                let _ = tx.send(Err(std::io::Error::other(e.to_string()))).await;
+                return;
+            }
+            Err(e) => {
+                let _ = tx.send(Err(std::io::Error::other(e.to_string()))).await;
+                return;
+            }
+        };
+        let seg_start = offsets[idx];
+        let from = start.saturating_sub(seg_start) as usize;
+        let to = ((end - seg_start) as usize).min(bytes.len());
+        let chunk = Bytes::from(bytes).slice(from..to);
+        let sent = tokio::time::timeout(SEND_TIMEOUT, tx.send(Ok(chunk))).await;
+        if !matches!(sent, Ok(Ok(()))) {
+            return;
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl S3 for Gateway {
+    async fn create_bucket(
+        &self,
+        req: S3Request<CreateBucketInput>,
+    ) -> S3Result<S3Response<CreateBucketOutput>> {
+        let bucket = req.input.bucket.clone();
+        if let Some(r) = self.live(BUCKETS_NS, &bucket).await? {
+            let owner = r.entry.and_then(|e| e.owner);
+            if owner == user_of(&req) {
+                return Err(s3_error!(BucketAlreadyOwnedByYou));
+            }
+            return Err(s3_error!(BucketAlreadyExists));
+        }
+        self.write(
+            BUCKETS_NS,
+            &bucket,
+            Some(NameEntry {
+                owner: user_of(&req),
+                ..NameEntry::default()
+            }),
+        )
+        .await?;
+        Ok(S3Response::new(CreateBucketOutput {
+            location: Some(format!("/{bucket}")),
+        }))
+    }
+
+    async fn head_bucket(
+        &self,
+        req: S3Request<HeadBucketInput>,
+    ) -> S3Result<S3Response<HeadBucketOutput>> {
+        self.require_bucket(&req.input.bucket).await?;
+        Ok(S3Response::new(HeadBucketOutput::default()))
+    }
+
+    async fn get_bucket_location(
+        &self,
+        req: S3Request<GetBucketLocationInput>,
+    ) -> S3Result<S3Response<GetBucketLocationOutput>> {
+        self.require_bucket(&req.input.bucket).await?;
+        Ok(S3Response::new(GetBucketLocationOutput::default()))
+    }
+
+    async fn list_buckets(
+        &self,
+        req: S3Request<ListBucketsInput>,
+    ) -> S3Result<S3Response<ListBucketsOutput>> {
+        let all = names::list_all(&self.shared, BUCKETS_NS, "", 100_000)
+            .await
+            .map_err(name_err)?;
+        let access = req.credentials.as_ref().map(|c| c.access_key.as_str());
+        let mut buckets = Vec::new();
+        for r in all {
+            // Only the buckets the token can list.
+            if self
+                .keys
+                .authorize(access, Op::Ls, &format!("{}/", r.key))
+                .await
+                .is_ok()
+            {
+                buckets.push(Bucket {
+                    name: Some(r.key.clone()),
+                    creation_date: Some(timestamp(r.version.ms)),
+                    ..Default::default()
+                });
+            }
+        }
+        Ok(S3Response::new(ListBucketsOutput {
+            buckets: Some(buckets),
+            owner: user_of(&req).map(|u| Owner {
+                display_name: Some(u.clone()),
+                id: Some(u),
+            }),
+            ..Default::default()
+        }))
+    }
+
+    async fn delete_bucket(
+        &self,
+        req: S3Request<DeleteBucketInput>,
+    ) -> S3Result<S3Response<DeleteBucketOutput>> {
+        let bucket = req.input.bucket;
+        self.require_bucket(&bucket).await?;
+        let (page, _) = self.list(&bucket, "", None, None, 1).await?;
+        if !page.is_empty() {
+            return Err(s3_error!(BucketNotEmpty));
+        }
+        self.write(BUCKETS_NS, &bucket, None).await?;
+        Ok(S3Response::new(DeleteBucketOutput::default()))
+    }
+
+    async fn put_object(
+        &self,
+        req: S3Request<PutObjectInput>,
+    ) -> S3Result<S3Response<PutObjectOutput>> {
+        let owner = user_of(&req);
+        let input = req.input;
+        self.require_bucket(&input.bucket).await?;
+        if input
+            .content_length
+            .is_some_and(|l| l as u64 > MAX_OBJECT_BYTES)
+        {
+            return Err(s3_error!(EntityTooLarge));
+        }
+        let spooled = self.spool(input.body, MAX_OBJECT_BYTES).await?;
+        let name = format!("{}/{}", input.bucket, input.key);
+        let spooled = self
+            .store(spooled, &name, input.content_type.clone())
+            .await?;
+        let tag = spooled.etag();
+        self.write(
+            &input.bucket,
+            &input.key,
+            Some(NameEntry {
+                object: Some(spooled.object),
+                size: spooled.size,
+                etag: tag.clone(),
+                content_type: input.content_type,
+                meta: meta_pairs(input.metadata),
+                owner,
+                blob: None,
+            }),
+        )
+        .await?;
+        Ok(S3Response::new(PutObjectOutput {
+            e_tag: Some(etag(&tag)),
+            ..Default::default()
+        }))
+    }
+
+    async fn get_object(
+        &self,
+        req: S3Request<GetObjectInput>,
+    ) -> S3Result<S3Response<GetObjectOutput>> {
+        let input = req.input;
+        let (r, e) = self.require_key(&input.bucket, &input.key).await?;
+        let object = e
+            .object
+            .ok_or_else(|| s3_error!(InternalError, "a name without an object"))?;
+        let size = e.size;
+        let range = match &input.range {
+            None => None,
+            Some(range) => Some(range.check(size).map_err(|_| s3_error!(InvalidRange))?),
+        };
+        let (tx, rx) = mpsc::channel(DOWNLOAD_BUFFER);
+        let shared = self.shared.clone();
+        let (len, content_range) = match range {
+            None => {
+                // The manifest is found before answering, so an object
+                // that is gone is an error, not a short body.
+                datapath::require_manifest(&shared, object)
+                    .await
+                    .map_err(data_err)?;
+                tokio::spawn(async move {
+                    let mut sink = BodySink { tx };
+                    if let Err(e) =
+                        datapath::get(&shared, &mut sink, object, &datapath::open_gate).await
+                    {
+                        tracing::debug!(object = %object.short(), error = %e, "S3 get failed");
+                    }
+                });
+                (size, None)
+            }
+            Some(rg) => {
+                let m = datapath::require_manifest(&shared, object)
+                    .await
+                    .map_err(data_err)?;
+                let (start, end) = (rg.start, rg.end);
+                tokio::spawn(send_range(shared, Arc::new(m), start, end, tx));
+                (
+                    end - start,
+                    Some(format!("bytes {}-{}/{}", start, end - 1, size)),
+                )
+            }
+        };
+        Ok(S3Response::new(GetObjectOutput {
+            body: Some(ChannelBody::blob(rx, len)),
+            content_length: Some(len as i64),
+            content_range,
+            content_type: e.content_type.clone(),
+            e_tag: Some(etag(&e.etag)),
+            last_modified: Some(timestamp(r.version.ms)),
+            metadata: meta_map(&e.meta),
+            accept_ranges: Some("bytes".into()),
+            ..Default::default()
+        }))
+    }
+
+    async fn head_object(
+        &self,
+        req: S3Request<HeadObjectInput>,
+    ) -> S3Result<S3Response<HeadObjectOutput>> {
+        let input = req.input;
+        let (r, e) = self.require_key(&input.bucket, &input.key).await?;
+        Ok(S3Response::new(HeadObjectOutput {
+            content_length: Some(e.size as i64),
+            content_type: e.content_type.clone(),
+            e_tag: Some(etag(&e.etag)),
+            last_modified: Some(timestamp(r.version.ms)),
+            metadata: meta_map(&e.meta),
+            accept_ranges: Some("bytes".into()),
+            ..Default::default()
+        }))
+    }
+
+    async fn delete_object(
+        &self,
+        req: S3Request<DeleteObjectInput>,
+    ) -> S3Result<S3Response<DeleteObjectOutput>> {
+        let input = req.input;
+        self.require_bucket(&input.bucket).await?;
+        // Deleting a key that does not exist succeeds, as in S3.
+        if self.live(&input.bucket, &input.key).await?.is_some() {
+            self.write(&input.bucket, &input.key, None).await?;
+        }
+        Ok(S3Response::new(DeleteObjectOutput::default()))
+    }
+
+    async fn delete_objects(
+        &self,
+        req: S3Request<DeleteObjectsInput>,
+    ) -> S3Result<S3Response<DeleteObjectsOutput>> {
+        let access = req.credentials.as_ref().map(|c| c.access_key.clone());
+        let input = req.input;
+        self.require_bucket(&input.bucket).await?;
+        let quiet = input.delete.quiet.unwrap_or(false);
+        let mut deleted = Vec::new();
+        let mut errors = Vec::new();
+        for o in input.delete.objects {
+            let resource = format!("{}/{}", input.bucket, o.key);
+            let r = match self
+                .keys
+                .authorize(access.as_deref(), Op::Rm, &resource)
+                .await
+            {
+                Err(e) => Err(e),
+                Ok(_) => match self.live(&input.bucket, &o.key).await {
+                    Ok(Some(_)) => self.write(&input.bucket, &o.key, None).await.map(|_| ()),
+                    Ok(None) => Ok(()),
+                    Err(e) => Err(e),
+                },
+            };
+            match r {
+                Ok(()) => {
+                    if !quiet {
+                        deleted.push(DeletedObject {
+                            key: Some(o.key),
+                            ..Default::default()
+                        });
+                    }
+                }
+                Err(e) => errors.push(s3s::dto::Error {
+                    key: Some(o.key),
+                    code: Some(e.code().as_str().to_string()),
+                    message: e.message().map(str::to_string),
+                    ..Default::default()
+                }),
+            }
+        }
+        Ok(S3Response::new(DeleteObjectsOutput {
+            deleted: Some(deleted),
+            errors: Some(errors),
+            ..Default::default()
+        }))
+    }
+
+    async fn copy_object(
+        &self,
+        req: S3Request<CopyObjectInput>,
+    ) -> S3Result<S3Response<CopyObjectOutput>> {
+        let access = req.credentials.as_ref().map(|c| c.access_key.clone());
+        let owner = user_of(&req);
+        let input = req.input;
+        let (src_bucket, src_key) = match &input.copy_source {
+            CopySource::Bucket { bucket, key, .. } => (bucket.to_string(), key.to_string()),
+            _ => return Err(s3_error!(NotImplemented, "access point copy sources")),
+        };
+        self.keys
+            .authorize(
+                access.as_deref(),
+                Op::Get,
+                &format!("{src_bucket}/{src_key}"),
+            )
+            .await?;
+        self.require_bucket(&input.bucket).await?;
+        let (_, mut e) = self.require_key(&src_bucket, &src_key).await?;
+        let replace = input
+            .metadata_directive
+            .as_ref()
+            .is_some_and(|d| d.as_str() == MetadataDirective::REPLACE);
+        if replace {
+            e.meta = meta_pairs(input.metadata);
+            e.content_type = input.content_type;
+        } else if src_bucket == input.bucket && src_key == input.key {
+            return Err(s3_error!(
+                InvalidRequest,
+                "copying an object onto itself needs the REPLACE metadata directive"
+            ));
+        }
+        e.owner = owner;
+        // Objects are named by their bytes: a copy is a second name for
+        // the same object, no byte moves.
+        let v = self
+            .write(&input.bucket, &input.key, Some(e.clone()))
+            .await?;
+        Ok(S3Response::new(CopyObjectOutput {
+            copy_object_result: Some(CopyObjectResult {
+                e_tag: Some(etag(&e.etag)),
+                last_modified: Some(timestamp(v.ms)),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }))
+    }
+
+    async fn list_objects_v2(
+        &self,
+        req: S3Request<ListObjectsV2Input>,
+    ) -> S3Result<S3Response<ListObjectsV2Output>> {
+        let input = req.input;
+        self.require_bucket(&input.bucket).await?;
+        let prefix = input.prefix.clone().unwrap_or_default();
+        let max = input
+            .max_keys
+            .map_or(MAX_KEYS, |m| (m.max(0) as usize).min(MAX_KEYS));
+        let after = match (&input.continuation_token, &input.start_after) {
+            (Some(t), _) => Some(after_of(t)?),
+            (None, Some(s)) if !s.is_empty() => Some(s.clone()),
+            _ => None,
+        };
+        let (page, truncated) = if max == 0 {
+            (Vec::new(), false)
+        } else {
+            self.list(
+                &input.bucket,
+                &prefix,
+                input.delimiter.as_deref(),
+                after,
+                max,
+            )
+            .await?
+        };
+        let next = truncated
+            .then(|| page.last().map(|l| token_of(l.resume_after())))
+            .flatten();
+        let mut contents = Vec::new();
+        let mut prefixes = Vec::new();
+        for l in page {
+            match l {
+                Listed::Key(r) => contents.push(Self::object_of(&r)),
+                Listed::CommonPrefix(p) => prefixes.push(CommonPrefix { prefix: Some(p) }),
+            }
+        }
+        Ok(S3Response::new(ListObjectsV2Output {
+            name: Some(input.bucket),
+            prefix: Some(prefix),
+            delimiter: input.delimiter,
+            max_keys: Some(max as i32),
+            key_count: Some((contents.len() + prefixes.len()) as i32),
+            continuation_token: input.continuation_token,
+            start_after: input.start_after,
+            is_truncated: Some(truncated),
+            next_continuation_token: next,
+            contents: Some(contents),
+            common_prefixes: Some(prefixes),
+            ..Default::default()
+        }))
+    }
+
+    async fn list_objects(
+        &self,
+        req: S3Request<ListObjectsInput>,
+    ) -> S3Result<S3Response<ListObjectsOutput>> {
+        let input = req.input;
+        self.require_bucket(&input.bucket).await?;
+        let prefix = input.prefix.clone().unwrap_or_default();
+        let max = input
+            .max_keys
+            .map_or(MAX_KEYS, |m| (m.max(0) as usize).min(MAX_KEYS));
+        let after = input.marker.clone().filter(|m| !m.is_empty());
+        let (page, truncated) = if max == 0 {
+            (Vec::new(), false)
+        } else {
+            self.list(
+                &input.bucket,
+                &prefix,
+                input.delimiter.as_deref(),
+                after,
+                max,
+            )
+            .await?
+        };
+        let next = truncated
+            .then(|| page.last().map(|l| l.resume_after().to_string()))
+            .flatten();
+        let mut contents = Vec::new();
+        let mut prefixes = Vec::new();
+        for l in page {
+            match l {
+                Listed::Key(r) => contents.push(Self::object_of(&r)),
+                Listed::CommonPrefix(p) => prefixes.push(CommonPrefix { prefix: Some(p) }),
+            }
+        }
+        Ok(S3Response::new(ListObjectsOutput {
+            name: Some(input.bucket),
+            prefix: Some(prefix),
+            delimiter: input.delimiter,
+            marker: input.marker,
+            max_keys: Some(max as i32),
+            is_truncated: Some(truncated),
+            next_marker: next,
+            contents: Some(contents),
+            common_prefixes: Some(prefixes),
+            ..Default::default()
+        }))
+    }
+
+    async fn list_object_versions(
+        &self,
+        req: S3Request<ListObjectVersionsInput>,
+    ) -> S3Result<S3Response<ListObjectVersionsOutput>> {
+        let input = req.input;
+        self.require_bucket(&input.bucket).await?;
+        let prefix = input.prefix.clone().unwrap_or_default();
+        let max = input
+            .max_keys
+            .map_or(MAX_KEYS, |m| (m.max(0) as usize).min(MAX_KEYS));
+        let after = input.key_marker.clone().filter(|m| !m.is_empty());
+        let (page, truncated) = if max == 0 {
+            (Vec::new(), false)
+        } else {
+            self.list(
+                &input.bucket,
+                &prefix,
+                input.delimiter.as_deref(),
+                after,
+                max,
+            )
+            .await?
+        };
+        let next = truncated
+            .then(|| page.last().map(|l| l.resume_after().to_string()))
+            .flatten();
+        let mut versions = Vec::new();
+        let mut prefixes = Vec::new();
+        for l in page {
+            match l {
+                Listed::Key(r) => {
+                    let o = Self::object_of(&r);
+                    versions.push(ObjectVersion {
+                        key: o.key,
+                        size: o.size,
+                        e_tag: o.e_tag,
+                        last_modified: o.last_modified,
+                        owner: o.owner,
+                        is_latest: Some(true),
+                        version_id: Some("null".into()),
+                        ..Default::default()
+                    });
+                }
+                Listed::CommonPrefix(p) => prefixes.push(CommonPrefix { prefix: Some(p) }),
+            }
+        }
+        Ok(S3Response::new(ListObjectVersionsOutput {
+            name: Some(input.bucket),
+            prefix: Some(prefix),
+            delimiter: input.delimiter,
+            key_marker: input.key_marker,
+            max_keys: Some(max as i32),
+            is_truncated: Some(truncated),
+            next_key_marker: next.clone(),
+            next_version_id_marker: next.map(|_| "null".into()),
+            versions: Some(versions),
+            common_prefixes: Some(prefixes),
+            ..Default::default()
+        }))
+    }
+
+    async fn create_multipart_upload(
+        &self,
+        req: S3Request<CreateMultipartUploadInput>,
+    ) -> S3Result<S3Response<CreateMultipartUploadOutput>> {
+        let owner = user_of(&req);
+        let input = req.input;
+        self.require_bucket(&input.bucket).await?;
+        let id: String = rand::random::<[u8; 16]>()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let up = Upload {
+            key: input.key.clone(),
+            content_type: input.content_type,
+            meta: meta_pairs(input.metadata),
+            owner: owner.clone(),
+            created_ms: now_ms(),
+        };
+        let mut blob = Vec::new();
+        ciborium::into_writer(&up, &mut blob).map_err(|e| s3_error!(InternalError, "{e}"))?;
+        self.write(
+            &uploads_ns(&input.bucket),
+            &id,
+            Some(NameEntry {
+                owner,
+                blob: Some(blob),
+                ..NameEntry::default()
+            }),
+        )
+        .await?;
+        Ok(S3Response::new(CreateMultipartUploadOutput {
+            bucket: Some(input.bucket),
+            key: Some(input.key),
+            upload_id: Some(id),
+            ..Default::default()
+        }))
+    }
+
+    async fn upload_part(
+        &self,
+        req: S3Request<UploadPartInput>,
+    ) -> S3Result<S3Response<UploadPartOutput>> {
+        let input = req.input;
+        if !(1..=MAX_PARTS).contains(&input.part_number) {
+            return Err(s3_error!(
+                InvalidArgument,
+                "part numbers are 1 to {MAX_PARTS}"
+            ));
+        }
+        let (_, up) = self.upload(&input.bucket, &input.upload_id).await?;
+        if up.key != input.key {
+            return Err(s3_error!(NoSuchUpload));
+        }
+        let spooled = self.spool(input.body, MAX_OBJECT_BYTES).await?;
+        let name = format!("{}/{} part {}", input.bucket, input.key, input.part_number);
+        let spooled = self.store(spooled, &name, None).await?;
+        let tag = spooled.etag();
+        self.write(
+            &uploads_ns(&input.bucket),
+            &part_key(&input.upload_id, input.part_number),
+            Some(NameEntry {
+                object: Some(spooled.object),
+                size: spooled.size,
+                etag: tag.clone(),
+                ..NameEntry::default()
+            }),
+        )
+        .await?;
+        Ok(S3Response::new(UploadPartOutput {
+            e_tag: Some(etag(&tag)),
+            ..Default::default()
+        }))
+    }
+
+    async fn list_parts(
+        &self,
+        req: S3Request<ListPartsInput>,
+    ) -> S3Result<S3Response<ListPartsOutput>> {
+        let input = req.input;
+        let (_, up) = self.upload(&input.bucket, &input.upload_id).await?;
+        let marker = input.part_number_marker.unwrap_or(0);
+        let max = input.max_parts.map_or(1000, |m| m.clamp(0, 1000)) as usize;
+        let mut parts = Vec::new();
+        let mut truncated = false;
+        for r in self.parts(&input.bucket, &input.upload_id).await? {
+            let Some(n) = r.key.rsplit('/').next().and_then(|n| n.parse::<i32>().ok()) else {
+                continue;
+            };
+            if n <= marker {
+                continue;
+            }
+            if parts.len() == max {
+                truncated = true;
+                break;
+            }
+            let e = r.entry.clone().unwrap_or_default();
+            parts.push(Part {
+                part_number: Some(n),
+                size: Some(e.size as i64),
+                e_tag: Some(etag(&e.etag)),
+                last_modified: Some(timestamp(r.version.ms)),
+                ..Default::default()
+            });
+        }
+        let next = parts.last().and_then(|p: &Part| p.part_number);
+        Ok(S3Response::new(ListPartsOutput {
+            bucket: Some(input.bucket),
+            key: Some(up.key),
+            upload_id: Some(input.upload_id),
+            part_number_marker: input.part_number_marker,
+            next_part_number_marker: next,
+            max_parts: Some(max as i32),
+            is_truncated: Some(truncated),
+            parts: Some(parts),
+            ..Default::default()
+        }))
+    }
+
+    async fn complete_multipart_upload(
+        &self,
+        req: S3Request<CompleteMultipartUploadInput>,
+    ) -> S3Result<S3Response<CompleteMultipartUploadOutput>> {
+        let input = req.input;
+        let (_, up) = self.upload(&input.bucket, &input.upload_id).await?;
+        if up.key != input.key {
+            return Err(s3_error!(NoSuchUpload));
+        }
+        let wanted = input
+            .multipart_upload
+            .and_then(|m| m.parts)
+            .unwrap_or_default();
+        if wanted.is_empty() {
+            return Err(s3_error!(MalformedXML, "no parts"));
+        }
+        let stored: std::collections::HashMap<i32, NameEntry> = self
+            .parts(&input.bucket, &input.upload_id)
+            .await?
+            .into_iter()
+            .filter_map(|r| {
+                let n = r.key.rsplit('/').next()?.parse::<i32>().ok()?;
+                Some((n, r.entry?))
+            })
+            .collect();
+        let mut chosen: Vec<NameEntry> = Vec::with_capacity(wanted.len());
+        let mut last = 0;
+        for (i, p) in wanted.iter().enumerate() {
+            let n = p.part_number.unwrap_or(0);
+            if n <= last {
+                return Err(s3_error!(InvalidPartOrder));
+            }
+            last = n;
+            let e = stored.get(&n).ok_or_else(|| s3_error!(InvalidPart))?;
+            if let Some(ETag::Strong(t) | ETag::Weak(t)) = &p.e_tag {
+                if t.trim_matches('"') != e.etag {
+                    return Err(s3_error!(InvalidPart, "part {n}: the ETag does not match"));
+                }
+            }
+            if i + 1 < wanted.len() && e.size < MIN_PART {
+                return Err(s3_error!(EntityTooSmall, "part {n} is smaller than 5 MiB"));
+            }
+            chosen.push(e.clone());
+        }
+        // Reading and storing the whole can outlast a client's read
+        // timeout: s3s sends whitespace while this future runs.
+        let g = self.clone();
+        let future = Box::pin(async move {
+            g.finish_upload(input.bucket, input.key, input.upload_id, up, chosen)
+                .await
+        });
+        Ok(S3Response::new(CompleteMultipartUploadOutput {
+            future: Some(future),
+            ..Default::default()
+        }))
+    }
+
+    async fn abort_multipart_upload(
+        &self,
+        req: S3Request<AbortMultipartUploadInput>,
+    ) -> S3Result<S3Response<AbortMultipartUploadOutput>> {
+        let input = req.input;
+        self.upload(&input.bucket, &input.upload_id).await?;
+        self.drop_upload(&input.bucket, &input.upload_id).await?;
+        Ok(S3Response::new(AbortMultipartUploadOutput::default()))
+    }
+
+    async fn list_multipart_uploads(
+        &self,
+        req: S3Request<ListMultipartUploadsInput>,
+    ) -> S3Result<S3Response<ListMultipartUploadsOutput>> {
+        let input = req.input;
+        self.require_bucket(&input.bucket).await?;
+        let prefix = input.prefix.clone().unwrap_or_default();
+        let mut uploads = Vec::new();
+        for r in names::list_all(&self.shared, &uploads_ns(&input.bucket), "", 100_000)
+            .await
+            .map_err(name_err)?
+        {
+            if r.key.contains('/') {
+                continue;
+            }
+            let Some(up) = r
+                .entry
+                .as_ref()
+                .and_then(|e| e.blob.as_deref())
+                .and_then(|b| ciborium::from_reader::<Upload, _>(b).ok())
+            else {
+                continue;
+            };
+            if !up.key.starts_with(&prefix) {
+                continue;
+            }
+            uploads.push(MultipartUpload {
+                key: Some(up.key),
+                upload_id: Some(r.key.clone()),
+                initiated: Some(timestamp(up.created_ms)),
+                ..Default::default()
+            });
+        }
+        uploads.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(S3Response::new(ListMultipartUploadsOutput {
+            bucket: Some(input.bucket),
+            prefix: input.prefix,
+            is_truncated: Some(false),
+            uploads: Some(uploads),
+            ..Default::default()
+        }))
+    }
+}
+
+/// Aborts uploads untouched for longer than the configured expiry: each
+/// node looks at the upload records it holds and aborts those of which it
+/// is the first live replica (so one node does it, whichever is up).
+pub(crate) async fn expire_uploads_loop(g: Gateway) {
+    let every = (g.cfg.upload_expiry / 4).clamp(Duration::from_secs(1), Duration::from_secs(600));
+    loop {
+        tokio::time::sleep(every).await;
+        if let Err(e) = expire_uploads(&g).await {
+            tracing::debug!(error = ?e, "expiring multipart uploads failed");
+        }
+    }
+}
+
+async fn expire_uploads(g: &Gateway) -> S3Result<()> {
+    let now = now_ms();
+    let expiry = g.cfg.upload_expiry.as_millis() as u64;
+    let namespaces = g.shared.names.namespaces().map_err(name_err)?;
+    for ns in namespaces {
+        let Some(bucket) = ns.strip_prefix(".uploads/") else {
+            continue;
+        };
+        let view = g.shared.membership().view();
+        if names::ranking(&view, &ns).first() != Some(&g.shared.local) {
+            continue;
+        }
+        let (records, _) = g
+            .shared
+            .names
+            .list(&ns, "", None, MAX_RECORDS_PER_MESSAGE)
+            .map_err(name_err)?;
+        for r in records {
+            if r.key.contains('/') || r.is_tombstone() {
+                continue;
+            }
+            if now.saturating_sub(r.version.ms) > expiry {
+                tracing::info!(bucket, upload = %r.key, "aborting an abandoned multipart upload");
+                g.drop_upload(bucket, &r.key).await?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn names_data_err(e: NameError) -> DataError {
+    match e.kind() {
+        ErrorKind::BadRequest => DataError::BadRequest(e.to_string()),
+        _ => DataError::Internal(e.to_string()),
+    }
+}
+
+/// Writes a record above any version of it seen (for the client protocol).
+async fn write_record(
+    shared: &Arc<Shared>,
+    ns: &str,
+    key: &str,
+    entry: Option<NameEntry>,
+) -> Result<NameVersion, NameError> {
+    let seen = names::get(shared, ns, key).await?;
+    let version = NameVersion::next(
+        now_ms(),
+        shared.local.clone(),
+        seen.as_ref().map(|r| &r.version),
+    );
+    names::put(
+        shared,
+        vec![NameRecord {
+            ns: ns.to_string(),
+            key: key.to_string(),
+            version: version.clone(),
+            entry,
+        }],
+    )
+    .await?;
+    Ok(version)
+}
+
+fn check_bucket_name(bucket: &str) -> Result<(), DataError> {
+    if !s3s::path::check_bucket_name(bucket) {
+        return Err(DataError::BadRequest(format!(
+            "{bucket:?} is not a bucket name (3 to 63 lower-case letters, digits, dots and hyphens)"
+        )));
+    }
+    Ok(())
+}
+
+/// `dynostore put --name BUCKET/KEY`: names a stored object, creating the
+/// bucket when absent.
+pub(crate) async fn name_object(
+    shared: &Arc<Shared>,
+    bucket: &str,
+    key: &str,
+    object: ObjectId,
+    size: u64,
+    etag: String,
+    content_type: Option<String>,
+) -> Result<(), DataError> {
+    check_bucket_name(bucket)?;
+    if key.is_empty() {
+        return Err(DataError::BadRequest("an empty key".into()));
+    }
+    let m = datapath::require_manifest(shared, object).await?;
+    if m.size != size {
+        return Err(DataError::BadRequest(format!(
+            "object {} has {} bytes, not {size}",
+            object.short(),
+            m.size
+        )));
+    }
+    let bucket_live = names::get(shared, BUCKETS_NS, bucket)
+        .await
+        .map_err(names_data_err)?
+        .is_some_and(|r| !r.is_tombstone());
+    if !bucket_live {
+        write_record(shared, BUCKETS_NS, bucket, Some(NameEntry::default()))
+            .await
+            .map_err(names_data_err)?;
+    }
+    write_record(
+        shared,
+        bucket,
+        key,
+        Some(NameEntry {
+            object: Some(object),
+            size,
+            etag,
+            content_type,
+            ..NameEntry::default()
+        }),
+    )
+    .await
+    .map_err(names_data_err)?;
+    Ok(())
+}
+
+/// `dynostore get BUCKET/KEY`: the object a name points at.
+pub(crate) async fn resolve(
+    shared: &Arc<Shared>,
+    bucket: &str,
+    key: &str,
+) -> Result<(ObjectId, u64), DataError> {
+    let r = names::get(shared, bucket, key)
+        .await
+        .map_err(names_data_err)?
+        .and_then(|r| r.entry);
+    match r.and_then(|e| e.object.map(|o| (o, e.size))) {
+        Some(x) => Ok(x),
+        None => Err(DataError::BadRequest(format!(
+            "no object is named {bucket}/{key}"
+        ))),
+    }
+}
+
+/// `dynostore ls BUCKET[/PREFIX]`: one page of live names.
+pub(crate) async fn list_names(
+    shared: &Arc<Shared>,
+    bucket: &str,
+    prefix: &str,
+    after: Option<String>,
+) -> Result<(Vec<NameRecord>, bool), DataError> {
+    check_bucket_name(bucket)?;
+    let (page, more) = names::list_page(
+        shared,
+        bucket,
+        prefix,
+        after.as_deref(),
+        MAX_RECORDS_PER_MESSAGE as u32,
+    )
+    .await
+    .map_err(names_data_err)?;
+    let last = page.last().map(|r| r.key.clone());
+    let live: Vec<NameRecord> = page.into_iter().filter(|r| !r.is_tombstone()).collect();
+    // A page of tombstones only still says where to go on.
+    let truncated = more && last.is_some();
+    if live.is_empty() && truncated {
+        return Box::pin(list_names(shared, bucket, prefix, last)).await;
+    }
+    Ok((live, truncated))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn continuation_tokens_round_trip() {
+        for s in ["", "a/b", "ünï cödé/ x"] {
+            assert_eq!(after_of(&token_of(s)).unwrap(), s);
+        }
+        assert!(after_of("zz").is_err());
+    }
+}

@@ -1,0 +1,296 @@
+//! Name records: small replicated key/value records that give objects
+//! names (S3 buckets and keys, `dynostore put --name BUCKET/KEY`), and the
+//! other S3 state that must live without a coordinator (the bucket
+//! catalogue, S3 key registrations, multipart uploads).
+//!
+//! A record lives in a *namespace* (a bucket's name for object names, or a
+//! reserved namespace starting with `.`, which no S3 bucket name can) and is
+//! replicated on the first [`NAME_REPLICAS`] members of the namespace's
+//! ranking ([`crate::PlacementKey::for_names`]), so a listing of a bucket
+//! asks a bounded set of nodes, never all of them.
+//!
+//! Concurrent writes of one key resolve by a deterministic
+//! last-writer-wins rule: the record with the greater [`NameVersion`]
+//! `(ms, writer)` wins on every replica, whatever order writes arrive in.
+//! A writer takes `ms` above the version it read (so a later write from a
+//! node with a slow clock still wins). A delete is a record without an
+//! entry (a tombstone), which wins over older writes like any other
+//! record.
+
+use serde::{Deserialize, Serialize};
+
+use crate::{NodeId, ObjectId};
+
+/// Members that hold each namespace's records: survives two losses, like a
+/// manifest of the default geometry (m = 2).
+pub const NAME_REPLICAS: usize = 3;
+/// Longest namespace (bucket names are at most 63 bytes; reserved
+/// namespaces add a short prefix).
+pub const MAX_NAMESPACE_LEN: usize = 128;
+/// Longest key (S3's limit).
+pub const MAX_KEY_LEN: usize = 1024;
+/// Most user metadata pairs on one record.
+pub const MAX_META_PAIRS: usize = 64;
+/// Most bytes of user metadata (keys and values) on one record (S3 allows 2 KiB).
+pub const MAX_META_BYTES: usize = 8 << 10;
+/// Largest opaque blob on one record (a user token, an upload's state).
+pub const MAX_BLOB_LEN: usize = 20 << 10;
+/// Largest content type or ETag.
+pub const MAX_SHORT_TEXT: usize = 256;
+/// Most records in one message.
+pub const MAX_RECORDS_PER_MESSAGE: usize = 1000;
+
+/// The order of writes to one key: wall-clock milliseconds of the writer
+/// (raised above what it read), then the writer's node ID.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct NameVersion {
+    pub ms: u64,
+    pub writer: NodeId,
+}
+
+impl NameVersion {
+    /// The version of a write by `writer` at `now_ms` that must supersede
+    /// `seen` (the newest version the writer read, if any).
+    pub fn next(now_ms: u64, writer: NodeId, seen: Option<&NameVersion>) -> NameVersion {
+        let floor = seen.map_or(0, |v| v.ms.saturating_add(1));
+        NameVersion {
+            ms: now_ms.max(floor),
+            writer,
+        }
+    }
+}
+
+/// What a live name points at.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NameEntry {
+    /// The object named (absent for records that are not object names).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub object: Option<ObjectId>,
+    #[serde(default)]
+    pub size: u64,
+    /// The S3 ETag, without quotes.
+    #[serde(default)]
+    pub etag: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_type: Option<String>,
+    /// User metadata (`x-amz-meta-*`), sorted by key.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub meta: Vec<(String, String)>,
+    /// The user whose token wrote it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+    /// Opaque bytes of reserved namespaces (a token, an upload's state).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blob: Option<Vec<u8>>,
+}
+
+/// One versioned record; `entry: None` is a tombstone.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NameRecord {
+    pub ns: String,
+    pub key: String,
+    pub version: NameVersion,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entry: Option<NameEntry>,
+}
+
+impl NameRecord {
+    /// Whether this record wins over `other` (same namespace and key).
+    pub fn supersedes(&self, other: &NameRecord) -> bool {
+        self.version > other.version
+    }
+
+    pub fn is_tombstone(&self) -> bool {
+        self.entry.is_none()
+    }
+
+    /// Checks every size limit; decoders call it on untrusted records.
+    pub fn check(&self) -> Result<(), String> {
+        check_len("namespace", self.ns.len(), MAX_NAMESPACE_LEN)?;
+        if self.ns.is_empty() {
+            return Err("empty namespace".into());
+        }
+        check_len("key", self.key.len(), MAX_KEY_LEN)?;
+        if let Some(e) = &self.entry {
+            check_len("etag", e.etag.len(), MAX_SHORT_TEXT)?;
+            if let Some(ct) = &e.content_type {
+                check_len("content type", ct.len(), MAX_SHORT_TEXT)?;
+            }
+            if let Some(o) = &e.owner {
+                check_len("owner", o.len(), MAX_SHORT_TEXT)?;
+            }
+            check_len("metadata pairs", e.meta.len(), MAX_META_PAIRS)?;
+            let bytes: usize = e.meta.iter().map(|(k, v)| k.len() + v.len()).sum();
+            check_len("metadata bytes", bytes, MAX_META_BYTES)?;
+            if let Some(b) = &e.blob {
+                check_len("blob", b.len(), MAX_BLOB_LEN)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn check_len(what: &str, n: usize, max: usize) -> Result<(), String> {
+    if n > max {
+        return Err(format!("{what}: {n} is more than the limit of {max}"));
+    }
+    Ok(())
+}
+
+/// Merges answers from several replicas: the newest record per key, in
+/// key order (tombstones kept, so that the caller can tell a deleted name
+/// from one a replica lacks).
+pub fn merge(answers: impl IntoIterator<Item = NameRecord>) -> Vec<NameRecord> {
+    let mut by_key: std::collections::BTreeMap<String, NameRecord> = Default::default();
+    for r in answers {
+        match by_key.get(&r.key) {
+            Some(old) if !r.supersedes(old) => {}
+            _ => {
+                by_key.insert(r.key.clone(), r);
+            }
+        }
+    }
+    by_key.into_values().collect()
+}
+
+/// One page of a listing: `Key`s and `CommonPrefix`es in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Listed {
+    Key(Box<NameRecord>),
+    CommonPrefix(String),
+}
+
+/// Folds merged, key-ordered live records into a listing page: keys that
+/// contain `delimiter` after `prefix` collapse into one common prefix;
+/// anything not above `after` is skipped (a common prefix equal to `after`
+/// skips every key under it). Returns the page and whether it stopped at
+/// `max` entries.
+pub fn fold_page(
+    records: impl IntoIterator<Item = NameRecord>,
+    prefix: &str,
+    delimiter: Option<&str>,
+    after: Option<&str>,
+    max: usize,
+) -> (Vec<Listed>, bool) {
+    let mut out: Vec<Listed> = Vec::new();
+    for r in records {
+        if r.is_tombstone() || !r.key.starts_with(prefix) {
+            continue;
+        }
+        if let Some(a) = after {
+            if r.key.as_str() <= a {
+                continue;
+            }
+        }
+        let entry = match delimiter.filter(|d| !d.is_empty()) {
+            Some(d) => match r.key[prefix.len()..].find(d) {
+                Some(pos) => {
+                    Listed::CommonPrefix(r.key[..prefix.len() + pos + d.len()].to_string())
+                }
+                None => Listed::Key(Box::new(r)),
+            },
+            None => Listed::Key(Box::new(r)),
+        };
+        if let Listed::CommonPrefix(p) = &entry {
+            if after.is_some_and(|a| a.starts_with(p.as_str())) {
+                continue;
+            }
+            if matches!(out.last(), Some(Listed::CommonPrefix(q)) if q == p) {
+                continue;
+            }
+        }
+        if out.len() == max {
+            return (out, true);
+        }
+        out.push(entry);
+    }
+    (out, false)
+}
+
+impl Listed {
+    /// Where the next page starts (a continuation token's content).
+    pub fn resume_after(&self) -> &str {
+        match self {
+            Listed::Key(r) => &r.key,
+            Listed::CommonPrefix(p) => p,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(b: u8) -> NodeId {
+        NodeId::from_bytes(vec![0, 36, 8, 1, 18, 32, b]).unwrap()
+    }
+
+    fn rec(key: &str, ms: u64, w: u8, live: bool) -> NameRecord {
+        NameRecord {
+            ns: "b".into(),
+            key: key.into(),
+            version: NameVersion {
+                ms,
+                writer: node(w),
+            },
+            entry: live.then(NameEntry::default),
+        }
+    }
+
+    #[test]
+    fn last_writer_wins_whatever_the_order() {
+        let a = rec("k", 10, 1, true);
+        let b = rec("k", 10, 2, false);
+        let c = rec("k", 9, 3, true);
+        for order in [
+            vec![a.clone(), b.clone(), c.clone()],
+            vec![c.clone(), b.clone(), a.clone()],
+            vec![b.clone(), c.clone(), a.clone()],
+        ] {
+            let m = merge(order);
+            assert_eq!(m, vec![b.clone()]);
+        }
+    }
+
+    #[test]
+    fn a_write_after_a_read_wins_over_a_fast_clock() {
+        let seen = NameVersion {
+            ms: 5_000,
+            writer: node(9),
+        };
+        let v = NameVersion::next(1_000, node(1), Some(&seen));
+        assert!(v > seen);
+        assert_eq!(v.ms, 5_001);
+    }
+
+    #[test]
+    fn pages_fold_delimiters_and_skip_tombstones() {
+        let recs = vec![
+            rec("a/1", 1, 1, true),
+            rec("a/2", 1, 1, true),
+            rec("b", 1, 1, false),
+            rec("c", 1, 1, true),
+            rec("d/x/y", 1, 1, true),
+        ];
+        let (page, more) = fold_page(recs.clone(), "", Some("/"), None, 2);
+        assert!(more);
+        assert_eq!(page.len(), 2);
+        assert_eq!(page[0], Listed::CommonPrefix("a/".into()));
+        assert_eq!(page[1].resume_after(), "c");
+        let (page, more) = fold_page(recs.clone(), "", Some("/"), Some("c"), 2);
+        assert!(!more);
+        assert_eq!(page, vec![Listed::CommonPrefix("d/".into())]);
+        // Resuming after a common prefix skips its keys.
+        let (page, _) = fold_page(recs, "", Some("/"), Some("a/"), 10);
+        assert_eq!(page[0].resume_after(), "c");
+    }
+
+    #[test]
+    fn limits_are_checked() {
+        let mut r = rec("k", 1, 1, true);
+        r.entry.as_mut().unwrap().blob = Some(vec![0; MAX_BLOB_LEN + 1]);
+        assert!(r.check().is_err());
+        let r = rec(&"x".repeat(MAX_KEY_LEN + 1), 1, 1, true);
+        assert!(r.check().is_err());
+    }
+}
