@@ -124,10 +124,9 @@ enum S3Command {
     /// Register a user token with the federation and print the S3 key
     /// pair it gives (access key ID and secret; the S3 requests signed
     /// with it carry exactly the token's rights).
+    /// The token is the one the command acts with (`--token FILE` or
+    /// `DYNOSTORE_TOKEN`, from `token issue` or `token attenuate`).
     Keys {
-        /// The token file (from `token issue` or `token attenuate`).
-        #[arg(long, env = "DYNOSTORE_TOKEN")]
-        token: PathBuf,
         /// One JSON object instead of two lines.
         #[arg(long)]
         json: bool,
@@ -507,7 +506,7 @@ async fn run(cli: Cli) -> Result<()> {
             json,
             conn,
         } => ls(json, conn).await,
-        Command::S3(S3Command::Keys { token, json, conn }) => s3_keys(&token, json, conn).await,
+        Command::S3(S3Command::Keys { json, conn }) => s3_keys(json, conn).await,
         Command::Scrub { conn, json } => {
             let client = conn.connect().await?;
             match client.control(ControlRequest::Scrub).await? {
@@ -838,11 +837,11 @@ async fn ls_names(target: &str, json: bool, conn: ConnArgs) -> Result<()> {
     Ok(())
 }
 
-async fn s3_keys(token: &Path, json: bool, conn: ConnArgs) -> Result<()> {
-    let text = std::fs::read_to_string(token)
-        .with_context(|| format!("cannot read the token {}", token.display()))?;
-    let bytes = dynostore_protocol::token::Token::bytes_of_base64(text.trim())
-        .with_context(|| format!("{} is not a token", token.display()))?;
+async fn s3_keys(json: bool, conn: ConnArgs) -> Result<()> {
+    let Some(token) = conn.token.as_deref() else {
+        bail!("s3 keys needs the token to register: --token FILE or DYNOSTORE_TOKEN");
+    };
+    let bytes = load_token(token)?;
     let client = conn.connect().await?;
     match objects::request(&client, ClientRequest::S3Keys { token: bytes }).await? {
         ClientResponse::S3Keys { access_key, secret } if json => {

@@ -304,30 +304,7 @@ impl Token {
 
     /// [`Token::decode`] of biscuit's URL-safe base64 text form.
     pub fn decode_base64(text: &str, federation: &Federation) -> Result<Token, TokenError> {
-        if text.len() > TOKEN_MAX_BYTES.div_ceil(3) * 4 {
-            return Err(TokenError::TooLarge {
-                found: text.len() * 3 / 4,
-                limit: TOKEN_MAX_BYTES,
-            });
-        }
-        let bytes = biscuit_auth::UnverifiedBiscuit::from_base64(text)
-            .and_then(|u| u.to_vec())
-            .map_err(invalid)?;
-        Token::decode(&bytes, federation)
-    }
-
-    /// The bytes of a token's base64 text form, not verified (a client
-    /// without the federation file sends these; the node verifies).
-    pub fn bytes_of_base64(text: &str) -> Result<Vec<u8>, TokenError> {
-        if text.len() > TOKEN_MAX_BYTES.div_ceil(3) * 4 {
-            return Err(TokenError::TooLarge {
-                found: text.len() * 3 / 4,
-                limit: TOKEN_MAX_BYTES,
-            });
-        }
-        biscuit_auth::UnverifiedBiscuit::from_base64(text)
-            .and_then(|u| u.to_vec())
-            .map_err(invalid)
+        Token::decode(&token_bytes(text)?, federation)
     }
 
     /// The token in biscuit's standard URL-safe base64 (what token files hold).

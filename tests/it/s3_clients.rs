@@ -328,16 +328,37 @@ step("copy and delete ok")
     let body = std::fs::read(work.join("s5m+1")).unwrap();
     let id = blake3::hash(&body).to_hex().to_string();
     let peer = c.nodes[2].addr();
+    // The CLI acts with a user token too (every name: get, ls, put).
+    c.keys("cli", "put,get,ls", &[], "1");
+    let cli_token = c.root().join("cli.token");
+    let tok = cli_token.to_str().unwrap();
     let by_id = work.join("by-id");
-    let out = c
-        .net
-        .cli(&["get", &id, "-o", by_id.to_str().unwrap(), "--peer", &peer]);
+    let out = c.net.cli(&[
+        "get",
+        &id,
+        "-o",
+        by_id.to_str().unwrap(),
+        "--peer",
+        &peer,
+        "--token",
+        tok,
+    ]);
     ok("dynostore get ID", &out);
     assert_eq!(std::fs::read(&by_id).unwrap(), body);
-    let out = c.net.cli(&["get", "data/sizes/s5m+1", "--peer", &peer]);
+    let out = c
+        .net
+        .cli(&["get", "data/sizes/s5m+1", "--peer", &peer, "--token", tok]);
     ok("dynostore get BUCKET/KEY", &out);
     assert!(out.stdout == body, "get BUCKET/KEY returned other bytes");
-    let out = c.net.cli(&["ls", "data/sizes/", "--json", "--peer", &peer]);
+    let out = c.net.cli(&[
+        "ls",
+        "data/sizes/",
+        "--json",
+        "--peer",
+        &peer,
+        "--token",
+        tok,
+    ]);
     let listed: serde_json::Value = serde_json::from_str(&ok("dynostore ls", &out)).unwrap();
     assert_eq!(listed.as_array().unwrap().len(), 6, "{listed}");
     // And the other way: `put --name` is seen by S3 with an MD5 ETag.
@@ -348,6 +369,8 @@ step("copy and delete ok")
         work.join("s5m-1").to_str().unwrap(),
         "--peer",
         &peer,
+        "--token",
+        tok,
     ]);
     ok("dynostore put --name", &out);
 
