@@ -124,6 +124,11 @@ pub struct Config {
     pub default_k: u16,
     #[serde(default = "default_m")]
     pub default_m: u16,
+    /// Objects of at most this many bytes are stored inside their manifest
+    /// (replicated on its m + 1 replicas) instead of as k + m shards; 0
+    /// turns inlining off. At most `manifest::MAX_INLINE_BYTES`.
+    #[serde(default = "default_inline_max")]
+    pub inline_max_bytes: u64,
     /// Data containers that hold this node's shards.
     pub containers: Vec<ContainerSpec>,
 }
@@ -141,6 +146,14 @@ fn default_k() -> u16 {
 }
 fn default_m() -> u16 {
     DEFAULT_M
+}
+
+/// The default inline threshold (see README, "Small objects": chosen from
+/// the cluster bench's CPU per put inline against striped).
+pub const DEFAULT_INLINE_MAX: u64 = 64 << 10;
+
+fn default_inline_max() -> u64 {
+    DEFAULT_INLINE_MAX
 }
 
 fn default_repair_interval_ms() -> u64 {
@@ -198,6 +211,7 @@ const HEADER: &str = "\
 # tombstone_ttl_ms         how long removals are remembered (default 7 days)
 # admin_listen             HTTP admin API, loopback only (default 127.0.0.1:0; see admin.addr)
 # default_k, default_m     the geometry /health judges writes by (default 4 and 2)
+# inline_max_bytes         objects up to this size live inside their manifest (default 65536; 0 = off)
 # [[containers]]           where shards are kept: kind = dir | mem | s3 (see README)
 
 ";
@@ -225,6 +239,7 @@ impl Config {
             admin_listen: default_admin_listen(),
             default_k: DEFAULT_K,
             default_m: DEFAULT_M,
+            inline_max_bytes: DEFAULT_INLINE_MAX,
             containers,
         }
     }
@@ -374,6 +389,13 @@ impl Config {
             if v == 0 {
                 return Err(field(name, 0, "a positive number"));
             }
+        }
+        if self.inline_max_bytes > dynostore_protocol::manifest::MAX_INLINE_BYTES {
+            return Err(field(
+                "inline_max_bytes",
+                self.inline_max_bytes,
+                "at most 1048576",
+            ));
         }
         self.admin_addr()?;
         use dynostore_protocol::erasure::{CodecKind, ErasureError, Geometry};

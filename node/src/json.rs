@@ -29,6 +29,8 @@ pub fn stat_json(st: &ObjectStat) -> serde_json::Value {
                 "id": s.id.to_string(), "holder": s.holder.to_string(), "ok": s.ok,
             })).collect::<Vec<_>>(),
         })).collect::<Vec<_>>(),
+        "inline": st.segments.is_empty() && !st.inline_replicas.is_empty(),
+        "inline_replicas": st.inline_replicas.iter().map(ToString::to_string).collect::<Vec<_>>(),
     })
 }
 

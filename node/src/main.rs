@@ -279,6 +279,9 @@ struct InitArgs {
     default_k: Option<u16>,
     #[arg(long)]
     default_m: Option<u16>,
+    /// Objects up to this many bytes are stored inside their manifest (0: never).
+    #[arg(long)]
+    inline_max_bytes: Option<u64>,
 }
 
 #[derive(Debug, Args)]
@@ -711,6 +714,15 @@ async fn stat(id: &str, json: bool, conn: ConnArgs) -> Result<()> {
         human_bytes(u64::from(st.segment_size))
     );
     println!("segments {}", st.segments.len());
+    if !st.inline_replicas.is_empty() {
+        println!(
+            "inline   in the manifest, on {} replicas:",
+            st.inline_replicas.len()
+        );
+        for n in &st.inline_replicas {
+            println!("    {n}");
+        }
+    }
     println!(
         "health   {}",
         serde_json::to_value(st.health)?.as_str().unwrap_or("?")
@@ -796,6 +808,9 @@ fn init(args: InitArgs) -> Result<()> {
     }
     if let Some(v) = args.default_m {
         cfg.default_m = v;
+    }
+    if let Some(v) = args.inline_max_bytes {
+        cfg.inline_max_bytes = v;
     }
     if let Some(key) = &args.network_key {
         // Check it before copying it next to the node.

@@ -177,6 +177,7 @@ pub async fn run(
         cfg.tombstone_ttl_ms,
     );
     shared.admission = admission;
+    shared.inline_max_bytes = cfg.inline_max_bytes;
     let shared = Arc::new(shared);
     for addr in cfg.listen_addrs() {
         swarm

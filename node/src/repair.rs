@@ -26,7 +26,9 @@
 //!
 //! Scrubbing re-hashes every local shard every `scrub_interval` (with 10%
 //! jitter) or on demand; a corrupt copy is deleted, so the responsible node
-//! sees it missing and rebuilds it.
+//! sees it missing and rebuilds it. Inline objects (small objects held in
+//! their manifest) are re-hashed too; a replica whose bytes fail is
+//! dropped, and the responsible member pushes a good copy back.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::Ordering;
@@ -734,6 +736,14 @@ pub(crate) async fn scrub(shared: &Arc<Shared>) -> (u64, u64) {
                 }
             }
         }
+    }
+    // Inline objects live in manifest replicas, not shards.
+    match shared.manifests.scrub_inline().await {
+        Ok((c, bad)) => {
+            checked += c;
+            corrupt += bad;
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot scrub inline objects"),
     }
     let now = shared.start.elapsed().as_millis() as u64;
     shared.repair_stats(|s| {

@@ -41,6 +41,9 @@ pub(crate) struct Shared {
     pub(crate) metrics: Metrics,
     /// Admission by certificate; `None` in a federation without one.
     pub(crate) admission: Option<crate::trust::Admission>,
+    /// Objects of at most this many bytes are written inline in their
+    /// manifest (config `inline_max_bytes`; 0 = never).
+    pub(crate) inline_max_bytes: u64,
     pub(crate) dashboard: Dashboard,
 }
 
@@ -132,6 +135,7 @@ impl Shared {
             tombstone_ttl_ms,
             metrics: Metrics::new(),
             admission: None,
+            inline_max_bytes: crate::config::DEFAULT_INLINE_MAX,
             dashboard: Dashboard::default(),
         }
     }

@@ -740,6 +740,10 @@ pub struct ObjectStat {
     pub meta: Metadata,
     pub health: Health,
     pub segments: Vec<SegmentStat>,
+    /// An object held inline in its manifest (no segments): the nodes among
+    /// its top `m + 1` manifest replicas that hold its current manifest.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub inline_replicas: Vec<NodeId>,
 }
 
 /// A stored object, as acknowledged to the client.

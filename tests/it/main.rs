@@ -15,4 +15,5 @@ mod s3;
 mod safety;
 mod shards;
 mod sim_cluster;
+mod small;
 mod trust;
