@@ -150,6 +150,8 @@ pub(crate) struct Metrics {
     shards_stored: Gauge,
     stored_bytes: Gauge,
     shard_stream_bytes: Counter,
+    index_flush_requests: Counter,
+    index_flushes: Counter,
     repair_queue: Gauge,
     pending_releases: Gauge,
     repaired_shards: Counter,
@@ -191,6 +193,8 @@ impl Metrics {
             shards_stored: Gauge::default(),
             stored_bytes: Gauge::default(),
             shard_stream_bytes: Counter::default(),
+            index_flush_requests: Counter::default(),
+            index_flushes: Counter::default(),
             repair_queue: Gauge::default(),
             pending_releases: Gauge::default(),
             repaired_shards: Counter::default(),
@@ -247,6 +251,16 @@ impl Metrics {
             "peer_request_failures",
             "Failed shard-stream and control requests to other members, by op and reason",
             self.peer_failures.clone(),
+        );
+        d.register(
+            "index_flush_requests",
+            "Index flushes waited for by acknowledged writes (shards, manifests, releases)",
+            self.index_flush_requests.clone(),
+        );
+        d.register(
+            "index_flushes",
+            "Index flushes run: concurrent requests share one (group commit)",
+            self.index_flushes.clone(),
         );
         d.register(
             "scrub_runs",
@@ -465,6 +479,9 @@ impl Metrics {
             &self.shard_stream_bytes,
             shared.traffic.bytes_moved.load(Ordering::Relaxed),
         );
+        let commits = shared.store.commit_stats();
+        raise(&self.index_flush_requests, commits.requests);
+        raise(&self.index_flushes, commits.flushes);
         let mut r = Default::default();
         shared.repair_stats(|s| r = s.clone());
         let r: dynostore_protocol::wire::RepairReport = r;
