@@ -48,6 +48,7 @@ pub fn status_json(r: &StatusReport) -> serde_json::Value {
             "shards_moved": r.repair.shards_moved,
             "stripes_lost": r.repair.stripes_lost,
             "rounds": r.repair.rounds,
+            "yielded": r.repair.yielded,
             "pending_deletes": r.repair.pending_deletes,
             "last_scrub_ms_ago": r.repair.last_scrub_ms_ago,
             "last_scrub_checked": r.repair.last_scrub_checked,

@@ -142,6 +142,10 @@ pub(crate) struct Metrics {
     /// samples (summing a family would need its labels).
     puts_done: AtomicU64,
     gets_done: AtomicU64,
+    /// Puts and gets started, and in flight, for the repair scheduler
+    /// (stat, ls and rm move no object bytes and do not count).
+    client_ops_started: AtomicU64,
+    data_ops_in_flight: AtomicU64,
 
     // Scrape-time values.
     members: Family<MemberLabels, Gauge>,
@@ -187,6 +191,8 @@ impl Metrics {
             admission_refused: Counter::default(),
             puts_done: AtomicU64::new(0),
             gets_done: AtomicU64::new(0),
+            client_ops_started: AtomicU64::new(0),
+            data_ops_in_flight: AtomicU64::new(0),
             members: Family::default(),
             container_capacity: Family::default(),
             container_free: Family::default(),
@@ -360,6 +366,10 @@ impl Metrics {
     /// Starts timing one data-path operation; counts it in flight until
     /// [`OpTimer::finish`] or drop (a dropped timer counts `cancelled`).
     pub(crate) fn op(&self, op: Op) -> OpTimer<'_> {
+        if matches!(op, Op::Put | Op::Get) {
+            self.client_ops_started.fetch_add(1, Ordering::Relaxed);
+            self.data_ops_in_flight.fetch_add(1, Ordering::Relaxed);
+        }
         self.in_flight
             .get_or_create(&KindLabels { kind: "client" })
             .inc();
@@ -369,6 +379,14 @@ impl Metrics {
             start: Instant::now(),
             done: false,
         }
+    }
+
+    /// Puts and gets started since the node started, and in flight now.
+    pub(crate) fn client_activity(&self) -> (u64, u64) {
+        (
+            self.client_ops_started.load(Ordering::Relaxed),
+            self.data_ops_in_flight.load(Ordering::Relaxed),
+        )
     }
 
     fn op_done(&self, op: Op, outcome: &'static str, elapsed: Duration) {
@@ -526,6 +544,11 @@ impl OpTimer<'_> {
 
 impl Drop for OpTimer<'_> {
     fn drop(&mut self) {
+        if matches!(self.op, Op::Put | Op::Get) {
+            self.metrics
+                .data_ops_in_flight
+                .fetch_sub(1, Ordering::Relaxed);
+        }
         self.metrics
             .in_flight
             .get_or_create(&KindLabels { kind: "client" })

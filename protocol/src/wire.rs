@@ -385,6 +385,11 @@ pub struct Load {
     pub requests_in_flight: u32,
     /// Shard bytes in and out per second over the last interval.
     pub bytes_per_sec: u64,
+    /// Client puts and gets this node served as entry peer over the last
+    /// interval (started or still in flight): repair on every member
+    /// yields while any member has client work.
+    #[serde(default)]
+    pub client_ops: u32,
 }
 
 /// A node's periodic capacity and load announcement (gossipsub).
@@ -560,6 +565,10 @@ pub struct RepairReport {
     /// Repair rounds completed since the node started.
     #[serde(default)]
     pub rounds: u64,
+    /// Repair transfers that ran at the reserved share of the budget
+    /// because clients were busy (the scheduler yielded to them).
+    #[serde(default)]
+    pub yielded: u64,
     /// Shard deletions waiting for their node to come back.
     pub pending_deletes: u64,
     /// Milliseconds since the last completed scrub (None: never).
