@@ -36,7 +36,9 @@ use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
 use libp2p::{PeerId, Stream};
 
 use dynostore_protocol::erasure::{Encoder, Geometry};
-use dynostore_protocol::manifest::{Generation, Manifest, Metadata, ShardRef, ShardSlot};
+use dynostore_protocol::manifest::{
+    Generation, Manifest, ManifestVersion, Metadata, ShardRef, ShardSlot,
+};
 use dynostore_protocol::placement::{
     eligible_for_writes, place_stripe_sized, stripe_fits, PlacementError, PlacementKey, View,
     Weighting,
@@ -684,10 +686,33 @@ pub(crate) async fn find_manifest(
         .take(r)
         .filter(|n| *n != shared.local && !asked.contains(n))
         .collect();
-    let copies = futures::future::join_all(others.iter().map(fetch)).await;
-    for m in copies.into_iter().flatten() {
-        if m.version() > best.version() {
-            best = m;
+    // Ask their versions first and fetch only a newer manifest: an inline
+    // object's manifest carries its bytes, which the reader needs once.
+    let states = futures::future::join_all(
+        others
+            .iter()
+            .map(|n| peers.manifest_states(n, std::slice::from_ref(&object))),
+    )
+    .await;
+    let mut newer: Vec<(ManifestVersion, NodeId)> = others
+        .into_iter()
+        .zip(states)
+        .filter_map(|(n, st)| {
+            let held = st.ok()?.first()?.held?;
+            Some((held, n))
+        })
+        .collect();
+    newer.sort();
+    let best_v = best.version();
+    for (held, node) in newer.into_iter().rev() {
+        if held <= best_v {
+            break;
+        }
+        if let Some(m) = fetch(&node).await {
+            if m.version() > best_v {
+                best = m;
+                break;
+            }
         }
     }
     Some(best)
