@@ -455,6 +455,55 @@ def table(rows_by_sys, notes, rss):
     return "\n".join(lines)
 
 
+def inline_sweep(args):
+    """Server CPU per put and get, inline against striped, by object size:
+    the measurement the inline threshold is chosen from."""
+    sizes = [int(x) << 10 for x in args.sweep_kib.split(",")]
+    work = args.work or tempfile.mkdtemp(prefix="inline-sweep-")
+    rows = {}
+    for mode, extra in (("inline", ["--inline-max-bytes", str(1 << 20)]), ("striped", ["--inline-max-bytes", "0"])):
+        log(f"six DynoStore nodes, {mode}")
+        d = DynoStore.__new__(DynoStore)
+        System.__init__(d)
+        try:
+            d.__init__(args.dynostore, os.path.join(work, mode), extra)
+            drv = CliDriver(d)
+            for size in sizes:
+                objs = [os.urandom(size) for _ in range(args.sweep_count)]
+                refs = [None] * len(objs)
+
+                def put(i, objs=objs, refs=refs):
+                    t = time.monotonic()
+                    refs[i] = drv.put_bytes(None, objs[i])
+                    return time.monotonic() - t
+
+                def get(i, objs=objs, refs=refs, size=size, mode=mode):
+                    t = time.monotonic()
+                    if drv.get_bytes(refs[i]) != objs[i]:
+                        raise SystemExit(f"{mode}: object of {size} read back wrong")
+                    return time.monotonic() - t
+
+                def many(f, n=len(objs)):
+                    with cf.ThreadPoolExecutor(args.threads) as ex:
+                        return list(ex.map(f, range(n)))
+
+                for label, f in (("put", put), ("get", get)):
+                    r = phase(d, drv, label, lambda f=f: many(f), size * len(objs), len(objs))
+                    rows[(mode, size, label)] = r
+                    log(f"  {mode} {size >> 10} KiB {label}: {r['server_cpu_ms_per_op']:.2f} ms CPU/op, p50 {r['p50_ms']:.1f} ms")
+        finally:
+            d.stop()
+    print("| size | op | inline: server CPU ms/op | striped: server CPU ms/op | inline / striped | inline p50 ms | striped p50 ms |")
+    print("|---|---|---|---|---|---|---|")
+    for size in sizes:
+        for label in ("put", "get"):
+            a, b = rows[("inline", size, label)], rows[("striped", size, label)]
+            print(f"| {size >> 10} KiB | {label} | {a['server_cpu_ms_per_op']:.2f} | {b['server_cpu_ms_per_op']:.2f} | "
+                  f"{a['server_cpu_ms_per_op'] / b['server_cpu_ms_per_op']:.2f} | {a['p50_ms']:.1f} | {b['p50_ms']:.1f} |")
+    if not args.work:
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dynostore", required=True)
