@@ -171,6 +171,11 @@ pub struct Config {
     /// Multipart uploads untouched for this long are aborted.
     #[serde(default = "default_upload_expiry_ms")]
     pub s3_upload_expiry_ms: u64,
+    /// Objects of at most this many bytes are stored inside their manifest
+    /// (replicated on its m + 1 replicas) instead of as k + m shards; 0
+    /// turns inlining off. At most `manifest::MAX_INLINE_BYTES`.
+    #[serde(default = "default_inline_max")]
+    pub inline_max_bytes: u64,
     /// Data containers that hold this node's shards.
     pub containers: Vec<ContainerSpec>,
 }
@@ -201,6 +206,14 @@ fn default_repair_window_hours() -> f64 {
 }
 fn default_max_stripe_shards() -> u16 {
     dynostore_protocol::durability::DEFAULT_MAX_SHARDS
+}
+
+/// The default inline threshold (see README, "Small objects": chosen from
+/// the cluster bench's CPU per put inline against striped).
+pub const DEFAULT_INLINE_MAX: u64 = 64 << 10;
+
+fn default_inline_max() -> u64 {
+    DEFAULT_INLINE_MAX
 }
 
 fn default_repair_interval_ms() -> u64 {
@@ -275,6 +288,7 @@ const HEADER: &str = "\
 # site_aware_reads         reads ask the cheapest holders by measured RTT first (default true)
 # s3_listen                S3 endpoint IP:PORT (absent = none; needs federation, cert, network_key)
 # s3_upload_expiry_ms      abandoned multipart uploads are aborted after this (default 1 day)
+# inline_max_bytes         objects up to this size live inside their manifest (default 65536; 0 = off)
 # [[containers]]           where shards are kept: kind = dir | mem | s3 (see README)
 
 ";
@@ -313,6 +327,7 @@ impl Config {
             wan_emulation: None,
             s3_listen: None,
             s3_upload_expiry_ms: default_upload_expiry_ms(),
+            inline_max_bytes: DEFAULT_INLINE_MAX,
             containers,
         }
     }
@@ -485,6 +500,13 @@ impl Config {
             if v == 0 {
                 return Err(field(name, 0, "a positive number"));
             }
+        }
+        if self.inline_max_bytes > dynostore_protocol::manifest::MAX_INLINE_BYTES {
+            return Err(field(
+                "inline_max_bytes",
+                self.inline_max_bytes,
+                "at most 1048576",
+            ));
         }
         self.admin_addr()?;
         use dynostore_protocol::erasure::{CodecKind, ErasureError, Geometry};

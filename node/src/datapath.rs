@@ -37,7 +37,9 @@ use libp2p::{PeerId, Stream};
 
 use dynostore_protocol::durability::{self, Durability};
 use dynostore_protocol::erasure::{Encoder, Geometry, MAX_SEGMENT_SIZE};
-use dynostore_protocol::manifest::{Generation, Manifest, Metadata, ShardRef, ShardSlot};
+use dynostore_protocol::manifest::{
+    Generation, Manifest, ManifestVersion, Metadata, ShardRef, ShardSlot,
+};
 use dynostore_protocol::placement::{
     eligible_for_writes, place_stripe_sized, stripe_fits, PlacementError, PlacementKey, View,
     Weighting,
@@ -585,8 +587,12 @@ async fn put(
         }
         tracing::info!(generation = %existing.generation, "the stored object is not whole: writing it again");
     }
-    // No stripe may rely on more than m shards held in memory.
-    stripe_fits(&view, n, usize::from(g.m))?;
+    let inline = shared.inline_max_bytes > 0 && size <= shared.inline_max_bytes;
+    // No stripe may rely on more than m shards held in memory (an inline
+    // object has no stripe: its manifest replicas are in the index).
+    if !inline {
+        stripe_fits(&view, n, usize::from(g.m))?;
+    }
     // Above every generation of the object anyone near its ranking knows,
     // held or removed: a tombstone removes its generation and every older
     // one, so an upload after `rm` must not be older than it, whatever the
@@ -599,6 +605,9 @@ async fn put(
         rand::random(),
     );
     s.ready().await?;
+    if inline {
+        return put_inline(shared, s, &view, object, size, g, meta, generation, target).await;
+    }
 
     let mut written: Written = Vec::new();
     let result = put_segments(shared, s, &view, object, generation, size, g, &mut written).await;
@@ -627,6 +636,40 @@ async fn put(
             Err(e)
         }
     }
+}
+
+/// A small object: its bytes go into the manifest, stored on the object's
+/// m + 1 manifest replicas like any manifest (each acknowledges after its
+/// index flush), so the put is acknowledged only when the object is
+/// durable on as many nodes as a stripe needs to survive m losses.
+#[allow(clippy::too_many_arguments)]
+async fn put_inline(
+    shared: &Arc<Shared>,
+    s: &mut impl PutSource,
+    view: &View,
+    object: ObjectId,
+    size: u64,
+    g: Geometry,
+    meta: Metadata,
+    generation: Generation,
+    target: Option<Durability>,
+) -> Result<PutReceipt, DataError> {
+    let len = usize::try_from(size).map_err(|e| DataError::BadRequest(e.to_string()))?;
+    let mut bytes = vec![0u8; len];
+    s.read_exact(&mut bytes).await?;
+    shared.metrics.received(size);
+    let actual = ObjectId::of(&bytes);
+    if actual != object {
+        return Err(DataError::Integrity {
+            expected: object,
+            actual,
+        });
+    }
+    let mut m = Manifest::new_inline(object, g, meta, bytes);
+    m.generation = generation;
+    m.durability_target = target;
+    let replicas = store_manifest(shared, view, &m).await?;
+    Ok(receipt(&m, replicas, false))
 }
 
 /// The generations of `object` that this node and the members of
@@ -974,10 +1017,33 @@ pub(crate) async fn find_manifest(
         .take(r)
         .filter(|n| *n != shared.local && !asked.contains(n))
         .collect();
-    let copies = futures::future::join_all(others.iter().map(fetch)).await;
-    for m in copies.into_iter().flatten() {
-        if m.version() > best.version() {
-            best = m;
+    // Ask their versions first and fetch only a newer manifest: an inline
+    // object's manifest carries its bytes, which the reader needs once.
+    let states = futures::future::join_all(
+        others
+            .iter()
+            .map(|n| peers.manifest_states(n, std::slice::from_ref(&object))),
+    )
+    .await;
+    let mut newer: Vec<(ManifestVersion, NodeId)> = others
+        .into_iter()
+        .zip(states)
+        .filter_map(|(n, st)| {
+            let held = st.ok()?.first()?.held?;
+            Some((held, n))
+        })
+        .collect();
+    newer.sort();
+    let best_v = best.version();
+    for (held, node) in newer.into_iter().rev() {
+        if held <= best_v {
+            break;
+        }
+        if let Some(m) = fetch(&node).await {
+            if m.version() > best_v {
+                best = m;
+                break;
+            }
         }
     }
     Some(best)
@@ -1058,6 +1124,9 @@ pub(crate) async fn get(
     gate(&manifest)?;
     let manifest = Arc::new(manifest);
     sink.begin(manifest.size, &manifest.meta).await?;
+    if let Some(bytes) = &manifest.inline {
+        return get_inline(shared, sink, object, bytes).await;
+    }
     let mut hasher = Hasher::new();
     let mut skipped = Vec::new();
     let mut in_flight = FuturesOrdered::new();
@@ -1118,6 +1187,68 @@ pub(crate) async fn get(
     sink.end(skipped).await
 }
 
+/// The read of an inline object: its bytes, checked against the ID again
+/// (the manifest's decoding checked them once already).
+async fn get_inline(
+    shared: &Shared,
+    sink: &mut impl ObjectSink,
+    object: ObjectId,
+    bytes: &[u8],
+) -> Result<(), DataError> {
+    let actual = ObjectId::of(bytes);
+    if actual != object {
+        let e = DataError::Integrity {
+            expected: object,
+            actual,
+        };
+        sink.fail(&e).await?;
+        return Err(e);
+    }
+    if !bytes.is_empty() {
+        sink.data(bytes.to_vec()).await?;
+    }
+    shared.metrics.sent(bytes.len() as u64);
+    sink.end(Vec::new()).await
+}
+
+/// Where an inline object is: the members among its top `m + 1` manifest
+/// replicas that hold this version (each answer comes from a manifest the
+/// replica decoded, which re-checks the bytes against the ID), and its
+/// health: all of them, healthy; fewer, degraded (still readable; repair
+/// pushes the missing replicas).
+async fn inline_replicas(shared: &Shared, view: &View, m: &Manifest) -> (Vec<NodeId>, Health) {
+    let want = m.version();
+    let r = manifest_replicas(&m.geometry);
+    let top: Vec<NodeId> = manifest_ranking(view, &m.object)
+        .into_iter()
+        .take(r)
+        .collect();
+    let peers = shared.peers();
+    let states = futures::future::join_all(
+        top.iter()
+            .map(|n| peers.manifest_states(n, std::slice::from_ref(&m.object))),
+    )
+    .await;
+    let good: Vec<NodeId> = top
+        .into_iter()
+        .zip(states)
+        .filter(|(_, s)| {
+            s.as_ref()
+                .ok()
+                .and_then(|v| v.first())
+                .and_then(|st| st.held)
+                .is_some_and(|v| v >= want)
+        })
+        .map(|(n, _)| n)
+        .collect();
+    let health = if good.len() >= r {
+        Health::Healthy
+    } else {
+        Health::Degraded
+    };
+    (good, health)
+}
+
 async fn stat(
     shared: &Arc<Shared>,
     object: ObjectId,
@@ -1125,6 +1256,24 @@ async fn stat(
 ) -> Result<ObjectStat, DataError> {
     let m = require_manifest(shared, object).await?;
     gate(&m)?;
+    if m.is_inline() {
+        let view = shared.membership().view();
+        let (replicas, health) = inline_replicas(shared, &view, &m).await;
+        return Ok(ObjectStat {
+            object,
+            size: m.size,
+            codec: m.geometry.codec,
+            k: m.geometry.k,
+            m: m.geometry.m,
+            segment_size: m.geometry.segment_size,
+            meta: m.meta.clone(),
+            health,
+            segments: Vec::new(),
+            inline_replicas: replicas,
+            durability_target: m.durability_target,
+            durability_now: None,
+        });
+    }
     // Ask each holder once to re-hash all of its shards of this object.
     let mut by_holder: BTreeMap<u32, Vec<ShardId>> = BTreeMap::new();
     for seg in &m.segments {
@@ -1201,6 +1350,7 @@ async fn stat(
             durability::object_durability(m.geometry.k, m.geometry.m, &live, &shared.writes.model)
                 .annual(),
         )),
+        inline_replicas: Vec::new(),
     })
 }
 
@@ -1317,6 +1467,9 @@ async fn list(
 /// The health of `m` from [`slot_presence`], holders that do not answer
 /// counted as missing.
 async fn object_health(shared: &Shared, view: &View, m: &Manifest) -> Health {
+    if m.is_inline() {
+        return inline_replicas(shared, view, m).await.1;
+    }
     let k = usize::from(m.geometry.k);
     let n = m.geometry.n();
     slot_presence(shared, view, m)

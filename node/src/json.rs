@@ -32,6 +32,8 @@ pub fn stat_json(st: &ObjectStat) -> serde_json::Value {
                 "id": s.id.to_string(), "holder": s.holder.to_string(), "ok": s.ok,
             })).collect::<Vec<_>>(),
         })).collect::<Vec<_>>(),
+        "inline": st.segments.is_empty() && !st.inline_replicas.is_empty(),
+        "inline_replicas": st.inline_replicas.iter().map(ToString::to_string).collect::<Vec<_>>(),
     })
 }
 
@@ -49,6 +51,7 @@ pub fn status_json(r: &StatusReport) -> serde_json::Value {
             "shards_moved": r.repair.shards_moved,
             "stripes_lost": r.repair.stripes_lost,
             "rounds": r.repair.rounds,
+            "yielded": r.repair.yielded,
             "pending_deletes": r.repair.pending_deletes,
             "last_scrub_ms_ago": r.repair.last_scrub_ms_ago,
             "last_scrub_checked": r.repair.last_scrub_checked,

@@ -343,6 +343,9 @@ struct InitArgs {
     /// Abort multipart uploads untouched for this long.
     #[arg(long)]
     s3_upload_expiry_ms: Option<u64>,
+    /// Objects up to this many bytes are stored inside their manifest (0: never).
+    #[arg(long)]
+    inline_max_bytes: Option<u64>,
 }
 
 #[derive(Debug, Args)]
@@ -985,6 +988,15 @@ async fn stat(id: &str, json: bool, conn: ConnArgs) -> Result<()> {
     if let Some(d) = st.durability_now {
         println!("durable  {d} per year by its current holders");
     }
+    if !st.inline_replicas.is_empty() {
+        println!(
+            "inline   in the manifest, on {} replicas:",
+            st.inline_replicas.len()
+        );
+        for n in &st.inline_replicas {
+            println!("    {n}");
+        }
+    }
     println!(
         "health   {}",
         serde_json::to_value(st.health)?.as_str().unwrap_or("?")
@@ -1108,6 +1120,9 @@ fn init(args: InitArgs) -> Result<()> {
     cfg.s3_listen = args.s3_listen;
     if let Some(v) = args.s3_upload_expiry_ms {
         cfg.s3_upload_expiry_ms = v;
+    }
+    if let Some(v) = args.inline_max_bytes {
+        cfg.inline_max_bytes = v;
     }
     if let Some(key) = &args.network_key {
         // Check it before copying it next to the node.

@@ -142,6 +142,10 @@ pub(crate) struct Metrics {
     /// samples (summing a family would need its labels).
     puts_done: AtomicU64,
     gets_done: AtomicU64,
+    /// Puts and gets started, and in flight, for the repair scheduler
+    /// (stat, ls and rm move no object bytes and do not count).
+    client_ops_started: AtomicU64,
+    data_ops_in_flight: AtomicU64,
 
     // Scrape-time values.
     members: Family<MemberLabels, Gauge>,
@@ -150,6 +154,8 @@ pub(crate) struct Metrics {
     shards_stored: Gauge,
     stored_bytes: Gauge,
     shard_stream_bytes: Counter,
+    index_flush_requests: Counter,
+    index_flushes: Counter,
     repair_queue: Gauge,
     pending_releases: Gauge,
     repaired_shards: Counter,
@@ -185,12 +191,16 @@ impl Metrics {
             admission_refused: Counter::default(),
             puts_done: AtomicU64::new(0),
             gets_done: AtomicU64::new(0),
+            client_ops_started: AtomicU64::new(0),
+            data_ops_in_flight: AtomicU64::new(0),
             members: Family::default(),
             container_capacity: Family::default(),
             container_free: Family::default(),
             shards_stored: Gauge::default(),
             stored_bytes: Gauge::default(),
             shard_stream_bytes: Counter::default(),
+            index_flush_requests: Counter::default(),
+            index_flushes: Counter::default(),
             repair_queue: Gauge::default(),
             pending_releases: Gauge::default(),
             repaired_shards: Counter::default(),
@@ -247,6 +257,16 @@ impl Metrics {
             "peer_request_failures",
             "Failed shard-stream and control requests to other members, by op and reason",
             self.peer_failures.clone(),
+        );
+        d.register(
+            "index_flush_requests",
+            "Index flushes waited for by acknowledged writes (shards, manifests, releases)",
+            self.index_flush_requests.clone(),
+        );
+        d.register(
+            "index_flushes",
+            "Index flushes run: concurrent requests share one (group commit)",
+            self.index_flushes.clone(),
         );
         d.register(
             "scrub_runs",
@@ -346,6 +366,10 @@ impl Metrics {
     /// Starts timing one data-path operation; counts it in flight until
     /// [`OpTimer::finish`] or drop (a dropped timer counts `cancelled`).
     pub(crate) fn op(&self, op: Op) -> OpTimer<'_> {
+        if matches!(op, Op::Put | Op::Get) {
+            self.client_ops_started.fetch_add(1, Ordering::Relaxed);
+            self.data_ops_in_flight.fetch_add(1, Ordering::Relaxed);
+        }
         self.in_flight
             .get_or_create(&KindLabels { kind: "client" })
             .inc();
@@ -355,6 +379,14 @@ impl Metrics {
             start: Instant::now(),
             done: false,
         }
+    }
+
+    /// Puts and gets started since the node started, and in flight now.
+    pub(crate) fn client_activity(&self) -> (u64, u64) {
+        (
+            self.client_ops_started.load(Ordering::Relaxed),
+            self.data_ops_in_flight.load(Ordering::Relaxed),
+        )
     }
 
     fn op_done(&self, op: Op, outcome: &'static str, elapsed: Duration) {
@@ -465,6 +497,9 @@ impl Metrics {
             &self.shard_stream_bytes,
             shared.traffic.bytes_moved.load(Ordering::Relaxed),
         );
+        let commits = shared.store.commit_stats();
+        raise(&self.index_flush_requests, commits.requests);
+        raise(&self.index_flushes, commits.flushes);
         let mut r = Default::default();
         shared.repair_stats(|s| r = s.clone());
         let r: dynostore_protocol::wire::RepairReport = r;
@@ -509,6 +544,11 @@ impl OpTimer<'_> {
 
 impl Drop for OpTimer<'_> {
     fn drop(&mut self) {
+        if matches!(self.op, Op::Put | Op::Get) {
+            self.metrics
+                .data_ops_in_flight
+                .fetch_sub(1, Ordering::Relaxed);
+        }
         self.metrics
             .in_flight
             .get_or_create(&KindLabels { kind: "client" })

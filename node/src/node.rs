@@ -212,6 +212,7 @@ pub async fn run(
         max_stripe_shards: cfg.max_stripe_shards,
     };
     shared.s3_secret_base = psk.as_ref().map(keys::NetworkKey::s3_secret_base);
+    shared.inline_max_bytes = cfg.inline_max_bytes;
     let shared = Arc::new(shared);
     for addr in cfg.listen_addrs() {
         swarm
@@ -493,9 +494,13 @@ async fn announce_loop(shared: Arc<Shared>, interval: Duration, cmd_tx: mpsc::Se
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_bytes = 0u64;
+    let mut last_client_ops = 0u64;
     loop {
         ticker.tick().await;
         seq += 1;
+        let (started, in_flight) = shared.metrics.client_activity();
+        let client_ops = started.saturating_sub(last_client_ops) + in_flight;
+        last_client_ops = started;
         let moved = shared.traffic.bytes_moved.load(Ordering::Relaxed);
         let bytes_per_sec = (moved - last_bytes) * 1000 / interval.as_millis().max(1) as u64;
         last_bytes = moved;
@@ -514,6 +519,7 @@ async fn announce_loop(shared: Arc<Shared>, interval: Duration, cmd_tx: mpsc::Se
             load: Load {
                 requests_in_flight: shared.traffic.in_flight.load(Ordering::Relaxed),
                 bytes_per_sec,
+                client_ops: u32::try_from(client_ops).unwrap_or(u32::MAX),
             },
             software: env!("CARGO_PKG_VERSION").to_string(),
             seq,

@@ -20,13 +20,18 @@
 //!    [`tombstone_askees`] that still holds a replica a tombstone removes
 //!    gets the tombstone ([`plan_tombstone`]).
 //!
-//! Repair traffic goes through a token bucket of `repair_rate_bytes_per_sec`.
+//! Repair traffic goes through a token bucket of `repair_rate_bytes_per_sec`,
+//! the upper bound; the scheduler (`Shared::repair_take`) gives client work
+//! priority: while any member reports client operations, repair runs at its
+//! reserved share of that budget (`REPAIR_RESERVED_SHARE`).
 //! A repair that dies with its node is finished by the next holder in the
 //! ranking at its next round: every step is idempotent.
 //!
 //! Scrubbing re-hashes every local shard every `scrub_interval` (with 10%
 //! jitter) or on demand; a corrupt copy is deleted, so the responsible node
-//! sees it missing and rebuilds it.
+//! sees it missing and rebuilds it. Inline objects (small objects held in
+//! their manifest) are re-hashed too; a replica whose bytes fail is
+//! dropped, and the responsible member pushes a good copy back.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::Ordering;
@@ -528,9 +533,7 @@ async fn rebuild(
     let k = usize::from(m.geometry.k);
     let shard_size = u64::from(seg.shard_size);
     shared
-        .repair
-        .rate
-        .take((k + shards.len()) as u64 * shard_size)
+        .repair_take((k + shards.len()) as u64 * shard_size)
         .await;
     let bytes = match read_segment(shared, m, idx).await {
         Ok((b, _)) => {
@@ -619,7 +622,7 @@ async fn rebalance(shared: &Arc<Shared>, view: &View, m: &Manifest, moves: &[Mov
             continue;
         };
         let (entry, size) = entry;
-        shared.repair.rate.take(2 * u64::from(size)).await;
+        shared.repair_take(2 * u64::from(size)).await;
         let bytes = match peers.get_shard(&mv.from, entry.id).await {
             Ok(b) => b,
             Err(e) => {
@@ -734,6 +737,14 @@ pub(crate) async fn scrub(shared: &Arc<Shared>) -> (u64, u64) {
                 }
             }
         }
+    }
+    // Inline objects live in manifest replicas, not shards.
+    match shared.manifests.scrub_inline().await {
+        Ok((c, bad)) => {
+            checked += c;
+            corrupt += bad;
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot scrub inline objects"),
     }
     let now = shared.start.elapsed().as_millis() as u64;
     shared.repair_stats(|s| {

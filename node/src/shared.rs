@@ -19,7 +19,7 @@ use libp2p::Multiaddr;
 
 use dynostore_protocol::membership::Membership;
 use dynostore_protocol::wire::{MemberReport, RepairReport, StatusReport};
-use dynostore_protocol::NodeId;
+use dynostore_protocol::{MemberState, NodeId};
 
 use crate::dashboard::Dashboard;
 use crate::manifests::ManifestStore;
@@ -47,6 +47,9 @@ pub(crate) struct Shared {
     pub(crate) metrics: Metrics,
     /// Admission by certificate; `None` in a federation without one.
     pub(crate) admission: Option<crate::trust::Admission>,
+    /// Objects of at most this many bytes are written inline in their
+    /// manifest (config `inline_max_bytes`; 0 = never).
+    pub(crate) inline_max_bytes: u64,
     pub(crate) dashboard: Dashboard,
     /// The byte budget of put and get buffers ([`crate::limits`]).
     pub(crate) memory: crate::limits::MemoryBudget,
@@ -179,7 +182,11 @@ pub(crate) struct Traffic {
 pub(crate) struct RepairState {
     /// Wakes the repair loop before its next tick (a member went down).
     pub(crate) wake: tokio::sync::Notify,
+    /// The fixed budget: an upper bound on repair traffic, which the
+    /// scheduler ([`Shared::repair_take`]) cuts while clients are busy.
     pub(crate) rate: RateLimit,
+    /// Client operations started, as last seen by the scheduler.
+    clients_seen: AtomicU64,
     pub(crate) scrub_lock: tokio::sync::Mutex<()>,
     /// `now_ms` of the last finished scrub plus one (0: never).
     pub(crate) last_scrub_ms: AtomicU64,
@@ -191,6 +198,7 @@ impl RepairState {
         RepairState {
             wake: tokio::sync::Notify::new(),
             rate: RateLimit::new(rate_bytes_per_sec),
+            clients_seen: AtomicU64::new(0),
             scrub_lock: tokio::sync::Mutex::new(()),
             last_scrub_ms: AtomicU64::new(0),
             stats: Mutex::new(RepairReport::default()),
@@ -202,35 +210,60 @@ impl RepairState {
     }
 }
 
+/// Share of the repair budget repair keeps while clients are busy (its
+/// reservation, in mClock's terms): repair never stops, and clients get
+/// the rest.
+pub(crate) const REPAIR_RESERVED_SHARE: f64 = 0.1;
+
 /// A token bucket over bytes: `take` waits until the budget allows.
 #[derive(Debug)]
 pub(crate) struct RateLimit {
     rate: f64,
-    next: tokio::sync::Mutex<Instant>,
+    next: tokio::sync::Mutex<tokio::time::Instant>,
 }
 
 impl RateLimit {
     pub(crate) fn new(bytes_per_sec: u64) -> Self {
         RateLimit {
             rate: bytes_per_sec.max(1) as f64,
-            next: tokio::sync::Mutex::new(Instant::now()),
+            next: tokio::sync::Mutex::new(tokio::time::Instant::now()),
         }
     }
 
-    pub(crate) async fn take(&self, bytes: u64) {
+    /// Waits for `bytes` at `share` (0 < share <= 1) of the rate: the
+    /// bucket's slot for these bytes is `1 / share` times as long.
+    pub(crate) async fn take_share(&self, bytes: u64, share: f64) {
         let start = {
             let mut next = self.next.lock().await;
-            let start = (*next).max(Instant::now());
-            *next = start + Duration::from_secs_f64(bytes as f64 / self.rate);
+            let start = (*next).max(tokio::time::Instant::now());
+            *next = start + slot(bytes, self.rate, share);
             start
         };
-        tokio::time::sleep_until(start.into()).await;
+        tokio::time::sleep_until(start).await;
     }
 }
 
 /// The default byte budget of a node's put and get buffers (config
 /// `memory_budget`).
 pub const DEFAULT_MEMORY_BUDGET: u64 = 512 << 20;
+
+/// How long `bytes` occupy a bucket of `rate` bytes per second at `share`
+/// of it (clamped to 1 %..100 %: never above the budget, never stopped).
+fn slot(bytes: u64, rate: f64, share: f64) -> Duration {
+    Duration::from_secs_f64(bytes as f64 / (rate * share.clamp(0.01, 1.0)))
+}
+
+/// Whether repair must yield: a client operation is in flight here or
+/// started since the last look (`started != seen`), or a member announced
+/// client operations over its last interval.
+pub(crate) fn clients_busy(
+    started: u64,
+    seen: u64,
+    in_flight: u64,
+    announced: impl IntoIterator<Item = u32>,
+) -> bool {
+    in_flight > 0 || started != seen || announced.into_iter().any(|n| n > 0)
+}
 
 impl Shared {
     #[allow(clippy::too_many_arguments)]
@@ -260,6 +293,7 @@ impl Shared {
             tombstone_ttl_ms,
             metrics: Metrics::new(),
             admission: None,
+            inline_max_bytes: crate::config::DEFAULT_INLINE_MAX,
             dashboard: Dashboard::default(),
             memory: crate::limits::MemoryBudget::new(DEFAULT_MEMORY_BUDGET),
             writes: WritePolicy::default(),
@@ -284,6 +318,32 @@ impl Shared {
             metrics: &self.metrics,
             names: &self.names,
         }
+    }
+
+    /// The repair scheduler: waits until repair may move `bytes`. Client
+    /// work comes first: while any member serves clients (measured here,
+    /// and from every alive member's last announcement), repair runs at
+    /// its reserved share of the budget; otherwise at the whole budget,
+    /// which stays the upper bound.
+    pub(crate) async fn repair_take(&self, bytes: u64) {
+        let (started, in_flight) = self.metrics.client_activity();
+        let seen = self.repair.clients_seen.swap(started, Ordering::Relaxed);
+        let busy = {
+            let members = self.membership();
+            let announced: Vec<u32> = members
+                .entries()
+                .filter(|(id, e)| **id != self.local && e.state == MemberState::Alive)
+                .map(|(_, e)| e.announcement.load.client_ops)
+                .collect();
+            clients_busy(started, seen, in_flight, announced)
+        };
+        let share = if busy { REPAIR_RESERVED_SHARE } else { 1.0 };
+        self.repair_stats(|s| {
+            if busy {
+                s.yielded += 1;
+            }
+        });
+        self.repair.rate.take_share(bytes, share).await;
     }
 
     pub(crate) fn repair_stats(&self, f: impl FnOnce(&mut RepairReport)) {
@@ -357,5 +417,34 @@ impl Shared {
             repair: self.repair_report(),
             read_bytes_by_site: self.paths.read_by_site(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn repair_yields_to_any_client_work() {
+        assert!(!clients_busy(5, 5, 0, [0, 0]));
+        assert!(clients_busy(5, 5, 1, [0, 0]), "one in flight here");
+        assert!(clients_busy(6, 5, 0, []), "one started since the last look");
+        assert!(
+            clients_busy(5, 5, 0, [0, 3]),
+            "a member announced client work"
+        );
+    }
+
+    #[test]
+    fn the_reserved_share_stretches_repair_and_the_budget_bounds_it() {
+        let mib = 1u64 << 20;
+        assert_eq!(slot(mib, mib as f64, 1.0), Duration::from_secs(1));
+        assert_eq!(
+            slot(mib, mib as f64, REPAIR_RESERVED_SHARE),
+            Duration::from_secs(10)
+        );
+        // Never faster than the budget, never stopped.
+        assert_eq!(slot(mib, mib as f64, 5.0), Duration::from_secs(1));
+        assert_eq!(slot(mib, mib as f64, 0.0), Duration::from_secs(100));
     }
 }

@@ -26,6 +26,10 @@ pub const MANIFEST_VERSION: u16 = 1;
 pub const MAX_MANIFEST_BYTES: usize = 32 << 20;
 /// Longest name, content type and similar metadata strings, in bytes.
 pub const MAX_META_LEN: usize = 4096;
+/// Largest object a manifest may carry inline ([`Manifest::inline`]).
+/// Writers choose their own threshold at or below it (the node's
+/// `inline_max_bytes`); this bound is what a reader accepts.
+pub const MAX_INLINE_BYTES: u64 = 1 << 20;
 
 /// Why a manifest was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -51,6 +55,8 @@ pub enum ManifestError {
     Segment { segment: usize, what: String },
     #[error("metadata field {field} is {len} bytes, more than {MAX_META_LEN}")]
     Meta { field: &'static str, len: usize },
+    #[error("inline object: {0}")]
+    Inline(String),
 }
 
 /// One shard of a segment and the node that holds it.
@@ -219,6 +225,59 @@ pub struct Manifest {
     /// the writer was given `k` and `m`, and left out of the encoding then.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub durability_target: Option<Durability>,
+    /// A small object's bytes, held in the manifest itself instead of in
+    /// shards (then `segments` is empty). Checked against `object` (BLAKE3)
+    /// whenever the manifest is decoded, so a replica that decodes carries
+    /// the right bytes.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "inline_bytes"
+    )]
+    pub inline: Option<Vec<u8>>,
+}
+
+/// A CBOR byte string for [`Manifest::inline`] (serde's default for a
+/// `Vec<u8>` is an array of integers, up to twice the size).
+mod inline_bytes {
+    use serde::{Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &Option<Vec<u8>>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(b) => s.serialize_bytes(b),
+            None => s.serialize_none(),
+        }
+    }
+
+    struct Visit;
+
+    impl<'de> serde::de::Visitor<'de> for Visit {
+        type Value = Option<Vec<u8>>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a byte string")
+        }
+
+        fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Self::Value, E> {
+            Ok(Some(v.to_vec()))
+        }
+
+        fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<Self::Value, E> {
+            Ok(Some(v))
+        }
+
+        fn visit_none<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+
+        fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<u8>>, D::Error> {
+        d.deserialize_byte_buf(Visit)
+    }
 }
 
 impl Manifest {
@@ -236,7 +295,26 @@ impl Manifest {
             revision: 0,
             generation: Generation::default(),
             durability_target: None,
+            inline: None,
         }
+    }
+
+    /// A manifest that carries the whole object inline (no segments).
+    /// `bytes` must hash to `object`; [`Manifest::validate`] checks it.
+    pub fn new_inline(
+        object: ObjectId,
+        geometry: Geometry,
+        meta: Metadata,
+        bytes: Vec<u8>,
+    ) -> Self {
+        let mut m = Manifest::new(object, bytes.len() as u64, geometry, meta);
+        m.inline = Some(bytes);
+        m
+    }
+
+    /// Whether the object's bytes are in this manifest rather than in shards.
+    pub fn is_inline(&self) -> bool {
+        self.inline.is_some()
     }
 
     /// Whether `other` describes the same upload as `self`: the same
@@ -251,6 +329,8 @@ impl Manifest {
             && self.size == other.size
             && self.geometry == other.geometry
             && self.meta == other.meta
+            && self.durability_target == other.durability_target
+            && self.inline == other.inline
             && self.segments.len() == other.segments.len()
             && self.segments.iter().zip(&other.segments).all(|(a, b)| {
                 a.len == b.len
@@ -428,6 +508,9 @@ impl Manifest {
         }
         let g = self.geometry;
         g.validate()?;
+        if let Some(bytes) = &self.inline {
+            return self.validate_inline(bytes);
+        }
         let expected = g.segment_count(self.size);
         if expected != self.segments.len() as u64 {
             return Err(ManifestError::SegmentCount {
@@ -471,6 +554,10 @@ impl Manifest {
                 )));
             }
         }
+        self.validate_meta()
+    }
+
+    fn validate_meta(&self) -> Result<(), ManifestError> {
         for (field, v) in [
             ("name", &self.meta.name),
             ("content_type", &self.meta.content_type),
@@ -485,6 +572,33 @@ impl Manifest {
             }
         }
         Ok(())
+    }
+
+    /// An inline manifest: no segments, no holders, `size` bytes that hash
+    /// to the object ID, at most [`MAX_INLINE_BYTES`].
+    fn validate_inline(&self, bytes: &[u8]) -> Result<(), ManifestError> {
+        let bad = |what: String| Err(ManifestError::Inline(what));
+        if bytes.len() as u64 != self.size {
+            return bad(format!(
+                "{} bytes for an object of {}",
+                bytes.len(),
+                self.size
+            ));
+        }
+        if self.size > MAX_INLINE_BYTES {
+            return bad(format!("{} bytes, more than {MAX_INLINE_BYTES}", self.size));
+        }
+        if !self.segments.is_empty() || !self.holders.is_empty() {
+            return bad("it also lists segments or holders".into());
+        }
+        let actual = ObjectId::of(bytes);
+        if actual != self.object {
+            return bad(format!(
+                "the bytes hash to {actual}, not to {}",
+                self.object
+            ));
+        }
+        self.validate_meta()
     }
 
     /// Number of shards over all segments.
@@ -587,6 +701,62 @@ mod tests {
         assert!(matches!(
             Manifest::decode(&vec![0u8; MAX_MANIFEST_BYTES + 1]),
             Err(ManifestError::TooLarge { .. })
+        ));
+    }
+
+    fn inline_sample(bytes: &[u8]) -> Manifest {
+        let g = Geometry::new(CodecKind::ReedSolomonSimd, 4, 2, 1000).unwrap();
+        let mut m =
+            Manifest::new_inline(ObjectId::of(bytes), g, Metadata::default(), bytes.to_vec());
+        m.generation = Generation { ms: 7, nonce: 9 };
+        m
+    }
+
+    #[test]
+    fn inline_round_trip_is_a_byte_string() {
+        for len in [0usize, 1, 5000, 64 << 10] {
+            let bytes: Vec<u8> = (0..len).map(|i| (i * 7 + 3) as u8).collect();
+            let m = inline_sample(&bytes);
+            let enc = m.encode();
+            // A byte string: the object plus a small fixed overhead, not
+            // one CBOR integer per byte.
+            assert!(enc.len() < len + 300, "{len} bytes encode to {}", enc.len());
+            let back = Manifest::decode(&enc).unwrap();
+            assert_eq!(back, m);
+            assert!(back.is_inline());
+            assert_eq!(back.inline.as_deref(), Some(&bytes[..]));
+        }
+        // A manifest without the field still decodes as not inline.
+        assert!(!Manifest::decode(&sample(3000, 1000).encode())
+            .unwrap()
+            .is_inline());
+    }
+
+    #[test]
+    fn inline_bytes_are_checked_against_the_id() {
+        let mut m = inline_sample(b"small object");
+        m.inline.as_mut().unwrap()[0] ^= 1;
+        assert!(matches!(
+            Manifest::decode(&m.encode()),
+            Err(ManifestError::Inline(_))
+        ));
+        let mut m = inline_sample(b"small object");
+        m.size += 1;
+        assert!(matches!(
+            Manifest::decode(&m.encode()),
+            Err(ManifestError::Inline(_))
+        ));
+        let mut m = inline_sample(b"small object");
+        let shards: Vec<_> = (0..6).map(|i| (ShardId::of(&[i]), node(i))).collect();
+        m.push_segment(12, 3, &shards);
+        assert!(matches!(
+            Manifest::decode(&m.encode()),
+            Err(ManifestError::Inline(_))
+        ));
+        let big = vec![1u8; MAX_INLINE_BYTES as usize + 1];
+        assert!(matches!(
+            Manifest::decode(&inline_sample(&big).encode()),
+            Err(ManifestError::Inline(_))
         ));
     }
 

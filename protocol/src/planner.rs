@@ -150,6 +150,9 @@ pub struct Placed {
 }
 
 /// One step for the node to execute, in the order given.
+// A handful of actions live per object for one planning round: the size of
+// the manifest-carrying variants costs nothing worth a box.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum Action {
     /// A tombstone names this generation or a later one: remove the local

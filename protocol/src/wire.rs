@@ -454,6 +454,11 @@ pub struct Load {
     pub requests_in_flight: u32,
     /// Shard bytes in and out per second over the last interval.
     pub bytes_per_sec: u64,
+    /// Client puts and gets this node served as entry peer over the last
+    /// interval (started or still in flight): repair on every member
+    /// yields while any member has client work.
+    #[serde(default)]
+    pub client_ops: u32,
 }
 
 /// A node's periodic capacity and load announcement (gossipsub).
@@ -644,6 +649,10 @@ pub struct RepairReport {
     /// Repair rounds completed since the node started.
     #[serde(default)]
     pub rounds: u64,
+    /// Repair transfers that ran at the reserved share of the budget
+    /// because clients were busy (the scheduler yielded to them).
+    #[serde(default)]
+    pub yielded: u64,
     /// Shard deletions waiting for their node to come back.
     pub pending_deletes: u64,
     /// Milliseconds since the last completed scrub (None: never).
@@ -967,6 +976,10 @@ pub struct ObjectStat {
     /// shards on live holders, the weakest segment).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub durability_now: Option<Durability>,
+    /// An object held inline in its manifest (no segments): the nodes among
+    /// its top `m + 1` manifest replicas that hold its current manifest.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub inline_replicas: Vec<NodeId>,
 }
 
 /// A stored object, as acknowledged to the client.

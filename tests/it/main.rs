@@ -18,6 +18,7 @@ mod s3_clients;
 mod safety;
 mod shards;
 mod sim_cluster;
+mod small;
 mod tokens;
 mod trust;
 mod wan;

@@ -75,8 +75,10 @@
 //! Operations on one shard are serialised by striped locks, so a put, a
 //! delete and the record clean-up of a `get` never interleave on one shard.
 //! Index calls are synchronous (sled's cache) and short; flushes run on the
-//! blocking pool.
+//! blocking pool, one at a time, shared by every caller that arrived while
+//! the previous one ran ([`commit::GroupCommit`]).
 
+pub mod commit;
 pub mod index;
 
 use std::collections::{BTreeSet, HashMap};
@@ -91,6 +93,7 @@ use dynostore_protocol::placement::unit;
 use dynostore_protocol::wire::{ContainerReport, ErrorKind, MAX_SHARD_BYTES};
 
 use crate::container::{self, ContainerError, ContainerSpec, ContainerStat, DataContainer};
+pub use commit::{CommitStats, GroupCommit};
 pub use index::{IndexError, KvPairs, KvTree, MemIndex, ShardIndex, ShardRecord, SledIndex};
 
 /// Directory of the sled index under the node directory.
@@ -203,6 +206,8 @@ struct Slot {
 #[derive(Debug)]
 struct Inner {
     index: Arc<dyn ShardIndex>,
+    /// The same index: its flushes are shared by concurrent callers.
+    commit: GroupCommit,
     refs: Arc<dyn KvTree>,
     slots: Vec<Slot>,
     by_name: HashMap<String, usize>,
@@ -311,6 +316,8 @@ impl ShardStore {
                 container: c,
             })
             .collect();
+        let commit = GroupCommit::new(index);
+        let index: Arc<dyn ShardIndex> = Arc::new(commit.clone());
         let open_report = reconcile(index.as_ref(), &slots, &by_name).await?;
         let refs = index.tree(REFS_TREE)?;
         tracing::info!(
@@ -325,6 +332,7 @@ impl ShardStore {
         Ok(ShardStore {
             inner: Arc::new(Inner {
                 index,
+                commit,
                 refs,
                 slots,
                 by_name,
@@ -782,9 +790,15 @@ impl ShardStore {
         Ok(self.inner.index.tree(name)?)
     }
 
-    /// Makes every index write so far durable.
+    /// Makes every index write so far durable (in a flush shared with
+    /// concurrent callers: see [`commit`]).
     pub async fn flush(&self) -> Result<(), StoreError> {
         Ok(self.inner.index.flush().await?)
+    }
+
+    /// Index flushes requested and run so far.
+    pub fn commit_stats(&self) -> CommitStats {
+        self.inner.commit.stats()
     }
 }
 

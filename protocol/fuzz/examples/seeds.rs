@@ -72,6 +72,7 @@ fn announcement() -> Announcement {
         load: Load {
             requests_in_flight: 3,
             bytes_per_sec: 1 << 20,
+            client_ops: 2,
         },
         software: "0.1.0".into(),
         seq: 7,
