@@ -34,7 +34,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Create a node directory: config.toml and the node's identity.
-    Init(InitArgs),
+    Init(Box<InitArgs>),
     /// Run the node in DIR until SIGINT or SIGTERM.
     Node {
         #[arg(long)]
@@ -446,7 +446,7 @@ fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Init(args) => init(args),
+        Command::Init(args) => init(*args),
         Command::Site(cmd) => cli_trust::site(cmd),
         Command::Cert(cmd) => cli_trust::cert(cmd),
         Command::Token(cli_trust::TokenCommand::Revoke {
