@@ -304,18 +304,24 @@ pub struct View {
 const PREFILTER_MIN_MEMBERS: usize = 512;
 /// Members expected to pass the prefilter per key.
 const PREFILTER_PASSERS: f64 = 256.0;
-/// Largest head of the ranking the prefilter serves.
-const PREFILTER_MAX_WINDOW: usize = 128;
+/// Largest head of the ranking the prefilter serves. The count of members
+/// reaching `theta` is about Poisson with mean [`PREFILTER_PASSERS`]
+/// (standard deviation 16), so a head of 224 (the `4 * 4n` a writer asks
+/// for when a stripe of 14 needs a longer list) is served about 97 % of
+/// the time; a miss costs one more scan and gives the same result.
+const PREFILTER_MAX_WINDOW: usize = 224;
 
 /// A score threshold `theta` and, per member, the least `u` for which its
 /// score can reach `theta`, lowered by a relative 1e-6 so that rounding
 /// never drops a member that reaches it: `w / -ln(u) >= theta` needs
-/// `u >= exp(-w / theta)`. Testing `unit(key ^ h) >= cut` costs a hash and
-/// a compare instead of a logarithm, and only the passers are scored.
+/// `u >= exp(-w / theta)`. That bound is kept as an integer on the hash
+/// bits ([`unit_bits_at_least`]): `unit(x) >= cut` exactly when
+/// `fmix64(x) >> 11 >= cut_bits`, so a member costs a hash and an integer
+/// compare instead of a logarithm, and only the passers are scored.
 #[derive(Debug, Clone)]
 struct Prefilter {
     theta: f64,
-    cut: Vec<f64>,
+    cut_bits: Vec<u64>,
 }
 
 impl Prefilter {
@@ -332,11 +338,39 @@ impl Prefilter {
         if !(theta.is_finite() && theta > 0.0) {
             return None;
         }
-        let cut = weights
+        let cut_bits = weights
             .iter()
-            .map(|&w| (-(w as f64) / theta).exp() * (1.0 - 1e-6))
+            .map(|&w| unit_bits_at_least((-(w as f64) / theta).exp() * (1.0 - 1e-6)))
             .collect();
-        Some(Prefilter { theta, cut })
+        Some(Prefilter { theta, cut_bits })
+    }
+
+    /// The members whose hash passes for `key` (eligibility not checked),
+    /// in index order: one hash and one integer compare per member, eight
+    /// at a time without a branch (a loop the compiler can vectorise),
+    /// then a walk over the few set bits.
+    fn passers(&self, key: PlacementKey, node_hash: &[u64]) -> Vec<usize> {
+        const LANES: usize = 8;
+        let mut out = Vec::with_capacity(2 * PREFILTER_PASSERS as usize);
+        let (hashes, hash_rest) = node_hash.as_chunks::<LANES>();
+        let (cuts, cut_rest) = self.cut_bits.as_chunks::<LANES>();
+        for (c, (h, cut)) in hashes.iter().zip(cuts).enumerate() {
+            let mut mask = 0u32;
+            for lane in 0..LANES {
+                mask |= u32::from(fmix64(key.0 ^ h[lane]) >> 11 >= cut[lane]) << lane;
+            }
+            while mask != 0 {
+                out.push(c * LANES + mask.trailing_zeros() as usize);
+                mask &= mask - 1;
+            }
+        }
+        let base = node_hash.len() - hash_rest.len();
+        for (j, (&h, &cut)) in hash_rest.iter().zip(cut_rest).enumerate() {
+            if fmix64(key.0 ^ h) >> 11 >= cut {
+                out.push(base + j);
+            }
+        }
+        out
     }
 }
 
@@ -413,6 +447,55 @@ impl View {
         view.free = Some((view.members.iter().map(|m| of(m).1).collect(), reference));
         view.prefilter_capacity = Prefilter::new(&view.members, &view.capacity);
         view
+    }
+
+    /// Gives every member a new [`Space`] (`space` is asked once per
+    /// member, in ID order) and recomputes what depends on it: the result
+    /// equals [`View::weighted`] over the same members (same IDs, sites,
+    /// states and volatility, no duplicate IDs) with these spaces, for a
+    /// fraction of the cost: IDs are neither sorted nor hashed again. What
+    /// a caller that refreshes a large view's fills often (the scale
+    /// model) uses instead of building a new one.
+    pub fn reweigh(&mut self, space: impl Fn(&Member) -> Space) {
+        let spaces: Vec<Space> = self.members.iter().map(space).collect();
+        let reference = reference_fill(
+            self.members
+                .iter()
+                .zip(&spaces)
+                .filter(|(m, _)| m.state == MemberState::Alive)
+                .map(|(_, s)| *s),
+        );
+        let was_eligible: Vec<bool> = self.members.iter().map(eligible_for_writes).collect();
+        for (m, s) in self.members.iter_mut().zip(&spaces) {
+            m.weight = fill_weight(*s, reference);
+        }
+        let capacity: Vec<u64> = spaces.iter().map(|s| s.capacity_bytes).collect();
+        let free: Vec<u64> = spaces
+            .iter()
+            .map(|s| s.free_bytes.min(s.capacity_bytes))
+            .collect();
+        let mut site_open =
+            vec![false; self.site.iter().map(|&s| s as usize + 1).max().unwrap_or(0)];
+        for (m, &s) in self.members.iter().zip(&self.site) {
+            if eligible_for_writes(m) {
+                site_open[s as usize] = true;
+            }
+        }
+        self.eligible_sites = site_open.iter().filter(|&&o| o).count();
+        let weights: Vec<u64> = self.members.iter().map(|m| m.weight).collect();
+        self.prefilter = Prefilter::new(&self.members, &weights);
+        // The capacity prefilter depends on the capacities and on which
+        // members are eligible only: rebuilt when one of them changed.
+        let same_eligible = self
+            .members
+            .iter()
+            .zip(&was_eligible)
+            .all(|(m, &e)| eligible_for_writes(m) == e);
+        if !(same_eligible && capacity == self.capacity && self.free.is_some()) {
+            self.prefilter_capacity = Prefilter::new(&self.members, &capacity);
+        }
+        self.capacity = capacity;
+        self.free = Some((free, reference));
     }
 
     /// Member `i`'s weight for a shard of `shard_bytes`: its
@@ -542,10 +625,10 @@ impl View {
         }
         if let Some(pre) = self.prefilter(weighting) {
             if len <= PREFILTER_MAX_WINDOW {
-                let mut head: Vec<(f64, usize)> = (0..self.members.len())
-                    .filter(|&i| {
-                        unit(key.0 ^ self.node_hash[i]) >= pre.cut[i] && filter(&self.members[i])
-                    })
+                let mut head: Vec<(f64, usize)> = pre
+                    .passers(key, &self.node_hash)
+                    .into_iter()
+                    .filter(|&i| filter(&self.members[i]))
                     .map(|i| (self.score(key, i, weighting), i))
                     .filter(|&(s, _)| s >= pre.theta)
                     .collect();
@@ -642,11 +725,10 @@ impl View {
                 // A sized score is never above the unsized one, so the
                 // prefilter (built from the weights) still passes a
                 // superset of the members that reach `theta`.
-                let mut head: Vec<(f64, usize)> = (0..self.members.len())
-                    .filter(|&i| {
-                        unit(key.0 ^ self.node_hash[i]) >= pre.cut[i]
-                            && eligible_for_writes(&self.members[i])
-                    })
+                let mut head: Vec<(f64, usize)> = pre
+                    .passers(key, &self.node_hash)
+                    .into_iter()
+                    .filter(|&i| eligible_for_writes(&self.members[i]))
                     .map(|i| (score(i), i))
                     .filter(|&(s, _)| s >= pre.theta)
                     .collect();
@@ -813,12 +895,81 @@ pub fn fmix64(mut x: u64) -> u64 {
 
 /// Maps 64 bits to a uniform value in the open interval (0, 1).
 pub fn unit(x: u64) -> f64 {
-    ((fmix64(x) >> 11) as f64 + 0.5) / (1u64 << 53) as f64
+    unit_of_bits(fmix64(x) >> 11)
+}
+
+/// `unit` from the 53 hash bits it keeps: `(v + 0.5) / 2^53`, monotone
+/// (never decreasing) in `v`.
+fn unit_of_bits(v: u64) -> f64 {
+    (v as f64 + 0.5) / (1u64 << 53) as f64
+}
+
+/// The least `v` in `[0, 2^53]` with `unit_of_bits(v) >= cut` (`2^53`,
+/// above every 53-bit value, when none reaches it): `unit(x) >= cut`
+/// exactly when `fmix64(x) >> 11 >= unit_bits_at_least(cut)`, because
+/// `unit_of_bits` is monotone. The estimate is off by rounding only, so
+/// the walks below take a step or two.
+pub fn unit_bits_at_least(cut: f64) -> u64 {
+    const TOP: u64 = 1 << 53;
+    if cut.is_nan() {
+        return TOP;
+    }
+    let estimate = (cut * TOP as f64 - 0.5).ceil();
+    let mut v = if estimate <= 0.0 {
+        0
+    } else if estimate >= TOP as f64 {
+        TOP
+    } else {
+        estimate as u64
+    };
+    while v > 0 && unit_of_bits(v - 1) >= cut {
+        v -= 1;
+    }
+    while v < TOP && unit_of_bits(v) < cut {
+        v += 1;
+    }
+    v
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn integer_cut_decides_as_unit_does() {
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = || {
+            x = fmix64(x.wrapping_add(0x9e37_79b9_7f4a_7c15));
+            x
+        };
+        for _ in 0..20_000 {
+            // Cuts drawn as units of other hashes (ties included), as
+            // rounded values near them, and at the extremes.
+            let u = unit(next());
+            for cut in [
+                u,
+                u * (1.0 - 1e-6),
+                u * (1.0 + 1e-16),
+                0.0,
+                1e-300,
+                1.0,
+                2.0,
+            ] {
+                let bits = unit_bits_at_least(cut);
+                assert!(bits <= 1 << 53);
+                assert!(bits == 1 << 53 || unit_of_bits(bits) >= cut, "{cut}");
+                assert!(bits == 0 || unit_of_bits(bits - 1) < cut, "{cut}");
+                for y in [next(), next()] {
+                    assert_eq!(unit(y) >= cut, fmix64(y) >> 11 >= bits, "{cut} {y}");
+                }
+            }
+            // The hash bits right at the cut.
+            let v = fmix64(next()) >> 11;
+            let cut = unit_of_bits(v);
+            assert!(unit_bits_at_least(cut) <= v);
+        }
+        assert_eq!(unit_bits_at_least(f64::NAN), 1 << 53);
+    }
 
     #[test]
     fn unit_is_open_interval() {

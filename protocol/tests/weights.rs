@@ -483,3 +483,68 @@ fn sized_placement_agrees_with_its_oracle_and_needs_room() {
         }
     }
 }
+
+/// 1,000 members (above the prefilter's threshold), a few of them
+/// suspect, down or volatile, with free space drawn from `salt` (nothing
+/// else depends on it): about one in 16 is full.
+fn reweigh_members(salt: u32) -> Vec<(Member, Space)> {
+    (0..1000u32)
+        .map(|i| {
+            let b = *blake3::hash(&i.to_le_bytes()).as_bytes();
+            let c = *blake3::hash(&[i.to_le_bytes(), salt.to_le_bytes()].concat()).as_bytes();
+            let cap = 1_000_000 * (1 + u64::from(b[0]) % 100);
+            let free = match c[0] % 16 {
+                0 => 0,
+                _ => cap / 1000 * u64::from(c[1]) * 4,
+            };
+            let m = Member {
+                id: node(i),
+                site: format!("site-{}", b[2] % 20),
+                weight: 0,
+                state: match b[3] % 32 {
+                    0 => MemberState::Suspect,
+                    1 => MemberState::Down,
+                    _ => MemberState::Alive,
+                },
+                volatile: b[4].is_multiple_of(50),
+            };
+            (m, space(cap, free.min(cap)))
+        })
+        .collect()
+}
+
+#[test]
+fn reweigh_gives_the_view_weighted_builds() {
+    let before = reweigh_members(1);
+    let after = reweigh_members(2);
+    let mut reweighed = View::weighted(before.clone());
+    let spaces: std::collections::HashMap<NodeId, Space> =
+        after.iter().map(|(m, s)| (m.id.clone(), *s)).collect();
+    reweighed.reweigh(|m| spaces[&m.id]);
+    let fresh = View::weighted(after);
+    assert_eq!(reweighed.members(), fresh.members());
+    assert_eq!(reweighed.eligible_split(), fresh.eligible_split());
+    let mut differs_from_before = 0;
+    let old = View::weighted(before);
+    for k in 0..300u64 {
+        let key = PlacementKey::for_segment(&ObjectId::of(&k.to_le_bytes()), 0);
+        for w in [Weighting::Weighted, Weighting::Capacity, Weighting::Uniform] {
+            assert_eq!(
+                reweighed.place(key, 14, w),
+                fresh.place(key, 14, w),
+                "{k} {w:?}"
+            );
+            assert_eq!(
+                reweighed.ranking_head(key, w, |_| true, 40),
+                fresh.ranking_head(key, w, |_| true, 40)
+            );
+        }
+        for shard in [0u64, 10_000, 3_000_000] {
+            let got = reweighed.place_sized(key, 14, 4, shard);
+            assert_eq!(got, fresh.place_sized(key, 14, 4, shard), "{k} {shard}");
+            differs_from_before += usize::from(got != old.place_sized(key, 14, 4, shard));
+        }
+    }
+    // The new spaces change placements, so equality above is not vacuous.
+    assert!(differs_from_before > 100, "{differs_from_before}");
+}

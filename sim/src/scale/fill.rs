@@ -50,7 +50,9 @@ use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
 use super::log::{ppm, EventLog};
-use super::world::{node_index, par_map, place_indices, stream, Object, World, MISSING};
+use super::world::{
+    node_index, par_map, place_indices, progress_bar, stream, Object, World, MISSING,
+};
 
 /// The three placement policies compared throughout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -279,8 +281,14 @@ fn drive(
     let mut next_cp = 0;
     let mut chosen = Vec::with_capacity(n);
     let refresh = cfg.refresh.max(1);
+    let bar = progress_bar(
+        cfg.progress,
+        objects.len(),
+        &format!("objects placed ({})", policy.name()),
+    );
     for start in (0..objects.len()).step_by(refresh) {
         let end = (start + refresh).min(objects.len());
+        bar.set_position(start as u64);
         placer.begin_window(&ledger, &objects[start..end]);
         for (i, obj) in objects.iter().enumerate().take(end).skip(start) {
             chosen.clear();
@@ -314,20 +322,23 @@ fn drive(
                 );
                 record(log, policy, &cp);
                 if cfg.progress {
-                    eprintln!(
-                        "          {} at {:.0}%: std {:.2}%, max {:.1}%, refused {}",
-                        policy.name(),
-                        100.0 * cp.target,
-                        100.0 * cp.spread.std_dev,
-                        100.0 * cp.spread.max,
-                        cp.refused_objects
-                    );
+                    bar.suspend(|| {
+                        eprintln!(
+                            "          {} at {:.0}%: std {:.2}%, max {:.1}%, refused {}",
+                            policy.name(),
+                            100.0 * cp.target,
+                            100.0 * cp.spread.std_dev,
+                            100.0 * cp.spread.max,
+                            cp.refused_objects
+                        )
+                    });
                 }
                 out.checkpoints.push(cp);
                 next_cp += 1;
             }
         }
     }
+    bar.finish_and_clear();
     // Targets the offered bytes never reached (rounding): record at the end.
     while next_cp < cfg.checkpoints.len() {
         let cp = checkpoint(
@@ -412,9 +423,18 @@ struct RendezvousPlacer<'a> {
 impl Placer for RendezvousPlacer<'_> {
     fn begin_window(&mut self, ledger: &Ledger, window: &[Object]) {
         let n = self.world.n;
-        let view = self
-            .world
-            .weighted_view(self.active.iter().copied(), |i| ledger.used[i as usize]);
+        // The first window builds the view; later ones refresh its
+        // weights in place (the same view, without sorting and hashing
+        // every node ID again).
+        let view = match self.view.take() {
+            Some(mut view) => {
+                self.world.reweigh(&mut view, |i| ledger.used[i as usize]);
+                view
+            }
+            None => self
+                .world
+                .weighted_view(self.active.iter().copied(), |i| ledger.used[i as usize]),
+        };
         let firsts = par_map(self.threads, window.len(), |j| {
             let mut v: Vec<u32> = view
                 .place_sized(window[j].key, n, usize::MAX, window[j].shard_bytes)

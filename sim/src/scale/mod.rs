@@ -370,7 +370,7 @@ pub fn simulate(args: &Args, log: &mut EventLog) -> Report {
         refresh: args.refresh_every as usize,
         threads,
         checkpoints,
-        progress: !args.quiet,
+        progress: !args.quiet && !args.json,
         label: "random-policy",
     };
     let fills: Vec<FillOutcome> = Policy::ALL
@@ -384,6 +384,7 @@ pub fn simulate(args: &Args, log: &mut EventLog) -> Report {
     progress("report 2: data moved on join and leave");
     let moves_cfg = MovesConfig {
         threads,
+        progress: !args.quiet && !args.json,
         verify_every: args.verify_every as usize,
         fill: FillConfig {
             checkpoints: Vec::new(),

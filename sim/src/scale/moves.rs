@@ -71,8 +71,13 @@
 //! of the joiners: a joiner that
 //! ranks below every holder cannot be picked (the holders fill the stripe
 //! first), so when none outscores the weakest holder the placement is
-//! unchanged. The filter is off if a joiner brings a site with no eligible
-//! member yet (that would add a site to spread over).
+//! unchanged, and otherwise the small view needs only the joiners that do
+//! (the lemma holds for any view between the placement and the grown
+//! view). The filter is off if a joiner brings a site with no eligible
+//! member yet (that would add a site to spread over). Joiners are scored
+//! only when their hash passes an integer bound derived from the weakest
+//! holder's score and the largest joiner weight (as in the protocol's
+//! prefilter), so an object costs a hash per joiner, not a logarithm.
 //!
 //! Every `verify_every`-th stored object is also re-placed over the whole
 //! view for both cases and compared with the shortcut's result (filter
@@ -90,7 +95,9 @@
 //!   only with a directory that records every shard's location, which is
 //!   what both baselines need anyway to find data.
 
-use dynostore_protocol::placement::{node_hash, unit, Member, PlacementKey, View};
+use dynostore_protocol::placement::{
+    fmix64, node_hash, unit, unit_bits_at_least, Member, PlacementKey, View,
+};
 use dynostore_protocol::planner::PlannerConfig;
 use dynostore_protocol::repair::{rebalance_moves, repair_targets};
 use dynostore_protocol::NodeId;
@@ -98,7 +105,7 @@ use serde::Serialize;
 
 use super::fill::{fill, FillConfig, FillOutcome, Policy};
 use super::log::EventLog;
-use super::world::{node_index, par_map, place_indices, World, MISSING};
+use super::world::{node_index, par_map, place_indices, progress_bar, World, MISSING};
 
 /// One way of counting moved bytes for a join and a leave.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -172,6 +179,8 @@ pub struct LiveOutcome {
 #[derive(Debug, Clone)]
 pub struct MovesConfig {
     pub threads: usize,
+    /// Progress bars on a terminal.
+    pub progress: bool,
     pub verify_every: usize,
     /// For the baseline re-runs (checkpoints are ignored).
     pub fill: FillConfig,
@@ -398,6 +407,34 @@ fn rendezvous(
     let score = |key: PlacementKey, i: u32, w: u64| -> f64 {
         w as f64 / -unit(key.0 ^ hashes[i as usize]).ln()
     };
+    // The joiners (indices into `joiners_target`) that score at least `s`
+    // for `key`. Scoring every joiner costs a logarithm each (a thousand
+    // per object at 100,000 nodes), so a joiner is scored only if its hash
+    // passes the bound every joiner that reaches `s` passes: `w / -ln(u)
+    // >= s` needs `u >= exp(-w / s) >= exp(-w_max / s)`, lowered by a
+    // relative 1e-6 against rounding as in the protocol's prefilter; the
+    // result is the same as scoring all.
+    let joiner_hw: Vec<(u64, u32, u64)> = joiners_target
+        .iter()
+        .map(|m| {
+            let i = node_index(&m.id);
+            (hashes[i as usize], i, m.weight)
+        })
+        .collect();
+    let w_max = joiner_hw.iter().map(|&(_, _, w)| w).max().unwrap_or(0);
+    let joiners_above = |key: PlacementKey, s: f64| -> Vec<usize> {
+        let cut = if s.is_finite() && s > 0.0 {
+            unit_bits_at_least((-(w_max as f64) / s).exp() * (1.0 - 1e-6))
+        } else {
+            0
+        };
+        joiner_hw
+            .iter()
+            .enumerate()
+            .filter(|&(_, &(h, i, w))| fmix64(key.0 ^ h) >> 11 >= cut && score(key, i, w) >= s)
+            .map(|(j, _)| j)
+            .collect()
+    };
     let mut site_has_eligible = vec![false; world.sites.len()];
     for &i in initial {
         if weight(i) > 0 {
@@ -412,7 +449,9 @@ fn rendezvous(
         .filter(|&i| outcome.stored[i])
         .collect();
     let verify_every = cfg.verify_every.max(1);
+    let bar = progress_bar(cfg.progress, stored.len(), "objects re-placed");
     let per_object = par_map(cfg.threads, stored.len(), |j| {
+        bar.inc(1);
         let obj = &world.objects[stored[j]];
         let verify = j % verify_every == 0;
         let mut r = PerObject::default();
@@ -426,17 +465,28 @@ fn rendezvous(
             .iter()
             .map(|&i| score(obj.key, i, weight(i)))
             .fold(f64::INFINITY, f64::min);
-        let may_change = !filter_sound
-            || before.len() < n
-            || joiners_target
-                .iter()
-                .any(|m| score(obj.key, node_index(&m.id), m.weight) >= min_before);
+        let exact = filter_sound && before.len() == n;
+        let above = if exact {
+            joiners_above(obj.key, min_before)
+        } else {
+            Vec::new()
+        };
+        let may_change = !exact || !above.is_empty();
         let after = if may_change {
+            // With the filter sound, the joiners that do not outscore the
+            // weakest holder cannot be picked (module header), so the small
+            // view needs only the others: the lemma holds for any `V'`
+            // between the placement and the grown view.
+            let joining: Vec<&Member> = if exact {
+                above.iter().map(|&j| &joiners_target[j]).collect()
+            } else {
+                joiners_target.iter().collect()
+            };
             let small = View::new(
                 before
                     .iter()
                     .map(|&i| world.member(i, weight(i)))
-                    .chain(joiners_target.iter().cloned()),
+                    .chain(joining.into_iter().cloned()),
             );
             place_indices(&small, obj.key, n)
         } else {
@@ -461,6 +511,7 @@ fn rendezvous(
         r
     });
 
+    bar.finish_and_clear();
     let mut t = RendezvousTotals::default();
     for (j, r) in per_object.iter().enumerate() {
         let shard = world.objects[stored[j]].shard_bytes;
@@ -532,8 +583,14 @@ fn live_rebalance(
 
     // Leave: rebuild what the leavers held, where the planner puts it.
     if !gone.is_empty() {
-        for chunk in stored.chunks(refresh) {
-            let view = world.weighted_view(members.iter().copied(), |i| used[i as usize]);
+        let mut view = world.weighted_view(members.iter().copied(), |i| used[i as usize]);
+        let bar = progress_bar(cfg.progress, stored.len(), "objects checked for repair");
+        for (c, chunk) in stored.chunks(refresh).enumerate() {
+            bar.inc(chunk.len() as u64);
+            if c > 0 {
+                world.reweigh(&mut view, |i| used[i as usize]);
+            }
+            let view = &view;
             let snapshot: &[u32] = holders;
             let targets = par_map(cfg.threads, chunk.len(), |j| {
                 let o = chunk[j];
@@ -546,7 +603,7 @@ fn live_rebalance(
                     .copied()
                     .filter(|&h| !is_gone[h as usize])
                     .collect();
-                let t = repair_targets(&view, world.objects[o].key, n - keep.len(), &ids(&keep), m);
+                let t = repair_targets(view, world.objects[o].key, n - keep.len(), &ids(&keep), m);
                 t.iter().map(node_index).collect::<Vec<u32>>()
             });
             for (j, t) in targets.into_iter().enumerate() {
@@ -601,9 +658,11 @@ fn live_rebalance(
                 }
             }
         }
+        bar.finish_and_clear();
     }
 
     // Rebalancing passes until one moves nothing.
+    let mut view = world.weighted_view(members.iter().copied(), |i| used[i as usize]);
     loop {
         out.passes += 1;
         let mut moved_this_pass = 0u64;
@@ -611,8 +670,17 @@ fn live_rebalance(
         // view per pass (a member that filled up since still looks
         // eligible, as in a node between announcements, and refuses the
         // shard). The fills it compares are refreshed every chunk.
-        let view = world.weighted_view(members.iter().copied(), |i| used[i as usize]);
+        if out.passes > 1 {
+            world.reweigh(&mut view, |i| used[i as usize]);
+        }
+        let view = &view;
+        let bar = progress_bar(
+            cfg.progress,
+            stored.len(),
+            &format!("objects checked for rebalancing (pass {})", out.passes),
+        );
         for chunk in stored.chunks(refresh) {
+            bar.inc(chunk.len() as u64);
             let fill: Vec<f64> = (0..world.all_nodes.len() as u32)
                 .map(|i| used[i as usize] as f64 / world.capacity(i) as f64)
                 .collect();
@@ -638,7 +706,7 @@ fn live_rebalance(
                     let i = node_index(id) as usize;
                     is_member.get(i).copied().unwrap_or(false).then(|| fill[i])
                 };
-                rebalance_moves(&view, world.objects[o].key, &ids(hs), fill_of, margin, m)
+                rebalance_moves(view, world.objects[o].key, &ids(hs), fill_of, margin, m)
                     .into_iter()
                     .map(|(slot, to)| (slot, node_index(&to)))
                     .collect::<Vec<(usize, u32)>>()
@@ -660,6 +728,7 @@ fn live_rebalance(
                 }
             }
         }
+        bar.finish_and_clear();
         out.moved_shards += moved_this_pass;
         if moved_this_pass == 0 || out.passes >= MAX_PASSES {
             break;

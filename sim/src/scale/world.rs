@@ -221,6 +221,21 @@ impl World {
         }))
     }
 
+    /// Refreshes a view from [`World::weighted_view`] to the used bytes
+    /// `used`: the same view [`World::weighted_view`] would build over its
+    /// members ([`View::reweigh`]), without sorting and hashing every ID
+    /// again.
+    pub fn reweigh(&self, view: &mut View, used: impl Fn(u32) -> u64) {
+        view.reweigh(|m| {
+            let i = node_index(&m.id);
+            let capacity_bytes = self.capacity(i);
+            Space {
+                capacity_bytes,
+                free_bytes: capacity_bytes.saturating_sub(used(i)),
+            }
+        });
+    }
+
     pub fn capacity(&self, i: u32) -> u64 {
         self.all_nodes[i as usize].capacity_bytes
     }
@@ -317,6 +332,27 @@ fn cumulative(weights: &[f64]) -> Vec<f64> {
 /// Index of the first cumulative value above `u`.
 fn pick(cdf: &[f64], u: f64) -> usize {
     cdf.partition_point(|&c| c <= u).min(cdf.len() - 1)
+}
+
+/// A progress bar on stderr for a long phase, counting `len` items
+/// (objects); hidden unless `show` and stderr is a terminal, so piped
+/// output and `--json` / `--quiet` runs stay quiet. Nothing it shows goes
+/// into the report.
+pub fn progress_bar(show: bool, len: usize, what: &str) -> indicatif::ProgressBar {
+    use std::io::IsTerminal as _;
+    if !show || !std::io::stderr().is_terminal() {
+        return indicatif::ProgressBar::hidden();
+    }
+    let pb = indicatif::ProgressBar::new(len as u64);
+    pb.set_style(
+        indicatif::ProgressStyle::with_template(
+            "          {elapsed_precise} [{bar:30}] {human_pos}/{human_len} {msg} ({per_sec}, eta {eta})",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    pb.set_message(what.to_string());
+    pb
 }
 
 /// Maps `f` over `0..len` on `threads` threads and returns the results in
