@@ -81,11 +81,9 @@ use common::{
 };
 use dynostore_node::client::Client;
 use dynostore_node::keys::load_network_key;
-use dynostore_node::objects::{request, Output, PutParams};
+use dynostore_node::objects::{Output, PutParams};
 use dynostore_protocol::erasure::CodecKind;
-use dynostore_protocol::wire::{
-    ClientRequest, ClientResponse, ControlRequest, ControlResponse, Health, StatusReport,
-};
+use dynostore_protocol::wire::{ControlRequest, ControlResponse, Health, StatusReport};
 use dynostore_protocol::{MemberState, ObjectId};
 
 const VICTIM_MB_ENV: &str = "DYNOSTORE_BENCH_VICTIM_MB";
@@ -433,13 +431,11 @@ async fn unhealthy(
         let (clients, entries, ids, bad) = (c.clone(), e.clone(), i2.clone(), b.clone());
         async move {
             let entry = entries[i % entries.len()];
-            let health =
-                match request(&clients[entry], ClientRequest::Stat { object: ids[i] }).await {
-                    Ok(ClientResponse::Stat(st)) if st.health == Health::Healthy => return Ok(()),
-                    Ok(ClientResponse::Stat(st)) => format!("{:?}", st.health),
-                    Ok(other) => format!("answer {other:?}"),
-                    Err(e) => format!("error: {e}"),
-                };
+            let health = match dynostore_node::objects::stat(&clients[entry], ids[i], None).await {
+                Ok(st) if st.health == Health::Healthy => return Ok(()),
+                Ok(st) => format!("{:?}", st.health),
+                Err(e) => format!("error: {e}"),
+            };
             bad.lock().expect("stat lock").push((ids[i], health));
             Ok(())
         }

@@ -342,9 +342,14 @@ async fn answer(
             r?;
             return Ok(None);
         }
-        ClientRequest::Stat { object } => {
+        ClientRequest::Stat {
+            object,
+            first_segment,
+            max_segments,
+        } => {
             let gate = |m: &Manifest| access.check(TokenOp::Get, m);
-            ClientResponse::Stat(stat_object(shared, object, &gate).await?)
+            let page = (first_segment, max_segments.map(|m| m as usize));
+            ClientResponse::Stat(stat_page(shared, object, &gate, page).await?)
         }
         ClientRequest::Remove { object } => {
             let timer = shared.metrics.op(Op::Remove);
@@ -477,8 +482,20 @@ pub(crate) async fn stat_object(
     object: ObjectId,
     gate: Gate<'_>,
 ) -> Result<ObjectStat, DataError> {
+    stat_page(shared, object, gate, (0, Some(usize::MAX))).await
+}
+
+/// `stat` of segments `page.0..` (at most `page.1`, capped by
+/// [`stat_page_segments`] unless `usize::MAX`: the admin API's answer has
+/// no frame to fit), counted in the metrics.
+async fn stat_page(
+    shared: &Arc<Shared>,
+    object: ObjectId,
+    gate: Gate<'_>,
+    page: (u64, Option<usize>),
+) -> Result<ObjectStat, DataError> {
     let timer = shared.metrics.op(Op::Stat);
-    let r = stat(shared, object, gate).await;
+    let r = stat(shared, object, gate, page).await;
     timer.finish(r.as_ref().err().map(DataError::kind));
     r
 }
@@ -1253,9 +1270,19 @@ async fn stat(
     shared: &Arc<Shared>,
     object: ObjectId,
     gate: Gate<'_>,
+    page: (u64, Option<usize>),
 ) -> Result<ObjectStat, DataError> {
     let m = require_manifest(shared, object).await?;
     gate(&m)?;
+    let total = m.segments.len();
+    let first = usize::try_from(page.0).unwrap_or(usize::MAX).min(total);
+    let cap = match page.1 {
+        Some(usize::MAX) => usize::MAX,
+        asked => asked
+            .unwrap_or(usize::MAX)
+            .min(dynostore_protocol::wire::stat_page_segments(m.geometry.n())),
+    };
+    let wanted = &m.segments[first..first.saturating_add(cap).min(total)];
     if m.is_inline() {
         let view = shared.membership().view();
         let (replicas, health) = inline_replicas(shared, &view, &m).await;
@@ -1272,11 +1299,13 @@ async fn stat(
             inline_replicas: replicas,
             durability_target: m.durability_target,
             durability_now: None,
+            first_segment: 0,
+            segment_count: Some(0),
         });
     }
     // Ask each holder once to re-hash all of its shards of this object.
     let mut by_holder: BTreeMap<u32, Vec<ShardId>> = BTreeMap::new();
-    for seg in &m.segments {
+    for seg in wanted {
         for e in &seg.shards {
             by_holder.entry(e.holder).or_default().push(e.id);
         }
@@ -1304,9 +1333,8 @@ async fn stat(
     let k = usize::from(m.geometry.k);
     let n = m.geometry.n();
     let mut health = Health::Healthy;
-    let mut live: Vec<u32> = Vec::with_capacity(m.segments.len());
-    let segments: Vec<SegmentStat> = m
-        .segments
+    let mut live: Vec<u32> = Vec::with_capacity(wanted.len());
+    let segments: Vec<SegmentStat> = wanted
         .iter()
         .map(|seg| {
             let shards: Vec<ShardStat> = seg
@@ -1351,6 +1379,8 @@ async fn stat(
                 .annual(),
         )),
         inline_replicas: Vec::new(),
+        first_segment: first as u64,
+        segment_count: Some(total as u64),
     })
 }
 

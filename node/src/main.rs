@@ -961,10 +961,7 @@ async fn share(args: ShareArgs) -> Result<()> {
 async fn stat(id: &str, json: bool, conn: ConnArgs) -> Result<()> {
     let object = parse_object(id)?;
     let client = conn.connect().await?;
-    let st = match objects::request(&client, ClientRequest::Stat { object }).await? {
-        ClientResponse::Stat(st) => st,
-        other => bail!("unexpected answer: {other:?}"),
-    };
+    let st = objects::stat(&client, object, None).await?;
     if json {
         println!("{}", serde_json::to_string_pretty(&stat_json(&st))?);
         return Ok(());

@@ -17,7 +17,8 @@ use dynostore_protocol::durability::Durability;
 use dynostore_protocol::erasure::{CodecKind, Geometry, MAX_SEGMENT_SIZE};
 use dynostore_protocol::manifest::Metadata;
 use dynostore_protocol::wire::{
-    Chunk, ClientEnvelope, ClientRequest, ClientResponse, PutReceipt, RemoteError, SkippedShard,
+    Chunk, ClientEnvelope, ClientRequest, ClientResponse, ObjectStat, PutReceipt, RemoteError,
+    SkippedShard,
 };
 use dynostore_protocol::ObjectId;
 
@@ -443,4 +444,53 @@ pub async fn request(client: &Client, req: ClientRequest) -> Result<ClientRespon
         ClientResponse::Error(e) => Err(ObjectError::Remote(e)),
         other => Ok(other),
     }
+}
+
+/// `stat` of a whole object, page by page (a node answers at most
+/// [`dynostore_protocol::wire::stat_page_segments`] segments at a time,
+/// fewer if `page` asks): the segments in order, the worst health and the
+/// least durability of the pages.
+pub async fn stat(
+    client: &Client,
+    object: ObjectId,
+    page: Option<u32>,
+) -> Result<ObjectStat, ObjectError> {
+    let mut all: Option<ObjectStat> = None;
+    let mut next = 0u64;
+    loop {
+        let req = ClientRequest::Stat {
+            object,
+            first_segment: next,
+            max_segments: page,
+        };
+        let page = match request(client, req).await? {
+            ClientResponse::Stat(st) => st,
+            other => return Err(ObjectError::Protocol(format!("{other:?}"))),
+        };
+        if page.first_segment != next {
+            return Err(ObjectError::Protocol(format!(
+                "asked for segments from {next}, got them from {}",
+                page.first_segment
+            )));
+        }
+        let got = page.segments.len() as u64;
+        let total = page.segment_count.unwrap_or(next + got);
+        next += got;
+        all = Some(match all {
+            None => page,
+            Some(mut st) => {
+                st.health = st.health.max(page.health);
+                st.durability_now = match (st.durability_now, page.durability_now) {
+                    (Some(a), Some(b)) => Some(if b.0 < a.0 { b } else { a }),
+                    (a, b) => a.or(b),
+                };
+                st.segments.extend(page.segments);
+                st
+            }
+        });
+        if next >= total || got == 0 {
+            break;
+        }
+    }
+    all.ok_or_else(|| ObjectError::Protocol("no stat answer".into()))
 }

@@ -799,8 +799,16 @@ pub enum ClientRequest {
     Get {
         object: ObjectId,
     },
+    /// An object's geometry, health and holders: the segments from
+    /// `first_segment` on, at most `max_segments` of them (capped by the
+    /// node so that the answer fits its size limit, see
+    /// [`stat_page_segments`]); the answer says how many segments there are.
     Stat {
         object: ObjectId,
+        #[serde(default)]
+        first_segment: u64,
+        #[serde(default)]
+        max_segments: Option<u32>,
     },
     Remove {
         object: ObjectId,
@@ -980,6 +988,21 @@ pub struct ObjectStat {
     /// its top `m + 1` manifest replicas that hold its current manifest.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub inline_replicas: Vec<NodeId>,
+    /// The index of `segments[0]` among the object's segments, and how many
+    /// it has (absent from older nodes: `segments` is all of them). Health
+    /// and `durability_now` describe the segments answered.
+    #[serde(default)]
+    pub first_segment: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub segment_count: Option<u64>,
+}
+
+/// Most shard entries one stat answer lists.
+pub const MAX_STAT_SHARDS: usize = 65_536;
+
+/// Segments per stat answer for `n` shards per segment.
+pub fn stat_page_segments(n: usize) -> usize {
+    (MAX_STAT_SHARDS / n.max(1)).max(1)
 }
 
 /// A stored object, as acknowledged to the client.

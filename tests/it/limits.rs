@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 use futures::{AsyncReadExt, AsyncWriteExt};
 
 use dynostore_node::client::Client;
-use dynostore_node::{keys, net as dnet};
+use dynostore_node::{keys, net as dnet, objects};
 use dynostore_protocol::manifest::ShardRef;
-use dynostore_protocol::wire::{ShardRequest, WireMessage};
+use dynostore_protocol::wire::{ClientRequest, ClientResponse, ShardRequest, WireMessage};
 use dynostore_protocol::{ObjectId, ShardId};
 
 use crate::harness::{addrs, bin, cluster_with, data, wait_all_see, Net};
@@ -140,7 +140,18 @@ async fn stalled_streams_do_not_stop_a_normal_put_and_are_cut() {
     let id = tokio::task::block_in_place(|| {
         cli_within(
             net_ref,
-            &["put", "--k", "2", "--m", "1", "--peer", &e, &f],
+            &[
+                "put",
+                "--k",
+                "2",
+                "--m",
+                "1",
+                "--segment-size",
+                "262144",
+                "--peer",
+                &e,
+                &f,
+            ],
             Duration::from_secs(25),
         )
     })
@@ -158,6 +169,32 @@ async fn stalled_streams_do_not_stop_a_normal_put_and_are_cut() {
     .expect("a normal get while streams stall");
     assert_eq!(std::fs::read(&back).unwrap(), body);
     eprintln!("normal put and get done {in_time:?} after the stall began");
+
+    // A stat answer pages: 12 segments asked 5 at a time come back whole.
+    let object: ObjectId = id.parse().unwrap();
+    let reader = Client::connect(entry.parse().unwrap(), Some(&psk), Duration::from_secs(10))
+        .await
+        .unwrap();
+    let one = match objects::request(
+        &reader,
+        ClientRequest::Stat {
+            object,
+            first_segment: 0,
+            max_segments: Some(5),
+        },
+    )
+    .await
+    .unwrap()
+    {
+        ClientResponse::Stat(st) => st,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!((one.segments.len(), one.segment_count), (5, Some(12)));
+    let paged = objects::stat(&reader, object, Some(5)).await.unwrap();
+    let whole = objects::stat(&reader, object, None).await.unwrap();
+    assert_eq!(paged.segments.len(), 12);
+    assert_eq!(paged.segments, whole.segments);
+    assert_eq!(paged.health, whole.health);
 
     // Every stalled stream is cut: past the share at once, the rest at
     // their deadline (10 s for a client's first frame, the request timeout

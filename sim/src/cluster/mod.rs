@@ -38,9 +38,7 @@ use dynostore_node::container::s3s::{S3sServer, ACCESS_KEY, SECRET_KEY};
 use dynostore_node::keys::{self, NetworkKey};
 use dynostore_node::objects::{self, NoProgress, Output, PutParams};
 use dynostore_protocol::erasure::CodecKind;
-use dynostore_protocol::wire::{
-    ClientRequest, ClientResponse, ControlRequest, ControlResponse, Health, StatusReport,
-};
+use dynostore_protocol::wire::{ControlRequest, ControlResponse, Health, StatusReport};
 use dynostore_protocol::{MemberState, NodeId, ObjectId};
 
 use procs::{InitContext, NodeProc};
@@ -1052,8 +1050,8 @@ async fn watch_health(watch: Arc<Mutex<Watch>>, resolved: Arc<Notify>, key: Netw
             if lock(&watch).epoch != epoch {
                 break;
             }
-            match objects::request(c, ClientRequest::Stat { object: id }).await {
-                Ok(ClientResponse::Stat(st)) if st.health == Health::Healthy => healthy.push(id),
+            match objects::stat(c, id, None).await {
+                Ok(st) if st.health == Health::Healthy => healthy.push(id),
                 Ok(_) => {}
                 Err(_) => {
                     broken = true;

@@ -946,7 +946,7 @@ impl<'p> Search<'p> {
                 Expect::Removed => {
                     gone += 1;
                     let c = run.client(reader).await?;
-                    match objects::request(c, ClientRequest::Stat { object: id }).await {
+                    match objects::stat(c, id, None).await {
                         Err(ObjectError::Remote(r)) if r.kind == ErrorKind::NotFound => {}
                         other => {
                             lingering += 1;
