@@ -1277,6 +1277,26 @@ async fn inline_replicas(shared: &Shared, view: &View, m: &Manifest) -> (Vec<Nod
     (good, health)
 }
 
+/// The part of a stat answer the manifest alone gives (no segments).
+fn stat_of(m: &Manifest, health: Health) -> ObjectStat {
+    ObjectStat {
+        object: m.object,
+        size: m.size,
+        codec: m.geometry.codec,
+        k: m.geometry.k,
+        m: m.geometry.m,
+        segment_size: m.geometry.segment_size,
+        meta: m.meta.clone(),
+        health,
+        segments: Vec::new(),
+        durability_target: m.durability_target,
+        durability_now: None,
+        inline_replicas: Vec::new(),
+        first_segment: 0,
+        segment_count: None,
+    }
+}
+
 async fn stat(
     shared: &Arc<Shared>,
     object: ObjectId,
@@ -1298,20 +1318,9 @@ async fn stat(
         let view = shared.membership().view();
         let (replicas, health) = inline_replicas(shared, &view, &m).await;
         return Ok(ObjectStat {
-            object,
-            size: m.size,
-            codec: m.geometry.codec,
-            k: m.geometry.k,
-            m: m.geometry.m,
-            segment_size: m.geometry.segment_size,
-            meta: m.meta.clone(),
-            health,
-            segments: Vec::new(),
             inline_replicas: replicas,
-            durability_target: m.durability_target,
-            durability_now: None,
-            first_segment: 0,
             segment_count: Some(0),
+            ..stat_of(&m, health)
         });
     }
     // Ask each holder once to re-hash all of its shards of this object.
@@ -1375,23 +1384,14 @@ async fn stat(
         })
         .collect();
     Ok(ObjectStat {
-        object,
-        size: m.size,
-        codec: m.geometry.codec,
-        k: m.geometry.k,
-        m: m.geometry.m,
-        segment_size: m.geometry.segment_size,
-        meta: m.meta.clone(),
-        health,
         segments,
-        durability_target: m.durability_target,
         durability_now: Some(Durability(
             durability::object_durability(m.geometry.k, m.geometry.m, &live, &shared.writes.model)
                 .annual(),
         )),
-        inline_replicas: Vec::new(),
         first_segment: first as u64,
         segment_count: Some(total as u64),
+        ..stat_of(&m, health)
     })
 }
 
