@@ -755,10 +755,19 @@ async fn put_segments(
             let len = g.segment_len(size, idx) as usize;
             // Reserved before the bytes are read, released when the
             // segment is stored (the reservation moves into its task).
-            let reserved = shared
-                .memory
-                .reserve(put_segment_cost(&g, len as u64))
-                .await;
+            let cost = put_segment_cost(&g, len as u64);
+            let reserved = match shared.memory.try_reserve(cost) {
+                Some(r) => r,
+                None => {
+                    // The codec's work buffers are counted in the segment's
+                    // reservation; a put that waits for its next one gives
+                    // them back first, so that waiting puts hold nothing
+                    // outside the budget (three waiting k=1 m=5 puts of
+                    // 8 MiB segments held ~90 MiB beyond a 96 MiB budget).
+                    encoder.release_buffers();
+                    shared.memory.reserve(cost).await
+                }
+            };
             let mut buf = vec![0u8; len];
             s.read_exact(&mut buf).await?;
             shared.metrics.received(len as u64);
@@ -1163,10 +1172,19 @@ pub(crate) async fn get(
             let manifest = manifest.clone();
             let idx = next;
             let len = manifest.geometry.segment_len(manifest.size, idx as u64);
-            let reserved = shared
-                .memory
-                .reserve(get_segment_cost(&manifest.geometry, len))
-                .await;
+            let cost = get_segment_cost(&manifest.geometry, len);
+            // Only this loop releases this get's reservations (once their
+            // segments are sent on), so it waits for bytes only while it
+            // holds none; otherwise it sends what it has first. Waiting
+            // while holding deadlocked a get whose next segment did not fit
+            // beside its first, and concurrent gets that each held one.
+            let reserved = if in_flight.is_empty() {
+                shared.memory.reserve(cost).await
+            } else if let Some(r) = shared.memory.try_reserve(cost) {
+                r
+            } else {
+                break;
+            };
             // A task, so that fetching goes on while the client is written to.
             // The reservation is held until the segment is sent on.
             let task = tokio::spawn(async move {

@@ -221,6 +221,19 @@ impl MemoryBudget {
             .expect("the budget's semaphore is never closed");
         Reservation(permit)
     }
+
+    /// Reserves `bytes` if they are free now (cut to the whole budget like
+    /// [`MemoryBudget::reserve`]). A caller that already holds reservations
+    /// which only it can release must use this, not wait: two such callers
+    /// waiting for each other's bytes would wait forever.
+    pub fn try_reserve(&self, bytes: u64) -> Option<Reservation> {
+        let units = Self::units(bytes).min(self.mib);
+        self.sem
+            .clone()
+            .try_acquire_many_owned(units)
+            .ok()
+            .map(Reservation)
+    }
 }
 
 #[cfg(test)]
@@ -273,5 +286,15 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(5), b.reserve(2 << 20))
             .await
             .expect("freed bytes are reserved again");
+    }
+
+    #[test]
+    fn try_reserve_takes_only_free_bytes() {
+        let b = MemoryBudget::new(4 << 20);
+        let r = b.try_reserve(3 << 20).expect("free");
+        assert!(b.try_reserve(2 << 20).is_none(), "reserved past the budget");
+        assert!(b.try_reserve(1 << 20).is_some());
+        drop(r);
+        assert!(b.try_reserve(9 << 20).is_some(), "cut to the whole budget");
     }
 }

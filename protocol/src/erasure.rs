@@ -292,6 +292,13 @@ impl Encoder {
         self.geometry
     }
 
+    /// Frees the codec's work buffers (about the parity of one segment);
+    /// the next [`Encoder::encode`] allocates them again. For callers that
+    /// account for memory and are about to wait without it.
+    pub fn release_buffers(&mut self) {
+        self.simd = None;
+    }
+
     /// Encodes one segment (1 to `segment_size` bytes) into `k + m` shards.
     pub fn encode<'a>(&mut self, segment: &'a [u8]) -> Result<EncodedSegment<'a>, ErasureError> {
         let g = self.geometry;

@@ -15,7 +15,7 @@ use dynostore_protocol::manifest::ShardRef;
 use dynostore_protocol::wire::{ClientRequest, ClientResponse, ShardRequest, WireMessage};
 use dynostore_protocol::{ObjectId, ShardId};
 
-use crate::harness::{addrs, bin, cluster_with, data, wait_all_see, Net};
+use crate::harness::{addrs, bin, cluster_with, data, peak_rss, wait_all_see, Net};
 
 /// The nodes' request timeout here: the shard streams' deadline and the
 /// client streams' idle deadline (the first client frame has 10 s).
@@ -212,5 +212,150 @@ async fn stalled_streams_do_not_stop_a_normal_put_and_are_cut() {
         "stalled streams cut: {} client, {} shard; the last after {longest:?}",
         cut.iter().filter(|(w, _)| *w == "client").count(),
         cut.iter().filter(|(w, _)| *w == "shard").count()
+    );
+}
+
+/// The budget of the memory test's nodes: 96 MiB of put and get buffers.
+const BUDGET: u64 = 96 << 20;
+
+/// What a node holds beyond its put and get buffers while it serves the
+/// memory test (stream windows, codec scratch, allocator slack), and so
+/// the stated bound: the peak stays below the node's resting peak plus
+/// the budget plus this.
+const OVERHEAD: u64 = 48 << 20;
+
+/// The largest geometry a node accepts keeps the entry peer within its
+/// budget: with 96 MiB, k=1 m=5 (the most buffer per byte of segment on
+/// six nodes) with 8 MiB segments needs exactly 96 MiB a segment, so
+/// three such puts at once, then three gets, run one segment at a time,
+/// and the entry node's peak RSS stays below its resting peak plus the
+/// budget plus [`OVERHEAD`]; 16 MiB segments are refused with the figure.
+#[test]
+fn the_largest_geometry_keeps_the_entry_peer_within_its_memory_budget() {
+    let net = Net::new();
+    let root = net.root.path().to_path_buf();
+    let budget = BUDGET.to_string();
+    let nodes = cluster_with(
+        &net,
+        6,
+        |i| {
+            vec![format!(
+                "dir:{}:1GiB",
+                root.join(format!("n{i}")).join("shards").display()
+            )]
+        },
+        &["--memory-budget-bytes", &budget],
+    );
+    let ids: Vec<&str> = nodes.iter().map(|n| n.id.as_str()).collect();
+    let peers = addrs(&nodes);
+    wait_all_see(&net, &peers, &ids, "alive", Duration::from_secs(60));
+    let entry = peers[0].clone();
+    let pid = nodes[0].pid().expect("the entry node runs");
+    let put_args = |seg: &str, file: &str| -> Vec<String> {
+        [
+            "put",
+            "--k",
+            "1",
+            "--m",
+            "5",
+            "--segment-size",
+            seg,
+            "--peer",
+            &entry,
+            file,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+
+    // Warm up the connections with a small striped put, then take the
+    // resting peak.
+    let small = root.join("small.bin");
+    std::fs::write(&small, data(3 << 20, 1)).unwrap();
+    let args = put_args("1048576", small.to_str().unwrap());
+    let a: Vec<&str> = args.iter().map(String::as_str).collect();
+    cli_within(&net, &a, Duration::from_secs(60)).expect("a small put");
+    let resting = peak_rss(pid);
+
+    // A segment whose buffers exceed the budget is refused, with the figure.
+    let big = root.join("refused.bin");
+    std::fs::write(&big, data(20 << 20, 2)).unwrap();
+    let args = put_args(&(16u32 << 20).to_string(), big.to_str().unwrap());
+    let a: Vec<&str> = args.iter().map(String::as_str).collect();
+    let err = cli_within(&net, &a, Duration::from_secs(60)).expect_err("over the budget");
+    assert!(err.contains("memory budget"), "{err}");
+
+    // Three puts of the largest accepted geometry at once, then three gets.
+    let files: Vec<(std::path::PathBuf, Vec<u8>)> = (0..3u32)
+        .map(|i| {
+            let f = root.join(format!("large{i}.bin"));
+            let body = data(40 << 20, 10 + i);
+            std::fs::write(&f, &body).unwrap();
+            (f, body)
+        })
+        .collect();
+    let seg = (8u32 << 20).to_string();
+    let stored: Vec<String> = std::thread::scope(|s| {
+        let handles: Vec<_> = files
+            .iter()
+            .map(|(f, _)| {
+                let args = put_args(&seg, f.to_str().unwrap());
+                let net = &net;
+                s.spawn(move || {
+                    let a: Vec<&str> = args.iter().map(String::as_str).collect();
+                    cli_within(net, &a, Duration::from_secs(300))
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap().expect("a put of the largest geometry"))
+            .collect()
+    });
+    let after_puts = peak_rss(pid);
+    std::thread::scope(|s| {
+        let handles: Vec<_> = stored
+            .iter()
+            .enumerate()
+            .map(|(i, id)| {
+                let out = root.join(format!("large{i}.back"));
+                let (net, entry) = (&net, &entry);
+                s.spawn(move || {
+                    let o = out.to_str().unwrap();
+                    cli_within(
+                        net,
+                        &["get", "--peer", entry, id, "-o", o],
+                        Duration::from_secs(300),
+                    )
+                    .map(|_| out)
+                })
+            })
+            .collect();
+        for (h, (_, body)) in handles.into_iter().zip(&files) {
+            let out = h.join().unwrap().expect("a get of the largest geometry");
+            assert!(
+                std::fs::read(&out).unwrap() == *body,
+                "{} differs",
+                out.display()
+            );
+        }
+    });
+    let peak = peak_rss(pid);
+    let mib = |b: u64| b as f64 / f64::from(1 << 20);
+    eprintln!(
+        "entry node peak RSS: {:.1} MiB resting, {:.1} MiB after three k=1 m=5 puts of 40 MiB \
+         (8 MiB segments), {:.1} MiB after their gets; budget {:.0} MiB, bound {:.1} MiB",
+        mib(resting),
+        mib(after_puts),
+        mib(peak),
+        mib(BUDGET),
+        mib(resting + BUDGET + OVERHEAD)
+    );
+    assert!(
+        peak <= resting + BUDGET + OVERHEAD,
+        "peak RSS {:.1} MiB above the bound {:.1} MiB",
+        mib(peak),
+        mib(resting + BUDGET + OVERHEAD)
     );
 }

@@ -10,7 +10,8 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use crate::harness::{
-    addrs, cli_with_key, data, free_port, wait_all_see, wait_until, Net, NodeProc, NodeSpec,
+    addrs, cli_with_key, data, free_port, peak_rss, wait_all_see, wait_until, Net, NodeProc,
+    NodeSpec,
 };
 
 fn venv() -> PathBuf {
@@ -573,17 +574,6 @@ print("multipart after a kill ok")
     );
     let out = python(&finish, &c.s3[1], &alice, &work);
     ok("multipart after a kill", &out);
-}
-
-/// Peak RSS (VmHWM) of a process, in bytes.
-fn peak_rss(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let kb: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmHWM in /proc/PID/status");
-    kb * 1024
 }
 
 /// The entry node's peak RSS over a 2 GiB streamed PutObject and
