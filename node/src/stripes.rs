@@ -20,10 +20,13 @@ use dynostore_protocol::{MemberState, NodeId};
 
 use crate::shared::Shared;
 
-/// When a stripe read sends its hedged extra request: at once. On loopback
-/// and a LAN one more shard request costs less than waiting for a slow
-/// holder; with measured round-trip times (the wide-area work) this
-/// becomes a delay.
+/// When a stripe read sends its hedged extra request if the first `k`
+/// holders' fetch costs are not all measured yet: at once (one more shard
+/// costs less than waiting for a holder nothing is known of). Once they
+/// are (ping round-trip times and learnt transfer rates, normally within
+/// seconds of a node's start), the hedge waits until those `k` should
+/// have answered ([`StripeRead::hedge_by_cost`]), so a read moves `k`
+/// shards, not `k + 1`, unless a holder straggles.
 const HEDGE_AFTER_MS: u64 = 0;
 
 /// Why a stripe could not be read.
@@ -50,7 +53,8 @@ pub enum StripeError {
 /// time and transfer rate first (parity from a near site before data from
 /// a far one), else data shards first, live and lightly loaded holders
 /// first, a failed request replaced by the next candidate, one
-/// hedged extra request after [`HEDGE_AFTER_MS`].
+/// hedged extra request when the first ones are late (see
+/// [`HEDGE_AFTER_MS`]).
 pub(crate) async fn read_segment(
     shared: &Arc<Shared>,
     m: &Manifest,
@@ -82,7 +86,9 @@ pub(crate) async fn read_segment(
                 shared.paths.cost_ms(n, bytes)
             }
         };
-        StripeRead::for_segment_costed(m, idx, &view, load, cost, shared.now_ms(), HEDGE_AFTER_MS)
+        let now = shared.now_ms();
+        StripeRead::for_segment_costed(m, idx, &view, load, cost, now, HEDGE_AFTER_MS)
+            .map(|(read, down)| (read.hedge_by_cost(now), down))
             .map_err(|e| StripeError::Setup(e.to_string()))?
     };
     let mut skipped: Vec<SkippedShard> = down

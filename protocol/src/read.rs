@@ -35,6 +35,12 @@ use crate::placement::{MemberState, View};
 pub const HEDGE: usize = 1;
 /// What using a parity shard adds to its cost: the decode it forces.
 pub const PARITY_DECODE_MS: u32 = 2;
+/// A measured hedge ([`StripeRead::hedge_by_cost`]) waits this many times
+/// the costliest of the first `k` requests' estimates...
+pub const HEDGE_COST_FACTOR: u64 = 2;
+/// ... plus this, so that a holder answering within the noise of its
+/// estimate on a fast link is not hedged.
+pub const HEDGE_SLACK_MS: u64 = 10;
 
 /// Why a read cannot be set up.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -213,6 +219,34 @@ impl StripeRead {
         Ok((read, down))
     }
 
+    /// Moves the hedge to when the first `k` requests should all have been
+    /// answered: [`HEDGE_COST_FACTOR`] times the costliest of their
+    /// estimates (parity decode included) plus [`HEDGE_SLACK_MS`] after
+    /// `now_ms`, when every one of them has an estimate; otherwise the
+    /// hedge time given at the start stays. A read whose holders answer
+    /// as measured then fetches exactly `k` shards, and one that has a
+    /// straggler still hedges, later than with no delay by at most the
+    /// expected fetch time plus the slack.
+    #[must_use]
+    pub fn hedge_by_cost(mut self, now_ms: u64) -> Self {
+        let k = self.k;
+        let costs: Option<Vec<u64>> = self
+            .candidates
+            .iter()
+            .take(k)
+            .map(|(c, _)| c.cost_ms.map(|_| c.order_key(k).0))
+            .collect();
+        if let Some(costliest) = costs
+            .filter(|c| c.len() == k)
+            .and_then(|c| c.into_iter().max())
+        {
+            self.hedge_at_ms = now_ms
+                .saturating_add(costliest.saturating_mul(HEDGE_COST_FACTOR))
+                .saturating_add(HEDGE_SLACK_MS);
+        }
+        self
+    }
+
     fn count(&self, s: State) -> usize {
         self.candidates.iter().filter(|(_, st)| *st == s).count()
     }
@@ -334,6 +368,44 @@ mod tests {
         assert_eq!(r.found(), 1);
         r.on_ok(3);
         assert_eq!(r.next(102), ReadStep::Done { slots: vec![1, 3] });
+    }
+
+    #[test]
+    fn a_measured_hedge_waits_for_the_costliest_of_the_first_k() {
+        let costed = |costs: [Option<u32>; 4]| -> Vec<Candidate> {
+            let mut c = cands(4);
+            for x in &mut c {
+                x.cost_ms = costs[usize::from(x.slot)];
+            }
+            c
+        };
+        // Slots 0 (5 ms) and 2 (parity: 7 + decode) go first; the hedge
+        // waits twice the costlier plus the slack, then asks slot 1.
+        let mut r = StripeRead::new(2, costed([Some(5), Some(30), Some(7), Some(60)]), 1000, 0)
+            .unwrap()
+            .hedge_by_cost(1000);
+        let at = 1000 + HEDGE_COST_FACTOR * u64::from(7 + PARITY_DECODE_MS) + HEDGE_SLACK_MS;
+        assert_eq!(fetch(&mut r, 1000), Some(0));
+        assert_eq!(fetch(&mut r, 1000), Some(2));
+        assert_eq!(r.next(1000), ReadStep::Wait { until_ms: Some(at) });
+        assert_eq!(r.next(at - 1), ReadStep::Wait { until_ms: Some(at) });
+        assert_eq!(fetch(&mut r, at), Some(1));
+        // Answered in time: exactly k fetched.
+        let mut r = StripeRead::new(2, costed([Some(5), Some(30), Some(7), Some(60)]), 0, 0)
+            .unwrap()
+            .hedge_by_cost(0);
+        assert_eq!(fetch(&mut r, 0), Some(0));
+        assert_eq!(fetch(&mut r, 0), Some(2));
+        r.on_ok(0);
+        r.on_ok(2);
+        assert_eq!(r.next(1), ReadStep::Done { slots: vec![0, 2] });
+        // One of the first k unmeasured: the given hedge time stays.
+        let mut r = StripeRead::new(2, costed([Some(5), None, None, None]), 0, 0)
+            .unwrap()
+            .hedge_by_cost(0);
+        assert_eq!(fetch(&mut r, 0), Some(0));
+        assert_eq!(fetch(&mut r, 0), Some(1));
+        assert_eq!(fetch(&mut r, 0), Some(2), "hedged at once");
     }
 
     #[test]
