@@ -3,8 +3,9 @@
 # (replication 3, one zone each) and six DynoStore nodes (k=4, m=2) on this
 # machine, the same workload through one Python harness: 1 GiB put/get and
 # 1,000 x 64 KiB put/get with 16 threads; CPU seconds of every process, peak
-# RSS, p50/p99 and the ratios. Garage is driven with boto3; DynoStore
-# through its CLI until its S3 endpoint is merged (the table says so).
+# RSS, p50/p99 and the ratios. Both are driven with the same boto3 client
+# (DynoStore through the S3 endpoint of its first node; --dynostore-client
+# cli for its CLI instead).
 #
 # Not part of CI: it installs Garage (scripts/garage.sh, 16+ minutes cold)
 # and a boto3 venv (BENCH_VENV, default /opt/dynostore-bench-venv).

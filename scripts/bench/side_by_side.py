@@ -8,10 +8,12 @@ containers), and runs the same workload against both:
   * 1 GiB put, then get
   * N x 64 KiB put, then get, with T client threads
 
-Garage is driven through boto3. DynoStore's S3 endpoint is not merged yet,
-so its side is driven through the `dynostore` CLI (one process per
-operation, which costs the client a process start and a handshake per
-small object; the table says so).
+Both systems are driven through the same boto3 client (`--dynostore-client
+s3`, the default): DynoStore's nodes then run as one certified site with
+S3 on the first node, and the harness gets its S3 keys from a user token
+(`token issue`, `s3 keys`). `--dynostore-client cli` drives DynoStore
+through the `dynostore` CLI instead (one process per operation, which costs
+the client a process start and a handshake per small object).
 
 For every phase it prints wall time, CPU seconds of every server process
 and of the client (from /proc/PID/stat utime + stime, and getrusage for
@@ -218,7 +220,7 @@ api_bind_addr = "127.0.0.1:{admin}"
 class Boto3Driver:
     """The client side for an S3 endpoint: one boto3 client, shared by threads."""
 
-    def __init__(self, port, key_id, secret, threads):
+    def __init__(self, port, key_id, secret, threads, region="garage", create_bucket=False):
         import boto3
         from botocore.config import Config
 
@@ -227,7 +229,7 @@ class Boto3Driver:
             endpoint_url=f"http://127.0.0.1:{port}",
             aws_access_key_id=key_id,
             aws_secret_access_key=secret,
-            region_name="garage",
+            region_name=region,
             config=Config(
                 max_pool_connections=threads + 4,
                 retries={"max_attempts": 1},
@@ -235,6 +237,8 @@ class Boto3Driver:
             ),
         )
         self.note = "boto3"
+        if create_bucket:
+            wait_for("the bucket", lambda: self.s3.create_bucket(Bucket="bench") is not None, limit=60)
         wait_for("the S3 endpoint", self._ready, limit=60)
 
     def _ready(self):
@@ -262,7 +266,7 @@ class Boto3Driver:
 class DynoStore(System):
     name = "dynostore"
 
-    def __init__(self, binary, root, extra=()):
+    def __init__(self, binary, root, extra=(), s3=False):
         super().__init__()
         self.bin = binary
         self.root = root
@@ -270,6 +274,15 @@ class DynoStore(System):
         self.key = os.path.join(root, "network.key")
         subprocess.run([binary, "network-key", self.key], check=True, capture_output=True)
         self.addrs = []
+        self.s3_port = None
+        if s3:
+            # One site: S3 keys come from a user token, which needs a site
+            # key, a federation file and certified nodes.
+            self.site_key = os.path.join(root, "site.key")
+            line = self._run("site", "init", "--site", "bench", "--key", self.site_key)
+            self.fed = os.path.join(root, "federation.toml")
+            with open(self.fed, "w") as f:
+                f.write(f'name = "bench"\n[sites]\n{line.strip()}\n')
         first = None
         for i in range(6):
             d = os.path.join(root, f"n{i}")
@@ -277,15 +290,21 @@ class DynoStore(System):
             args = [
                 binary, "init", "--dir", d,
                 "--listen", f"/ip4/127.0.0.1/tcp/{port}",
-                "--site", f"site-{i % 3}",
+                "--site", "bench" if s3 else f"site-{i % 3}",
                 "--container", f"dir:{d}/shards:40GiB",
                 "--network-key", self.key,
                 "--announce-interval-ms", "1000",
                 *extra,
             ]
+            if s3 and i == 0:
+                self.s3_port = free_port()
+                args += ["--s3-listen", f"127.0.0.1:{self.s3_port}"]
             if first:
                 args += ["--bootstrap", first]
             nid = subprocess.run(args, check=True, capture_output=True, text=True).stdout.strip()
+            if s3:
+                self._run("cert", "issue", "--site-key", self.site_key, "--federation", self.fed,
+                          "--dir", d, "--capacity", "40GiB", "--days", "30")
             addr = f"/ip4/127.0.0.1/tcp/{port}/p2p/{nid}"
             first = first or addr
             self.addrs.append(addr)
@@ -297,6 +316,19 @@ class DynoStore(System):
             )
             wait_for(f"node {i} to listen", lambda d=d: os.path.exists(os.path.join(d, "node.addr")))
         wait_for("six members alive", self._all_alive, limit=120)
+        if s3:
+            token = os.path.join(root, "bench.token")
+            self._run("token", "issue", "--site-key", self.site_key, "--federation", self.fed,
+                      "--user", "bench", "--ops", "put,get,ls,rm", "--days", "1", "--out", token)
+            keys = json.loads(self._run("s3", "keys", "--json", "--token", token,
+                                        "--peer", self.addrs[0], "--network-key", self.key))
+            self.key_id, self.secret = keys["access_key_id"], keys["secret_access_key"]
+
+    def _run(self, *args):
+        out = subprocess.run([self.bin, *args], capture_output=True, text=True)
+        if out.returncode != 0:
+            raise RuntimeError(f"dynostore {' '.join(args[:2])}: {out.stderr.strip()}")
+        return out.stdout
 
     def _all_alive(self):
         out = subprocess.run(
@@ -314,7 +346,7 @@ class CliDriver:
 
     def __init__(self, system):
         self.sys = system
-        self.note = "CLI (S3 endpoint not merged yet)"
+        self.note = "CLI, one process per operation"
         self.n = 0
         self.lock = threading.Lock()
 
@@ -515,6 +547,8 @@ def main():
     ap.add_argument("--threads", type=int, default=16)
     ap.add_argument("--garage-fsync", choices=["on", "off"], default="on",
                     help="Garage's metadata_fsync and data_fsync (DynoStore syncs before every ack)")
+    ap.add_argument("--dynostore-client", choices=["s3", "cli"], default="s3",
+                    help="drive DynoStore through its S3 endpoint with the same boto3 client as Garage, or its CLI")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--inline-sweep", action="store_true",
                     help="only DynoStore: server CPU per put/get inline vs striped, by size")
@@ -554,8 +588,13 @@ def main():
         log("starting six DynoStore nodes")
         d = DynoStore.__new__(DynoStore)
         System.__init__(d)
-        d.__init__(args.dynostore, os.path.join(work, "dynostore"))
-        drv = CliDriver(d)
+        if args.dynostore_client == "s3":
+            d.__init__(args.dynostore, os.path.join(work, "dynostore"), s3=True)
+            drv = Boto3Driver(d.s3_port, d.key_id, d.secret, args.threads,
+                              region="us-east-1", create_bucket=True)
+        else:
+            d.__init__(args.dynostore, os.path.join(work, "dynostore"))
+            drv = CliDriver(d)
         results["dynostore"] = run_workload(d, drv, big_path, big_bytes, small, args.threads, work)
         notes["dynostore"] = drv.note
         rss["dynostore"] = d.peak_rss()
