@@ -122,6 +122,25 @@ pub(crate) async fn serve(
             continue;
         };
         let service = service.clone();
+        let service =
+            hyper::service::service_fn(move |req: hyper::http::Request<hyper::body::Incoming>| {
+                let body_may_be_unread = has_body(&req);
+                let service = service.clone();
+                async move {
+                    let mut resp = hyper::service::Service::call(&service, req).await?;
+                    if body_may_be_unread && !resp.status().is_success() {
+                        // An error can be answered before the body is read (a
+                        // client that sent `Expect: 100-continue` then never
+                        // sends it); bytes left on the connection would be
+                        // read as the next request, so the connection ends.
+                        resp.headers_mut().insert(
+                            hyper::http::header::CONNECTION,
+                            hyper::http::HeaderValue::from_static("close"),
+                        );
+                    }
+                    Ok::<_, s3s::HttpError>(resp)
+                }
+            });
         tokio::spawn(async move {
             let conn = http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -136,6 +155,16 @@ pub(crate) async fn serve(
             drop(permit);
         });
     }
+}
+
+/// Whether a request carries a body (a non-zero length, or a chunked one).
+fn has_body<B>(req: &hyper::http::Request<B>) -> bool {
+    let h = req.headers();
+    h.contains_key(hyper::http::header::TRANSFER_ENCODING)
+        || h.get(hyper::http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .is_some_and(|n| n > 0)
 }
 
 /// MD5 of a file in hex: the ETag S3 clients expect of a single-part

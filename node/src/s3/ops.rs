@@ -60,6 +60,12 @@ struct Upload {
     meta: Vec<(String, String)>,
     owner: Option<String>,
     created_ms: u64,
+    /// Set once the upload is complete: the object's ETag. The record is
+    /// kept (until the upload expiry) so that a client that retries its
+    /// CompleteMultipartUpload, as clients do after a timeout, gets the
+    /// same answer instead of `NoSuchUpload`.
+    #[serde(default)]
+    completed: Option<String>,
 }
 
 fn uploads_ns(bucket: &str) -> String {
@@ -152,6 +158,129 @@ fn after_of(token: &str) -> S3Result<String> {
         .and_then(|b| String::from_utf8(b).ok())
         .ok_or_else(|| s3_error!(InvalidArgument, "bad continuation token"))
 }
+
+/// Checks a request's `Content-MD5` (base64 of the body's MD5) against
+/// the spooled body's, before anything is stored: a body damaged on the
+/// way is refused, not kept.
+fn check_content_md5(given: Option<&str>, spooled: &Spooled) -> S3Result<()> {
+    use base64::Engine as _;
+    let Some(given) = given else {
+        return Ok(());
+    };
+    let want = base64::engine::general_purpose::STANDARD
+        .decode(given.trim())
+        .ok()
+        .filter(|d| d.len() == 16)
+        .ok_or_else(|| s3_error!(InvalidDigest, "Content-MD5 is not the base64 of an MD5"))?;
+    if want != spooled.md5 {
+        return Err(s3_error!(
+            BadDigest,
+            "the body's MD5 is not the Content-MD5 sent"
+        ));
+    }
+    Ok(())
+}
+
+/// Seconds since the epoch of an S3 timestamp (HTTP dates have whole
+/// seconds, so a last-modified time is compared in seconds too).
+fn epoch_secs(t: &Timestamp) -> Option<i64> {
+    let mut buf = Vec::new();
+    t.format(TimestampFormat::EpochSeconds, &mut buf).ok()?;
+    std::str::from_utf8(&buf)
+        .ok()?
+        .split('.')
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// A request's conditions on an object (`If-Match`, `If-None-Match`,
+/// `If-Modified-Since`, `If-Unmodified-Since`, or their `x-amz-copy-source-`
+/// forms), evaluated in RFC 9110's order (13.2.2) against the object's
+/// ETag and last-modified time.
+struct Conditions<'a> {
+    if_match: Option<&'a ETagCondition>,
+    if_none_match: Option<&'a ETagCondition>,
+    if_modified_since: Option<&'a Timestamp>,
+    if_unmodified_since: Option<&'a Timestamp>,
+}
+
+impl Conditions<'_> {
+    /// `Ok` to go on; `PreconditionFailed` when a match or unmodified
+    /// condition fails; when a none-match or modified condition fails,
+    /// `NotModified` for a read (304), `PreconditionFailed` for a copy.
+    fn check(&self, etag: &str, modified_ms: u64, read: bool) -> S3Result<()> {
+        let secs = i64::try_from(modified_ms / 1000).unwrap_or(i64::MAX);
+        let matches = |c: &ETagCondition| match c {
+            ETagCondition::Any => true,
+            ETagCondition::ETag(t) => t.value().trim_matches('"') == etag,
+        };
+        if let Some(c) = self.if_match {
+            if !matches(c) {
+                return Err(s3_error!(PreconditionFailed));
+            }
+        } else if let Some(t) = self.if_unmodified_since {
+            if epoch_secs(t).is_some_and(|since| secs > since) {
+                return Err(s3_error!(PreconditionFailed));
+            }
+        }
+        let unchanged = if let Some(c) = self.if_none_match {
+            matches(c)
+        } else if let Some(t) = self.if_modified_since {
+            epoch_secs(t).is_some_and(|since| secs <= since)
+        } else {
+            false
+        };
+        match (unchanged, read) {
+            (false, _) => Ok(()),
+            (true, true) => Err(s3_error!(NotModified)),
+            (true, false) => Err(s3_error!(PreconditionFailed)),
+        }
+    }
+}
+
+/// Listing fields as the request's `encoding-type` asks: `url`
+/// percent-encodes keys, prefixes, delimiters and markers (clients ask
+/// for it so that keys with characters XML cannot carry come back whole).
+struct ListEncoding(bool);
+
+/// What `encoding-type=url` leaves as it is: unreserved characters and `/`.
+const URL_KEEP: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~')
+    .remove(b'/');
+
+impl ListEncoding {
+    fn of(t: Option<&EncodingType>) -> Self {
+        ListEncoding(t.is_some_and(|t| t.as_str().eq_ignore_ascii_case("url")))
+    }
+
+    fn s(&self, v: String) -> String {
+        if self.0 {
+            percent_encoding::utf8_percent_encode(&v, URL_KEEP).to_string()
+        } else {
+            v
+        }
+    }
+
+    fn opt(&self, v: Option<String>) -> Option<String> {
+        v.map(|v| self.s(v))
+    }
+
+    fn echo(&self) -> Option<EncodingType> {
+        self.0.then(|| EncodingType::from_static(EncodingType::URL))
+    }
+}
+
+/// A listing's delimiter: an empty one is no delimiter (and is not echoed).
+fn delimiter_of(d: Option<&String>) -> Option<String> {
+    d.filter(|d| !d.is_empty()).cloned()
+}
+
+/// Most keys one DeleteObjects may name (S3's limit).
+const MAX_DELETE_KEYS: usize = 1000;
 
 impl Gateway {
     pub(crate) fn new(shared: Arc<Shared>, keys: Keys, cfg: S3Config) -> Self {
@@ -314,7 +443,17 @@ impl Gateway {
         }
     }
 
+    /// An upload in progress (a completed one is `NoSuchUpload`, as in S3).
     async fn upload(&self, bucket: &str, upload_id: &str) -> S3Result<(NameRecord, Upload)> {
+        let (r, up) = self.upload_record(bucket, upload_id).await?;
+        if up.completed.is_some() {
+            return Err(s3_error!(NoSuchUpload));
+        }
+        Ok((r, up))
+    }
+
+    /// An upload's record, in progress or completed.
+    async fn upload_record(&self, bucket: &str, upload_id: &str) -> S3Result<(NameRecord, Upload)> {
         if upload_id.contains('/') || upload_id.is_empty() || upload_id.len() > 64 {
             return Err(s3_error!(NoSuchUpload));
         }
@@ -377,14 +516,36 @@ impl Gateway {
                 object: Some(spooled.object),
                 size: spooled.size,
                 etag: tag.clone(),
-                content_type: up.content_type,
-                meta: up.meta,
-                owner: up.owner,
+                content_type: up.content_type.clone(),
+                meta: up.meta.clone(),
+                owner: up.owner.clone(),
                 blob: None,
             }),
         )
         .await?;
-        self.drop_upload(&bucket, &upload_id).await?;
+        // The parts' records go; the upload's stays, marked complete, for
+        // retried completions, until the upload expiry removes it.
+        let ns = uploads_ns(&bucket);
+        for p in self.parts(&bucket, &upload_id).await? {
+            self.write(&ns, &p.key, None).await?;
+        }
+        let owner = up.owner.clone();
+        let done = Upload {
+            completed: Some(tag.clone()),
+            ..up
+        };
+        let mut blob = Vec::new();
+        ciborium::into_writer(&done, &mut blob).map_err(|e| s3_error!(InternalError, "{e}"))?;
+        self.write(
+            &ns,
+            &upload_id,
+            Some(NameEntry {
+                owner,
+                blob: Some(blob),
+                ..NameEntry::default()
+            }),
+        )
+        .await?;
         Ok(CompleteMultipartUploadOutput {
             bucket: Some(bucket),
             key: Some(key),
@@ -473,6 +634,20 @@ async fn send_range(
     end: u64,
     tx: mpsc::Sender<Result<Bytes, std::io::Error>>,
 ) {
+    if let Some(bytes) = &m.inline {
+        // An inline object has no segments: its bytes are in the manifest
+        // (checked against the ID when it was decoded; again here, as a
+        // whole get does).
+        let chunk = (ObjectId::of(bytes) == m.object)
+            .then(|| bytes.get(start as usize..end as usize))
+            .flatten()
+            .map(Bytes::copy_from_slice)
+            .ok_or_else(|| {
+                std::io::Error::other("the inline object does not match its ID or the range")
+            });
+        let _ = tokio::time::timeout(SEND_TIMEOUT, tx.send(chunk)).await;
+        return;
+    }
     let mut offsets = Vec::with_capacity(m.segments.len());
     let mut off = 0u64;
     for s in &m.segments {
@@ -630,6 +805,7 @@ impl S3 for Gateway {
             return Err(s3_error!(EntityTooLarge));
         }
         let spooled = self.spool(input.body, MAX_OBJECT_BYTES).await?;
+        check_content_md5(input.content_md5.as_deref(), &spooled)?;
         let name = format!("{}/{}", input.bucket, input.key);
         let spooled = self
             .store(spooled, &name, input.content_type.clone())
@@ -661,6 +837,13 @@ impl S3 for Gateway {
     ) -> S3Result<S3Response<GetObjectOutput>> {
         let input = req.input;
         let (r, e) = self.require_key(&input.bucket, &input.key).await?;
+        Conditions {
+            if_match: input.if_match.as_ref(),
+            if_none_match: input.if_none_match.as_ref(),
+            if_modified_since: input.if_modified_since.as_ref(),
+            if_unmodified_since: input.if_unmodified_since.as_ref(),
+        }
+        .check(&e.etag, r.version.ms, true)?;
         let object = e
             .object
             .ok_or_else(|| s3_error!(InternalError, "a name without an object"))?;
@@ -719,6 +902,13 @@ impl S3 for Gateway {
     ) -> S3Result<S3Response<HeadObjectOutput>> {
         let input = req.input;
         let (r, e) = self.require_key(&input.bucket, &input.key).await?;
+        Conditions {
+            if_match: input.if_match.as_ref(),
+            if_none_match: input.if_none_match.as_ref(),
+            if_modified_since: input.if_modified_since.as_ref(),
+            if_unmodified_since: input.if_unmodified_since.as_ref(),
+        }
+        .check(&e.etag, r.version.ms, true)?;
         Ok(S3Response::new(HeadObjectOutput {
             content_length: Some(e.size as i64),
             content_type: e.content_type.clone(),
@@ -749,6 +939,12 @@ impl S3 for Gateway {
     ) -> S3Result<S3Response<DeleteObjectsOutput>> {
         let access = req.credentials.as_ref().map(|c| c.access_key.clone());
         let input = req.input;
+        if input.delete.objects.len() > MAX_DELETE_KEYS {
+            return Err(s3_error!(
+                MalformedXML,
+                "at most {MAX_DELETE_KEYS} keys in one DeleteObjects"
+            ));
+        }
         self.require_bucket(&input.bucket).await?;
         let quiet = input.delete.quiet.unwrap_or(false);
         let mut deleted = Vec::new();
@@ -810,7 +1006,14 @@ impl S3 for Gateway {
             )
             .await?;
         self.require_bucket(&input.bucket).await?;
-        let (_, mut e) = self.require_key(&src_bucket, &src_key).await?;
+        let (src, mut e) = self.require_key(&src_bucket, &src_key).await?;
+        Conditions {
+            if_match: input.copy_source_if_match.as_ref(),
+            if_none_match: input.copy_source_if_none_match.as_ref(),
+            if_modified_since: input.copy_source_if_modified_since.as_ref(),
+            if_unmodified_since: input.copy_source_if_unmodified_since.as_ref(),
+        }
+        .check(&e.etag, src.version.ms, false)?;
         let replace = input
             .metadata_directive
             .as_ref()
@@ -847,6 +1050,8 @@ impl S3 for Gateway {
         let input = req.input;
         self.require_bucket(&input.bucket).await?;
         let prefix = input.prefix.clone().unwrap_or_default();
+        let delimiter = delimiter_of(input.delimiter.as_ref());
+        let enc = ListEncoding::of(input.encoding_type.as_ref());
         let max = input
             .max_keys
             .map_or(MAX_KEYS, |m| (m.max(0) as usize).min(MAX_KEYS));
@@ -858,34 +1063,39 @@ impl S3 for Gateway {
         let (page, truncated) = if max == 0 {
             (Vec::new(), false)
         } else {
-            self.list(
-                &input.bucket,
-                &prefix,
-                input.delimiter.as_deref(),
-                after,
-                max,
-            )
-            .await?
+            self.list(&input.bucket, &prefix, delimiter.as_deref(), after, max)
+                .await?
         };
         let next = truncated
             .then(|| page.last().map(|l| token_of(l.resume_after())))
             .flatten();
+        let owners = input.fetch_owner == Some(true);
         let mut contents = Vec::new();
         let mut prefixes = Vec::new();
         for l in page {
             match l {
-                Listed::Key(r) => contents.push(Self::object_of(&r)),
-                Listed::CommonPrefix(p) => prefixes.push(CommonPrefix { prefix: Some(p) }),
+                Listed::Key(r) => {
+                    let mut o = Self::object_of(&r);
+                    o.key = enc.opt(o.key);
+                    if !owners {
+                        o.owner = None;
+                    }
+                    contents.push(o);
+                }
+                Listed::CommonPrefix(p) => prefixes.push(CommonPrefix {
+                    prefix: Some(enc.s(p)),
+                }),
             }
         }
         Ok(S3Response::new(ListObjectsV2Output {
             name: Some(input.bucket),
-            prefix: Some(prefix),
-            delimiter: input.delimiter,
+            prefix: Some(enc.s(prefix)),
+            delimiter: enc.opt(delimiter),
+            encoding_type: enc.echo(),
             max_keys: Some(max as i32),
             key_count: Some((contents.len() + prefixes.len()) as i32),
             continuation_token: input.continuation_token,
-            start_after: input.start_after,
+            start_after: enc.opt(input.start_after),
             is_truncated: Some(truncated),
             next_continuation_token: next,
             contents: Some(contents),
@@ -901,6 +1111,8 @@ impl S3 for Gateway {
         let input = req.input;
         self.require_bucket(&input.bucket).await?;
         let prefix = input.prefix.clone().unwrap_or_default();
+        let delimiter = delimiter_of(input.delimiter.as_ref());
+        let enc = ListEncoding::of(input.encoding_type.as_ref());
         let max = input
             .max_keys
             .map_or(MAX_KEYS, |m| (m.max(0) as usize).min(MAX_KEYS));
@@ -908,14 +1120,8 @@ impl S3 for Gateway {
         let (page, truncated) = if max == 0 {
             (Vec::new(), false)
         } else {
-            self.list(
-                &input.bucket,
-                &prefix,
-                input.delimiter.as_deref(),
-                after,
-                max,
-            )
-            .await?
+            self.list(&input.bucket, &prefix, delimiter.as_deref(), after, max)
+                .await?
         };
         let next = truncated
             .then(|| page.last().map(|l| l.resume_after().to_string()))
@@ -924,18 +1130,26 @@ impl S3 for Gateway {
         let mut prefixes = Vec::new();
         for l in page {
             match l {
-                Listed::Key(r) => contents.push(Self::object_of(&r)),
-                Listed::CommonPrefix(p) => prefixes.push(CommonPrefix { prefix: Some(p) }),
+                Listed::Key(r) => {
+                    let mut o = Self::object_of(&r);
+                    o.key = enc.opt(o.key);
+                    contents.push(o);
+                }
+                Listed::CommonPrefix(p) => prefixes.push(CommonPrefix {
+                    prefix: Some(enc.s(p)),
+                }),
             }
         }
         Ok(S3Response::new(ListObjectsOutput {
             name: Some(input.bucket),
-            prefix: Some(prefix),
-            delimiter: input.delimiter,
-            marker: input.marker,
+            prefix: Some(enc.s(prefix)),
+            delimiter: enc.opt(delimiter),
+            encoding_type: enc.echo(),
+            // Always present, empty when none was given (clients read it).
+            marker: Some(enc.s(input.marker.unwrap_or_default())),
             max_keys: Some(max as i32),
             is_truncated: Some(truncated),
-            next_marker: next,
+            next_marker: enc.opt(next),
             contents: Some(contents),
             common_prefixes: Some(prefixes),
             ..Default::default()
@@ -949,6 +1163,8 @@ impl S3 for Gateway {
         let input = req.input;
         self.require_bucket(&input.bucket).await?;
         let prefix = input.prefix.clone().unwrap_or_default();
+        let delimiter = delimiter_of(input.delimiter.as_ref());
+        let enc = ListEncoding::of(input.encoding_type.as_ref());
         let max = input
             .max_keys
             .map_or(MAX_KEYS, |m| (m.max(0) as usize).min(MAX_KEYS));
@@ -956,14 +1172,8 @@ impl S3 for Gateway {
         let (page, truncated) = if max == 0 {
             (Vec::new(), false)
         } else {
-            self.list(
-                &input.bucket,
-                &prefix,
-                input.delimiter.as_deref(),
-                after,
-                max,
-            )
-            .await?
+            self.list(&input.bucket, &prefix, delimiter.as_deref(), after, max)
+                .await?
         };
         let next = truncated
             .then(|| page.last().map(|l| l.resume_after().to_string()))
@@ -975,7 +1185,7 @@ impl S3 for Gateway {
                 Listed::Key(r) => {
                     let o = Self::object_of(&r);
                     versions.push(ObjectVersion {
-                        key: o.key,
+                        key: enc.opt(o.key),
                         size: o.size,
                         e_tag: o.e_tag,
                         last_modified: o.last_modified,
@@ -985,17 +1195,20 @@ impl S3 for Gateway {
                         ..Default::default()
                     });
                 }
-                Listed::CommonPrefix(p) => prefixes.push(CommonPrefix { prefix: Some(p) }),
+                Listed::CommonPrefix(p) => prefixes.push(CommonPrefix {
+                    prefix: Some(enc.s(p)),
+                }),
             }
         }
         Ok(S3Response::new(ListObjectVersionsOutput {
             name: Some(input.bucket),
-            prefix: Some(prefix),
-            delimiter: input.delimiter,
-            key_marker: input.key_marker,
+            prefix: Some(enc.s(prefix)),
+            delimiter: enc.opt(delimiter),
+            encoding_type: enc.echo(),
+            key_marker: enc.opt(input.key_marker),
             max_keys: Some(max as i32),
             is_truncated: Some(truncated),
-            next_key_marker: next.clone(),
+            next_key_marker: enc.opt(next.clone()),
             next_version_id_marker: next.map(|_| "null".into()),
             versions: Some(versions),
             common_prefixes: Some(prefixes),
@@ -1020,6 +1233,7 @@ impl S3 for Gateway {
             meta: meta_pairs(input.metadata),
             owner: owner.clone(),
             created_ms: now_ms(),
+            completed: None,
         };
         let mut blob = Vec::new();
         ciborium::into_writer(&up, &mut blob).map_err(|e| s3_error!(InternalError, "{e}"))?;
@@ -1057,6 +1271,7 @@ impl S3 for Gateway {
             return Err(s3_error!(NoSuchUpload));
         }
         let spooled = self.spool(input.body, MAX_OBJECT_BYTES).await?;
+        check_content_md5(input.content_md5.as_deref(), &spooled)?;
         let name = format!("{}/{} part {}", input.bucket, input.key, input.part_number);
         let spooled = self.store(spooled, &name, None).await?;
         let tag = spooled.etag();
@@ -1126,9 +1341,18 @@ impl S3 for Gateway {
         req: S3Request<CompleteMultipartUploadInput>,
     ) -> S3Result<S3Response<CompleteMultipartUploadOutput>> {
         let input = req.input;
-        let (_, up) = self.upload(&input.bucket, &input.upload_id).await?;
+        let (_, up) = self.upload_record(&input.bucket, &input.upload_id).await?;
         if up.key != input.key {
             return Err(s3_error!(NoSuchUpload));
+        }
+        if let Some(tag) = &up.completed {
+            // A retried completion: the object is named already.
+            return Ok(S3Response::new(CompleteMultipartUploadOutput {
+                bucket: Some(input.bucket),
+                key: Some(input.key),
+                e_tag: Some(etag(tag)),
+                ..Default::default()
+            }));
         }
         let wanted = input
             .multipart_upload
@@ -1211,7 +1435,7 @@ impl S3 for Gateway {
             else {
                 continue;
             };
-            if !up.key.starts_with(&prefix) {
+            if up.completed.is_some() || !up.key.starts_with(&prefix) {
                 continue;
             }
             uploads.push(MultipartUpload {
