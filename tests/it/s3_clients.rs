@@ -341,6 +341,24 @@ assert h["ETag"].strip('"').endswith("-8"), h["ETag"]
 s3.download_file("data", "big/s200m", os.path.join(DATA, "s200m.back"), Config=cfg)
 step("multipart ok")
 
+# UploadPartCopy: boto3's managed copy of a large object (and `aws s3 cp`
+# between buckets) copies it in ranged parts.
+src = open(os.path.join(DATA, "s5m+1"), "rb").read()
+s3.copy({"Bucket": "data", "Key": "sizes/s5m+1"}, "data", "copied/s5m+1",
+        Config=TransferConfig(multipart_threshold=2**20, multipart_chunksize=5*2**20))
+assert s3.head_object(Bucket="data", Key="copied/s5m+1")["ETag"].strip('"').endswith("-2")
+assert s3.get_object(Bucket="data", Key="copied/s5m+1")["Body"].read() == src
+mp = s3.create_multipart_upload(Bucket="data", Key="ranged-copy")
+assert code(lambda: s3.upload_part_copy(Bucket="data", Key="ranged-copy", UploadId=mp["UploadId"], PartNumber=1,
+                                        CopySource={"Bucket": "data", "Key": "sizes/s5m+1"},
+                                        CopySourceRange=f"bytes=0-{len(src)}")) == ("InvalidRange", 416)
+p1 = s3.upload_part_copy(Bucket="data", Key="ranged-copy", UploadId=mp["UploadId"], PartNumber=1,
+                         CopySource={"Bucket": "data", "Key": "sizes/s5m+1"}, CopySourceRange="bytes=10-19")
+s3.complete_multipart_upload(Bucket="data", Key="ranged-copy", UploadId=mp["UploadId"],
+                             MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": p1["CopyPartResult"]["ETag"]}]})
+assert s3.get_object(Bucket="data", Key="ranged-copy")["Body"].read() == src[10:20]
+step("part copies ok")
+
 # 1,500 keys: listing with prefixes, delimiters and pagination.
 s3.create_bucket(Bucket="many")
 keys = [f"d{i % 3}/sub{i % 5}/k{i:04}" for i in range(1500)]

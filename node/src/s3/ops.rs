@@ -279,6 +279,33 @@ fn delimiter_of(d: Option<&String>) -> Option<String> {
     d.filter(|d| !d.is_empty()).cloned()
 }
 
+/// The bytes `[start, end)` an UploadPartCopy's `x-amz-copy-source-range`
+/// (`bytes=FIRST-LAST`, both inclusive) names within an object of `size`.
+fn copy_range(r: &str, size: u64) -> S3Result<(u64, u64)> {
+    let bad = || {
+        s3_error!(
+            InvalidArgument,
+            "x-amz-copy-source-range must be bytes=FIRST-LAST"
+        )
+    };
+    let (a, b) = r
+        .trim()
+        .strip_prefix("bytes=")
+        .and_then(|r| r.split_once('-'))
+        .ok_or_else(bad)?;
+    let (first, last): (u64, u64) = (
+        a.trim().parse().map_err(|_| bad())?,
+        b.trim().parse().map_err(|_| bad())?,
+    );
+    if first > last || last >= size {
+        return Err(s3_error!(
+            InvalidRange,
+            "bytes {first}-{last} of an object of {size} bytes"
+        ));
+    }
+    Ok((first, last + 1))
+}
+
 /// Most keys one DeleteObjects may name (S3's limit).
 const MAX_DELETE_KEYS: usize = 1000;
 
@@ -552,6 +579,34 @@ impl Gateway {
             e_tag: Some(etag(&tag)),
             ..Default::default()
         })
+    }
+
+    /// Stores a part's spooled bytes as an object of their own and records
+    /// it under the upload; returns its ETag and the record's time.
+    async fn store_part(
+        &self,
+        bucket: &str,
+        key: &str,
+        upload_id: &str,
+        part_number: i32,
+        spooled: Spooled,
+    ) -> S3Result<(String, u64)> {
+        let name = format!("{bucket}/{key} part {part_number}");
+        let spooled = self.store(spooled, &name, None).await?;
+        let tag = spooled.etag();
+        let v = self
+            .write(
+                &uploads_ns(bucket),
+                &part_key(upload_id, part_number),
+                Some(NameEntry {
+                    object: Some(spooled.object),
+                    size: spooled.size,
+                    etag: tag.clone(),
+                    ..NameEntry::default()
+                }),
+            )
+            .await?;
+        Ok((tag, v.ms))
     }
 
     /// Forgets an upload and its part records.
@@ -1272,22 +1327,103 @@ impl S3 for Gateway {
         }
         let spooled = self.spool(input.body, MAX_OBJECT_BYTES).await?;
         check_content_md5(input.content_md5.as_deref(), &spooled)?;
-        let name = format!("{}/{} part {}", input.bucket, input.key, input.part_number);
-        let spooled = self.store(spooled, &name, None).await?;
-        let tag = spooled.etag();
-        self.write(
-            &uploads_ns(&input.bucket),
-            &part_key(&input.upload_id, input.part_number),
-            Some(NameEntry {
-                object: Some(spooled.object),
-                size: spooled.size,
-                etag: tag.clone(),
-                ..NameEntry::default()
-            }),
-        )
-        .await?;
+        let (tag, _) = self
+            .store_part(
+                &input.bucket,
+                &input.key,
+                &input.upload_id,
+                input.part_number,
+                spooled,
+            )
+            .await?;
         Ok(S3Response::new(UploadPartOutput {
             e_tag: Some(etag(&tag)),
+            ..Default::default()
+        }))
+    }
+
+    async fn upload_part_copy(
+        &self,
+        req: S3Request<UploadPartCopyInput>,
+    ) -> S3Result<S3Response<UploadPartCopyOutput>> {
+        let access = req.credentials.as_ref().map(|c| c.access_key.clone());
+        let input = req.input;
+        if !(1..=MAX_PARTS).contains(&input.part_number) {
+            return Err(s3_error!(
+                InvalidArgument,
+                "part numbers are 1 to {MAX_PARTS}"
+            ));
+        }
+        let (src_bucket, src_key) = match &input.copy_source {
+            CopySource::Bucket { bucket, key, .. } => (bucket.to_string(), key.to_string()),
+            _ => return Err(s3_error!(NotImplemented, "access point copy sources")),
+        };
+        // The part is written under the upload's key (authorized as a
+        // put by the access check); reading the source needs `get` on it.
+        self.keys
+            .authorize(
+                access.as_deref(),
+                Op::Get,
+                &format!("{src_bucket}/{src_key}"),
+            )
+            .await?;
+        let (_, up) = self.upload(&input.bucket, &input.upload_id).await?;
+        if up.key != input.key {
+            return Err(s3_error!(NoSuchUpload));
+        }
+        let (src, e) = self.require_key(&src_bucket, &src_key).await?;
+        Conditions {
+            if_match: input.copy_source_if_match.as_ref(),
+            if_none_match: input.copy_source_if_none_match.as_ref(),
+            if_modified_since: input.copy_source_if_modified_since.as_ref(),
+            if_unmodified_since: input.copy_source_if_unmodified_since.as_ref(),
+        }
+        .check(&e.etag, src.version.ms, false)?;
+        let (start, end) = match input.copy_source_range.as_deref() {
+            None => (0, e.size),
+            Some(r) => copy_range(r, e.size)?,
+        };
+        let object = e
+            .object
+            .ok_or_else(|| s3_error!(InternalError, "a name without an object"))?;
+        let m = datapath::require_manifest(&self.shared, object)
+            .await
+            .map_err(data_err)?;
+        // The range is read (each segment decoded from verified shards)
+        // into a spool, and stored as the part like an uploaded one.
+        let mut spool = Spool::new(&self.cfg.spool_dir, MAX_OBJECT_BYTES).await?;
+        let (tx, mut rx) = mpsc::channel(DOWNLOAD_BUFFER);
+        tokio::spawn(send_range(self.shared.clone(), Arc::new(m), start, end, tx));
+        let mut got = 0u64;
+        while let Some(chunk) = rx.recv().await {
+            let chunk =
+                chunk.map_err(|e| s3_error!(InternalError, "reading the copy source: {e}"))?;
+            got += chunk.len() as u64;
+            spool.write(&chunk).await?;
+        }
+        if got != end - start {
+            return Err(s3_error!(
+                InternalError,
+                "reading the copy source ended after {got} of {} bytes",
+                end - start
+            ));
+        }
+        let spooled = spool.finish().await?;
+        let (tag, ms) = self
+            .store_part(
+                &input.bucket,
+                &input.key,
+                &input.upload_id,
+                input.part_number,
+                spooled,
+            )
+            .await?;
+        Ok(S3Response::new(UploadPartCopyOutput {
+            copy_part_result: Some(CopyPartResult {
+                e_tag: Some(etag(&tag)),
+                last_modified: Some(timestamp(ms)),
+                ..Default::default()
+            }),
             ..Default::default()
         }))
     }
@@ -1638,6 +1774,22 @@ pub(crate) async fn list_names(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn copy_ranges_are_inclusive_and_within_the_object() {
+        assert_eq!(copy_range("bytes=0-9", 10).unwrap(), (0, 10));
+        assert_eq!(copy_range("bytes=5-5", 10).unwrap(), (5, 6));
+        for (r, size) in [
+            ("bytes=0-10", 10),
+            ("bytes=6-5", 10),
+            ("bytes=0-0", 0),
+            ("0-9", 10),
+            ("bytes=a-9", 10),
+            ("bytes=-9", 10),
+        ] {
+            assert!(copy_range(r, size).is_err(), "{r} of {size}");
+        }
+    }
 
     #[test]
     fn continuation_tokens_round_trip() {
