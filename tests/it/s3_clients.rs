@@ -296,6 +296,10 @@ past, future = datetime.datetime(2000, 1, 1), datetime.datetime(2100, 1, 1)
 assert code(lambda: s3.get_object(Bucket="data", Key="md5", IfMatch='"00"')) == ("PreconditionFailed", 412)
 assert s3.get_object(Bucket="data", Key="md5", IfMatch=tag)["Body"].read() == b"bytes"
 assert code(lambda: s3.get_object(Bucket="data", Key="md5", IfNoneMatch=tag))[1] == 304
+try:
+    s3.get_object(Bucket="data", Key="md5", IfNoneMatch=tag)
+except ClientError as e:
+    assert e.response["ResponseMetadata"]["HTTPHeaders"]["etag"] == tag, e.response
 assert s3.get_object(Bucket="data", Key="md5", IfNoneMatch='"00"')["Body"].read() == b"bytes"
 assert code(lambda: s3.get_object(Bucket="data", Key="md5", IfModifiedSince=future))[1] == 304
 assert code(lambda: s3.get_object(Bucket="data", Key="md5", IfUnmodifiedSince=past)) == ("PreconditionFailed", 412)
@@ -319,6 +323,7 @@ l = s3.list_objects_v2(Bucket="data", Prefix="enc/", EncodingType="url")
 assert [o["Key"] for o in l["Contents"]] == ["enc/a%2Bb%20c"], l["Contents"]
 # (boto3 asks for url encoding by itself, and then decodes.)
 assert [o["Key"] for o in s3.list_objects(Bucket="data", Prefix="enc/")["Contents"]] == ["enc/a+b c"]
+assert s3.list_objects(Bucket="data", Prefix="enc/a+")["Prefix"] == "enc/a+"
 raw = s3.list_objects(Bucket="data", Prefix="enc/", Delimiter="")
 assert "Delimiter" not in raw and raw["Marker"] == "", raw
 assert "Owner" not in s3.list_objects_v2(Bucket="data", Prefix="enc/")["Contents"][0]

@@ -162,9 +162,17 @@ fn after_of(token: &str) -> S3Result<String> {
 /// Checks a request's `Content-MD5` (base64 of the body's MD5) against
 /// the spooled body's, before anything is stored: a body damaged on the
 /// way is refused, not kept.
-fn check_content_md5(given: Option<&str>, spooled: &Spooled) -> S3Result<()> {
+fn check_content_md5(
+    headers: &hyper::http::HeaderMap,
+    given: Option<&str>,
+    spooled: &Spooled,
+) -> S3Result<()> {
     use base64::Engine as _;
     let Some(given) = given else {
+        // An empty header is no digest to s3s, but a wrong one to S3.
+        if headers.contains_key("content-md5") {
+            return Err(s3_error!(InvalidDigest, "an empty Content-MD5"));
+        }
         return Ok(());
     };
     let want = base64::engine::general_purpose::STANDARD
@@ -233,7 +241,25 @@ impl Conditions<'_> {
         };
         match (unchanged, read) {
             (false, _) => Ok(()),
-            (true, true) => Err(s3_error!(NotModified)),
+            (true, true) => {
+                // A 304 carries the validators a cache compares.
+                let mut e = s3_error!(NotModified);
+                let mut h = hyper::http::HeaderMap::new();
+                if let Ok(v) = hyper::http::HeaderValue::from_str(&format!("\"{etag}\"")) {
+                    h.insert(hyper::http::header::ETAG, v);
+                }
+                let mut date = Vec::new();
+                if timestamp(modified_ms)
+                    .format(TimestampFormat::HttpDate, &mut date)
+                    .is_ok()
+                {
+                    if let Ok(v) = hyper::http::HeaderValue::from_bytes(&date) {
+                        h.insert(hyper::http::header::LAST_MODIFIED, v);
+                    }
+                }
+                e.set_headers(h);
+                Err(e)
+            }
             (true, false) => Err(s3_error!(PreconditionFailed)),
         }
     }
@@ -851,6 +877,7 @@ impl S3 for Gateway {
         req: S3Request<PutObjectInput>,
     ) -> S3Result<S3Response<PutObjectOutput>> {
         let owner = user_of(&req);
+        let headers = req.headers;
         let input = req.input;
         self.require_bucket(&input.bucket).await?;
         if input
@@ -860,7 +887,7 @@ impl S3 for Gateway {
             return Err(s3_error!(EntityTooLarge));
         }
         let spooled = self.spool(input.body, MAX_OBJECT_BYTES).await?;
-        check_content_md5(input.content_md5.as_deref(), &spooled)?;
+        check_content_md5(&headers, input.content_md5.as_deref(), &spooled)?;
         let name = format!("{}/{}", input.bucket, input.key);
         let spooled = self
             .store(spooled, &name, input.content_type.clone())
@@ -1197,7 +1224,10 @@ impl S3 for Gateway {
         }
         Ok(S3Response::new(ListObjectsOutput {
             name: Some(input.bucket),
-            prefix: Some(enc.s(prefix)),
+            // V1 answers its Prefix as given, encoded or not (clients
+            // decode Delimiter, Marker, NextMarker, keys and common
+            // prefixes only).
+            prefix: Some(prefix),
             delimiter: enc.opt(delimiter),
             encoding_type: enc.echo(),
             // Always present, empty when none was given (clients read it).
@@ -1314,6 +1344,7 @@ impl S3 for Gateway {
         &self,
         req: S3Request<UploadPartInput>,
     ) -> S3Result<S3Response<UploadPartOutput>> {
+        let headers = req.headers;
         let input = req.input;
         if !(1..=MAX_PARTS).contains(&input.part_number) {
             return Err(s3_error!(
@@ -1326,7 +1357,7 @@ impl S3 for Gateway {
             return Err(s3_error!(NoSuchUpload));
         }
         let spooled = self.spool(input.body, MAX_OBJECT_BYTES).await?;
-        check_content_md5(input.content_md5.as_deref(), &spooled)?;
+        check_content_md5(&headers, input.content_md5.as_deref(), &spooled)?;
         let (tag, _) = self
             .store_part(
                 &input.bucket,
