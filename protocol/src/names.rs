@@ -33,6 +33,9 @@ pub const MAX_KEY_LEN: usize = 1024;
 pub const MAX_META_PAIRS: usize = 64;
 /// Most bytes of user metadata (keys and values) on one record (S3 allows 2 KiB).
 pub const MAX_META_BYTES: usize = 8 << 10;
+/// Most stored standard headers on one record, and their bytes.
+pub const MAX_HEADERS: usize = 8;
+pub const MAX_HEADER_BYTES: usize = 4 << 10;
 /// Largest opaque blob on one record (a user token, an upload's state).
 pub const MAX_BLOB_LEN: usize = 20 << 10;
 /// Largest content type or ETag.
@@ -82,6 +85,11 @@ pub struct NameEntry {
     /// Opaque bytes of reserved namespaces (a token, an upload's state).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub blob: Option<Vec<u8>>,
+    /// Standard headers kept with the object and answered on reads
+    /// (`cache-control`, `content-disposition`, `content-encoding`,
+    /// `content-language`, `expires`): lower-case names, sorted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub headers: Vec<(String, String)>,
 }
 
 /// One versioned record; `entry: None` is a tombstone.
@@ -125,6 +133,9 @@ impl NameRecord {
             if let Some(b) = &e.blob {
                 check_len("blob", b.len(), MAX_BLOB_LEN)?;
             }
+            check_len("headers", e.headers.len(), MAX_HEADERS)?;
+            let bytes: usize = e.headers.iter().map(|(k, v)| k.len() + v.len()).sum();
+            check_len("header bytes", bytes, MAX_HEADER_BYTES)?;
         }
         Ok(())
     }
@@ -291,6 +302,12 @@ mod tests {
         r.entry.as_mut().unwrap().blob = Some(vec![0; MAX_BLOB_LEN + 1]);
         assert!(r.check().is_err());
         let r = rec(&"x".repeat(MAX_KEY_LEN + 1), 1, 1, true);
+        assert!(r.check().is_err());
+        let mut r = rec("k", 1, 1, true);
+        r.entry.as_mut().unwrap().headers =
+            vec![("cache-control".into(), "x".repeat(MAX_HEADER_BYTES))];
+        assert!(r.check().is_err());
+        r.entry.as_mut().unwrap().headers = vec![("expires".into(), "x".into()); MAX_HEADERS + 1];
         assert!(r.check().is_err());
     }
 }

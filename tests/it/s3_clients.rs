@@ -307,6 +307,15 @@ assert code(lambda: s3.head_object(Bucket="data", Key="md5", IfMatch='"00"'))[1]
 assert code(lambda: s3.copy_object(Bucket="data", Key="md5c", CopySource={"Bucket": "data", "Key": "md5"},
                                    CopySourceIfNoneMatch=tag)) == ("PreconditionFailed", 412)
 s3.copy_object(Bucket="data", Key="md5c", CopySource={"Bucket": "data", "Key": "md5"}, CopySourceIfMatch=tag)
+# ... standard headers kept with the object ...
+s3.put_object(Bucket="data", Key="hdrs", Body=b"h", CacheControl="max-age=60",
+              ContentDisposition="attachment; filename=h.txt", ContentEncoding="gzip",
+              ContentLanguage="en", Expires=datetime.datetime(2030, 1, 1))
+for r in (s3.head_object(Bucket="data", Key="hdrs"), s3.get_object(Bucket="data", Key="hdrs")):
+    hh = r["ResponseMetadata"]["HTTPHeaders"]
+    assert (hh["cache-control"], hh["content-disposition"], hh["content-encoding"], hh["content-language"]) == \
+        ("max-age=60", "attachment; filename=h.txt", "gzip", "en"), hh
+    assert "2030" in hh["expires"], hh
 # ... a retried CompleteMultipartUpload answers again ...
 mp = s3.create_multipart_upload(Bucket="data", Key="mp")
 p = s3.upload_part(Bucket="data", Key="mp", UploadId=mp["UploadId"], PartNumber=1, Body=b"part" * 100)

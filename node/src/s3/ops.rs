@@ -60,6 +60,9 @@ struct Upload {
     meta: Vec<(String, String)>,
     owner: Option<String>,
     created_ms: u64,
+    /// Standard headers for the completed object (see [`NameEntry::headers`]).
+    #[serde(default)]
+    headers: Vec<(String, String)>,
     /// Set once the upload is complete: the object's ETag. The record is
     /// kept (until the upload expiry) so that a client that retries its
     /// CompleteMultipartUpload, as clients do after a timeout, gets the
@@ -332,6 +335,63 @@ fn copy_range(r: &str, size: u64) -> S3Result<(u64, u64)> {
     Ok((first, last + 1))
 }
 
+/// The standard headers an object keeps (see [`NameEntry::headers`]), from
+/// a put's, an upload's or a replacing copy's input; `aws-chunked` is a
+/// transfer coding of the request, not of the object, and is dropped.
+fn stored_headers(
+    cache_control: Option<String>,
+    content_disposition: Option<String>,
+    content_encoding: Option<String>,
+    content_language: Option<String>,
+    expires: Option<&Timestamp>,
+) -> S3Result<Vec<(String, String)>> {
+    let encoding = content_encoding.map(|e| {
+        e.split(',')
+            .map(str::trim)
+            .filter(|t| !t.is_empty() && !t.eq_ignore_ascii_case("aws-chunked"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    });
+    let expires = expires.and_then(|t| {
+        let mut b = Vec::new();
+        t.format(TimestampFormat::HttpDate, &mut b).ok()?;
+        String::from_utf8(b).ok()
+    });
+    let mut out: Vec<(String, String)> = [
+        ("cache-control", cache_control),
+        ("content-disposition", content_disposition),
+        ("content-encoding", encoding),
+        ("content-language", content_language),
+        ("expires", expires),
+    ]
+    .into_iter()
+    .filter_map(|(k, v)| Some((k.to_string(), v.filter(|v| !v.is_empty())?)))
+    .collect();
+    out.sort();
+    let bytes: usize = out.iter().map(|(k, v)| k.len() + v.len()).sum();
+    if bytes > dynostore_protocol::names::MAX_HEADER_BYTES {
+        return Err(s3_error!(
+            InvalidArgument,
+            "the stored headers are {bytes} bytes, more than {}",
+            dynostore_protocol::names::MAX_HEADER_BYTES
+        ));
+    }
+    Ok(out)
+}
+
+/// One stored standard header of `e`.
+fn header_of(e: &NameEntry, name: &str) -> Option<String> {
+    e.headers
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.clone())
+}
+
+/// The stored `expires` of `e`, as S3 answers it.
+fn expires_of(e: &NameEntry) -> Option<Timestamp> {
+    Timestamp::parse(TimestampFormat::HttpDate, &header_of(e, "expires")?).ok()
+}
+
 /// Most keys one DeleteObjects may name (S3's limit).
 const MAX_DELETE_KEYS: usize = 1000;
 
@@ -573,6 +633,7 @@ impl Gateway {
                 meta: up.meta.clone(),
                 owner: up.owner.clone(),
                 blob: None,
+                headers: up.headers.clone(),
             }),
         )
         .await?;
@@ -889,6 +950,13 @@ impl S3 for Gateway {
         let spooled = self.spool(input.body, MAX_OBJECT_BYTES).await?;
         check_content_md5(&headers, input.content_md5.as_deref(), &spooled)?;
         let name = format!("{}/{}", input.bucket, input.key);
+        let headers = stored_headers(
+            input.cache_control,
+            input.content_disposition,
+            input.content_encoding,
+            input.content_language,
+            input.expires.as_ref(),
+        )?;
         let spooled = self
             .store(spooled, &name, input.content_type.clone())
             .await?;
@@ -904,6 +972,7 @@ impl S3 for Gateway {
                 meta: meta_pairs(input.metadata),
                 owner,
                 blob: None,
+                headers,
             }),
         )
         .await?;
@@ -974,6 +1043,11 @@ impl S3 for Gateway {
             last_modified: Some(timestamp(r.version.ms)),
             metadata: meta_map(&e.meta),
             accept_ranges: Some("bytes".into()),
+            cache_control: header_of(&e, "cache-control"),
+            content_disposition: header_of(&e, "content-disposition"),
+            content_encoding: header_of(&e, "content-encoding"),
+            content_language: header_of(&e, "content-language"),
+            expires: expires_of(&e),
             ..Default::default()
         }))
     }
@@ -998,6 +1072,11 @@ impl S3 for Gateway {
             last_modified: Some(timestamp(r.version.ms)),
             metadata: meta_map(&e.meta),
             accept_ranges: Some("bytes".into()),
+            cache_control: header_of(&e, "cache-control"),
+            content_disposition: header_of(&e, "content-disposition"),
+            content_encoding: header_of(&e, "content-encoding"),
+            content_language: header_of(&e, "content-language"),
+            expires: expires_of(&e),
             ..Default::default()
         }))
     }
@@ -1103,6 +1182,13 @@ impl S3 for Gateway {
         if replace {
             e.meta = meta_pairs(input.metadata);
             e.content_type = input.content_type;
+            e.headers = stored_headers(
+                input.cache_control,
+                input.content_disposition,
+                input.content_encoding,
+                input.content_language,
+                input.expires.as_ref(),
+            )?;
         } else if src_bucket == input.bucket && src_key == input.key {
             return Err(s3_error!(
                 InvalidRequest,
@@ -1318,6 +1404,13 @@ impl S3 for Gateway {
             meta: meta_pairs(input.metadata),
             owner: owner.clone(),
             created_ms: now_ms(),
+            headers: stored_headers(
+                input.cache_control,
+                input.content_disposition,
+                input.content_encoding,
+                input.content_language,
+                input.expires.as_ref(),
+            )?,
             completed: None,
         };
         let mut blob = Vec::new();
