@@ -338,6 +338,16 @@ assert "Delimiter" not in raw and raw["Marker"] == "", raw
 assert "Owner" not in s3.list_objects_v2(Bucket="data", Prefix="enc/")["Contents"][0]
 assert "Owner" in s3.list_objects_v2(Bucket="data", Prefix="enc/", FetchOwner=True)["Contents"][0]
 assert code(lambda: s3.delete_objects(Bucket="data", Delete={"Objects": [{"Key": f"k{i}"} for i in range(1001)]})) == ("MalformedXML", 400)
+# ... bucket listings page, and conditional writes are refused, not ignored
+# (ignoring If-None-Match overwrote what the client asked to keep) ...
+for b in ["pg-a", "pg-b", "pg-c"]:
+    s3.create_bucket(Bucket=b)
+r1 = s3.list_buckets(MaxBuckets=2, Prefix="pg-")
+assert [b["Name"] for b in r1["Buckets"]] == ["pg-a", "pg-b"] and r1["ContinuationToken"], r1
+r2 = s3.list_buckets(MaxBuckets=2, Prefix="pg-", ContinuationToken=r1["ContinuationToken"])
+assert [b["Name"] for b in r2["Buckets"]] == ["pg-c"] and not r2.get("ContinuationToken"), r2
+assert code(lambda: s3.put_object(Bucket="data", Key="md5", Body=b"new", IfNoneMatch="*")) == ("NotImplemented", 501)
+assert s3.get_object(Bucket="data", Key="md5")["Body"].read() == b"bytes"
 # ... and an error answered before the body (Expect: 100-continue) does
 # not leave the body to be read as the next request on the connection.
 # (botocore sends the Expect header for file-like bodies.)

@@ -392,6 +392,17 @@ fn expires_of(e: &NameEntry) -> Option<Timestamp> {
     Timestamp::parse(TimestampFormat::HttpDate, &header_of(e, "expires")?).ok()
 }
 
+/// The answer to a conditional write (`If-Match` / `If-None-Match` on a
+/// put or a completion): name records are last-writer-wins with no
+/// compare-and-swap, so the condition could not be kept against a
+/// concurrent writer; a clear refusal, not an overwrite.
+fn conditional_write() -> s3s::S3Error {
+    s3_error!(
+        NotImplemented,
+        "conditional writes (If-Match, If-None-Match) are not supported: names have no compare-and-swap"
+    )
+}
+
 /// Most keys one DeleteObjects may name (S3's limit).
 const MAX_DELETE_KEYS: usize = 1000;
 
@@ -889,12 +900,32 @@ impl S3 for Gateway {
         &self,
         req: S3Request<ListBucketsInput>,
     ) -> S3Result<S3Response<ListBucketsOutput>> {
-        let all = names::list_all(&self.shared, BUCKETS_NS, "", 100_000)
+        let prefix = req.input.prefix.clone().unwrap_or_default();
+        let after = match &req.input.continuation_token {
+            Some(t) => Some(after_of(t)?),
+            None => None,
+        };
+        let max = req
+            .input
+            .max_buckets
+            .map_or(usize::MAX, |m| m.max(1) as usize);
+        let all = names::list_all(&self.shared, BUCKETS_NS, &prefix, 100_000)
             .await
             .map_err(name_err)?;
         let access = req.credentials.as_ref().map(|c| c.access_key.as_str());
         let mut buckets = Vec::new();
+        let mut next = None;
         for r in all {
+            if after.as_deref().is_some_and(|a| r.key.as_str() <= a) {
+                continue;
+            }
+            if buckets.len() == max {
+                next = buckets
+                    .last()
+                    .and_then(|b: &Bucket| b.name.as_deref())
+                    .map(token_of);
+                break;
+            }
             // Only the buckets the token can list.
             if self
                 .keys
@@ -911,6 +942,8 @@ impl S3 for Gateway {
         }
         Ok(S3Response::new(ListBucketsOutput {
             buckets: Some(buckets),
+            continuation_token: next,
+            prefix: req.input.prefix.clone(),
             owner: user_of(&req).map(|u| Owner {
                 display_name: Some(u.clone()),
                 id: Some(u),
@@ -940,6 +973,10 @@ impl S3 for Gateway {
         let owner = user_of(&req);
         let headers = req.headers;
         let input = req.input;
+        if input.if_match.is_some() || input.if_none_match.is_some() {
+            // Ignoring them would overwrite what the client asked to keep.
+            return Err(conditional_write());
+        }
         self.require_bucket(&input.bucket).await?;
         if input
             .content_length
@@ -1601,6 +1638,9 @@ impl S3 for Gateway {
         req: S3Request<CompleteMultipartUploadInput>,
     ) -> S3Result<S3Response<CompleteMultipartUploadOutput>> {
         let input = req.input;
+        if input.if_match.is_some() || input.if_none_match.is_some() {
+            return Err(conditional_write());
+        }
         let (_, up) = self.upload_record(&input.bucket, &input.upload_id).await?;
         if up.key != input.key {
             return Err(s3_error!(NoSuchUpload));
