@@ -948,7 +948,6 @@ impl S3 for Gateway {
                 display_name: Some(u.clone()),
                 id: Some(u),
             }),
-            ..Default::default()
         }))
     }
 
