@@ -347,6 +347,19 @@ assert [b["Name"] for b in r1["Buckets"]] == ["pg-a", "pg-b"] and r1["Continuati
 r2 = s3.list_buckets(MaxBuckets=2, Prefix="pg-", ContinuationToken=r1["ContinuationToken"])
 assert [b["Name"] for b in r2["Buckets"]] == ["pg-c"] and not r2.get("ContinuationToken"), r2
 assert code(lambda: s3.put_object(Bucket="data", Key="md5", Body=b"new", IfNoneMatch="*")) == ("NotImplemented", 501)
+# ... and a presigned URL may live seven days at most.
+import urllib.request, urllib.error
+def fetch(url):
+    try:
+        return urllib.request.urlopen(url).status
+    except urllib.error.HTTPError as e:
+        return e.code
+v4 = boto3.client("s3", endpoint_url=os.environ["ENDPOINT"],
+                  config=Config(s3={"addressing_style": "path"}, signature_version="s3v4"))
+for client in (s3, v4):  # boto3 presigns SigV2 unless told otherwise
+    url = lambda secs: client.generate_presigned_url("get_object", Params={"Bucket": "data", "Key": "md5"}, ExpiresIn=secs)
+    assert fetch(url(3600)) == 200
+    assert fetch(url(8 * 86400)) == 403, url(8 * 86400)
 assert s3.get_object(Bucket="data", Key="md5")["Body"].read() == b"bytes"
 # ... and an error answered before the body (Expect: 100-continue) does
 # not leave the body to be read as the next request on the connection.

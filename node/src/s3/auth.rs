@@ -204,6 +204,23 @@ fn op_of(name: &str, bucket: Option<&str>, key: Option<&str>) -> Option<(Op, Str
     Some((op, resource))
 }
 
+/// The longest a presigned URL may be valid (S3's limit): a URL is a
+/// bearer credential that anyone who sees it can use, and it cannot be
+/// revoked apart from its token.
+const MAX_PRESIGNED_SECS: u64 = 7 * 24 * 3600;
+
+/// How long a presigned request's URL is valid from `now` (seconds since
+/// the epoch): SigV4's `X-Amz-Expires`, or SigV2's absolute `Expires`.
+fn presigned_lifetime_secs(query: Option<&str>, now: u64) -> Option<u64> {
+    let param = |name: &str| -> Option<u64> {
+        query?
+            .split('&')
+            .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+            .and_then(|v| v.parse().ok())
+    };
+    param("X-Amz-Expires").or_else(|| param("Expires").map(|at| at.saturating_sub(now)))
+}
+
 #[async_trait::async_trait]
 impl S3Access for Keys {
     async fn check(&self, cx: &mut S3AccessContext<'_>) -> S3Result<()> {
@@ -211,6 +228,14 @@ impl S3Access for Keys {
         let Some(access_key) = access_key else {
             return Err(s3_error!(AccessDenied, "Signature is required"));
         };
+        if presigned_lifetime_secs(cx.uri().query(), now_secs())
+            .is_some_and(|e| e > MAX_PRESIGNED_SECS)
+        {
+            return Err(s3_error!(
+                AccessDenied,
+                "a presigned URL may be valid for at most {MAX_PRESIGNED_SECS} seconds (seven days)"
+            ));
+        }
         let name = cx.s3_op().name().to_string();
         let path = cx.s3_path();
         let bucket = path.get_bucket_name().map(str::to_string);
@@ -290,6 +315,21 @@ mod tests {
         assert_eq!(s1.len(), 40);
         assert_ne!(s1, s2);
         assert!(!s1.contains(&a));
+    }
+
+    #[test]
+    fn presigned_lifetimes_are_read_from_the_query() {
+        let q = "X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Expires=604801&X-Amz-Signature=ab";
+        assert_eq!(presigned_lifetime_secs(Some(q), 5), Some(604_801));
+        let v4 = Some("X-Amz-Expires=3600");
+        assert_eq!(presigned_lifetime_secs(v4, 5), Some(3600));
+        // SigV2: an absolute time.
+        let v2 = "AWSAccessKeyId=A&Signature=x&Expires=1000";
+        assert_eq!(presigned_lifetime_secs(Some(v2), 400), Some(600));
+        assert_eq!(presigned_lifetime_secs(Some(v2), 2000), Some(0));
+        assert_eq!(presigned_lifetime_secs(Some("list-type=2"), 5), None);
+        assert_eq!(presigned_lifetime_secs(Some("X-Amz-Expiresx=9"), 5), None);
+        assert_eq!(presigned_lifetime_secs(None, 5), None);
     }
 
     #[test]
