@@ -403,6 +403,18 @@ fn conditional_write() -> s3s::S3Error {
     )
 }
 
+/// Part numbers are 1 to [`MAX_PARTS`].
+fn check_part_number(n: i32) -> S3Result<()> {
+    if (1..=MAX_PARTS).contains(&n) {
+        Ok(())
+    } else {
+        Err(s3_error!(
+            InvalidArgument,
+            "part numbers are 1 to {MAX_PARTS}"
+        ))
+    }
+}
+
 /// Most keys one DeleteObjects may name (S3's limit).
 const MAX_DELETE_KEYS: usize = 1000;
 
@@ -677,6 +689,27 @@ impl Gateway {
             e_tag: Some(etag(&tag)),
             ..Default::default()
         })
+    }
+
+    /// The source of a copy (CopyObject, UploadPartCopy): `get` on it
+    /// authorized for the request's key, its name record, and its
+    /// conditions met. Returns the bucket, key, record and entry.
+    async fn copy_source(
+        &self,
+        access: Option<&str>,
+        source: &CopySource,
+        conditions: Conditions<'_>,
+    ) -> S3Result<(String, String, NameRecord, NameEntry)> {
+        let (bucket, key) = match source {
+            CopySource::Bucket { bucket, key, .. } => (bucket.to_string(), key.to_string()),
+            _ => return Err(s3_error!(NotImplemented, "access point copy sources")),
+        };
+        self.keys
+            .authorize(access, Op::Get, &format!("{bucket}/{key}"))
+            .await?;
+        let (r, e) = self.require_key(&bucket, &key).await?;
+        conditions.check(&e.etag, r.version.ms, false)?;
+        Ok((bucket, key, r, e))
     }
 
     /// Stores a part's spooled bytes as an object of their own and records
@@ -1191,26 +1224,19 @@ impl S3 for Gateway {
         let access = req.credentials.as_ref().map(|c| c.access_key.clone());
         let owner = user_of(&req);
         let input = req.input;
-        let (src_bucket, src_key) = match &input.copy_source {
-            CopySource::Bucket { bucket, key, .. } => (bucket.to_string(), key.to_string()),
-            _ => return Err(s3_error!(NotImplemented, "access point copy sources")),
-        };
-        self.keys
-            .authorize(
+        self.require_bucket(&input.bucket).await?;
+        let (src_bucket, src_key, _, mut e) = self
+            .copy_source(
                 access.as_deref(),
-                Op::Get,
-                &format!("{src_bucket}/{src_key}"),
+                &input.copy_source,
+                Conditions {
+                    if_match: input.copy_source_if_match.as_ref(),
+                    if_none_match: input.copy_source_if_none_match.as_ref(),
+                    if_modified_since: input.copy_source_if_modified_since.as_ref(),
+                    if_unmodified_since: input.copy_source_if_unmodified_since.as_ref(),
+                },
             )
             .await?;
-        self.require_bucket(&input.bucket).await?;
-        let (src, mut e) = self.require_key(&src_bucket, &src_key).await?;
-        Conditions {
-            if_match: input.copy_source_if_match.as_ref(),
-            if_none_match: input.copy_source_if_none_match.as_ref(),
-            if_modified_since: input.copy_source_if_modified_since.as_ref(),
-            if_unmodified_since: input.copy_source_if_unmodified_since.as_ref(),
-        }
-        .check(&e.etag, src.version.ms, false)?;
         let replace = input
             .metadata_directive
             .as_ref()
@@ -1475,12 +1501,7 @@ impl S3 for Gateway {
     ) -> S3Result<S3Response<UploadPartOutput>> {
         let headers = req.headers;
         let input = req.input;
-        if !(1..=MAX_PARTS).contains(&input.part_number) {
-            return Err(s3_error!(
-                InvalidArgument,
-                "part numbers are 1 to {MAX_PARTS}"
-            ));
-        }
+        check_part_number(input.part_number)?;
         let (_, up) = self.upload(&input.bucket, &input.upload_id).await?;
         if up.key != input.key {
             return Err(s3_error!(NoSuchUpload));
@@ -1508,37 +1529,25 @@ impl S3 for Gateway {
     ) -> S3Result<S3Response<UploadPartCopyOutput>> {
         let access = req.credentials.as_ref().map(|c| c.access_key.clone());
         let input = req.input;
-        if !(1..=MAX_PARTS).contains(&input.part_number) {
-            return Err(s3_error!(
-                InvalidArgument,
-                "part numbers are 1 to {MAX_PARTS}"
-            ));
-        }
-        let (src_bucket, src_key) = match &input.copy_source {
-            CopySource::Bucket { bucket, key, .. } => (bucket.to_string(), key.to_string()),
-            _ => return Err(s3_error!(NotImplemented, "access point copy sources")),
-        };
-        // The part is written under the upload's key (authorized as a
-        // put by the access check); reading the source needs `get` on it.
-        self.keys
-            .authorize(
-                access.as_deref(),
-                Op::Get,
-                &format!("{src_bucket}/{src_key}"),
-            )
-            .await?;
+        check_part_number(input.part_number)?;
         let (_, up) = self.upload(&input.bucket, &input.upload_id).await?;
         if up.key != input.key {
             return Err(s3_error!(NoSuchUpload));
         }
-        let (src, e) = self.require_key(&src_bucket, &src_key).await?;
-        Conditions {
-            if_match: input.copy_source_if_match.as_ref(),
-            if_none_match: input.copy_source_if_none_match.as_ref(),
-            if_modified_since: input.copy_source_if_modified_since.as_ref(),
-            if_unmodified_since: input.copy_source_if_unmodified_since.as_ref(),
-        }
-        .check(&e.etag, src.version.ms, false)?;
+        // The part is written under the upload's key (authorized as a
+        // put by the access check); the source needs `get`.
+        let (_, _, _, e) = self
+            .copy_source(
+                access.as_deref(),
+                &input.copy_source,
+                Conditions {
+                    if_match: input.copy_source_if_match.as_ref(),
+                    if_none_match: input.copy_source_if_none_match.as_ref(),
+                    if_modified_since: input.copy_source_if_modified_since.as_ref(),
+                    if_unmodified_since: input.copy_source_if_unmodified_since.as_ref(),
+                },
+            )
+            .await?;
         let (start, end) = match input.copy_source_range.as_deref() {
             None => (0, e.size),
             Some(r) => copy_range(r, e.size)?,
