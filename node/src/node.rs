@@ -64,6 +64,11 @@ pub const MAX_CLIENT_STREAMS: usize = 32;
 pub const MAX_CLIENT_STREAMS_PER_PEER: usize = MAX_CLIENT_STREAMS / 2;
 /// Shard streams one peer may hold or wait with; more are closed at once.
 pub const MAX_INBOUND_STREAMS_PER_PEER: usize = MAX_INBOUND_STREAMS / 2;
+/// Control requests one peer may have in progress here, over all its
+/// connections (each connection's streams are bounded to the same number
+/// by request-response, so one connection never reaches it); more are
+/// answered `Unavailable` at once.
+pub const MAX_CONTROL_PER_PEER: usize = 256;
 /// How often each connection is pinged (its round-trip time feeds
 /// site-aware reads).
 pub const PING_INTERVAL: Duration = Duration::from_secs(2);
@@ -321,6 +326,7 @@ pub async fn run(
         rounds: 0,
         refused: HashSet::new(),
         pulling_revocations: Arc::new(AtomicBool::new(false)),
+        control_slots: crate::limits::PeerSlots::new(MAX_CONTROL_PER_PEER),
     };
     let result = ev.run(shutdown).await;
     announcer.abort();
@@ -571,6 +577,8 @@ struct EventLoop {
     refused: HashSet<(NodeId, String)>,
     /// A revocation pull is under way.
     pulling_revocations: Arc<AtomicBool>,
+    /// Control requests in progress per peer.
+    control_slots: crate::limits::PeerSlots,
 }
 
 impl EventLoop {
@@ -975,10 +983,28 @@ impl EventLoop {
             self.on_command(Command::Respond { channel, response });
             return;
         }
+        if let ControlRequest::Deny { peers } = request {
+            let response = self.deny(&peers);
+            self.on_command(Command::Respond { channel, response });
+            return;
+        }
+        // The rest is answered by a task: bounded per peer, so that one
+        // peer over many connections cannot hold an unbounded number.
+        let Some(slot) = self.control_slots.try_take(peer) else {
+            let response = remote_error(
+                dynostore_protocol::wire::ErrorKind::Unavailable,
+                &format!(
+                    "more than {MAX_CONTROL_PER_PEER} control requests from this peer at once"
+                ),
+            );
+            self.on_command(Command::Respond { channel, response });
+            return;
+        };
         if let ControlRequest::Status = request {
             let shared = self.shared.clone();
             let tx = self.cmd_tx.clone();
             tokio::spawn(async move {
+                let _slot = slot;
                 let mut report = shared.status().await;
                 if !operator {
                     redact(&mut report);
@@ -988,14 +1014,10 @@ impl EventLoop {
             });
             return;
         }
-        if let ControlRequest::Deny { peers } = request {
-            let response = self.deny(&peers);
-            self.on_command(Command::Respond { channel, response });
-            return;
-        }
         let shared = self.shared.clone();
         let tx = self.cmd_tx.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let response = answer_control(&shared, request).await;
             tracing::trace!(%peer, "control request answered");
             let _ = tx.send(Command::Respond { channel, response }).await;
