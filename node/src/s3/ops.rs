@@ -205,6 +205,28 @@ fn epoch_secs(t: &Timestamp) -> Option<i64> {
         .ok()
 }
 
+/// The [`Conditions`] of an s3s input, whose fields have the same names on
+/// every operation: `conditions!(input)` for `if_*`,
+/// `conditions!(input, copy_source)` for `copy_source_if_*`.
+macro_rules! conditions {
+    ($input:ident) => {
+        Conditions {
+            if_match: $input.if_match.as_ref(),
+            if_none_match: $input.if_none_match.as_ref(),
+            if_modified_since: $input.if_modified_since.as_ref(),
+            if_unmodified_since: $input.if_unmodified_since.as_ref(),
+        }
+    };
+    ($input:ident, copy_source) => {
+        Conditions {
+            if_match: $input.copy_source_if_match.as_ref(),
+            if_none_match: $input.copy_source_if_none_match.as_ref(),
+            if_modified_since: $input.copy_source_if_modified_since.as_ref(),
+            if_unmodified_since: $input.copy_source_if_unmodified_since.as_ref(),
+        }
+    };
+}
+
 /// A request's conditions on an object (`If-Match`, `If-None-Match`,
 /// `If-Modified-Since`, `If-Unmodified-Since`, or their `x-amz-copy-source-`
 /// forms), evaluated in RFC 9110's order (13.2.2) against the object's
@@ -1057,13 +1079,7 @@ impl S3 for Gateway {
     ) -> S3Result<S3Response<GetObjectOutput>> {
         let input = req.input;
         let (r, e) = self.require_key(&input.bucket, &input.key).await?;
-        Conditions {
-            if_match: input.if_match.as_ref(),
-            if_none_match: input.if_none_match.as_ref(),
-            if_modified_since: input.if_modified_since.as_ref(),
-            if_unmodified_since: input.if_unmodified_since.as_ref(),
-        }
-        .check(&e.etag, r.version.ms, true)?;
+        conditions!(input).check(&e.etag, r.version.ms, true)?;
         let object = e
             .object
             .ok_or_else(|| s3_error!(InternalError, "a name without an object"))?;
@@ -1127,13 +1143,7 @@ impl S3 for Gateway {
     ) -> S3Result<S3Response<HeadObjectOutput>> {
         let input = req.input;
         let (r, e) = self.require_key(&input.bucket, &input.key).await?;
-        Conditions {
-            if_match: input.if_match.as_ref(),
-            if_none_match: input.if_none_match.as_ref(),
-            if_modified_since: input.if_modified_since.as_ref(),
-            if_unmodified_since: input.if_unmodified_since.as_ref(),
-        }
-        .check(&e.etag, r.version.ms, true)?;
+        conditions!(input).check(&e.etag, r.version.ms, true)?;
         Ok(S3Response::new(HeadObjectOutput {
             content_length: Some(e.size as i64),
             content_type: e.content_type.clone(),
@@ -1229,12 +1239,7 @@ impl S3 for Gateway {
             .copy_source(
                 access.as_deref(),
                 &input.copy_source,
-                Conditions {
-                    if_match: input.copy_source_if_match.as_ref(),
-                    if_none_match: input.copy_source_if_none_match.as_ref(),
-                    if_modified_since: input.copy_source_if_modified_since.as_ref(),
-                    if_unmodified_since: input.copy_source_if_unmodified_since.as_ref(),
-                },
+                conditions!(input, copy_source),
             )
             .await?;
         let replace = input
@@ -1540,12 +1545,7 @@ impl S3 for Gateway {
             .copy_source(
                 access.as_deref(),
                 &input.copy_source,
-                Conditions {
-                    if_match: input.copy_source_if_match.as_ref(),
-                    if_none_match: input.copy_source_if_none_match.as_ref(),
-                    if_modified_since: input.copy_source_if_modified_since.as_ref(),
-                    if_unmodified_since: input.copy_source_if_unmodified_since.as_ref(),
-                },
+                conditions!(input, copy_source),
             )
             .await?;
         let (start, end) = match input.copy_source_range.as_deref() {
