@@ -212,30 +212,55 @@ pub fn rebalance_moves(
 ) -> Vec<(usize, NodeId)> {
     let desired: Vec<&NodeId> =
         view.place_capped(key, holders.len(), Weighting::Capacity, max_volatile);
+    rebalance_moves_towards(
+        &desired,
+        holders,
+        |id| view.is_volatile(id),
+        fill,
+        margin,
+        max_volatile,
+    )
+}
+
+/// [`rebalance_moves`] with the stripe's desired holders already known
+/// (`desired`: what `view.place_capped(key, holders.len(),
+/// Weighting::Capacity, max_volatile)` returns, and `is_volatile`:
+/// [`View::is_volatile`] of that view). The rule itself, for a caller that
+/// ranks many stripes against one membership and keeps their desired
+/// holders between passes (the scale model): the ranking changes only with
+/// membership, capacity and eligibility, not with fills.
+pub fn rebalance_moves_towards(
+    desired: &[&NodeId],
+    holders: &[NodeId],
+    is_volatile: impl Fn(&NodeId) -> bool,
+    fill: impl Fn(&NodeId) -> Option<f64>,
+    margin: f64,
+    max_volatile: usize,
+) -> Vec<(usize, NodeId)> {
     let mut free_targets: Vec<&NodeId> = desired
         .iter()
         .copied()
         .filter(|d| !holders.contains(d))
         .collect();
-    let mut volatile = holders.iter().filter(|h| view.is_volatile(h)).count();
+    let mut volatile = holders.iter().filter(|h| is_volatile(h)).count();
     let mut moves = Vec::new();
     for (i, h) in holders.iter().enumerate() {
         if desired.contains(&h) || free_targets.is_empty() {
             continue;
         }
-        let from_volatile = view.is_volatile(h);
+        let from_volatile = is_volatile(h);
         let pos = if from_volatile && volatile > max_volatile {
-            free_targets.iter().position(|t| !view.is_volatile(t))
+            free_targets.iter().position(|t| !is_volatile(t))
         } else {
             let Some(from) = fill(h) else { continue };
             free_targets.iter().position(|t| {
-                let allowed = from_volatile || !view.is_volatile(t) || volatile < max_volatile;
+                let allowed = from_volatile || !is_volatile(t) || volatile < max_volatile;
                 allowed && fill(t).is_some_and(|to| to < from * (1.0 - margin))
             })
         };
         if let Some(pos) = pos {
             let t = free_targets.remove(pos);
-            volatile = volatile - usize::from(from_volatile) + usize::from(view.is_volatile(t));
+            volatile = volatile - usize::from(from_volatile) + usize::from(is_volatile(t));
             moves.push((i, t.clone()));
         }
     }

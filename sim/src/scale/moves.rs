@@ -28,6 +28,19 @@
 //!   (the planner's choice), then rebalancing passes run as after a join.
 //!   Moved = rebuilt + rebalanced bytes; the ideal is the leavers' bytes.
 //!
+//! Every pass asks each stripe's desired holders (the ranking by
+//! capacity); they change only when the view's eligible members do, so
+//! they are kept across passes and changes ([`Desired`]): taken from the
+//! re-placement below for the initial members, then brought to each new
+//! view by the exact shortcuts of the next sections (a stripe ranks over
+//! the whole view only when a member it wanted left), and the rule itself
+//! is the node's ([`dynostore_protocol::repair::rebalance_moves_towards`],
+//! which `rebalance_moves` calls after ranking). A pass then costs a few
+//! comparisons per stripe instead of a ranking over every member (at
+//! 100,000 nodes that ranking hashes every member: hours of CPU over
+//! 10,000,000 stripes and a dozen passes). Every `verify_every`-th stripe
+//! is ranked over the whole view too, counted with the shortcut checks.
+//!
 //! A pass skips, exactly, an object none of whose holders is fuller than
 //! the emptiest eligible node by the margin: `rebalance_moves` moves a
 //! shard only to a member emptier than its holder by the margin (the model
@@ -96,10 +109,11 @@
 //!   what both baselines need anyway to find data.
 
 use dynostore_protocol::placement::{
-    fmix64, node_hash, unit, unit_bits_at_least, Member, PlacementKey, View,
+    eligible_for_writes, fmix64, node_hash, unit, unit_bits_at_least, Member, PlacementKey, View,
+    Weighting,
 };
 use dynostore_protocol::planner::PlannerConfig;
-use dynostore_protocol::repair::{rebalance_moves, repair_targets};
+use dynostore_protocol::repair::{rebalance_moves_towards, repair_targets};
 use dynostore_protocol::NodeId;
 use serde::Serialize;
 
@@ -173,6 +187,10 @@ pub struct LiveOutcome {
     pub max_fill: f64,
     /// Stripes with fewer than k + m distinct holders after it (must be 0).
     pub short_stripes: u64,
+    /// Objects whose kept desired holders were checked against a full
+    /// ranking of the view, and how many differed (must be 0).
+    pub desired_checks: u64,
+    pub desired_mismatches: u64,
 }
 
 /// How the moves phase is set up.
@@ -187,8 +205,10 @@ pub struct MovesConfig {
 }
 
 /// Per-object results of the rendezvous pass, in shards.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 struct PerObject {
+    /// The placement by capacity over the initial members.
+    before: Vec<u32>,
     join: u8,
     leave: u8,
     leave_ideal: u8,
@@ -255,7 +275,7 @@ pub fn moves(
         let ideal_join = (stored_bytes as f64 * join_share).round() as u64;
         match outcome.policy {
             Policy::Rendezvous => {
-                let r = rendezvous(
+                let (r, desired) = rendezvous(
                     world, outcome, &initial, &joiners, &staying, &is_leaver, cfg,
                 );
                 log.event(
@@ -271,10 +291,26 @@ pub fn moves(
                     holders: outcome.holders.clone(),
                     used: outcome.ledger.used.clone(),
                 };
-                let (settle, _) = live_rebalance(world, outcome, &mut settled, &initial, &[], cfg);
+                let mut desired = desired;
+                let (settle, _) = live_rebalance(
+                    world,
+                    outcome,
+                    &mut settled,
+                    &mut desired,
+                    &initial,
+                    &[],
+                    cfg,
+                );
                 let mut state = settled.clone();
-                let (join, join_bytes) =
-                    live_rebalance(world, outcome, &mut state, &grown, &[], cfg);
+                let (join, join_bytes) = live_rebalance(
+                    world,
+                    outcome,
+                    &mut state,
+                    &mut desired.clone(),
+                    &grown,
+                    &[],
+                    cfg,
+                );
                 let leave_ideal: u64 = (0..world.objects.len())
                     .filter(|&i| outcome.stored[i])
                     .map(|i| {
@@ -284,8 +320,15 @@ pub fn moves(
                     })
                     .sum();
                 let mut state = settled;
-                let (leave, leave_bytes) =
-                    live_rebalance(world, outcome, &mut state, &staying, &world.leavers, cfg);
+                let (leave, leave_bytes) = live_rebalance(
+                    world,
+                    outcome,
+                    &mut state,
+                    &mut desired,
+                    &staying,
+                    &world.leavers,
+                    cfg,
+                );
                 log.event(
                     "moves-live",
                     &[
@@ -315,6 +358,10 @@ pub fn moves(
                     join: Moved::new(r.join, ideal_join),
                     leave: Some(Moved::new(r.leave, r.leave_ideal)),
                 });
+                for l in [&settle, &join, &leave] {
+                    checks += l.desired_checks;
+                    mismatches += l.desired_mismatches;
+                }
                 live_settle = Some(settle);
                 live_join = Some(join);
                 live_leave = Some(leave);
@@ -380,7 +427,7 @@ fn rendezvous(
     staying: &[u32],
     is_leaver: &[bool],
     cfg: &MovesConfig,
-) -> RendezvousTotals {
+) -> (RendezvousTotals, Desired) {
     let n = world.n;
     let ledger = &outcome.ledger;
     // The rebalancer's ranking: by capacity (the weights at even fill),
@@ -493,6 +540,7 @@ fn rendezvous(
             before.clone()
         };
         r.join = gained(&after, &before);
+        r.before = before.clone();
         if verify {
             r.checks += 1;
             let full = place_indices(&join_view, obj.key, n);
@@ -513,8 +561,17 @@ fn rendezvous(
 
     bar.finish_and_clear();
     let mut t = RendezvousTotals::default();
+    let mut desired = Desired {
+        eligible: vec![false; world.all_nodes.len()],
+        holders: vec![MISSING; world.objects.len() * n],
+    };
+    for &i in initial {
+        desired.eligible[i as usize] = weight(i) > 0;
+    }
     for (j, r) in per_object.iter().enumerate() {
-        let shard = world.objects[stored[j]].shard_bytes;
+        let o = stored[j];
+        desired.holders[o * n..o * n + r.before.len()].copy_from_slice(&r.before);
+        let shard = world.objects[o].shard_bytes;
         t.join += u64::from(r.join) * shard;
         t.leave += u64::from(r.leave) * shard;
         t.leave_ideal += u64::from(r.leave_ideal) * shard;
@@ -522,7 +579,7 @@ fn rendezvous(
         t.checks += u64::from(r.checks);
         t.mismatches += u64::from(r.mismatches);
     }
-    t
+    (t, desired)
 }
 
 /// Where every shard is and each node's used bytes.
@@ -544,6 +601,7 @@ fn live_rebalance(
     world: &World,
     outcome: &FillOutcome,
     state: &mut Holdings,
+    desired: &mut Desired,
     members: &[u32],
     gone: &[u32],
     cfg: &MovesConfig,
@@ -579,6 +637,8 @@ fn live_rebalance(
         mean_fill: 0.0,
         max_fill: 0.0,
         short_stripes: 0,
+        desired_checks: 0,
+        desired_mismatches: 0,
     };
 
     // Leave: rebuild what the leavers held, where the planner puts it.
@@ -674,6 +734,12 @@ fn live_rebalance(
             world.reweigh(&mut view, |i| used[i as usize]);
         }
         let view = &view;
+        // The stripes' desired holders change only with the view's
+        // eligible members (the ranking is by capacity).
+        let (c, x) = desired.update(world, view, &stored, cfg);
+        out.desired_checks += c;
+        out.desired_mismatches += x;
+        let desired: &Desired = desired;
         let bar = progress_bar(
             cfg.progress,
             stored.len(),
@@ -706,7 +772,10 @@ fn live_rebalance(
                     let i = node_index(id) as usize;
                     is_member.get(i).copied().unwrap_or(false).then(|| fill[i])
                 };
-                rebalance_moves(view, world.objects[o].key, &ids(hs), fill_of, margin, m)
+                let want = ids(desired.of(o, n));
+                let want: Vec<&NodeId> = want.iter().collect();
+                let is_volatile = |id: &NodeId| view.is_volatile(id);
+                rebalance_moves_towards(&want, &ids(hs), is_volatile, fill_of, margin, m)
                     .into_iter()
                     .map(|(slot, to)| (slot, node_index(&to)))
                     .collect::<Vec<(usize, u32)>>()
@@ -761,6 +830,147 @@ fn live_rebalance(
         })
         .count() as u64;
     (out, written)
+}
+
+/// The desired holders of every stored object: its placement by capacity
+/// ([`Weighting::Capacity`], what the rebalancer restores) over a view
+/// whose eligible members are `eligible`. The ranking depends on the
+/// members, their capacities and which are eligible, not on fills, so the
+/// rebalancing passes keep it and [`Desired::update`] brings it to a new
+/// view exactly (the lemma of the module header), ranking over the whole
+/// view only the stripes a removed member was desired for.
+#[derive(Debug, Clone)]
+struct Desired {
+    /// Per node index: eligible in the view the holders were ranked on.
+    eligible: Vec<bool>,
+    /// `n` per object (in ranking order, `MISSING`-padded when fewer were
+    /// eligible; all `MISSING` for an object not stored).
+    holders: Vec<u32>,
+}
+
+impl Desired {
+    fn of(&self, o: usize, n: usize) -> &[u32] {
+        let hs = &self.holders[o * n..(o + 1) * n];
+        let len = hs.iter().position(|&h| h == MISSING).unwrap_or(n);
+        &hs[..len]
+    }
+
+    /// Brings the desired holders to `view` (a [`World::weighted_view`]).
+    /// With `R` the members no longer eligible and `A` the newly eligible
+    /// ones: a stripe none of whose desired holders is in `R` keeps them
+    /// over the view without `R` (the lemma: that view is a subset of the
+    /// old one and contains the placement), and then gains from `A` only
+    /// what a placement over its desired holders and the members of `A`
+    /// that outscore the weakest of them picks (the join shortcut, with
+    /// its soundness condition: every member of `A` is at a site that
+    /// already has an eligible member). Every other stripe, and every one
+    /// when the condition fails, is ranked over the whole view. Every
+    /// `verify_every`-th stored object is ranked over the whole view as
+    /// well and compared: returns (checked, mismatched).
+    fn update(
+        &mut self,
+        world: &World,
+        view: &View,
+        stored: &[usize],
+        cfg: &MovesConfig,
+    ) -> (u64, u64) {
+        let n = world.n;
+        let mut eligible = vec![false; world.all_nodes.len()];
+        for mem in view.members() {
+            if eligible_for_writes(mem) {
+                eligible[node_index(&mem.id) as usize] = true;
+            }
+        }
+        if eligible == self.eligible {
+            return (0, 0);
+        }
+        let removed: Vec<bool> = (0..eligible.len())
+            .map(|i| self.eligible[i] && !eligible[i])
+            .collect();
+        let added: Vec<u32> = (0..eligible.len() as u32)
+            .filter(|&i| eligible[i as usize] && !self.eligible[i as usize])
+            .collect();
+        let mut site_kept = vec![false; world.sites.len()];
+        for i in 0..eligible.len() as u32 {
+            if eligible[i as usize] && self.eligible[i as usize] {
+                site_kept[world.site_of(i) as usize] = true;
+            }
+        }
+        let sound = added.iter().all(|&a| site_kept[world.site_of(a) as usize]);
+        let hashes: Vec<u64> = world.all_nodes.iter().map(|x| node_hash(&x.id)).collect();
+        let score = |key: PlacementKey, i: u32| -> f64 {
+            world.capacity(i) as f64 / -unit(key.0 ^ hashes[i as usize]).ln()
+        };
+        let w_max = added.iter().map(|&a| world.capacity(a)).max().unwrap_or(0);
+        // The members of `A` that score at least `s`: the hash bound of
+        // the join shortcut first, a logarithm only for those that pass it.
+        let added_above = |key: PlacementKey, s: f64| -> Vec<u32> {
+            let cut = if s.is_finite() && s > 0.0 {
+                unit_bits_at_least((-(w_max as f64) / s).exp() * (1.0 - 1e-6))
+            } else {
+                0
+            };
+            added
+                .iter()
+                .copied()
+                .filter(|&a| fmix64(key.0 ^ hashes[a as usize]) >> 11 >= cut && score(key, a) >= s)
+                .collect()
+        };
+        let full = |key: PlacementKey| -> Vec<u32> {
+            view.place_capped(key, n, Weighting::Capacity, world.m)
+                .into_iter()
+                .map(node_index)
+                .collect()
+        };
+        let verify_every = cfg.verify_every.max(1);
+        let bar = progress_bar(cfg.progress, stored.len(), "desired holders re-ranked");
+        let (mut checks, mut mismatches) = (0u64, 0u64);
+        const BLOCK: usize = 1 << 16;
+        for (b, block) in stored.chunks(BLOCK).enumerate() {
+            let this: &Desired = self;
+            let found = par_map(cfg.threads, block.len(), |j| {
+                let o = block[j];
+                let key = world.objects[o].key;
+                let old = this.of(o, n);
+                let new = if old.len() < n || !sound || old.iter().any(|&h| removed[h as usize]) {
+                    full(key)
+                } else if added.is_empty() {
+                    old.to_vec()
+                } else {
+                    let weakest = old
+                        .iter()
+                        .map(|&i| score(key, i))
+                        .fold(f64::INFINITY, f64::min);
+                    let above = added_above(key, weakest);
+                    if above.is_empty() {
+                        old.to_vec()
+                    } else {
+                        let small =
+                            world.view(old.iter().chain(&above).copied(), |i| world.capacity(i));
+                        place_indices(&small, key, n)
+                    }
+                };
+                let check = (b * BLOCK + j)
+                    .is_multiple_of(verify_every)
+                    .then(|| full(key) == new);
+                (new, check)
+            });
+            bar.inc(block.len() as u64);
+            for (j, (new, check)) in found.into_iter().enumerate() {
+                let o = block[j];
+                let slot = &mut self.holders[o * n..(o + 1) * n];
+                slot.fill(MISSING);
+                slot[..new.len()].copy_from_slice(&new);
+                if let Some(same) = check {
+                    checks += 1;
+                    mismatches += u64::from(!same);
+                }
+            }
+        }
+        bar.finish_and_clear();
+        self.eligible = eligible;
+        (checks, mismatches)
+    }
 }
 
 /// How many of `after`'s nodes are not in `before`.
