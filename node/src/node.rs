@@ -34,7 +34,7 @@ use libp2p::identity::Keypair;
 use libp2p::kad::{self, store::MemoryStore};
 use libp2p::metrics::Recorder;
 use libp2p::request_response::{self, OutboundRequestId, ResponseChannel};
-use libp2p::swarm::dial_opts::DialOpts;
+use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{allow_block_list, identify, ping, Multiaddr, PeerId, StreamProtocol, Swarm};
 use tokio::sync::{mpsc, oneshot, Semaphore};
@@ -74,6 +74,8 @@ pub const MAX_CONTROL_PER_PEER: usize = 256;
 pub const PING_INTERVAL: Duration = Duration::from_secs(2);
 /// Depth of the event loop's command queue.
 const COMMAND_QUEUE: usize = 256;
+/// How often a node with no connected peer redials its bootstrap peers.
+const LONELY_REDIAL: Duration = Duration::from_secs(1);
 /// Most peers dialled per announcement round.
 const MAX_DIALS_PER_ROUND: usize = 16;
 /// Members seen down are dialled again every this many announcement
@@ -227,9 +229,14 @@ pub async fn run(
                 reason: e.to_string(),
             })?;
     }
-    for (peer, addr) in cfg.bootstrap_peers() {
-        swarm.behaviour_mut().kad.add_address(&peer, addr.clone());
-        if let Err(e) = swarm.dial(DialOpts::peer_id(peer).addresses(vec![addr]).build()) {
+    let bootstrap: Vec<(PeerId, Multiaddr)> = cfg.bootstrap_peers().into_iter().collect();
+    for (peer, addr) in &bootstrap {
+        swarm.behaviour_mut().kad.add_address(peer, addr.clone());
+        if let Err(e) = swarm.dial(
+            DialOpts::peer_id(*peer)
+                .addresses(vec![addr.clone()])
+                .build(),
+        ) {
             tracing::warn!(%peer, error = %e, "cannot dial bootstrap peer");
         }
     }
@@ -323,6 +330,7 @@ pub async fn run(
         topic,
         dir: dir.to_path_buf(),
         rebootstrap: Duration::from_millis(cfg.rebootstrap_interval_ms),
+        bootstrap,
         rounds: 0,
         refused: HashSet::new(),
         pulling_revocations: Arc::new(AtomicBool::new(false)),
@@ -571,6 +579,8 @@ struct EventLoop {
     topic: IdentTopic,
     dir: PathBuf,
     rebootstrap: Duration,
+    /// The configured bootstrap peers, redialled while no peer is connected.
+    bootstrap: Vec<(PeerId, Multiaddr)>,
     /// Announcement rounds so far (for the redial of down members).
     rounds: u64,
     /// Certificate refusals already logged (bounded: cleared when large).
@@ -588,6 +598,8 @@ impl EventLoop {
     ) -> Result<(), NodeError> {
         tokio::pin!(shutdown);
         let mut rebootstrap = tokio::time::interval(self.rebootstrap);
+        let mut lonely = tokio::time::interval(LONELY_REDIAL.min(self.rebootstrap));
+        lonely.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 () = &mut shutdown => return Ok(()),
@@ -597,6 +609,25 @@ impl EventLoop {
                     // NoKnownPeers just means we are alone for now.
                     let _ = self.swarm.behaviour_mut().kad.bootstrap();
                 }
+                _ = lonely.tick() => self.redial_bootstrap_if_alone(),
+            }
+        }
+    }
+
+    /// A node started before its bootstrap peers (a whole site booting at
+    /// once) found nobody; without this it stayed alone until the next
+    /// Kademlia re-bootstrap, a minute by default.
+    fn redial_bootstrap_if_alone(&mut self) {
+        if self.bootstrap.is_empty() || self.swarm.connected_peers().next().is_some() {
+            return;
+        }
+        for (peer, addr) in &self.bootstrap {
+            let opts = DialOpts::peer_id(*peer)
+                .condition(PeerCondition::DisconnectedAndNotDialing)
+                .addresses(vec![addr.clone()])
+                .build();
+            if let Err(e) = self.swarm.dial(opts) {
+                tracing::debug!(%peer, error = %e, "bootstrap peer not redialled");
             }
         }
     }

@@ -119,3 +119,52 @@ fn five_nodes_converge_and_track_a_crash_and_restart() {
     );
     assert_eq!(out.stdout, std::fs::read(&shard_file).unwrap());
 }
+
+/// A node started before its bootstrap peer joins as soon as that peer
+/// listens, not a Kademlia re-bootstrap later (a minute by default): it
+/// redials its bootstrap peers while it has no connection. Before the
+/// redial, B stayed alone for the whole minute.
+#[test]
+fn a_node_started_before_its_bootstrap_peer_joins_when_it_comes_up() {
+    use crate::harness::{NodeProc, NodeSpec};
+    let net = Net::new();
+    let mut a = NodeProc::init(
+        net.root.path(),
+        "a",
+        NodeSpec {
+            site: "site-a",
+            containers: vec!["mem:64MiB".into()],
+            bootstrap: None,
+            key: Some(&net.key),
+            extra: &[],
+        },
+    );
+    let mut b = NodeProc::init(
+        net.root.path(),
+        "b",
+        NodeSpec {
+            site: "site-b",
+            containers: vec!["mem:64MiB".into()],
+            bootstrap: Some(&a.addr()),
+            key: Some(&net.key),
+            extra: &[],
+        },
+    );
+    // B first: its only bootstrap peer is not there yet.
+    b.start();
+    let s = net.status(&b.addr()).unwrap();
+    assert_eq!(state_of(&s, &a.id), None, "b cannot know a yet");
+    a.start();
+    let started = Instant::now();
+    wait_all_see(
+        &net,
+        &[a.addr(), b.addr()],
+        &[a.id.as_str(), b.id.as_str()],
+        "alive",
+        Duration::from_secs(20),
+    );
+    println!(
+        "figure: the early node joined {:.2}s after its bootstrap peer started",
+        started.elapsed().as_secs_f64()
+    );
+}
