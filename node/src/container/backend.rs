@@ -318,6 +318,25 @@ impl OpendalContainer {
     }
 
     async fn get_inner(&self, shard: &ShardId) -> Result<Bytes, ContainerError> {
+        // A `dir` container reads its file in one blocking call: opendal's
+        // fs reader zero-fills each buffer before reading into it, which
+        // cost a holder about an eighth of its CPU on a get (perf, 256 MiB
+        // object, 2026-12-07).
+        if let Some(root) = &self.fs_root {
+            let path = root.join(shard_path(shard));
+            return match self.blocking_io("read", path, |p| std::fs::read(p)).await {
+                Ok(v) => Ok(Bytes::from(v)),
+                Err(ContainerError::Io { source, .. })
+                    if source.kind() == std::io::ErrorKind::NotFound =>
+                {
+                    Err(ContainerError::NotFound {
+                        container: self.name.clone(),
+                        shard: *shard,
+                    })
+                }
+                Err(e) => Err(e),
+            };
+        }
         match self.op.read(&shard_path(shard)).await {
             Ok(buf) => Ok(buf.to_bytes()),
             Err(e) if e.kind() == ErrorKind::NotFound => Err(ContainerError::NotFound {
