@@ -20,10 +20,12 @@
 //! Site-aware reads: the caller may give each candidate an estimated cost
 //! (`cost_ms`: the time to fetch the shard from its holder, from measured
 //! round-trip times and transfer rates). Candidates with a cost come
-//! first, cheapest first, a parity shard's cost raised by
-//! [`PARITY_DECODE_MS`] (decoding is needed once a parity shard is used):
-//! a parity shard from a near site goes before a data shard from a far one
-//! when that is cheaper. The `k` first requests go to the `k` cheapest
+//! first, cheapest first, a parity shard's cost raised by the decode it
+//! forces ([`parity_decode_ms`]: the segment's bytes at
+//! [`DECODE_BYTES_PER_MS`], at least [`PARITY_DECODE_MS`]): a parity shard
+//! from a near site goes before a data shard from a far one when that is
+//! cheaper, and a node's own parity shard does not displace a data shard a
+//! neighbour on a fast link can send for less than the decode costs. The `k` first requests go to the `k` cheapest
 //! candidates and the hedge to the next cheapest. Candidates without a
 //! cost follow in the site-blind order: data first, then by rank.
 
@@ -33,8 +35,26 @@ use crate::placement::{MemberState, View};
 
 /// Extra requests sent beyond `k` once the hedge time has passed.
 pub const HEDGE: usize = 1;
-/// What using a parity shard adds to its cost: the decode it forces.
+/// The least that using a parity shard adds to its cost: the decode it
+/// forces.
 pub const PARITY_DECODE_MS: u32 = 2;
+/// Segment bytes reed-solomon-simd decodes per millisecond of one core
+/// (perf of an entry peer's get on 2026-12-07: 0.28 CPU-s of decoding for
+/// 0.17 GiB of segments, about 0.64 GB/s).
+pub const DECODE_BYTES_PER_MS: u64 = 640_000;
+
+/// What a parity shard adds to a read's cost when segments of `k` data
+/// shards of `shard_size` bytes are read: the decode of the segment.
+/// On loopback a 4 MiB segment costs 7 ms, more than fetching a data
+/// shard from a neighbour, whose decrypt and copy cost less CPU too (the
+/// decode took a fifth of an entry peer's CPU when its own parity shard
+/// was read first).
+pub fn parity_decode_ms(k: u16, shard_size: u32) -> u32 {
+    let bytes = u64::from(k) * u64::from(shard_size);
+    u32::try_from(bytes.div_ceil(DECODE_BYTES_PER_MS))
+        .unwrap_or(u32::MAX)
+        .max(PARITY_DECODE_MS)
+}
 /// A measured hedge ([`StripeRead::hedge_by_cost`]) waits this many times
 /// the costliest of the first `k` requests' estimates...
 pub const HEDGE_COST_FACTOR: u64 = 2;
@@ -77,17 +97,10 @@ pub struct Candidate {
 
 impl Candidate {
     /// The key candidates are tried in (see the module header).
-    fn order_key(&self, k: usize) -> (u64, bool, HolderRank, u16) {
+    fn order_key(&self, k: usize, decode_ms: u32) -> (u64, bool, HolderRank, u16) {
         let parity = usize::from(self.slot) >= k;
         let cost = match self.cost_ms {
-            Some(c) => {
-                u64::from(c)
-                    + if parity {
-                        u64::from(PARITY_DECODE_MS)
-                    } else {
-                        0
-                    }
-            }
+            Some(c) => u64::from(c) + if parity { u64::from(decode_ms) } else { 0 },
             None => u64::MAX,
         };
         (cost, parity, self.rank, self.slot)
@@ -122,6 +135,8 @@ pub struct StripeRead {
     k: usize,
     /// In the order they are tried.
     candidates: Vec<(Candidate, State)>,
+    /// What a parity shard adds to its cost.
+    decode_ms: u32,
     hedge_at_ms: u64,
     hedged: bool,
 }
@@ -129,10 +144,22 @@ pub struct StripeRead {
 impl StripeRead {
     /// A read of `k` shards among `candidates` (any order; one per slot is
     /// kept, the first given), started at `now_ms`, hedged after
-    /// `hedge_after_ms`.
+    /// `hedge_after_ms`; a parity shard costs [`PARITY_DECODE_MS`] more.
     pub fn new(
         k: usize,
         candidates: Vec<Candidate>,
+        now_ms: u64,
+        hedge_after_ms: u64,
+    ) -> Result<Self, ReadError> {
+        Self::with_decode_cost(k, candidates, PARITY_DECODE_MS, now_ms, hedge_after_ms)
+    }
+
+    /// [`StripeRead::new`] with a parity shard costing `decode_ms` more
+    /// (see [`parity_decode_ms`]).
+    pub fn with_decode_cost(
+        k: usize,
+        candidates: Vec<Candidate>,
+        decode_ms: u32,
         now_ms: u64,
         hedge_after_ms: u64,
     ) -> Result<Self, ReadError> {
@@ -145,10 +172,11 @@ impl StripeRead {
                 list.push((c, State::Queued));
             }
         }
-        list.sort_by_key(|(c, _)| c.order_key(k));
+        list.sort_by_key(|(c, _)| c.order_key(k, decode_ms));
         Ok(StripeRead {
             k,
             candidates: list,
+            decode_ms,
             hedge_at_ms: now_ms.saturating_add(hedge_after_ms),
             hedged: false,
         })
@@ -210,9 +238,10 @@ impl StripeRead {
                 cost_ms,
             });
         }
-        let read = StripeRead::new(
+        let read = StripeRead::with_decode_cost(
             usize::from(m.geometry.k),
             candidates,
+            parity_decode_ms(m.geometry.k, seg.shard_size),
             now_ms,
             hedge_after_ms,
         )?;
@@ -229,12 +258,12 @@ impl StripeRead {
     /// expected fetch time plus the slack.
     #[must_use]
     pub fn hedge_by_cost(mut self, now_ms: u64) -> Self {
-        let k = self.k;
+        let (k, decode_ms) = (self.k, self.decode_ms);
         let costs: Option<Vec<u64>> = self
             .candidates
             .iter()
             .take(k)
-            .map(|(c, _)| c.cost_ms.map(|_| c.order_key(k).0))
+            .map(|(c, _)| c.cost_ms.map(|_| c.order_key(k, decode_ms).0))
             .collect();
         if let Some(costliest) = costs
             .filter(|c| c.len() == k)
@@ -406,6 +435,31 @@ mod tests {
         assert_eq!(fetch(&mut r, 0), Some(0));
         assert_eq!(fetch(&mut r, 0), Some(1));
         assert_eq!(fetch(&mut r, 0), Some(2), "hedged at once");
+    }
+
+    #[test]
+    fn the_decode_cost_grows_with_the_segment() {
+        assert_eq!(parity_decode_ms(4, 1024), PARITY_DECODE_MS);
+        assert_eq!(parity_decode_ms(4, 1 << 20), 7);
+        assert_eq!(parity_decode_ms(u16::MAX, u32::MAX), 439_797_941);
+        // k = 2 of 4: the reader's own parity shard (slot 2, cost 0) and
+        // data shards from neighbours at 3 ms. With 1 MiB shards the decode
+        // costs more than the neighbour: both data shards go first.
+        let local_parity = |shard_size: u32| -> Vec<u16> {
+            let mut c = cands(4);
+            for x in &mut c {
+                x.cost_ms = Some(if x.slot == 2 { 0 } else { 3 });
+            }
+            let decode = parity_decode_ms(2, shard_size);
+            let mut r = StripeRead::with_decode_cost(2, c, decode, 0, 1000).unwrap();
+            [fetch(&mut r, 0), fetch(&mut r, 0)]
+                .into_iter()
+                .flatten()
+                .collect()
+        };
+        assert_eq!(local_parity(1 << 20), vec![0, 1]);
+        // With 16 KiB shards the decode is cheap: the local parity is used.
+        assert_eq!(local_parity(16 << 10), vec![2, 0]);
     }
 
     #[test]
