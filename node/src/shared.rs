@@ -124,16 +124,32 @@ impl Paths {
     }
 
     /// The estimated time to fetch `bytes` from `node`: its RTT plus the
-    /// transfer at its measured rate; `None` without an RTT, or when reads
-    /// are site-blind.
+    /// transfer at its measured rate; `None` when reads are site-blind or
+    /// no path to anyone is measured yet.
+    ///
+    /// A member with no measured path (no connection yet, so no ping) is
+    /// assumed typical: the median RTT and rate of the measured ones.
+    /// Without that it sorted after every measured candidate, so a read
+    /// never asked it, never connected and never measured it: on a
+    /// six-node loopback cluster an entry peer decoded every segment from
+    /// its own parity shard while two holders of data shards sat idle.
     pub(crate) fn cost_ms(&self, node: &NodeId, bytes: u32) -> Option<u32> {
         if !self.site_aware {
             return None;
         }
         let t = self.table.lock().unwrap_or_else(PoisonError::into_inner);
-        let e = t.get(node)?;
-        let rtt = e.rtt_ms?;
-        let transfer = e.ms_per_byte.unwrap_or(0.0) * f64::from(bytes);
+        let known = t.get(node).copied().unwrap_or_default();
+        let median = |f: fn(&PathStats) -> Option<f64>| -> Option<f64> {
+            let mut v: Vec<f64> = t.values().filter_map(f).collect();
+            v.sort_by(f64::total_cmp);
+            v.get(v.len() / 2).copied()
+        };
+        let rtt = known.rtt_ms.or_else(|| median(|e| e.rtt_ms))?;
+        let per_byte = known
+            .ms_per_byte
+            .or_else(|| median(|e| e.ms_per_byte))
+            .unwrap_or(0.0);
+        let transfer = per_byte * f64::from(bytes);
         Some((rtt + transfer).round().min(f64::from(u32::MAX)) as u32)
     }
 
@@ -423,6 +439,29 @@ impl Shared {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_unmeasured_member_costs_the_median_of_the_measured_ones() {
+        let node = |i: u8| NodeId::from_bytes(vec![0, 36, 8, 1, 18, 32, i]).unwrap();
+        let paths = Paths::default();
+        assert_eq!(paths.cost_ms(&node(9), 1000), None, "nothing measured");
+        for (i, rtt) in [(1, 2), (2, 40), (3, 4)] {
+            paths.record_rtt(&node(i), Duration::from_millis(rtt));
+        }
+        assert_eq!(paths.cost_ms(&node(2), 0), Some(40), "its own RTT");
+        assert_eq!(paths.cost_ms(&node(9), 0), Some(4), "the median RTT");
+        // A measured rate is used for the member that has it, and the
+        // median rate for the others.
+        paths.record_fetch(&node(1), "a", 10_000, Duration::from_millis(12));
+        assert_eq!(paths.cost_ms(&node(1), 10_000), Some(12));
+        assert_eq!(paths.cost_ms(&node(9), 10_000), Some(14));
+        let blind = Paths {
+            site_aware: false,
+            ..Paths::default()
+        };
+        blind.record_rtt(&node(1), Duration::from_millis(2));
+        assert_eq!(blind.cost_ms(&node(1), 0), None);
+    }
 
     #[test]
     fn repair_yields_to_any_client_work() {
