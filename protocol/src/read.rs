@@ -107,6 +107,53 @@ impl Candidate {
     }
 }
 
+/// Puts the candidates in the order they are tried: costed ones first,
+/// the first `k` of them the set that completes the stripe soonest, then
+/// the rest by [`Candidate::order_key`]; uncosted ones last (site-blind:
+/// data first, then by rank).
+///
+/// The `k` requests run in parallel and a decode follows them, so a set
+/// of shards takes its costliest fetch, plus `decode_ms` when it holds a
+/// parity shard. Of the sets with a parity shard the `k` cheapest fetches
+/// are the best, of those without it the `k` cheapest data shards: the
+/// better of the two goes first (data at a tie). Ranking each shard by
+/// its own cost plus the decode instead put a reader's own parity shard
+/// (0 ms + decode) before a neighbour's data shard fetched alongside the
+/// others, and decoded segments it could have read whole.
+fn order(list: &mut [(Candidate, State)], k: usize, decode_ms: u32) {
+    list.sort_by_key(|(c, _)| c.order_key(k, decode_ms));
+    let costed = list.iter().filter(|(c, _)| c.cost_ms.is_some()).count();
+    if costed < k || k == 0 {
+        return;
+    }
+    let raw = |c: &Candidate| u64::from(c.cost_ms.unwrap_or(u32::MAX));
+    let parity = |c: &Candidate| usize::from(c.slot) >= k;
+    let by_raw = |a: &(Candidate, State), b: &(Candidate, State)| {
+        (raw(&a.0), parity(&a.0), a.0.rank, a.0.slot).cmp(&(
+            raw(&b.0),
+            parity(&b.0),
+            b.0.rank,
+            b.0.slot,
+        ))
+    };
+    let mut any: Vec<(Candidate, State)> = list[..costed].to_vec();
+    any.sort_by(by_raw);
+    let with_parity = any[..k].iter().any(|(c, _)| parity(c));
+    let lat_any = raw(&any[k - 1].0) + if with_parity { u64::from(decode_ms) } else { 0 };
+    let data: Vec<&(Candidate, State)> = any.iter().filter(|(c, _)| !parity(c)).collect();
+    let lat_data = (data.len() >= k).then(|| raw(&data[k - 1].0));
+    let first: Vec<u16> = match lat_data {
+        Some(l) if l <= lat_any => data[..k].iter().map(|(c, _)| c.slot).collect(),
+        _ => any[..k].iter().map(|(c, _)| c.slot).collect(),
+    };
+    // Stable: the chosen k to the front in cost order, the rest as they
+    // were.
+    list.sort_by_key(|(c, _)| match first.iter().position(|&s| s == c.slot) {
+        Some(p) => (0, p),
+        None => (1, 0),
+    });
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
     Queued,
@@ -172,7 +219,7 @@ impl StripeRead {
                 list.push((c, State::Queued));
             }
         }
-        list.sort_by_key(|(c, _)| c.order_key(k, decode_ms));
+        order(&mut list, k, decode_ms);
         Ok(StripeRead {
             k,
             candidates: list,
@@ -246,6 +293,21 @@ impl StripeRead {
             hedge_after_ms,
         )?;
         Ok((read, down))
+    }
+
+    /// The same read with a parity shard costing `decode_ms` more (for a
+    /// caller that measures its decodes); candidates are ordered again.
+    /// Only before the first [`StripeRead::next`]: once a request is out,
+    /// the read is returned unchanged.
+    #[must_use]
+    pub fn with_decode_ms(mut self, decode_ms: u32) -> Self {
+        if self.candidates.iter().any(|(_, st)| *st != State::Queued) {
+            return self;
+        }
+        let k = self.k;
+        self.decode_ms = decode_ms;
+        order(&mut self.candidates, k, decode_ms);
+        self
     }
 
     /// Moves the hedge to when the first `k` requests should all have been
@@ -442,24 +504,41 @@ mod tests {
         assert_eq!(parity_decode_ms(4, 1024), PARITY_DECODE_MS);
         assert_eq!(parity_decode_ms(4, 1 << 20), 7);
         assert_eq!(parity_decode_ms(u16::MAX, u32::MAX), 439_797_941);
-        // k = 2 of 4: the reader's own parity shard (slot 2, cost 0) and
-        // data shards from neighbours at 3 ms. With 1 MiB shards the decode
-        // costs more than the neighbour: both data shards go first.
-        let local_parity = |shard_size: u32| -> Vec<u16> {
+        // k = 2 of 4: the reader's own parity shard (slot 2, cost 0), a
+        // neighbour's data shard at 3 ms and one at 8 ms. Fetches run in
+        // parallel: data only takes 8 ms, parity 3 ms plus the decode.
+        let costed = || -> Vec<Candidate> {
             let mut c = cands(4);
             for x in &mut c {
-                x.cost_ms = Some(if x.slot == 2 { 0 } else { 3 });
+                x.cost_ms = Some(match x.slot {
+                    0 => 3,
+                    1 => 8,
+                    2 => 0,
+                    _ => 50,
+                });
             }
-            let decode = parity_decode_ms(2, shard_size);
-            let mut r = StripeRead::with_decode_cost(2, c, decode, 0, 1000).unwrap();
+            c
+        };
+        let first_two = |decode: u32| -> Vec<u16> {
+            let mut r = StripeRead::with_decode_cost(2, costed(), decode, 0, 1000).unwrap();
             [fetch(&mut r, 0), fetch(&mut r, 0)]
                 .into_iter()
                 .flatten()
                 .collect()
         };
-        assert_eq!(local_parity(1 << 20), vec![0, 1]);
-        // With 16 KiB shards the decode is cheap: the local parity is used.
-        assert_eq!(local_parity(16 << 10), vec![2, 0]);
+        // 4 MiB shards: a 14 ms decode, so both data shards.
+        assert_eq!(first_two(parity_decode_ms(2, 4 << 20)), vec![0, 1]);
+        // 1 MiB shards: a 4 ms decode, so the local parity and the near data.
+        assert_eq!(first_two(parity_decode_ms(2, 1 << 20)), vec![2, 0]);
+        // A tie goes to the data shards (8 = 3 + 5).
+        assert_eq!(first_two(5), vec![0, 1]);
+        // A measured decode cost reorders a read not started yet.
+        let mut r = StripeRead::with_decode_cost(2, costed(), 100, 0, 1000)
+            .unwrap()
+            .with_decode_ms(1);
+        assert_eq!(fetch(&mut r, 0), Some(2));
+        let r2 = r.with_decode_ms(100);
+        assert_eq!(r2.decode_ms, 1, "unchanged once started");
     }
 
     #[test]
