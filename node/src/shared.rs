@@ -67,6 +67,8 @@ pub(crate) struct Paths {
     pub(crate) site_aware: bool,
     table: Mutex<HashMap<NodeId, PathStats>>,
     read_by_site: Mutex<BTreeMap<String, u64>>,
+    /// Smoothed milliseconds per segment byte of this node's decodes.
+    decode_ms_per_byte: Mutex<Option<f64>>,
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -75,6 +77,23 @@ struct PathStats {
     rtt_ms: Option<f64>,
     /// Smoothed milliseconds per byte of a shard fetch beyond one RTT.
     ms_per_byte: Option<f64>,
+    /// When `ms_per_byte` last had a sample.
+    rate_at: Option<Instant>,
+}
+
+/// A transfer rate older than this is no longer used for the member
+/// ([`Paths::cost_ms`]). A read asks the cheapest holders, so a holder
+/// measured slow once (a fetch that also dialled it, or one during a load
+/// spike) was never asked again and kept its bad figure for good: on a
+/// six-node loopback cluster two holders stayed at 36 ms per 1 MiB shard
+/// against 4 to 13 ms for the others, and the entry peer decoded from its
+/// own parity shard instead. Forgetting re-measures each holder at most
+/// once per this period; a far holder costs one slow shard per period,
+/// fetched in parallel with the others and covered by the hedge.
+const RATE_TTL: Duration = Duration::from_secs(5);
+
+fn fresh(at: Option<Instant>, now: Instant) -> bool {
+    at.is_some_and(|at| now.saturating_duration_since(at) < RATE_TTL)
 }
 
 /// Weight of a new sample in the smoothed figures.
@@ -90,6 +109,7 @@ impl Default for Paths {
             site_aware: true,
             table: Mutex::new(HashMap::new()),
             read_by_site: Mutex::new(BTreeMap::new()),
+            decode_ms_per_byte: Mutex::new(None),
         }
     }
 }
@@ -103,12 +123,25 @@ impl Paths {
 
     /// A verified shard of `bytes` came from `node` (at `site`) in `elapsed`.
     pub(crate) fn record_fetch(&self, node: &NodeId, site: &str, bytes: usize, elapsed: Duration) {
+        self.record_fetch_at(node, site, bytes, elapsed, Instant::now());
+    }
+
+    fn record_fetch_at(
+        &self,
+        node: &NodeId,
+        site: &str,
+        bytes: usize,
+        elapsed: Duration,
+        now: Instant,
+    ) {
         {
             let mut t = self.table.lock().unwrap_or_else(PoisonError::into_inner);
             let e = t.entry(node.clone()).or_default();
             if bytes >= 4096 {
                 let beyond = (elapsed.as_secs_f64() * 1e3 - e.rtt_ms.unwrap_or(0.0)).max(0.0);
-                e.ms_per_byte = Some(smooth(e.ms_per_byte, beyond / bytes as f64));
+                let old = e.ms_per_byte.filter(|_| fresh(e.rate_at, now));
+                e.ms_per_byte = Some(smooth(old, beyond / bytes as f64));
+                e.rate_at = Some(now);
             }
         }
         let mut r = self
@@ -116,6 +149,40 @@ impl Paths {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         *r.entry(site.to_string()).or_default() += bytes as u64;
+    }
+
+    /// A decode of `segment_bytes` took `elapsed` here.
+    pub(crate) fn record_decode(&self, segment_bytes: usize, elapsed: Duration) {
+        if segment_bytes < 4096 {
+            return;
+        }
+        let mut d = self
+            .decode_ms_per_byte
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        *d = Some(smooth(
+            *d,
+            elapsed.as_secs_f64() * 1e3 / segment_bytes as f64,
+        ));
+    }
+
+    /// What decoding a segment of `k` shards of `shard_size` bytes is
+    /// expected to take here: measured like the fetches it is weighed
+    /// against (a loaded machine slows both), and until the first decode
+    /// [`dynostore_protocol::read::parity_decode_ms`]'s estimate.
+    pub(crate) fn decode_ms(&self, k: u16, shard_size: u32) -> u32 {
+        let measured = *self
+            .decode_ms_per_byte
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        match measured {
+            Some(per_byte) => {
+                let ms = per_byte * f64::from(k) * f64::from(shard_size);
+                (ms.ceil().min(f64::from(u32::MAX)) as u32)
+                    .max(dynostore_protocol::read::PARITY_DECODE_MS)
+            }
+            None => dynostore_protocol::read::parity_decode_ms(k, shard_size),
+        }
     }
 
     pub(crate) fn rtt_ms(&self, node: &NodeId) -> Option<u32> {
@@ -134,21 +201,23 @@ impl Paths {
     /// six-node loopback cluster an entry peer decoded every segment from
     /// its own parity shard while two holders of data shards sat idle.
     pub(crate) fn cost_ms(&self, node: &NodeId, bytes: u32) -> Option<u32> {
+        self.cost_ms_at(node, bytes, Instant::now())
+    }
+
+    fn cost_ms_at(&self, node: &NodeId, bytes: u32, now: Instant) -> Option<u32> {
         if !self.site_aware {
             return None;
         }
         let t = self.table.lock().unwrap_or_else(PoisonError::into_inner);
         let known = t.get(node).copied().unwrap_or_default();
-        let median = |f: fn(&PathStats) -> Option<f64>| -> Option<f64> {
+        let median = |f: &dyn Fn(&PathStats) -> Option<f64>| -> Option<f64> {
             let mut v: Vec<f64> = t.values().filter_map(f).collect();
             v.sort_by(f64::total_cmp);
             v.get(v.len() / 2).copied()
         };
-        let rtt = known.rtt_ms.or_else(|| median(|e| e.rtt_ms))?;
-        let per_byte = known
-            .ms_per_byte
-            .or_else(|| median(|e| e.ms_per_byte))
-            .unwrap_or(0.0);
+        let rate = |e: &PathStats| e.ms_per_byte.filter(|_| fresh(e.rate_at, now));
+        let rtt = known.rtt_ms.or_else(|| median(&|e| e.rtt_ms))?;
+        let per_byte = rate(&known).or_else(|| median(&rate)).unwrap_or(0.0);
         let transfer = per_byte * f64::from(bytes);
         Some((rtt + transfer).round().min(f64::from(u32::MAX)) as u32)
     }
@@ -455,12 +524,34 @@ mod tests {
         paths.record_fetch(&node(1), "a", 10_000, Duration::from_millis(12));
         assert_eq!(paths.cost_ms(&node(1), 10_000), Some(12));
         assert_eq!(paths.cost_ms(&node(9), 10_000), Some(14));
+        // A rate not refreshed for RATE_TTL is forgotten: the member costs
+        // the median of the fresh ones again, and a new sample starts over.
+        let now = Instant::now();
+        paths.record_fetch_at(&node(2), "b", 10_000, Duration::from_millis(400), now);
+        paths.record_fetch_at(&node(3), "c", 10_000, Duration::from_millis(24), now);
+        assert_eq!(paths.cost_ms_at(&node(2), 10_000, now), Some(400));
+        let later = now + RATE_TTL + Duration::from_secs(1);
+        paths.record_fetch_at(&node(3), "c", 10_000, Duration::from_millis(24), later);
+        assert_eq!(paths.cost_ms_at(&node(2), 10_000, later), Some(40 + 20));
+        paths.record_fetch_at(&node(2), "b", 10_000, Duration::from_millis(50), later);
+        assert_eq!(paths.cost_ms_at(&node(2), 10_000, later), Some(50));
         let blind = Paths {
             site_aware: false,
             ..Paths::default()
         };
         blind.record_rtt(&node(1), Duration::from_millis(2));
         assert_eq!(blind.cost_ms(&node(1), 0), None);
+    }
+
+    #[test]
+    fn the_decode_cost_is_measured_once_a_decode_ran() {
+        let paths = Paths::default();
+        let est = dynostore_protocol::read::parity_decode_ms(4, 1 << 20);
+        assert_eq!(paths.decode_ms(4, 1 << 20), est, "the estimate at first");
+        // 4 MiB decoded in 40 ms (a loaded machine): 10 ms per MiB.
+        paths.record_decode(4 << 20, Duration::from_millis(40));
+        assert_eq!(paths.decode_ms(4, 1 << 20), 40);
+        assert_eq!(paths.decode_ms(4, 1024), 2, "never below the floor");
     }
 
     #[test]

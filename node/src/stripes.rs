@@ -87,8 +87,9 @@ pub(crate) async fn read_segment(
             }
         };
         let now = shared.now_ms();
+        let decode_ms = shared.paths.decode_ms(g.k, seg.shard_size);
         StripeRead::for_segment_costed(m, idx, &view, load, cost, now, HEDGE_AFTER_MS)
-            .map(|(read, down)| (read.hedge_by_cost(now), down))
+            .map(|(read, down)| (read.with_decode_ms(decode_ms).hedge_by_cost(now), down))
             .map_err(|e| StripeError::Setup(e.to_string()))?
     };
     let mut skipped: Vec<SkippedShard> = down
@@ -154,10 +155,15 @@ pub(crate) async fn read_segment(
                 .flatten()
         })
         .collect();
+    let parity_used = slots.iter().any(|&s| s >= g.k);
+    let t0 = std::time::Instant::now();
     let bytes = erasure::decode(g, seg.len, &view).map_err(|e| StripeError::Decode {
         segment: idx as u64,
         reason: e.to_string(),
     })?;
+    if parity_used {
+        shared.paths.record_decode(bytes.len(), t0.elapsed());
+    }
     Ok((bytes, skipped))
 }
 
