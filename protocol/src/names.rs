@@ -90,6 +90,10 @@ pub struct NameEntry {
     /// `content-language`, `expires`): lower-case names, sorted.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub headers: Vec<(String, String)>,
+    /// The sizes of a multipart object's parts, in order (empty for an
+    /// object stored in one piece): what a read by `partNumber` answers.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub parts: Vec<u64>,
 }
 
 /// One versioned record; `entry: None` is a tombstone.

@@ -385,6 +385,19 @@ s3.copy({"Bucket": "data", "Key": "sizes/s5m+1"}, "data", "copied/s5m+1",
         Config=TransferConfig(multipart_threshold=2**20, multipart_chunksize=5*2**20))
 assert s3.head_object(Bucket="data", Key="copied/s5m+1")["ETag"].strip('"').endswith("-2")
 assert s3.get_object(Bucket="data", Key="copied/s5m+1")["Body"].read() == src
+# Reads by partNumber: each part of the multipart copy, its count and the
+# whole object's ETag; one part for an object stored whole.
+whole = s3.head_object(Bucket="data", Key="copied/s5m+1")["ETag"]
+for n, (a, b) in enumerate([(0, 5 * 2**20), (5 * 2**20, len(src))], start=1):
+    g = s3.get_object(Bucket="data", Key="copied/s5m+1", PartNumber=n)
+    assert g["PartsCount"] == 2 and g["ETag"] == whole and g["ContentLength"] == b - a, (n, g)
+    assert g["Body"].read() == src[a:b], n
+    h = s3.head_object(Bucket="data", Key="copied/s5m+1", PartNumber=n)
+    assert h["PartsCount"] == 2 and h["ContentLength"] == b - a, (n, h)
+assert code(lambda: s3.get_object(Bucket="data", Key="copied/s5m+1", PartNumber=3)) == ("InvalidPart", 400)
+assert code(lambda: s3.get_object(Bucket="data", Key="copied/s5m+1", PartNumber=1, Range="bytes=0-1"))[1] == 400
+assert s3.get_object(Bucket="data", Key="sizes/s5m+1", PartNumber=1)["Body"].read() == src
+assert code(lambda: s3.get_object(Bucket="data", Key="sizes/s5m+1", PartNumber=2)) == ("InvalidPart", 400)
 mp = s3.create_multipart_upload(Bucket="data", Key="ranged-copy")
 assert code(lambda: s3.upload_part_copy(Bucket="data", Key="ranged-copy", UploadId=mp["UploadId"], PartNumber=1,
                                         CopySource={"Bucket": "data", "Key": "sizes/s5m+1"},

@@ -437,6 +437,30 @@ fn check_part_number(n: i32) -> S3Result<()> {
     }
 }
 
+/// What a read by `partNumber` answers: the part's bytes `[start, end)`
+/// and, for a multipart object, its part count. An object stored in one
+/// piece has one part, the whole object (as in S3).
+fn part_range(e: &NameEntry, n: i32) -> S3Result<((u64, u64), Option<i32>)> {
+    check_part_number(n)?;
+    let n = n as usize;
+    if e.parts.is_empty() {
+        return if n == 1 {
+            Ok(((0, e.size), None))
+        } else {
+            Err(s3_error!(InvalidPart, "the object has one part"))
+        };
+    }
+    let Some(&len) = e.parts.get(n - 1) else {
+        return Err(s3_error!(
+            InvalidPart,
+            "the object has {} parts",
+            e.parts.len()
+        ));
+    };
+    let start: u64 = e.parts[..n - 1].iter().sum();
+    Ok(((start, start + len), i32::try_from(e.parts.len()).ok()))
+}
+
 /// Most keys one DeleteObjects may name (S3's limit).
 const MAX_DELETE_KEYS: usize = 1000;
 
@@ -679,6 +703,7 @@ impl Gateway {
                 owner: up.owner.clone(),
                 blob: None,
                 headers: up.headers.clone(),
+                parts: chosen.iter().map(|p| p.size).collect(),
             }),
         )
         .await?;
@@ -1064,6 +1089,7 @@ impl S3 for Gateway {
                 owner,
                 blob: None,
                 headers,
+                parts: Vec::new(),
             }),
         )
         .await?;
@@ -1084,9 +1110,23 @@ impl S3 for Gateway {
             .object
             .ok_or_else(|| s3_error!(InternalError, "a name without an object"))?;
         let size = e.size;
-        let range = match &input.range {
-            None => None,
-            Some(range) => Some(range.check(size).map_err(|_| s3_error!(InvalidRange))?),
+        let mut parts_count = None;
+        let range = match (&input.range, input.part_number) {
+            (Some(_), Some(_)) => {
+                return Err(s3_error!(
+                    InvalidRequest,
+                    "a Range header and a partNumber cannot be combined"
+                ))
+            }
+            (None, None) => None,
+            (Some(range), None) => Some(range.check(size).map_err(|_| s3_error!(InvalidRange))?),
+            (None, Some(n)) => {
+                let ((start, end), count) = part_range(&e, n)?;
+                parts_count = count;
+                // A multipart object's part is answered as a range (206);
+                // the one part of any other object is the whole object.
+                count.map(|_| start..end)
+            }
         };
         let (tx, rx) = mpsc::channel(DOWNLOAD_BUFFER);
         let shared = self.shared.clone();
@@ -1112,6 +1152,17 @@ impl S3 for Gateway {
                     .await
                     .map_err(data_err)?;
                 let (start, end) = (rg.start, rg.end);
+                if start == end {
+                    // An empty part (S3 allows an empty last part).
+                    drop(tx);
+                    return Ok(S3Response::new(GetObjectOutput {
+                        body: Some(ChannelBody::blob(rx, 0)),
+                        content_length: Some(0),
+                        e_tag: Some(etag(&e.etag)),
+                        parts_count,
+                        ..Default::default()
+                    }));
+                }
                 tokio::spawn(send_range(shared, Arc::new(m), start, end, tx));
                 (
                     end - start,
@@ -1123,6 +1174,7 @@ impl S3 for Gateway {
             body: Some(ChannelBody::blob(rx, len)),
             content_length: Some(len as i64),
             content_range,
+            parts_count,
             content_type: e.content_type.clone(),
             e_tag: Some(etag(&e.etag)),
             last_modified: Some(timestamp(r.version.ms)),
@@ -1144,8 +1196,16 @@ impl S3 for Gateway {
         let input = req.input;
         let (r, e) = self.require_key(&input.bucket, &input.key).await?;
         conditions!(input).check(&e.etag, r.version.ms, true)?;
+        let (len, parts_count) = match input.part_number {
+            None => (e.size, None),
+            Some(n) => {
+                let ((start, end), count) = part_range(&e, n)?;
+                (end - start, count)
+            }
+        };
         Ok(S3Response::new(HeadObjectOutput {
-            content_length: Some(e.size as i64),
+            content_length: Some(len as i64),
+            parts_count,
             content_type: e.content_type.clone(),
             e_tag: Some(etag(&e.etag)),
             last_modified: Some(timestamp(r.version.ms)),
@@ -1946,6 +2006,26 @@ pub(crate) async fn list_names(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_part_number_reads_its_part_or_the_whole_of_a_one_piece_object() {
+        let whole = NameEntry {
+            size: 10,
+            ..NameEntry::default()
+        };
+        assert_eq!(part_range(&whole, 1).unwrap(), ((0, 10), None));
+        assert!(part_range(&whole, 2).is_err());
+        assert!(part_range(&whole, 0).is_err());
+        let multi = NameEntry {
+            size: 13,
+            parts: vec![5, 5, 3],
+            ..NameEntry::default()
+        };
+        assert_eq!(part_range(&multi, 1).unwrap(), ((0, 5), Some(3)));
+        assert_eq!(part_range(&multi, 3).unwrap(), ((10, 13), Some(3)));
+        assert!(part_range(&multi, 4).is_err());
+        assert!(part_range(&multi, 10_001).is_err());
+    }
 
     #[test]
     fn copy_ranges_are_inclusive_and_within_the_object() {
