@@ -23,7 +23,10 @@
 //!    after the get; put and get are given as ratios to the median.
 //!    Targets: put >= 0.3x and get >= 0.4x of it.
 //! 6. Where the time goes: CPU seconds of every process per phase (from
-//!    `/proc/PID/stat` and GNU time), CPU seconds per GiB, and the MB/s a
+//!    `/proc/PID/stat` and GNU time), CPU seconds per GiB, crossings (CPU
+//!    seconds per GiB of all processes over the raw stream's, sender and
+//!    sink, median of the three runs: issue 15's machine-independent
+//!    figure), and the MB/s a
 //!    phase would reach if it had every CPU and never waited; and the MB/s
 //!    of writing the input file (fresh page-cache pages), which a `dir:`
 //!    container and a get into a file pay too.
@@ -908,6 +911,14 @@ fn report(r: &Report<'_>) {
     let reference = median(&ref_mb_s);
     let names: Vec<&str> = r.cluster.nodes.iter().map(|n| n.name.as_str()).collect();
     let gib = |bytes: u64| bytes as f64 / (1u64 << 30) as f64;
+    // One crossing: the CPU seconds per GiB of the raw stream, sender and
+    // sink together (the median of the three runs).
+    let ref_cpu: Vec<f64> = r
+        .refs
+        .iter()
+        .map(|x| (x.cpu_sender + x.cpu_sink) / gib(cfg.file_bytes))
+        .collect();
+    let crossing = median(&ref_cpu);
     let rss_method = if r.use_time {
         "GNU time %M, the kernel's ru_maxrss"
     } else {
@@ -958,7 +969,10 @@ fn report(r: &Report<'_>) {
             cpu / gib(cfg.file_bytes)
         );
     }
-    println!("| **median: the reference below** | **{reference:.0}** | | |");
+    println!(
+        "| **median: the reference below** | **{reference:.0}** | | **{crossing:.2}: one \
+         crossing** |"
+    );
     println!();
     for round in &rounds {
         println!(
@@ -1060,11 +1074,12 @@ fn report(r: &Report<'_>) {
     println!();
     println!(
         "| phase | wall s | client | {} | all | share of the machine | CPU s per GiB | \
-         CPU-bound ceiling MB/s (ratio to the raw stream) |",
+         crossings (CPU per GiB / the raw stream's) | CPU-bound ceiling MB/s (ratio to the raw \
+         stream) |",
         names.join(" | ")
     );
     println!(
-        "|---|---:|---:|{}---:|---:|---:|---:|",
+        "|---|---:|---:|{}---:|---:|---:|---:|---:|",
         "---:|".repeat(names.len())
     );
     let mut phases: Vec<(String, f64, f64, &[f64], u64)> = Vec::new();
@@ -1093,7 +1108,8 @@ fn report(r: &Report<'_>) {
         let all = client + nodes.iter().sum::<f64>();
         let ceiling = *bytes as f64 / 1e6 / (all / cpus as f64);
         println!(
-            "| {what} | {wall:.2} | {client:.2} | {} | {all:.2} | {:.0}% | {:.1} | {:.0} ({:.2}) |",
+            "| {what} | {wall:.2} | {client:.2} | {} | {all:.2} | {:.0}% | {:.1} | {:.2} | {:.0} \
+             ({:.2}) |",
             nodes
                 .iter()
                 .map(|c| format!("{c:.2}"))
@@ -1101,6 +1117,7 @@ fn report(r: &Report<'_>) {
                 .join(" | "),
             100.0 * all / (wall * cpus as f64),
             all / gib(*bytes),
+            all / gib(*bytes) / crossing,
             ceiling,
             ceiling / reference,
         );
