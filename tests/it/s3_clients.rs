@@ -398,6 +398,13 @@ assert code(lambda: s3.get_object(Bucket="data", Key="copied/s5m+1", PartNumber=
 assert code(lambda: s3.get_object(Bucket="data", Key="copied/s5m+1", PartNumber=1, Range="bytes=0-1"))[1] == 400
 assert s3.get_object(Bucket="data", Key="sizes/s5m+1", PartNumber=1)["Body"].read() == src
 assert code(lambda: s3.get_object(Bucket="data", Key="sizes/s5m+1", PartNumber=2)) == ("InvalidPart", 400)
+# Errors carry a request ID, the same in the header and the body.
+try:
+    s3.get_object(Bucket="data", Key="no/such/key")
+    raise AssertionError("a missing key was read")
+except ClientError as e:
+    md = e.response["ResponseMetadata"]
+    assert md.get("RequestId") and md["RequestId"] == md["HTTPHeaders"].get("x-amz-request-id"), md
 mp = s3.create_multipart_upload(Bucket="data", Key="ranged-copy")
 assert code(lambda: s3.upload_part_copy(Bucket="data", Key="ranged-copy", UploadId=mp["UploadId"], PartNumber=1,
                                         CopySource={"Bucket": "data", "Key": "sizes/s5m+1"},

@@ -128,6 +128,7 @@ pub(crate) async fn serve(
                 let service = service.clone();
                 async move {
                     let mut resp = hyper::service::Service::call(&service, req).await?;
+                    tag_request_id(&mut resp);
                     if body_may_be_unread && !resp.status().is_success() {
                         // An error can be answered before the body is read (a
                         // client that sent `Expect: 100-continue` then never
@@ -155,6 +156,56 @@ pub(crate) async fn serve(
             drop(permit);
         });
     }
+}
+
+/// Requests answered by this process so far (the request IDs' counter).
+static REQUESTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Gives a response its request ID: the `x-amz-request-id` header, and in
+/// an error's XML body the `RequestId` element clients log and quote in
+/// support requests. IDs are unique per process run (the start time in
+/// milliseconds, then a counter), which is what an operator needs to find
+/// the request in this node's log.
+fn tag_request_id(resp: &mut hyper::http::Response<s3s::Body>) {
+    static START: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    let start = *START.get_or_init(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64)
+    });
+    let n = REQUESTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let id = format!("{start:012X}{n:08X}");
+    if let Ok(v) = hyper::http::HeaderValue::from_str(&id) {
+        resp.headers_mut().insert("x-amz-request-id", v);
+    }
+    if resp.status().is_success() {
+        return;
+    }
+    let Some(body) = resp.body().bytes() else {
+        return;
+    };
+    if let Some(tagged) = with_request_id(&body, &id) {
+        let len = tagged.len();
+        *resp.body_mut() = s3s::Body::from(tagged);
+        if resp
+            .headers()
+            .contains_key(hyper::http::header::CONTENT_LENGTH)
+        {
+            resp.headers_mut()
+                .insert(hyper::http::header::CONTENT_LENGTH, len.into());
+        }
+    }
+}
+
+/// An S3 error body with `<RequestId>id</RequestId>` added before
+/// `</Error>`; `None` when it is not one or already has an ID.
+fn with_request_id(body: &[u8], id: &str) -> Option<Vec<u8>> {
+    let text = std::str::from_utf8(body).ok()?;
+    if text.contains("<RequestId>") {
+        return None;
+    }
+    let at = text.rfind("</Error>")?;
+    Some(format!("{}<RequestId>{id}</RequestId>{}", &text[..at], &text[at..]).into_bytes())
 }
 
 /// Whether a request carries a body (a non-zero length, or a chunked one).
@@ -328,5 +379,54 @@ impl futures::Stream for ChannelBody {
 impl ByteStream for ChannelBody {
     fn remaining_length(&self) -> RemainingLength {
         RemainingLength::new_exact(usize::try_from(self.remaining).unwrap_or(usize::MAX))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_error_body_gets_its_request_id_once() {
+        let body = b"<?xml version=\"1.0\"?><Error><Code>NoSuchKey</Code></Error>";
+        let tagged = with_request_id(body, "ABC").unwrap();
+        assert_eq!(
+            String::from_utf8(tagged.clone()).unwrap(),
+            "<?xml version=\"1.0\"?><Error><Code>NoSuchKey</Code><RequestId>ABC</RequestId></Error>"
+        );
+        assert_eq!(with_request_id(&tagged, "DEF"), None);
+        assert_eq!(with_request_id(b"not xml \xff", "A"), None);
+        assert_eq!(with_request_id(b"<ListBucketResult/>", "A"), None);
+    }
+
+    #[test]
+    fn every_response_gets_an_id_and_error_bodies_carry_it() {
+        let mut resp = hyper::http::Response::new(s3s::Body::from(
+            "<Error><Code>NoSuchKey</Code></Error>".to_string(),
+        ));
+        *resp.status_mut() = hyper::http::StatusCode::NOT_FOUND;
+        resp.headers_mut()
+            .insert(hyper::http::header::CONTENT_LENGTH, 37.into());
+        tag_request_id(&mut resp);
+        let id = resp.headers()["x-amz-request-id"]
+            .to_str()
+            .unwrap()
+            .to_string();
+        assert_eq!(id.len(), 20);
+        let body = resp.body().bytes().unwrap();
+        let text = std::str::from_utf8(&body).unwrap();
+        assert!(
+            text.contains(&format!("<RequestId>{id}</RequestId>")),
+            "{text}"
+        );
+        assert_eq!(
+            resp.headers()[hyper::http::header::CONTENT_LENGTH],
+            body.len().to_string()
+        );
+        let mut ok = hyper::http::Response::new(s3s::Body::from("x".to_string()));
+        tag_request_id(&mut ok);
+        let other = ok.headers()["x-amz-request-id"].to_str().unwrap();
+        assert_ne!(other, id, "IDs differ per request");
+        assert_eq!(ok.body().bytes().unwrap(), "x");
     }
 }
