@@ -470,11 +470,7 @@ fn rendezvous(
         .collect();
     let w_max = joiner_hw.iter().map(|&(_, _, w)| w).max().unwrap_or(0);
     let joiners_above = |key: PlacementKey, s: f64| -> Vec<usize> {
-        let cut = if s.is_finite() && s > 0.0 {
-            unit_bits_at_least((-(w_max as f64) / s).exp() * (1.0 - 1e-6))
-        } else {
-            0
-        };
+        let cut = score_cut(s, w_max);
         joiner_hw
             .iter()
             .enumerate()
@@ -905,11 +901,7 @@ impl Desired {
         // The members of `A` that score at least `s`: the hash bound of
         // the join shortcut first, a logarithm only for those that pass it.
         let added_above = |key: PlacementKey, s: f64| -> Vec<u32> {
-            let cut = if s.is_finite() && s > 0.0 {
-                unit_bits_at_least((-(w_max as f64) / s).exp() * (1.0 - 1e-6))
-            } else {
-                0
-            };
+            let cut = score_cut(s, w_max);
             added
                 .iter()
                 .copied()
@@ -970,6 +962,20 @@ impl Desired {
         bar.finish_and_clear();
         self.eligible = eligible;
         (checks, mismatches)
+    }
+}
+
+/// The hash bound of the join shortcut: a member of weight at most
+/// `w_max` can score at least `s` only if the top 53 bits of
+/// `fmix64(key ^ node_hash)` are at least this (`w / -ln(u) >= s` needs
+/// `u >= exp(-w_max / s)`, lowered by a relative 1e-6 against rounding as
+/// in the protocol's prefilter); 0 (everyone passes) for a score that is
+/// not positive and finite.
+fn score_cut(s: f64, w_max: u64) -> u64 {
+    if s.is_finite() && s > 0.0 {
+        unit_bits_at_least((-(w_max as f64) / s).exp() * (1.0 - 1e-6))
+    } else {
+        0
     }
 }
 
