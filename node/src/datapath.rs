@@ -1237,20 +1237,30 @@ pub(crate) async fn get(
         }
     }
     if let Some(h) = hasher {
-        let actual = ObjectId::from_hash(h.finalize());
-        if actual != object {
-            let e = DataError::Integrity {
-                expected: object,
-                actual,
-            };
-            sink.fail(&e).await?;
-            return Err(e);
-        }
+        require_id(sink, object, ObjectId::from_hash(h.finalize())).await?;
     }
     for sk in &skipped {
         tracing::warn!(segment = sk.segment, shard = %sk.shard.short(), holder = %sk.holder.short(), reason = %sk.reason, "shard skipped on read");
     }
     sink.end(skipped).await
+}
+
+/// Fails the read, telling the sink first, when its bytes hashed to
+/// `actual` instead of `object`.
+async fn require_id(
+    sink: &mut impl ObjectSink,
+    object: ObjectId,
+    actual: ObjectId,
+) -> Result<(), DataError> {
+    if actual == object {
+        return Ok(());
+    }
+    let e = DataError::Integrity {
+        expected: object,
+        actual,
+    };
+    sink.fail(&e).await?;
+    Err(e)
 }
 
 /// The read of an inline object: its bytes, checked against the ID again
@@ -1261,15 +1271,7 @@ async fn get_inline(
     object: ObjectId,
     bytes: &[u8],
 ) -> Result<(), DataError> {
-    let actual = ObjectId::of(bytes);
-    if actual != object {
-        let e = DataError::Integrity {
-            expected: object,
-            actual,
-        };
-        sink.fail(&e).await?;
-        return Err(e);
-    }
+    require_id(sink, object, ObjectId::of(bytes)).await?;
     if !bytes.is_empty() {
         sink.data(bytes.to_vec()).await?;
     }
