@@ -171,6 +171,19 @@ pub struct Config {
     /// Multipart uploads untouched for this long are aborted.
     #[serde(default = "default_upload_expiry_ms")]
     pub s3_upload_expiry_ms: u64,
+    /// How long after the last name referring to an object went away its
+    /// bytes are reclaimed (objects written through S3 only).
+    #[serde(default = "default_reclaim_grace_ms")]
+    pub reclaim_grace_ms: u64,
+    /// How long a collector waits between condemning an unnamed object and
+    /// reading its references a last time before removing it.
+    #[serde(default = "default_reclaim_wait_ms")]
+    pub reclaim_wait_ms: u64,
+    /// Fault injection for tests: a name write waits this long between
+    /// storing its object and writing its reference. 0 (the default) in
+    /// any real deployment.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub fault_ref_delay_ms: u64,
     /// Objects of at most this many bytes are stored inside their manifest
     /// (replicated on its m + 1 replicas) instead of as k + m shards; 0
     /// turns inlining off. At most `manifest::MAX_INLINE_BYTES`.
@@ -178,6 +191,18 @@ pub struct Config {
     pub inline_max_bytes: u64,
     /// Data containers that hold this node's shards.
     pub containers: Vec<ContainerSpec>,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
+}
+
+fn default_reclaim_grace_ms() -> u64 {
+    3_600_000
+}
+
+fn default_reclaim_wait_ms() -> u64 {
+    10_000
 }
 
 fn default_upload_expiry_ms() -> u64 {
@@ -288,6 +313,8 @@ const HEADER: &str = "\
 # site_aware_reads         reads ask the cheapest holders by measured RTT first (default true)
 # s3_listen                S3 endpoint IP:PORT (absent = none; needs federation, cert, network_key)
 # s3_upload_expiry_ms      abandoned multipart uploads are aborted after this (default 1 day)
+# reclaim_grace_ms         an S3 object no name refers to is reclaimed this long after (default 1 hour)
+# reclaim_wait_ms          a condemned object's references are read again after this (default 10000)
 # inline_max_bytes         objects up to this size live inside their manifest (default 65536; 0 = off)
 # [[containers]]           where shards are kept: kind = dir | mem | s3 (see README)
 
@@ -327,6 +354,9 @@ impl Config {
             wan_emulation: None,
             s3_listen: None,
             s3_upload_expiry_ms: default_upload_expiry_ms(),
+            reclaim_grace_ms: default_reclaim_grace_ms(),
+            reclaim_wait_ms: default_reclaim_wait_ms(),
+            fault_ref_delay_ms: 0,
             inline_max_bytes: DEFAULT_INLINE_MAX,
             containers,
         }

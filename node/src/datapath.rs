@@ -312,6 +312,8 @@ async fn answer(
             // The owner is whoever the verified token speaks for, never
             // what the client wrote.
             meta.owner = None;
+            // Only the S3 gateway writes collectable generations.
+            meta.collectable = false;
             let r = match access {
                 Access::Open => Ok(()),
                 Access::User { admission, token } => admission
@@ -600,17 +602,29 @@ async fn put(
             alive,
         });
     }
+    let mut meta = meta;
     let existing = find_manifest(shared, &view, object, manifest_replicas(&g)).await;
     if let Some(existing) = &existing {
+        // An acknowledgement by ID rests on a generation that is not
+        // collectable; one written over it (a damaged object re-uploaded
+        // through S3) must not become collectable either.
+        meta.collectable &= existing.meta.collectable;
         // An object that is whole stays as it is (with its own geometry
         // and name, which the receipt reports). One that is not is written
         // again as a new generation: the user re-uploading a damaged
         // object repairs it, and the old generation's copies are released
         // once the new manifest replaces it.
-        if object_health(shared, &view, existing).await == Health::Healthy {
+        // A put that must not rest on a collectable generation (a put by
+        // ID) writes a new one of its own over such a generation.
+        let adoptable = meta.collectable || !existing.meta.collectable;
+        if adoptable && object_health(shared, &view, existing).await == Health::Healthy {
             return Ok(receipt(existing, 0, true));
         }
-        tracing::info!(generation = %existing.generation, "the stored object is not whole: writing it again");
+        if adoptable {
+            tracing::info!(generation = %existing.generation, "the stored object is not whole: writing it again");
+        } else {
+            tracing::debug!(generation = %existing.generation, "the stored generation is collectable: writing one that is not");
+        }
     }
     let inline = shared.inline_max_bytes > 0 && size <= shared.inline_max_bytes;
     // No stripe may rely on more than m shards held in memory (an inline
@@ -727,6 +741,7 @@ fn receipt(m: &Manifest, replicas: usize, existed: bool) -> PutReceipt {
         segments: m.segments.len() as u64,
         manifest_replicas: replicas as u32,
         existed,
+        generation: Some(m.generation),
     }
 }
 
@@ -1458,8 +1473,31 @@ async fn remove(
 ) -> Result<ClientResponse, DataError> {
     let m = require_manifest(shared, object).await?;
     gate(&m)?;
+    Ok(remove_manifest(shared, &m).await)
+}
+
+/// Removes `generation` of `object` if it is the one stored and it is
+/// collectable (written by the S3 gateway, see `refs`); returns whether it
+/// did. A later generation (a put by ID that found this one collectable,
+/// or a re-upload) is untouched: the tombstone names this generation.
+pub(crate) async fn remove_collectable(
+    shared: &Arc<Shared>,
+    object: ObjectId,
+    generation: Generation,
+) -> Result<bool, DataError> {
+    let m = require_manifest(shared, object).await?;
+    if m.generation != generation || !m.meta.collectable {
+        return Ok(false);
+    }
+    remove_manifest(shared, &m).await;
+    Ok(true)
+}
+
+/// Releases `m`'s shard copies and spreads the tombstone of its generation.
+async fn remove_manifest(shared: &Arc<Shared>, m: &Manifest) -> ClientResponse {
+    let object = m.object;
     let peers = shared.peers();
-    let shards = peers.release_manifest(&m).await;
+    let shards = peers.release_manifest(m).await;
     // Manifest replicas may sit anywhere the ranking pointed over time: ask
     // every live member. Each keeps a tombstone, from which members that
     // are down now learn of the removal when they return.
@@ -1484,7 +1522,7 @@ async fn remove(
             Err(e) => tracing::debug!(error = %e, "tombstone not stored on a member"),
         }
     }
-    Ok(ClientResponse::Removed { shards, manifests })
+    ClientResponse::Removed { shards, manifests }
 }
 
 /// One page of the objects the network holds: the union of every live

@@ -42,6 +42,7 @@ pub mod net;
 pub mod node;
 pub mod objects;
 pub mod peers;
+pub mod refs;
 pub mod repair;
 pub mod s3;
 pub mod shard_proto;

@@ -346,6 +346,15 @@ struct InitArgs {
     /// Objects up to this many bytes are stored inside their manifest (0: never).
     #[arg(long)]
     inline_max_bytes: Option<u64>,
+    /// Reclaim an S3 object this long after the last name referring to it went.
+    #[arg(long)]
+    reclaim_grace_ms: Option<u64>,
+    /// Wait this long between condemning an unnamed object and removing it.
+    #[arg(long)]
+    reclaim_wait_ms: Option<u64>,
+    /// Fault injection for tests: delay between a put and its name's reference.
+    #[arg(long, hide = true)]
+    fault_ref_delay_ms: Option<u64>,
 }
 
 #[derive(Debug, Args)]
@@ -1127,6 +1136,15 @@ fn init(args: InitArgs) -> Result<()> {
     }
     if let Some(v) = args.inline_max_bytes {
         cfg.inline_max_bytes = v;
+    }
+    if let Some(v) = args.reclaim_grace_ms {
+        cfg.reclaim_grace_ms = v;
+    }
+    if let Some(v) = args.reclaim_wait_ms {
+        cfg.reclaim_wait_ms = v;
+    }
+    if let Some(v) = args.fault_ref_delay_ms {
+        cfg.fault_ref_delay_ms = v;
     }
     if let Some(key) = &args.network_key {
         // Check it before copying it next to the node.

@@ -138,6 +138,7 @@ pub(crate) struct Metrics {
     scrub_corrupt: Counter,
     admin_requests: Family<RouteLabels, Counter>,
     admission_refused: Counter,
+    reclaim: Family<KindLabels, Counter>,
     /// Puts and gets finished (any outcome), for the dashboard's traffic
     /// samples (summing a family would need its labels).
     puts_done: AtomicU64,
@@ -189,6 +190,7 @@ impl Metrics {
             scrub_corrupt: Counter::default(),
             admin_requests: Family::default(),
             admission_refused: Counter::default(),
+            reclaim: Family::default(),
             puts_done: AtomicU64::new(0),
             gets_done: AtomicU64::new(0),
             client_ops_started: AtomicU64::new(0),
@@ -252,6 +254,11 @@ impl Metrics {
             "admission_refused",
             "Announcements dropped because their certificate did not admit the node",
             self.admission_refused.clone(),
+        );
+        d.register(
+            "name_reclaim",
+            "Steps of reclaiming objects no name refers to: condemned, removed, withdrawn (a reference came back), refused (a writer met a condemnation and gave up)",
+            self.reclaim.clone(),
         );
         d.register(
             "peer_request_failures",
@@ -431,6 +438,11 @@ impl Metrics {
         self.peer_failures
             .get_or_create(&FailureLabels { op, reason })
             .inc();
+    }
+
+    /// One step of reclaiming an unnamed object (see `refs`).
+    pub(crate) fn reclaim(&self, kind: &'static str) {
+        self.reclaim.get_or_create(&KindLabels { kind }).inc();
     }
 
     pub(crate) fn admission_refused(&self) {

@@ -53,7 +53,7 @@ pub enum NameError {
         needed: usize,
         last: String,
     },
-    #[error("no replica of the names of {ns:?} answered: {last}")]
+    #[error("too few replicas of the names of {ns:?} answered: {last}")]
     Unavailable { ns: String, last: String },
     #[error(transparent)]
     Index(#[from] IndexError),
@@ -314,8 +314,24 @@ pub(crate) async fn list_page(
     after: Option<&str>,
     limit: u32,
 ) -> Result<(Vec<NameRecord>, bool), NameError> {
+    list_page_wide(shared, ns, prefix, after, limit, NAME_REPLICAS, 1).await
+}
+
+/// [`list_page`] asking the first `width` members of the ranking and
+/// requiring `min_answers` of them (or every live member, when fewer) to
+/// answer.
+pub(crate) async fn list_page_wide(
+    shared: &Arc<Shared>,
+    ns: &str,
+    prefix: &str,
+    after: Option<&str>,
+    limit: u32,
+    width: usize,
+    min_answers: usize,
+) -> Result<(Vec<NameRecord>, bool), NameError> {
     let view = shared.membership().view();
-    let holders: Vec<NodeId> = ranking(&view, ns).into_iter().take(NAME_REPLICAS).collect();
+    let holders: Vec<NodeId> = ranking(&view, ns).into_iter().take(width).collect();
+    let min_answers = min_answers.min(holders.len()).max(1);
     let peers = shared.peers();
     let answers = futures::future::join_all(
         holders
@@ -343,7 +359,7 @@ pub(crate) async fn list_page(
             Err(e) => last = e.to_string(),
         }
     }
-    if answered == 0 {
+    if answered < min_answers {
         return Err(NameError::Unavailable {
             ns: ns.to_string(),
             last,

@@ -220,6 +220,7 @@ pub async fn run(
     };
     shared.s3_secret_base = psk.as_ref().map(keys::NetworkKey::s3_secret_base);
     shared.inline_max_bytes = cfg.inline_max_bytes;
+    shared.fault_ref_delay_ms = cfg.fault_ref_delay_ms;
     let shared = Arc::new(shared);
     for addr in cfg.listen_addrs() {
         swarm
@@ -315,6 +316,11 @@ pub async fn run(
         cfg.gc_grace_ms,
     ));
     let name_sync = tokio::spawn(crate::names::sync_loop(shared.clone()));
+    let reclaimer = tokio::spawn(crate::refs::reclaim_loop(
+        shared.clone(),
+        Duration::from_millis(cfg.reclaim_grace_ms),
+        Duration::from_millis(cfg.reclaim_wait_ms),
+    ));
     let announcer = tokio::spawn(announce_loop(
         shared.clone(),
         cfg.announce_interval(),
@@ -341,6 +347,7 @@ pub async fn run(
     sampler.abort();
     collector.abort();
     name_sync.abort();
+    reclaimer.abort();
     if let Some(s3) = s3 {
         s3.abort();
         let _ = std::fs::remove_file(dir.join(S3_ADDR_FILE));

@@ -186,6 +186,7 @@ pub async fn put_file(
             .ok()
             .map(|d| d.as_millis() as u64),
         owner: None,
+        collectable: false,
     };
     let req = ClientRequest::Put {
         object,

@@ -50,6 +50,9 @@ pub(crate) struct Shared {
     /// Objects of at most this many bytes are written inline in their
     /// manifest (config `inline_max_bytes`; 0 = never).
     pub(crate) inline_max_bytes: u64,
+    /// Fault injection (tests only): a name write waits this long between
+    /// storing its object and writing its reference (`refs`).
+    pub(crate) fault_ref_delay_ms: u64,
     pub(crate) dashboard: Dashboard,
     /// The byte budget of put and get buffers ([`crate::limits`]).
     pub(crate) memory: crate::limits::MemoryBudget,
@@ -379,6 +382,7 @@ impl Shared {
             metrics: Metrics::new(),
             admission: None,
             inline_max_bytes: crate::config::DEFAULT_INLINE_MAX,
+            fault_ref_delay_ms: 0,
             dashboard: Dashboard::default(),
             memory: crate::limits::MemoryBudget::new(DEFAULT_MEMORY_BUDGET),
             writes: WritePolicy::default(),

@@ -90,6 +90,13 @@ pub struct Metadata {
     /// entry peer from the verified token (never taken from the client).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner: Option<String>,
+    /// Written by the S3 gateway for names: the generation may be removed
+    /// once no name refers to it any more ([`crate::names::refs`]). The
+    /// entry peer clears it on every put by ID, and a put by ID that finds
+    /// a collectable generation writes a new one without it, so an
+    /// acknowledgement by ID never rests on bytes a collector may take.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub collectable: bool,
 }
 
 /// One upload of an object: every put that writes shards picks a new one.
@@ -628,6 +635,7 @@ mod tests {
                 content_type: None,
                 created_ms: Some(1_700_000_000_000),
                 owner: None,
+                collectable: false,
             },
         );
         for s in 0..g.segment_count(size) {

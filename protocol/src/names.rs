@@ -232,6 +232,130 @@ impl Listed {
     }
 }
 
+/// References: which names rely on an object, so that the bytes of an
+/// object no name points at any more can be reclaimed without losing one
+/// that some name (or an acknowledged put by ID) still needs.
+///
+/// Every name record that points at an object also has a reference record
+/// in the object's own namespace ([`refs_namespace`]), keyed by the name
+/// *and its version* ([`ref_key`]): written live before the name record,
+/// and a tombstone once a later version of the name replaced that one. A
+/// key per version (not per name) is what makes the tombstone safe: a
+/// writer that moves `a` away from an object can only ever retire the
+/// version it read, never a newer write of `a` to the same object.
+///
+/// Collection is a handshake between a collector and writers, each
+/// writing its own record and then reading the other's (so at least one
+/// of two that overlap sees the other):
+/// - the collector writes a condemnation ([`condemn_key`], naming the
+///   generation it means to remove), reads the references again, and
+///   removes that generation only when none is live;
+/// - a writer writes its reference, then reads the condemnations, and
+///   gives up (the client retries) when one names the generation its put
+///   found or an older one ([`condemned`]).
+pub mod refs {
+    use super::{NameRecord, NameVersion};
+    use crate::manifest::Generation;
+    use crate::{NodeId, ObjectId};
+
+    /// Prefix of every references namespace.
+    pub const PREFIX: &str = ".refs/";
+    /// Prefix of the keys of condemnation records.
+    pub const CONDEMN_PREFIX: &str = "~gc/";
+    /// Prefix of the keys of reference records.
+    pub const REF_PREFIX: &str = "r/";
+
+    /// The namespace of the references to `object`.
+    pub fn refs_namespace(object: &ObjectId) -> String {
+        format!("{PREFIX}{object}")
+    }
+
+    /// The object whose references `ns` holds, if it is such a namespace.
+    pub fn object_of(ns: &str) -> Option<ObjectId> {
+        ns.strip_prefix(PREFIX)?.parse().ok()
+    }
+
+    fn hex16(bytes: &[u8]) -> String {
+        bytes[..16].iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// The key of the reference of version `version` of name `ns`/`key`.
+    pub fn ref_key(ns: &str, key: &str, version: &NameVersion) -> String {
+        let mut h = blake3::Hasher::new();
+        for part in [ns.as_bytes(), key.as_bytes(), version.writer.as_bytes()] {
+            h.update(&(part.len() as u64).to_le_bytes());
+            h.update(part);
+        }
+        h.update(&version.ms.to_le_bytes());
+        format!("{REF_PREFIX}{}", hex16(h.finalize().as_bytes()))
+    }
+
+    /// The key of `collector`'s condemnation record: one per collector, so
+    /// that one withdrawing its own never hides another's.
+    pub fn condemn_key(collector: &NodeId) -> String {
+        let h = blake3::hash(collector.as_bytes());
+        format!("{CONDEMN_PREFIX}{}", hex16(h.as_bytes()))
+    }
+
+    /// The blob of a condemnation of `generation`.
+    pub fn condemn_blob(generation: Generation) -> Vec<u8> {
+        generation.to_bytes().to_vec()
+    }
+
+    /// Whether a live condemnation among `records` reaches `generation`
+    /// (names it or a later one: a tombstone removes its generation and
+    /// every older one). A condemnation whose blob does not parse counts
+    /// as reaching everything: a writer gives up rather than guess.
+    pub fn condemned(records: &[NameRecord], generation: Generation) -> bool {
+        records
+            .iter()
+            .filter(|r| r.key.starts_with(CONDEMN_PREFIX))
+            .filter_map(|r| r.entry.as_ref())
+            .any(|e| {
+                match e
+                    .blob
+                    .as_deref()
+                    .and_then(|b| <&[u8; 16]>::try_from(b).ok())
+                {
+                    Some(b) => Generation::from_bytes(b) >= generation,
+                    None => true,
+                }
+            })
+    }
+
+    /// What the references of an object say.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub enum Verdict {
+        /// No reference was ever written.
+        Unknown,
+        /// A live reference: some name relies on the object.
+        Referenced,
+        /// Every reference is a tombstone; the newest was written at `ms`.
+        Unreferenced { since_ms: u64 },
+    }
+
+    /// The verdict over the merged records of a references namespace.
+    pub fn verdict(records: &[NameRecord]) -> Verdict {
+        let mut since: Option<u64> = None;
+        for r in records.iter().filter(|r| r.key.starts_with(REF_PREFIX)) {
+            if !r.is_tombstone() {
+                return Verdict::Referenced;
+            }
+            since = Some(since.map_or(r.version.ms, |s| s.max(r.version.ms)));
+        }
+        match since {
+            Some(since_ms) => Verdict::Unreferenced { since_ms },
+            None => Verdict::Unknown,
+        }
+    }
+
+    /// Whether an unreferenced object may be condemned at `now_ms`: its
+    /// last reference went at least `grace_ms` ago.
+    pub fn ripe(v: &Verdict, now_ms: u64, grace_ms: u64) -> bool {
+        matches!(v, Verdict::Unreferenced { since_ms } if now_ms.saturating_sub(*since_ms) >= grace_ms)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -250,6 +374,77 @@ mod tests {
             },
             entry: live.then(NameEntry::default),
         }
+    }
+
+    #[test]
+    fn references_are_per_name_version_and_condemnations_reach_older_generations() {
+        use crate::manifest::Generation;
+        let v1 = NameVersion {
+            ms: 10,
+            writer: node(1),
+        };
+        let v2 = NameVersion {
+            ms: 11,
+            writer: node(1),
+        };
+        // One key per version of a name: retiring the old version's
+        // reference never touches a newer write of the same name.
+        let k1 = refs::ref_key("b", "k", &v1);
+        assert_ne!(k1, refs::ref_key("b", "k", &v2));
+        assert_ne!(k1, refs::ref_key("b", "k2", &v1));
+        assert_ne!(refs::ref_key("b", "kx", &v1), refs::ref_key("bk", "x", &v1));
+        assert!(k1.starts_with(refs::REF_PREFIX) && k1.len() < MAX_KEY_LEN);
+        let id = ObjectId::of(b"x");
+        let ns = refs::refs_namespace(&id);
+        assert!(ns.len() <= MAX_NAMESPACE_LEN);
+        assert_eq!(refs::object_of(&ns), Some(id));
+        assert_eq!(refs::object_of("bucket"), None);
+
+        let r = |key: &str, ms: u64, live: bool| rec(key, ms, 1, live);
+        assert_eq!(refs::verdict(&[]), refs::Verdict::Unknown);
+        let dead = [r("r/a", 5, false), r("r/b", 7, false)];
+        assert_eq!(
+            refs::verdict(&dead),
+            refs::Verdict::Unreferenced { since_ms: 7 }
+        );
+        assert!(refs::ripe(&refs::verdict(&dead), 107, 100));
+        assert!(!refs::ripe(&refs::verdict(&dead), 106, 100));
+        let mut one_live = dead.to_vec();
+        one_live.push(r("r/c", 1, true));
+        assert_eq!(refs::verdict(&one_live), refs::Verdict::Referenced);
+        assert!(!refs::ripe(&refs::verdict(&one_live), u64::MAX, 0));
+        // A condemnation is not a reference.
+        let mut gc = rec(&refs::condemn_key(&node(2)), 3, 2, true);
+        gc.entry = Some(NameEntry {
+            blob: Some(refs::condemn_blob(Generation { ms: 50, nonce: 1 })),
+            ..NameEntry::default()
+        });
+        let mut with_gc = dead.to_vec();
+        with_gc.push(gc.clone());
+        assert_eq!(
+            refs::verdict(&with_gc),
+            refs::Verdict::Unreferenced { since_ms: 7 }
+        );
+        // It reaches its generation and older ones, never a later one.
+        let g = |ms, nonce| Generation { ms, nonce };
+        assert!(refs::condemned(&with_gc, g(50, 1)));
+        assert!(refs::condemned(&with_gc, g(49, 9)));
+        assert!(!refs::condemned(&with_gc, g(50, 2)));
+        assert!(!refs::condemned(&with_gc, g(51, 0)));
+        // Withdrawn (a tombstone), it reaches nothing; unreadable, everything.
+        let withdrawn = NameRecord {
+            entry: None,
+            ..gc.clone()
+        };
+        assert!(!refs::condemned(&[withdrawn], g(1, 0)));
+        let mut garbled = gc.clone();
+        garbled.entry = Some(NameEntry {
+            blob: Some(vec![1, 2, 3]),
+            ..NameEntry::default()
+        });
+        assert!(refs::condemned(&[garbled], g(u64::MAX, 0)));
+        // Keys of two collectors differ, so neither withdraws the other's.
+        assert_ne!(refs::condemn_key(&node(2)), refs::condemn_key(&node(3)));
     }
 
     #[test]

@@ -1017,6 +1017,9 @@ pub struct PutReceipt {
     pub manifest_replicas: u32,
     /// True when the object was already stored and nothing was written.
     pub existed: bool,
+    /// The generation stored or found.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generation: Option<crate::manifest::Generation>,
 }
 
 /// A shard passed over during a get, and why.

@@ -69,7 +69,7 @@ fn store(net: &Net, entry: &NodeProc, count: usize) -> Vec<(String, PathBuf, usi
 }
 
 /// The admin API address a running node wrote.
-fn admin(node: &NodeProc) -> String {
+pub(crate) fn admin(node: &NodeProc) -> String {
     let text = std::fs::read_to_string(node.dir.join("admin.addr"))
         .unwrap_or_else(|e| panic!("{} has no admin.addr: {e}", node.name));
     text.trim().to_string()
@@ -140,7 +140,7 @@ fn dechunk(mut s: &str) -> Result<String, String> {
 
 /// One sample of the Prometheus text format.
 #[derive(Debug, Clone, PartialEq)]
-struct Sample {
+pub(crate) struct Sample {
     name: String,
     labels: BTreeMap<String, String>,
     value: f64,
@@ -225,7 +225,7 @@ fn parse_metrics(text: &str) -> Result<Vec<Sample>, String> {
 }
 
 /// The sum of `name` over the samples whose labels include `with`.
-fn sum(samples: &[Sample], name: &str, with: &[(&str, &str)]) -> f64 {
+pub(crate) fn sum(samples: &[Sample], name: &str, with: &[(&str, &str)]) -> f64 {
     samples
         .iter()
         .filter(|s| s.name == name)
@@ -237,7 +237,7 @@ fn sum(samples: &[Sample], name: &str, with: &[(&str, &str)]) -> f64 {
         .sum()
 }
 
-fn scrape(node: &NodeProc) -> Result<Vec<Sample>, String> {
+pub(crate) fn scrape(node: &NodeProc) -> Result<Vec<Sample>, String> {
     let r = get(&admin(node), "/metrics")?;
     if r.status != 200 {
         return Err(format!("/metrics answered {}: {}", r.status, r.body));

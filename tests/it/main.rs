@@ -15,6 +15,7 @@ mod placement;
 mod repair;
 mod s3;
 mod s3_clients;
+mod s3_reclaim;
 mod safety;
 mod shards;
 mod sim_cluster;

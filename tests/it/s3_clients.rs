@@ -28,10 +28,10 @@ fn venv() -> PathBuf {
 
 /// A federation of one site, six certified nodes each serving S3, and a
 /// token issuer.
-struct Cluster {
-    net: Net,
-    nodes: Vec<NodeProc>,
-    s3: Vec<String>,
+pub(crate) struct Cluster {
+    pub(crate) net: Net,
+    pub(crate) nodes: Vec<NodeProc>,
+    pub(crate) s3: Vec<String>,
     site_key: PathBuf,
     fed: PathBuf,
 }
@@ -39,6 +39,16 @@ struct Cluster {
 impl Cluster {
     /// `n` nodes writing S3 objects as `k + m` stripes.
     fn start(n: usize, k: u16, m: u16) -> Cluster {
+        Self::start_with(n, k, m, |_| Vec::new())
+    }
+
+    /// [`Self::start`] with `more(i)` added to node `i`'s arguments.
+    pub(crate) fn start_with(
+        n: usize,
+        k: u16,
+        m: u16,
+        more: impl Fn(usize) -> Vec<String>,
+    ) -> Cluster {
         let (k, m) = (k.to_string(), m.to_string());
         let net = Net::new();
         let root = net.root.path().to_path_buf();
@@ -65,7 +75,8 @@ impl Cluster {
             let listen = format!("127.0.0.1:{port}");
             let shards = root.join(format!("n{i}")).join("shards");
             let first = nodes.first().map(NodeProc::addr);
-            let extra = [
+            let more = more(i);
+            let mut extra = vec![
                 "--s3-listen",
                 listen.as_str(),
                 "--default-k",
@@ -73,6 +84,7 @@ impl Cluster {
                 "--default-m",
                 m.as_str(),
             ];
+            extra.extend(more.iter().map(String::as_str));
             let mut node = NodeProc::init(
                 &root,
                 &format!("n{i}"),
@@ -118,12 +130,18 @@ impl Cluster {
         }
     }
 
-    fn root(&self) -> &Path {
+    pub(crate) fn root(&self) -> &Path {
         self.net.root.path()
     }
 
     /// Issues a token and registers it; returns (access key, secret).
-    fn keys(&self, name: &str, ops: &str, prefixes: &[&str], days: &str) -> (String, String) {
+    pub(crate) fn keys(
+        &self,
+        name: &str,
+        ops: &str,
+        prefixes: &[&str],
+        days: &str,
+    ) -> (String, String) {
         let token = self.root().join(format!("{name}.token"));
         let mut args = vec![
             "token",
@@ -167,7 +185,7 @@ impl Cluster {
 }
 
 /// Runs a Python script with boto3 against `endpoint`; returns its output.
-fn python(script: &str, endpoint: &str, keys: &(String, String), dir: &Path) -> Output {
+pub(crate) fn python(script: &str, endpoint: &str, keys: &(String, String), dir: &Path) -> Output {
     let venv = venv();
     let path = dir.join("script.py");
     std::fs::write(&path, script).unwrap();
@@ -182,7 +200,7 @@ fn python(script: &str, endpoint: &str, keys: &(String, String), dir: &Path) -> 
         .expect("run python")
 }
 
-fn ok(what: &str, out: &Output) -> String {
+pub(crate) fn ok(what: &str, out: &Output) -> String {
     assert!(
         out.status.success(),
         "{what} failed: {}\n{}",
@@ -192,7 +210,7 @@ fn ok(what: &str, out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-const BOTO3_PREAMBLE: &str = r#"
+pub(crate) const BOTO3_PREAMBLE: &str = r#"
 import hashlib, os, sys, json
 from concurrent.futures import ThreadPoolExecutor
 import boto3

@@ -39,6 +39,7 @@ use super::auth::{Keys, User};
 use super::{spool_body, ChannelBody, S3Config, Spool, Spooled, MAX_OBJECT_BYTES, SEND_TIMEOUT};
 use crate::datapath::{self, DataError, ObjectSink, SEGMENTS_IN_FLIGHT};
 use crate::names::{self, NameError};
+use crate::refs::{self, Basis, RefError};
 use crate::shared::Shared;
 
 /// The bucket catalogue's namespace.
@@ -110,6 +111,15 @@ fn name_err(e: NameError) -> s3s::S3Error {
         ErrorKind::BadRequest => s3_error!(InvalidArgument, "{e}"),
         ErrorKind::Unavailable => s3_error!(ServiceUnavailable, "{e}"),
         _ => s3_error!(InternalError, "{e}"),
+    }
+}
+
+fn ref_err(e: RefError) -> s3s::S3Error {
+    match e {
+        RefError::Names(e) => name_err(e),
+        RefError::Data(e) => data_err(e),
+        RefError::Invalid(m) => s3_error!(InvalidArgument, "{m}"),
+        e @ RefError::Condemned(_) => s3_error!(SlowDown, "{e}"),
     }
 }
 
@@ -483,27 +493,23 @@ impl Gateway {
             .filter(|r| !r.is_tombstone()))
     }
 
-    /// Writes `entry` (or a tombstone) under `ns`/`key`, above any version seen.
+    /// Writes `entry` (or a tombstone) under `ns`/`key`, above any version
+    /// seen, keeping the references of names to objects (`refs`).
     async fn write(&self, ns: &str, key: &str, entry: Option<NameEntry>) -> S3Result<NameVersion> {
-        let seen = names::get(&self.shared, ns, key).await.map_err(name_err)?;
-        let version = NameVersion::next(
-            now_ms(),
-            self.shared.local.clone(),
-            seen.as_ref().map(|r| &r.version),
-        );
-        let record = NameRecord {
-            ns: ns.to_string(),
-            key: key.to_string(),
-            version: version.clone(),
-            entry,
-        };
-        record
-            .check()
-            .map_err(|e| s3_error!(InvalidArgument, "{e}"))?;
-        names::put(&self.shared, vec![record])
+        self.write_on(ns, key, entry, Basis::Lookup).await
+    }
+
+    /// [`Self::write`] of a name of an object a put just stored or found.
+    async fn write_on(
+        &self,
+        ns: &str,
+        key: &str,
+        entry: Option<NameEntry>,
+        basis: Basis,
+    ) -> S3Result<NameVersion> {
+        refs::write_name(&self.shared, ns, key, entry, basis)
             .await
-            .map_err(name_err)?;
-        Ok(version)
+            .map_err(ref_err)
     }
 
     async fn require_bucket(&self, bucket: &str) -> S3Result<NameRecord> {
@@ -531,7 +537,7 @@ impl Gateway {
         mut spooled: Spooled,
         name: &str,
         ct: Option<String>,
-    ) -> S3Result<Spooled> {
+    ) -> S3Result<(Spooled, Basis)> {
         let meta = ObjMeta {
             name: Some(
                 name.chars()
@@ -541,14 +547,16 @@ impl Gateway {
             content_type: ct.filter(|c| c.len() <= dynostore_protocol::manifest::MAX_META_LEN),
             created_ms: Some(now_ms()),
             owner: None,
+            collectable: true,
         };
         let g = self.geometry()?;
         let object = spooled.object;
         let size = spooled.size;
-        datapath::put_object(&self.shared, &mut spooled, object, size, g, meta)
+        let receipt = datapath::put_object(&self.shared, &mut spooled, object, size, g, meta)
             .await
             .map_err(data_err)?;
-        Ok(spooled)
+        let basis = receipt.generation.map_or(Basis::Lookup, Basis::Generation);
+        Ok((spooled, basis))
     }
 
     async fn spool(&self, body: Option<StreamingBlob>, limit: u64) -> S3Result<Spooled> {
@@ -689,9 +697,9 @@ impl Gateway {
         }
         let spooled = spool.finish().await?;
         let name = format!("{bucket}/{key}");
-        let spooled = self.store(spooled, &name, up.content_type.clone()).await?;
+        let (spooled, basis) = self.store(spooled, &name, up.content_type.clone()).await?;
         let tag = format!("{}-{}", super::hex(&md5s.finalize()), chosen.len());
-        self.write(
+        self.write_on(
             &bucket,
             &key,
             Some(NameEntry {
@@ -705,6 +713,7 @@ impl Gateway {
                 headers: up.headers.clone(),
                 parts: chosen.iter().map(|p| p.size).collect(),
             }),
+            basis,
         )
         .await?;
         // The parts' records go; the upload's stays, marked complete, for
@@ -770,10 +779,10 @@ impl Gateway {
         spooled: Spooled,
     ) -> S3Result<(String, u64)> {
         let name = format!("{bucket}/{key} part {part_number}");
-        let spooled = self.store(spooled, &name, None).await?;
+        let (spooled, basis) = self.store(spooled, &name, None).await?;
         let tag = spooled.etag();
         let v = self
-            .write(
+            .write_on(
                 &uploads_ns(bucket),
                 &part_key(upload_id, part_number),
                 Some(NameEntry {
@@ -782,6 +791,7 @@ impl Gateway {
                     etag: tag.clone(),
                     ..NameEntry::default()
                 }),
+                basis,
             )
             .await?;
         Ok((tag, v.ms))
@@ -1073,11 +1083,11 @@ impl S3 for Gateway {
             input.content_language,
             input.expires.as_ref(),
         )?;
-        let spooled = self
+        let (spooled, basis) = self
             .store(spooled, &name, input.content_type.clone())
             .await?;
         let tag = spooled.etag();
-        self.write(
+        self.write_on(
             &input.bucket,
             &input.key,
             Some(NameEntry {
@@ -1091,6 +1101,7 @@ impl S3 for Gateway {
                 headers,
                 parts: Vec::new(),
             }),
+            basis,
         )
         .await?;
         Ok(S3Response::new(PutObjectOutput {
@@ -1874,30 +1885,13 @@ fn names_data_err(e: NameError) -> DataError {
     }
 }
 
-/// Writes a record above any version of it seen (for the client protocol).
-async fn write_record(
-    shared: &Arc<Shared>,
-    ns: &str,
-    key: &str,
-    entry: Option<NameEntry>,
-) -> Result<NameVersion, NameError> {
-    let seen = names::get(shared, ns, key).await?;
-    let version = NameVersion::next(
-        now_ms(),
-        shared.local.clone(),
-        seen.as_ref().map(|r| &r.version),
-    );
-    names::put(
-        shared,
-        vec![NameRecord {
-            ns: ns.to_string(),
-            key: key.to_string(),
-            version: version.clone(),
-            entry,
-        }],
-    )
-    .await?;
-    Ok(version)
+fn refs_data_err(e: RefError) -> DataError {
+    match e {
+        RefError::Names(e) => names_data_err(e),
+        RefError::Data(e) => e,
+        RefError::Invalid(m) => DataError::BadRequest(m),
+        e @ RefError::Condemned(_) => DataError::Internal(e.to_string()),
+    }
 }
 
 fn check_bucket_name(bucket: &str) -> Result<(), DataError> {
@@ -1937,11 +1931,21 @@ pub(crate) async fn name_object(
         .map_err(names_data_err)?
         .is_some_and(|r| !r.is_tombstone());
     if !bucket_live {
-        write_record(shared, BUCKETS_NS, bucket, Some(NameEntry::default()))
-            .await
-            .map_err(names_data_err)?;
+        refs::write_name(
+            shared,
+            BUCKETS_NS,
+            bucket,
+            Some(NameEntry::default()),
+            Basis::Lookup,
+        )
+        .await
+        .map_err(refs_data_err)?;
     }
-    write_record(
+    let basis = match m.meta.collectable {
+        true => Basis::Generation(m.generation),
+        false => Basis::Kept,
+    };
+    refs::write_name(
         shared,
         bucket,
         key,
@@ -1952,9 +1956,10 @@ pub(crate) async fn name_object(
             content_type,
             ..NameEntry::default()
         }),
+        basis,
     )
     .await
-    .map_err(names_data_err)?;
+    .map_err(refs_data_err)?;
     Ok(())
 }
 

@@ -41,6 +41,7 @@ fn manifest(codec: CodecKind, k: u16, m: u16, size: u64, segment_size: u32) -> M
             content_type: Some("application/dicom".into()),
             created_ms: Some(1_700_000_000_000),
             owner: None,
+            collectable: false,
         },
     );
     for s in 0..g.segment_count(size) {

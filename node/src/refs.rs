@@ -1,0 +1,380 @@
+//! Names that keep references, and reclaiming the objects no name refers
+//! to any more (the rules are `protocol::names::refs`).
+//!
+//! [`write_name`] is the one way a name record is written: a record that
+//! points at an object first writes its reference in the object's
+//! references namespace and checks that no collector condemned the
+//! generation it relies on; once the record is stored, the reference of
+//! the version it replaced is retired. Every failure leaves a reference
+//! behind rather than retire one too many: a leaked reference keeps bytes,
+//! a missing one could lose an object a name still points at.
+//!
+//! [`reclaim_loop`] runs on every node: for each references namespace of
+//! which it is the first replica, when every reference has been a
+//! tombstone for the grace period and the object's stored generation is
+//! collectable, it condemns that generation, waits, reads the references
+//! again from more replicas than a write needs, and only if none came back
+//! removes exactly that generation. A writer that overlaps sees either the
+//! condemnation (and gives up, the client retries and writes the object
+//! anew) or the collector sees its reference (and withdraws).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use dynostore_protocol::manifest::Generation;
+use dynostore_protocol::names::refs::{self, Verdict};
+use dynostore_protocol::names::{
+    NameEntry, NameRecord, NameVersion, MAX_RECORDS_PER_MESSAGE, NAME_REPLICAS,
+};
+use dynostore_protocol::wire::ErrorKind;
+use dynostore_protocol::ObjectId;
+
+use crate::datapath::{self, DataError};
+use crate::manifests::wall_ms;
+use crate::names::{self, NameError};
+use crate::shared::Shared;
+
+/// Members asked when a collector reads references: more than a write
+/// reaches, so that a reference written before the top of the ranking
+/// moved is still found.
+const READ_WIDTH: usize = NAME_REPLICAS + 2;
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RefError {
+    #[error(transparent)]
+    Names(#[from] NameError),
+    #[error(transparent)]
+    Data(#[from] DataError),
+    #[error("invalid name record: {0}")]
+    Invalid(String),
+    #[error("object {} is being reclaimed as unnamed: write it again", .0.short())]
+    Condemned(ObjectId),
+}
+
+impl RefError {
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            RefError::Names(e) => e.kind(),
+            RefError::Data(e) => e.kind(),
+            RefError::Invalid(_) => ErrorKind::BadRequest,
+            RefError::Condemned(_) => ErrorKind::Unavailable,
+        }
+    }
+}
+
+/// What a name write relies on of the object it names.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Basis {
+    /// The generation a put just stored or found.
+    Generation(Generation),
+    /// Look the object's manifest up.
+    Lookup,
+    /// The object's stored generation is not collectable: no collector
+    /// ever removes it, so no condemnation needs reading.
+    Kept,
+}
+
+/// Writes `entry` (or, with `None`, a tombstone) under `ns`/`key` above
+/// any version seen, keeping references (see the module header).
+pub(crate) async fn write_name(
+    shared: &Arc<Shared>,
+    ns: &str,
+    key: &str,
+    entry: Option<NameEntry>,
+    basis: Basis,
+) -> Result<NameVersion, RefError> {
+    let seen = names::get(shared, ns, key).await?;
+    let version = NameVersion::next(
+        wall_ms(),
+        shared.local.clone(),
+        seen.as_ref().map(|r| &r.version),
+    );
+    let object = entry.as_ref().and_then(|e| e.object);
+    let record = NameRecord {
+        ns: ns.to_string(),
+        key: key.to_string(),
+        version: version.clone(),
+        entry,
+    };
+    record.check().map_err(RefError::Invalid)?;
+    if let Some(object) = object {
+        if shared.fault_ref_delay_ms > 0 {
+            tokio::time::sleep(Duration::from_millis(shared.fault_ref_delay_ms)).await;
+        }
+        reference(shared, ns, key, &version, object, basis).await?;
+    }
+    // A failed write may still have reached a replica and come back
+    // through anti-entropy, so its reference stays.
+    names::put(shared, vec![record]).await?;
+    if let Some(old) = seen {
+        if let Some(o) = old.entry.as_ref().and_then(|e| e.object) {
+            retire(shared, ns, key, &old.version, o).await;
+        }
+    }
+    Ok(version)
+}
+
+/// Writes the reference of `ns`/`key` at `version` to `object`, then reads
+/// the condemnations: one that reaches the generation the name relies on
+/// means the write gives up (its reference retired: the name was not
+/// written).
+async fn reference(
+    shared: &Arc<Shared>,
+    ns: &str,
+    key: &str,
+    version: &NameVersion,
+    object: ObjectId,
+    basis: Basis,
+) -> Result<(), RefError> {
+    let rns = refs::refs_namespace(&object);
+    names::put(
+        shared,
+        vec![NameRecord {
+            ns: rns.clone(),
+            key: refs::ref_key(ns, key, version),
+            version: version.clone(),
+            entry: Some(NameEntry::default()),
+        }],
+    )
+    .await?;
+    let checked = async {
+        let generation = match basis {
+            Basis::Kept => return Ok(()),
+            Basis::Generation(g) => g,
+            Basis::Lookup => {
+                let m = datapath::require_manifest(shared, object).await?;
+                if !m.meta.collectable {
+                    // Never collected, whatever references say.
+                    return Ok(());
+                }
+                m.generation
+            }
+        };
+        let (records, _) = names::list_page(
+            shared,
+            &rns,
+            refs::CONDEMN_PREFIX,
+            None,
+            MAX_RECORDS_PER_MESSAGE as u32,
+        )
+        .await?;
+        if refs::condemned(&records, generation) {
+            shared.metrics.reclaim("refused");
+            return Err(RefError::Condemned(object));
+        }
+        Ok(())
+    }
+    .await;
+    if checked.is_err() {
+        retire(shared, ns, key, version, object).await;
+    }
+    checked
+}
+
+/// Retires the reference of `ns`/`key` at `version` to `object` (a
+/// tombstone above the reference's own version). A failure only leaks.
+async fn retire(
+    shared: &Arc<Shared>,
+    ns: &str,
+    key: &str,
+    version: &NameVersion,
+    object: ObjectId,
+) {
+    let record = NameRecord {
+        ns: refs::refs_namespace(&object),
+        key: refs::ref_key(ns, key, version),
+        version: NameVersion {
+            ms: wall_ms().max(version.ms.saturating_add(1)),
+            writer: shared.local.clone(),
+        },
+        entry: None,
+    };
+    if let Err(e) = names::put(shared, vec![record]).await {
+        tracing::warn!(object = %object.short(), error = %e, "a retired name's reference stays: its object's bytes are kept");
+    }
+}
+
+/// Every record (tombstones included) of a references namespace, read
+/// from [`READ_WIDTH`] members with [`NAME_REPLICAS`] answers required.
+async fn read_all(shared: &Arc<Shared>, ns: &str) -> Result<Vec<NameRecord>, NameError> {
+    let mut out = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let (page, more) = names::list_page_wide(
+            shared,
+            ns,
+            "",
+            after.as_deref(),
+            MAX_RECORDS_PER_MESSAGE as u32,
+            READ_WIDTH,
+            NAME_REPLICAS,
+        )
+        .await?;
+        after = page.last().map(|r| r.key.clone());
+        out.extend(page);
+        if !more || after.is_none() {
+            return Ok(out);
+        }
+    }
+}
+
+/// The outcome of looking at one object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Look {
+    /// Nothing to do until its references change.
+    Settled,
+    /// Look again next round.
+    Later,
+    /// Condemned: `generation` goes unless a reference comes back.
+    Condemned(Generation),
+}
+
+/// Reclaims unnamed objects forever (see the module header).
+pub(crate) async fn reclaim_loop(shared: Arc<Shared>, grace: Duration, wait: Duration) {
+    let every = (grace / 4).clamp(Duration::from_millis(500), Duration::from_secs(60));
+    // Namespaces settled, by the digest of their local records then.
+    let mut settled: HashMap<String, [u8; 32]> = HashMap::new();
+    loop {
+        tokio::time::sleep(every).await;
+        if let Err(e) = reclaim_once(&shared, grace, wait, &mut settled).await {
+            tracing::debug!(error = %e, "reclaiming unnamed objects failed");
+        }
+    }
+}
+
+/// One round: condemns every ripe object of which this node is the first
+/// references replica, waits once, then removes or withdraws each.
+async fn reclaim_once(
+    shared: &Arc<Shared>,
+    grace: Duration,
+    wait: Duration,
+    settled: &mut HashMap<String, [u8; 32]>,
+) -> Result<(), NameError> {
+    let mut condemned: Vec<(String, ObjectId, Generation)> = Vec::new();
+    for ns in shared.names.namespaces()? {
+        let Some(object) = refs::object_of(&ns) else {
+            continue;
+        };
+        let view = shared.membership().view();
+        if names::ranking(&view, &ns).first() != Some(&shared.local) {
+            continue;
+        }
+        let (_, digest) = shared.names.digest(&ns)?;
+        if settled.get(&ns) == Some(&digest) {
+            continue;
+        }
+        match look(shared, &ns, object, grace).await {
+            Ok(Look::Settled) => {
+                settled.insert(ns, digest);
+            }
+            Ok(Look::Later) => {}
+            Ok(Look::Condemned(g)) => condemned.push((ns, object, g)),
+            Err(e) => {
+                tracing::debug!(object = %object.short(), error = %e, "an unnamed object's references could not be judged")
+            }
+        }
+    }
+    if condemned.is_empty() {
+        return Ok(());
+    }
+    tokio::time::sleep(wait).await;
+    for (ns, object, generation) in condemned {
+        match finish(shared, &ns, object, generation).await {
+            Ok(Look::Settled) => {
+                let (_, digest) = shared.names.digest(&ns)?;
+                settled.insert(ns, digest);
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::info!(object = %object.short(), error = %e, "a condemned object was neither removed nor withdrawn: next round")
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Judges one object; condemns it when it is ripe and collectable.
+async fn look(
+    shared: &Arc<Shared>,
+    ns: &str,
+    object: ObjectId,
+    grace: Duration,
+) -> Result<Look, RefError> {
+    let records = read_all(shared, ns).await?;
+    let verdict = refs::verdict(&records);
+    if !refs::ripe(&verdict, wall_ms(), grace.as_millis() as u64) {
+        return Ok(match verdict {
+            Verdict::Unreferenced { .. } => Look::Later,
+            Verdict::Referenced | Verdict::Unknown => Look::Settled,
+        });
+    }
+    let m = match datapath::require_manifest(shared, object).await {
+        Ok(m) => m,
+        Err(DataError::UnknownObject(_)) => return Ok(Look::Settled),
+        Err(e) => return Err(e.into()),
+    };
+    if !m.meta.collectable {
+        return Ok(Look::Settled);
+    }
+    write_name(
+        shared,
+        ns,
+        &refs::condemn_key(&shared.local),
+        Some(NameEntry {
+            blob: Some(refs::condemn_blob(m.generation)),
+            ..NameEntry::default()
+        }),
+        Basis::Lookup,
+    )
+    .await?;
+    shared.metrics.reclaim("condemned");
+    tracing::info!(object = %object.short(), generation = %m.generation, "condemned an object no name refers to");
+    Ok(Look::Condemned(m.generation))
+}
+
+/// After the wait: removes the condemned generation if no reference came
+/// back, else withdraws the condemnation.
+async fn finish(
+    shared: &Arc<Shared>,
+    ns: &str,
+    object: ObjectId,
+    generation: Generation,
+) -> Result<Look, RefError> {
+    let again = match read_all(shared, ns).await {
+        Ok(r) => Some(r),
+        Err(e) => {
+            tracing::info!(object = %object.short(), error = %e, "references unreadable after condemning: withdrawing");
+            None
+        }
+    };
+    if again
+        .as_deref()
+        .is_none_or(|r| !matches!(refs::verdict(r), Verdict::Unreferenced { .. }))
+    {
+        // Withdrawn: writers that met the condemnation gave up (their
+        // clients retry), the one whose reference came back goes on.
+        write_name(
+            shared,
+            ns,
+            &refs::condemn_key(&shared.local),
+            None,
+            Basis::Lookup,
+        )
+        .await?;
+        shared.metrics.reclaim("withdrawn");
+        return Ok(if again.is_some() {
+            Look::Settled
+        } else {
+            Look::Later
+        });
+    }
+    // The condemnation stays: a writer that found this generation before
+    // it went must still give up.
+    if datapath::remove_collectable(shared, object, generation).await? {
+        shared.metrics.reclaim("removed");
+        tracing::info!(object = %object.short(), %generation, "reclaimed an object no name refers to");
+    }
+    Ok(Look::Settled)
+}

@@ -1,0 +1,267 @@
+//! Reclaiming the bytes of S3 objects no name refers to any more
+//! (`node/src/refs.rs`): overwritten and deleted objects and completed
+//! uploads' parts go; an object another name, or a put by ID, still relies
+//! on stays; a writer that races the collector never ends with a name
+//! pointing at removed bytes.
+
+use std::path::Path;
+use std::time::Duration;
+
+use crate::admin::{scrape, sum};
+use crate::harness::{data, wait_until};
+use crate::s3_clients::{ok, python, Cluster, BOTO3_PREAMBLE};
+
+/// `dynostore stat ID`: whether the object is stored (`Err` when the
+/// answer says neither).
+fn stored(c: &Cluster, id: &str, tok: &str) -> Result<bool, String> {
+    let out = c.net.cli(&[
+        "stat",
+        "--json",
+        id,
+        "--peer",
+        &c.nodes[3].addr(),
+        "--token",
+        tok,
+    ]);
+    if out.status.success() {
+        return Ok(true);
+    }
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    if err.contains("no manifest") {
+        Ok(false)
+    } else {
+        Err(err)
+    }
+}
+
+/// The sum over every node of `dynostore_name_reclaim_total{kind}`.
+fn reclaim_steps(c: &Cluster, kind: &str) -> Result<f64, String> {
+    let mut total = 0.0;
+    for n in &c.nodes {
+        total += sum(
+            &scrape(n)?,
+            "dynostore_name_reclaim_total",
+            &[("kind", kind)],
+        );
+    }
+    Ok(total)
+}
+
+fn stored_bytes(c: &Cluster) -> Result<f64, String> {
+    let mut total = 0.0;
+    for n in &c.nodes {
+        total += sum(&scrape(n)?, "dynostore_stored_bytes", &[]);
+    }
+    Ok(total)
+}
+
+fn write(dir: &Path, name: &str, bytes: &[u8]) -> String {
+    std::fs::write(dir.join(name), bytes).unwrap();
+    blake3::hash(bytes).to_hex().to_string()
+}
+
+#[test]
+fn unnamed_s3_objects_are_reclaimed_and_named_ones_kept() {
+    // Node 5 waits 6 s between storing an object and writing its name's
+    // reference: long enough for a collector (4 s between condemning and
+    // removing) to remove the generation the put found in between.
+    let c = Cluster::start_with(6, 2, 1, |i| {
+        let mut a = vec![
+            "--reclaim-grace-ms".to_string(),
+            "1000".into(),
+            "--reclaim-wait-ms".into(),
+            "4000".into(),
+        ];
+        if i == 5 {
+            a.extend(["--fault-ref-delay-ms".to_string(), "6000".into()]);
+        }
+        a
+    });
+    let keys = c.keys("alice", "put,get,ls,rm", &[], "1");
+    c.keys("cli", "put,get,ls,rm", &[], "1");
+    let tok = c.root().join("cli.token");
+    let tok = tok.to_str().unwrap();
+    let work = c.root().join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    let boto = |script: &str, node: usize| {
+        let s = format!(
+            "{BOTO3_PREAMBLE}\ns3 = boto3.client('s3', endpoint_url=os.environ['ENDPOINT'], \
+             config=Config(s3={{'addressing_style': 'path'}}, \
+             retries={{'max_attempts': 10, 'mode': 'standard'}}, read_timeout=120))\n{script}"
+        );
+        python(&s, &c.s3[node], &keys, &work)
+    };
+
+    // 1. The race: a put through node 5 finds the object a collector has
+    // just condemned; by the time its reference is written the collector
+    // has removed that generation. The put must not name it.
+    let r = write(&work, "r", &data(300 << 10, 1));
+    ok(
+        "put and delete r",
+        &boto(
+            "s3.create_bucket(Bucket='keep')\n\
+             s3.upload_file(f'{DATA}/r', 'keep', 'r')\n\
+             s3.delete_object(Bucket='keep', Key='r')\n",
+            0,
+        ),
+    );
+    wait_until(
+        Duration::from_secs(60),
+        "r condemned",
+        || match reclaim_steps(&c, "condemned")? {
+            n if n >= 1.0 => Ok(()),
+            n => Err(format!("{n} condemned")),
+        },
+    );
+    ok(
+        "put r2 = r through the slow node",
+        &boto("s3.upload_file(f'{DATA}/r', 'keep', 'r2')\n", 5),
+    );
+    assert!(
+        reclaim_steps(&c, "refused").unwrap() >= 1.0,
+        "the racing put never met the condemnation: the race was not exercised"
+    );
+    ok(
+        "get r2",
+        &boto("s3.download_file('keep', 'r2', f'{DATA}/out-r2')\n", 1),
+    );
+    assert!(
+        std::fs::read(work.join("out-r2")).unwrap() == data(300 << 10, 1),
+        "r2 does not read back"
+    );
+    assert_eq!(stored(&c, &r, tok), Ok(true));
+
+    // 2. Overwrites, deletes, a second name, a put by ID and a multipart
+    // upload.
+    let a = write(&work, "a", &data(300 << 10, 2));
+    let a2 = write(&work, "a2", &data(200 << 10, 3));
+    let cc = write(&work, "c", &data(400 << 10, 4));
+    let d = write(&work, "d", &data(1 << 10, 5)); // inline in its manifest
+    let e = write(&work, "e", &data(250 << 10, 6));
+    let f = write(&work, "f", &data(260 << 10, 9));
+    let p1 = data(5 << 20, 7);
+    let p2 = data(1 << 20, 8);
+    let p1_id = write(&work, "p1", &p1);
+    let p2_id = write(&work, "p2", &p2);
+    let whole = write(&work, "m", &[p1.as_slice(), p2.as_slice()].concat());
+    // e is stored by ID first: that acknowledgement must outlive any name.
+    let out = c.net.cli(&[
+        "put",
+        "--json",
+        work.join("e").to_str().unwrap(),
+        "--peer",
+        &c.nodes[2].addr(),
+        "--token",
+        tok,
+    ]);
+    ok("dynostore put e", &out);
+    let before = stored_bytes(&c).unwrap();
+    ok(
+        "names",
+        &boto(
+            "for k, f in [('a', 'a'), ('b', 'a'), ('c', 'c'), ('d', 'd'), ('e', 'e'), ('f', 'f')]:\n    \
+                 s3.upload_file(f'{DATA}/{f}', 'keep', k)\n\
+             up = s3.create_multipart_upload(Bucket='keep', Key='m')['UploadId']\n\
+             parts = []\n\
+             for n, f in [(1, 'p1'), (2, 'p2')]:\n    \
+                 t = s3.upload_part(Bucket='keep', Key='m', UploadId=up, PartNumber=n, \
+                                    Body=open(f'{DATA}/{f}', 'rb').read())['ETag']\n    \
+                 parts.append({'PartNumber': n, 'ETag': t})\n\
+             s3.complete_multipart_upload(Bucket='keep', Key='m', UploadId=up, \
+                                          MultipartUpload={'Parts': parts})\n\
+             s3.upload_file(f'{DATA}/a2', 'keep', 'a')\n",
+            1,
+        ),
+    );
+    // f is stored through S3 first, then put by ID: the put by ID is
+    // acknowledged, so f must outlive its S3 name too.
+    let out = c.net.cli(&[
+        "put",
+        "--json",
+        work.join("f").to_str().unwrap(),
+        "--peer",
+        &c.nodes[2].addr(),
+        "--token",
+        tok,
+    ]);
+    ok("dynostore put f", &out);
+    ok(
+        "deletes",
+        &boto(
+            "for k in ['c', 'd', 'e', 'f']:\n    \
+                 s3.delete_object(Bucket='keep', Key=k)\n",
+            1,
+        ),
+    );
+    let gone = [&cc, &d, &p1_id, &p2_id];
+    wait_until(
+        Duration::from_secs(90),
+        "c, d and the parts reclaimed",
+        || {
+            for id in gone {
+                if stored(&c, id, tok)? {
+                    return Err(format!("{} still stored", &id[..8]));
+                }
+            }
+            Ok(())
+        },
+    );
+    // a is still named b, e was put by ID, a2 and m are named.
+    for (what, id) in [
+        ("a", &a),
+        ("e", &e),
+        ("f", &f),
+        ("a2", &a2),
+        ("m", &whole),
+        ("r", &r),
+    ] {
+        assert_eq!(stored(&c, id, tok), Ok(true), "{what} was reclaimed");
+    }
+    // The parts' and c's copies are gone from the containers (d was inline).
+    let kept = ((300u64 << 10) + (200 << 10) + (6 << 20) + (260 << 10)) as f64 * 1.5;
+    let freed = ((6u64 << 20) + (400 << 10)) as f64 * 1.5;
+    wait_until(
+        Duration::from_secs(30),
+        "the reclaimed copies released",
+        || {
+            let excess = stored_bytes(&c)? - (before + kept);
+            match excess <= 0.1 * freed {
+                true => Ok(()),
+                false => Err(format!("{excess} bytes more than the kept objects' stored")),
+            }
+        },
+    );
+    ok(
+        "reads",
+        &boto(
+            "for k in ['a', 'b', 'm']:\n    \
+                 s3.download_file('keep', k, f'{DATA}/out-{k}')\n",
+            4,
+        ),
+    );
+    for (k, bytes) in [
+        ("a", data(200 << 10, 3)),
+        ("b", data(300 << 10, 2)),
+        ("m", [p1.as_slice(), p2.as_slice()].concat()),
+    ] {
+        assert!(
+            std::fs::read(work.join(format!("out-{k}"))).unwrap() == bytes,
+            "{k} reads other bytes"
+        );
+    }
+
+    // 3. The last name of a goes: now it goes too; e (by ID) still stays.
+    ok(
+        "delete b",
+        &boto("s3.delete_object(Bucket='keep', Key='b')\n", 2),
+    );
+    wait_until(Duration::from_secs(60), "a reclaimed", || {
+        match stored(&c, &a, tok)? {
+            false => Ok(()),
+            true => Err("a still stored".into()),
+        }
+    });
+    assert_eq!(stored(&c, &e, tok), Ok(true), "e was reclaimed");
+    assert_eq!(stored(&c, &f, tok), Ok(true), "f was reclaimed");
+    assert_eq!(stored(&c, &r, tok), Ok(true), "r was reclaimed");
+}
