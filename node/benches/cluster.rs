@@ -651,6 +651,7 @@ async fn small_objects(
                     segment_size: None,
                     name: Some(format!("small-{i}")),
                     durability: None,
+                    reclaimable: false,
                 };
                 let client = &clients[i % NODES];
                 let start = Instant::now();

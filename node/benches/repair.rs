@@ -326,6 +326,7 @@ fn params(name: Option<String>) -> PutParams {
         segment_size: None,
         name,
         durability: None,
+        reclaimable: false,
     }
 }
 

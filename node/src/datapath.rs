@@ -312,8 +312,6 @@ async fn answer(
             // The owner is whoever the verified token speaks for, never
             // what the client wrote.
             meta.owner = None;
-            // Only the S3 gateway writes collectable generations.
-            meta.collectable = false;
             let r = match access {
                 Access::Open => Ok(()),
                 Access::User { admission, token } => admission
@@ -389,6 +387,12 @@ async fn answer(
             crate::s3::ops::name_object(shared, &bucket, &key, object, size, etag, content_type)
                 .await
                 .map(|()| ClientResponse::Named)?
+        }
+        ClientRequest::Unname { bucket, key } => {
+            access.allows(TokenOp::Rm, &format!("{bucket}/{key}"))?;
+            crate::s3::ops::unname_object(shared, &bucket, &key)
+                .await
+                .map(|()| ClientResponse::Unnamed)?
         }
         ClientRequest::Resolve { bucket, key } => {
             access.allows(TokenOp::Get, &format!("{bucket}/{key}"))?;

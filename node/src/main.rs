@@ -70,7 +70,9 @@ enum Command {
         #[command(flatten)]
         conn: ConnArgs,
     },
-    /// Remove an object: its shards and its manifest replicas.
+    /// Remove an object (by ID: its shards and its manifest replicas), or
+    /// a name (BUCKET/KEY: the object goes once no name refers to it, if
+    /// it was stored with `put --name` or through S3).
     Rm {
         id: String,
         #[command(flatten)]
@@ -504,12 +506,29 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::Share(args) => share(args).await,
         Command::Stat { id, json, conn } => stat(&id, json, conn).await,
-        Command::Rm { id, conn } => {
+        Command::Rm { id, conn } if !id.contains('/') => {
             let object = parse_object(&id)?;
             let client = conn.connect().await?;
             match objects::request(&client, ClientRequest::Remove { object }).await? {
                 ClientResponse::Removed { shards, manifests } => {
                     println!("removed {object}: {shards} shards, {manifests} manifest replicas");
+                    Ok(())
+                }
+                other => bail!("unexpected answer: {other:?}"),
+            }
+        }
+        Command::Rm { id, conn } => {
+            let Some((bucket, key)) = bucket_key(&id) else {
+                bail!("{id:?} is neither an object ID nor a BUCKET/KEY name");
+            };
+            let client = conn.connect().await?;
+            let req = ClientRequest::Unname {
+                bucket: bucket.to_string(),
+                key: key.to_string(),
+            };
+            match objects::request(&client, req).await? {
+                ClientResponse::Unnamed => {
+                    println!("removed the name {id}");
                     Ok(())
                 }
                 other => bail!("unexpected answer: {other:?}"),
@@ -728,6 +747,7 @@ async fn put(args: PutArgs) -> Result<()> {
             segment_size: args.segment_size,
             name: Some(name.clone()),
             durability,
+            reclaimable: args.name.as_deref().and_then(bucket_key).is_some(),
         };
         let mut bar = Bar::new(args.json, &name);
         let r = if recipients.is_empty() {
@@ -955,6 +975,7 @@ async fn share(args: ShareArgs) -> Result<()> {
         segment_size: None,
         name: args.name.clone(),
         durability: None,
+        reclaimable: false,
     };
     let client = args.conn.connect().await?;
     let s = crypt::share(&client, object, &identities, &recipients, &params).await?;

@@ -82,6 +82,10 @@ pub struct PutParams {
     /// (those above are ignored). `None` with `k = m = 0`: the entry
     /// peer's defaults (its site's default target, else its default k, m).
     pub durability: Option<Durability>,
+    /// The object is stored to be named (`put --name BUCKET/KEY`): its
+    /// bytes may be reclaimed once no name refers to it. A put without
+    /// it is kept until `rm ID`.
+    pub reclaimable: bool,
 }
 
 impl PutParams {
@@ -186,7 +190,7 @@ pub async fn put_file(
             .ok()
             .map(|d| d.as_millis() as u64),
         owner: None,
-        collectable: false,
+        collectable: params.reclaimable,
     };
     let req = ClientRequest::Put {
         object,

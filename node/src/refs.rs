@@ -39,6 +39,9 @@ use crate::shared::Shared;
 /// reaches, so that a reference written before the top of the ranking
 /// moved is still found.
 const READ_WIDTH: usize = NAME_REPLICAS + 2;
+/// Another collector's condemnation of a referenced object older than this
+/// many waits (plus a minute) is abandoned: its collector is gone.
+const STALE_FACTOR: u64 = 10;
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -265,7 +268,7 @@ async fn reclaim_once(
         if settled.get(&ns) == Some(&digest) {
             continue;
         }
-        match look(shared, &ns, object, grace).await {
+        match look(shared, &ns, object, grace, wait).await {
             Ok(Look::Settled) => {
                 settled.insert(ns, digest);
             }
@@ -301,9 +304,27 @@ async fn look(
     ns: &str,
     object: ObjectId,
     grace: Duration,
+    wait: Duration,
 ) -> Result<Look, RefError> {
     let records = read_all(shared, ns).await?;
     let verdict = refs::verdict(&records);
+    if verdict == Verdict::Referenced {
+        // A condemnation left live over a referenced object (a withdrawal
+        // that failed, or a collector that died between condemning and
+        // finishing) would refuse every writer that finds the object:
+        // withdraw this node's own, and others' once no collector can
+        // still be finishing them.
+        let mine = refs::condemn_key(&shared.local);
+        let abandoned = wall_ms().saturating_sub(STALE_FACTOR * wait.as_millis() as u64 + 60_000);
+        for r in records.iter().filter(|r| {
+            r.key.starts_with(refs::CONDEMN_PREFIX)
+                && !r.is_tombstone()
+                && (r.key == mine || r.version.ms < abandoned)
+        }) {
+            write_name(shared, ns, &r.key, None, Basis::Lookup).await?;
+            shared.metrics.reclaim("withdrawn");
+        }
+    }
     if !refs::ripe(&verdict, wall_ms(), grace.as_millis() as u64) {
         return Ok(match verdict {
             Verdict::Unreferenced { .. } => Look::Later,

@@ -90,10 +90,11 @@ pub struct Metadata {
     /// entry peer from the verified token (never taken from the client).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner: Option<String>,
-    /// Written by the S3 gateway for names: the generation may be removed
-    /// once no name refers to it any more ([`crate::names::refs`]). The
-    /// entry peer clears it on every put by ID, and a put by ID that finds
-    /// a collectable generation writes a new one without it, so an
+    /// Stored to be named (by the S3 gateway, or `put --name`): the
+    /// generation may be removed once no name refers to it any more
+    /// ([`crate::names::refs`]). A put that does not ask for it and finds a
+    /// collectable generation writes a new one without it, and a
+    /// generation written over one without it never has it, so an
     /// acknowledgement by ID never rests on bytes a collector may take.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub collectable: bool,

@@ -847,6 +847,13 @@ pub enum ClientRequest {
         bucket: String,
         key: String,
     },
+    /// Delete the name `bucket/key` (a tombstone; the object it named is
+    /// reclaimed once no name refers to it, if it was stored to be
+    /// named); answered `Unnamed`, also when there was no such name.
+    Unname {
+        bucket: String,
+        key: String,
+    },
     /// The names of `bucket` under `prefix` after `after` (at most 1000);
     /// answered `Names`.
     ListNames {
@@ -914,7 +921,7 @@ impl WireMessage for ClientRequest {
                     check_text("content type", c, crate::names::MAX_SHORT_TEXT)?;
                 }
             }
-            ClientRequest::Resolve { bucket, key } => {
+            ClientRequest::Resolve { bucket, key } | ClientRequest::Unname { bucket, key } => {
                 check_text("bucket", bucket, crate::names::MAX_NAMESPACE_LEN)?;
                 check_text("key", key, crate::names::MAX_KEY_LEN)?;
             }
@@ -1064,6 +1071,8 @@ pub enum ClientResponse {
     },
     /// The name was written.
     Named,
+    /// The name is deleted.
+    Unnamed,
     /// What a name points at.
     Resolved {
         object: ObjectId,

@@ -385,6 +385,7 @@ async fn run_async(args: &Args) -> Result<WanReport> {
         down_ms: 6000,
         repair_ms: 1000,
         scrub_ms: 3_600_000,
+        reclaim_ms: None,
     };
     let no_s3 = |_: usize, _: &str| -> Result<String> { bail!("no S3 containers here") };
     let mut nodes: Vec<NodeProc> = Vec::new();
@@ -625,6 +626,7 @@ async fn put(
         segment_size: None,
         name: None,
         durability,
+        reclaimable: false,
     };
     let fut = async {
         match system {

@@ -251,16 +251,40 @@ fn unnamed_s3_objects_are_reclaimed_and_named_ones_kept() {
     }
 
     // 3. The last name of a goes: now it goes too; e (by ID) still stays.
+    // The CLI's names work the same way: `put --name` stores an object to
+    // be named, `rm BUCKET/KEY` deletes the name; g was put by ID as well.
+    let h = write(&work, "h", &data(270 << 10, 10));
+    let g = write(&work, "g", &data(280 << 10, 11));
+    let peer4 = c.nodes[4].addr();
+    let cli = |args: &[&str]| {
+        let mut all = args.to_vec();
+        all.extend(["--peer", peer4.as_str(), "--token", tok]);
+        let out = c.net.cli(&all);
+        ok(&format!("dynostore {args:?}"), &out);
+    };
+    let (hp, gp) = (work.join("h"), work.join("g"));
+    cli(&["put", "--json", gp.to_str().unwrap()]);
+    cli(&["put", "--json", "--name", "keep/h", hp.to_str().unwrap()]);
+    cli(&["put", "--json", "--name", "keep/g", gp.to_str().unwrap()]);
+    cli(&["rm", "keep/h"]);
+    cli(&["rm", "keep/g"]);
     ok(
         "delete b",
         &boto("s3.delete_object(Bucket='keep', Key='b')\n", 2),
     );
-    wait_until(Duration::from_secs(60), "a reclaimed", || {
-        match stored(&c, &a, tok)? {
-            false => Ok(()),
-            true => Err("a still stored".into()),
+    wait_until(Duration::from_secs(60), "a and h reclaimed", || {
+        for (what, id) in [("a", &a), ("h", &h)] {
+            if stored(&c, id, tok)? {
+                return Err(format!("{what} still stored"));
+            }
         }
+        Ok(())
     });
+    assert_eq!(
+        stored(&c, &g, tok),
+        Ok(true),
+        "g (also put by ID) was reclaimed"
+    );
     assert_eq!(stored(&c, &e, tok), Ok(true), "e was reclaimed");
     assert_eq!(stored(&c, &f, tok), Ok(true), "f was reclaimed");
     assert_eq!(stored(&c, &r, tok), Ok(true), "r was reclaimed");

@@ -1963,6 +1963,26 @@ pub(crate) async fn name_object(
     Ok(())
 }
 
+/// `dynostore rm BUCKET/KEY`: deletes a name (nothing to do when there is
+/// no live one).
+pub(crate) async fn unname_object(
+    shared: &Arc<Shared>,
+    bucket: &str,
+    key: &str,
+) -> Result<(), DataError> {
+    check_bucket_name(bucket)?;
+    let live = names::get(shared, bucket, key)
+        .await
+        .map_err(names_data_err)?
+        .is_some_and(|r| !r.is_tombstone());
+    if live {
+        refs::write_name(shared, bucket, key, None, Basis::Lookup)
+            .await
+            .map_err(refs_data_err)?;
+    }
+    Ok(())
+}
+
 /// `dynostore get BUCKET/KEY`: the object a name points at.
 pub(crate) async fn resolve(
     shared: &Arc<Shared>,

@@ -633,6 +633,7 @@ impl<'a> Run<'a> {
             segment_size: s.segment_size,
             name: None,
             durability: None,
+            reclaimable: false,
         };
         let data_dir = self.root.join("data");
         std::fs::create_dir_all(&data_dir)?;

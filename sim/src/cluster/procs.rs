@@ -74,6 +74,10 @@ impl NodeProc {
             .args(["--down-after-ms", &t.down_ms.to_string()])
             .args(["--repair-interval-ms", &t.repair_ms.to_string()])
             .args(["--scrub-interval-ms", &t.scrub_ms.to_string()]);
+        if let Some(r) = t.reclaim_ms {
+            cmd.args(["--reclaim-grace-ms", &r.to_string()])
+                .args(["--reclaim-wait-ms", &r.to_string()]);
+        }
         if !cx.repair {
             cmd.arg("--no-repair");
         }

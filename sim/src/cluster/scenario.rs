@@ -58,6 +58,10 @@ pub struct Timing {
     pub down_ms: u64,
     pub repair_ms: u64,
     pub scrub_ms: u64,
+    /// Reclaiming objects no name refers to: grace and wait (ms); absent,
+    /// the node's defaults.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reclaim_ms: Option<u64>,
 }
 
 /// A group of identical nodes.

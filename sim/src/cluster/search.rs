@@ -57,6 +57,13 @@ const DEADLINE: Duration = Duration::from_secs(150);
 /// Time allowed, after full redundancy, for lagging manifest replicas to
 /// take the newest version (repair rounds refresh them).
 const MANIFESTS_CONVERGE: Duration = Duration::from_secs(30);
+/// Names per seed (`search/k0` ..), and their share of the steps.
+const NAME_KEYS: u32 = 5;
+const NAME_STEPS_PER_100: usize = 25;
+/// The nodes' reclaim grace and wait.
+const RECLAIM_MS: u64 = 1000;
+/// The bucket of the search's names.
+const BUCKET: &str = "search";
 /// The same with repair off, where only the nodes' return could help.
 const NO_REPAIR_DEADLINE: Duration = Duration::from_secs(20);
 
@@ -119,6 +126,18 @@ pub enum Step {
     },
     /// Wait until every present object is healthy again.
     Settle,
+    /// Store `object` to be named (`put --name`) and name it `key`.
+    Name {
+        key: u32,
+        object: usize,
+        via: u32,
+    },
+    /// Delete the name `key` (`rm BUCKET/KEY`): its object is reclaimed
+    /// once no name refers to it, unless it was also put by ID.
+    Unname {
+        key: u32,
+        via: u32,
+    },
 }
 
 /// Everything a seed decides.
@@ -350,12 +369,46 @@ impl Plan {
                     st.corrupted.insert(*node);
                 }
                 Step::Settle => st.corrupted.clear(),
-                Step::Get { .. } => {}
+                Step::Get { .. } | Step::Name { .. } | Step::Unname { .. } => {}
             }
             plan.steps.push(step);
         }
         plan.objects = objects;
+        plan.draw_names(steps);
         plan
+    }
+
+    /// Adds name steps at random places, from a stream of their own (so
+    /// the other steps, and the fault budget they keep, are as before):
+    /// names of objects the schedule also puts by ID, and of their own.
+    fn draw_names(&mut self, steps: usize) {
+        if self.objects.is_empty() {
+            return;
+        }
+        let mut rng = ChaCha8Rng::seed_from_u64(self.seed);
+        rng.set_stream(0x6e61_6d65);
+        for _ in 0..steps * NAME_STEPS_PER_100 / 100 {
+            let key = rng.gen_range(0..NAME_KEYS);
+            let via = rng.next_u32();
+            let step = if rng.gen_bool(0.6) {
+                // Half the names are of objects of their own, never put by
+                // ID: those the collector may take once unnamed.
+                let object = if rng.gen_bool(0.5) {
+                    self.objects.push(Content::Random {
+                        segments: rng.gen_range(0..=2),
+                        tail: rng.gen_range(1..=SHARD * u32::from(self.k)),
+                    });
+                    self.objects.len() - 1
+                } else {
+                    rng.gen_range(0..self.objects.len())
+                };
+                Step::Name { key, object, via }
+            } else {
+                Step::Unname { key, via }
+            };
+            let at = rng.gen_range(0..=self.steps.len());
+            self.steps.insert(at, step);
+        }
     }
 
     fn segment_size(&self) -> u32 {
@@ -389,6 +442,9 @@ impl Plan {
                 down_ms: 3000,
                 repair_ms: 1000,
                 scrub_ms: 3000,
+                // Names' objects are reclaimed within seconds, so that the
+                // collector runs among the faults.
+                reclaim_ms: Some(RECLAIM_MS),
             },
             nodes,
             faults: Vec::new(),
@@ -565,8 +621,24 @@ pub fn run_plan(plan: &Plan, opts: &RunOptions) -> Result<SeedReport> {
     })
 }
 
+/// What the client may expect of one name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum NameExpect {
+    /// The last acknowledged operation named this object.
+    Names(usize),
+    /// The last acknowledged operation deleted the name.
+    Deleted,
+    /// A failed operation, both sides of a partition, or an `rm` by ID of
+    /// the object named.
+    Unknown,
+}
+
 struct Search<'p> {
     plan: &'p Plan,
+    names: HashMap<u32, NameExpect>,
+    /// Objects a put by ID was tried for, and objects ever named.
+    by_id: HashSet<usize>,
+    named: HashSet<usize>,
     data: std::path::PathBuf,
     params: PutParams,
     ids: Vec<Option<ObjectId>>,
@@ -588,6 +660,9 @@ impl<'p> Search<'p> {
     fn new(plan: &'p Plan, root: &Path) -> Search<'p> {
         Search {
             plan,
+            names: HashMap::new(),
+            by_id: HashSet::new(),
+            named: HashSet::new(),
             data: root.join("data"),
             params: PutParams {
                 codec: CodecKind::ReedSolomonSimd,
@@ -596,6 +671,7 @@ impl<'p> Search<'p> {
                 segment_size: Some(plan.segment_size()),
                 name: None,
                 durability: None,
+                reclaimable: false,
             },
             ids: vec![None; plan.objects.len()],
             expect: vec![None; plan.objects.len()],
@@ -668,6 +744,44 @@ impl<'p> Search<'p> {
         }
     }
 
+    /// `put --name search/kKEY`: the object stored to be named, then named.
+    async fn name(
+        &mut self,
+        run: &mut Run<'_>,
+        key: u32,
+        object: usize,
+        entry: usize,
+    ) -> Result<()> {
+        let path = self.data.join(format!("named{object}-{entry}.bin"));
+        let bytes = self.plan.bytes(object);
+        tokio::fs::write(&path, &bytes).await?;
+        let want = ObjectId::from_hash(blake3::hash(&bytes));
+        self.ids[object] = Some(want);
+        let params = PutParams {
+            reclaimable: true,
+            ..self.params.clone()
+        };
+        let c = run.client(entry).await?;
+        let r = objects::put_file(c, &path, &params, &mut NoProgress).await;
+        let _ = tokio::fs::remove_file(&path).await;
+        let r = r.map_err(|e| anyhow!("put: {e}"))?;
+        if r.object != want {
+            bail!("put acknowledged as {}, its BLAKE3 is {want}", r.object);
+        }
+        let req = ClientRequest::Name {
+            bucket: BUCKET.into(),
+            key: format!("k{key}"),
+            object: want,
+            size: r.size,
+            etag: String::new(),
+            content_type: None,
+        };
+        match objects::request(c, req).await {
+            Ok(ClientResponse::Named) => Ok(()),
+            other => bail!("name: {other:?}"),
+        }
+    }
+
     fn after_put(&mut self, i: usize, object: usize, ok: Result<bool>) {
         match ok {
             Ok(_) => {
@@ -694,6 +808,7 @@ impl<'p> Search<'p> {
         match step {
             Step::Put { object, via: v } => {
                 let Some(e) = via(*v) else { return Ok(()) };
+                self.by_id.insert(*object);
                 self.touch(*object, e);
                 let r = self.put(run, *object, e).await;
                 self.after_put(i, *object, r);
@@ -705,6 +820,7 @@ impl<'p> Search<'p> {
                 let (Some(ea), Some(eb)) = (via(*a), via(*b)) else {
                     return Ok(());
                 };
+                self.by_id.insert(*object);
                 self.touch(*object, ea);
                 self.touch(*object, eb);
                 let path = self.data.join(format!("obj{object}.bin"));
@@ -766,6 +882,12 @@ impl<'p> Search<'p> {
                     Ok(ClientResponse::Removed { .. }) => {
                         self.rms_acked += 1;
                         self.expect[*object] = Some(Expect::Removed);
+                        // An `rm` by ID takes the bytes from under names.
+                        for n in self.names.values_mut() {
+                            if *n == NameExpect::Names(*object) {
+                                *n = NameExpect::Unknown;
+                            }
+                        }
                     }
                     Err(ObjectError::Remote(r)) if r.kind == ErrorKind::NotFound => {
                         // Nothing was done. A present object must be found.
@@ -801,6 +923,50 @@ impl<'p> Search<'p> {
                     }
                     self.note(i, format!("get {object} via {e}: {err:#}"));
                 }
+            }
+            Step::Name {
+                key,
+                object,
+                via: v,
+            } => {
+                let Some(e) = via(*v) else { return Ok(()) };
+                self.named.insert(*object);
+                // The object exists again, whatever an earlier `rm` did.
+                if self.expect[*object] == Some(Expect::Removed) {
+                    self.expect[*object] = Some(Expect::Unknown);
+                }
+                let r = self.name(run, *key, *object, e).await;
+                let after = match r {
+                    Ok(()) if self.even_side.is_none() => NameExpect::Names(*object),
+                    Ok(()) => NameExpect::Unknown,
+                    Err(err) => {
+                        run.clients.remove(&e);
+                        self.note(i, format!("name k{key} = {object} via {e}: {err:#}"));
+                        NameExpect::Unknown
+                    }
+                };
+                self.names.insert(*key, after);
+            }
+            Step::Unname { key, via: v } => {
+                let Some(e) = via(*v) else { return Ok(()) };
+                let req = ClientRequest::Unname {
+                    bucket: BUCKET.into(),
+                    key: format!("k{key}"),
+                };
+                let res = match run.client(e).await {
+                    Ok(c) => objects::request(c, req).await,
+                    Err(err) => Err(ObjectError::Protocol(format!("{err:#}"))),
+                };
+                let after = match res {
+                    Ok(ClientResponse::Unnamed) if self.even_side.is_none() => NameExpect::Deleted,
+                    Ok(ClientResponse::Unnamed) => NameExpect::Unknown,
+                    other => {
+                        run.clients.remove(&e);
+                        self.note(i, format!("unname k{key} via {e}: {other:?}"));
+                        NameExpect::Unknown
+                    }
+                };
+                self.names.insert(*key, after);
             }
             Step::Kill { nodes } => self.fault(run, Action::Kill, nodes.clone(), None).await?,
             Step::Restart { nodes } => {
@@ -960,6 +1126,86 @@ impl<'p> Search<'p> {
                 Expect::Unknown => unknown += 1,
             }
         }
+        // Names: every collector gets a round or two with everyone back
+        // (grace, wait, and its interval), then every name whose last
+        // acknowledged operation named an object must still resolve to it
+        // and read back; a reclaim that took a named object fails here.
+        pb.set_message("checking every name");
+        tokio::time::sleep(Duration::from_millis(RECLAIM_MS * 5)).await;
+        let (mut names_present, mut names_lost, mut names_deleted) = (0, 0, 0);
+        let mut keys: Vec<(u32, NameExpect)> = self.names.iter().map(|(k, v)| (*k, *v)).collect();
+        keys.sort_unstable_by_key(|(k, _)| *k);
+        for (key, exp) in keys {
+            let reader = all[key as usize % all.len()];
+            match exp {
+                NameExpect::Names(o) => {
+                    names_present += 1;
+                    let Some(id) = self.ids[o] else { continue };
+                    let req = ClientRequest::Resolve {
+                        bucket: BUCKET.into(),
+                        key: format!("k{key}"),
+                    };
+                    let c = run.client(reader).await?;
+                    let resolved = match objects::request(c, req).await {
+                        Ok(ClientResponse::Resolved { object, .. }) => Ok(object),
+                        other => Err(format!("{other:?}")),
+                    };
+                    let a = Acked {
+                        index: o,
+                        id,
+                        size: self.plan.len(o),
+                    };
+                    let problem = match resolved {
+                        Ok(x) if x != id => Some(format!("resolves to {x}, not {id}")),
+                        Ok(_) => run
+                            .read_back(reader, a)
+                            .await
+                            .err()
+                            .map(|e| format!("{e:#}")),
+                        Err(e) => Some(e),
+                    };
+                    if let Some(p) = problem {
+                        names_lost += 1;
+                        self.note(
+                            usize::MAX,
+                            format!("name k{key} (object {o}) via {reader}: {p}"),
+                        );
+                    }
+                }
+                NameExpect::Deleted => names_deleted += 1,
+                NameExpect::Unknown => {}
+            }
+        }
+        // Objects only ever named, none of whose names can still point at
+        // them: reclaimed unless a failure leaked a reference (allowed).
+        let mut unnamed = 0;
+        let mut reclaimed = 0;
+        for &o in &self.named {
+            let named_now = self
+                .names
+                .values()
+                .any(|n| matches!(n, NameExpect::Names(x) if *x == o) || *n == NameExpect::Unknown);
+            let (Some(id), false, false) = (self.ids[o], named_now, self.by_id.contains(&o)) else {
+                continue;
+            };
+            unnamed += 1;
+            let c = run.client(all[o % all.len()]).await?;
+            if let Err(ObjectError::Remote(r)) = objects::stat(c, id, None).await {
+                if r.kind == ErrorKind::NotFound {
+                    reclaimed += 1;
+                }
+            }
+        }
+        checks.push(Check {
+            name: "every name reads back the object it was last given".into(),
+            passed: names_lost == 0,
+            detail: format!(
+                "{} of {names_present} read back; {names_deleted} deleted; \
+                 {reclaimed} of {unnamed} objects no name can refer to reclaimed",
+                names_present - names_lost
+            ),
+        });
+
         // Replicas that lag are refreshed by later repair rounds: give
         // them a bounded time after the faults, then count what is split.
         pb.set_message("waiting for one manifest version per object");
