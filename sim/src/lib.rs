@@ -19,6 +19,7 @@
 //! and a `run`.
 
 pub mod cluster;
+pub mod launch;
 pub mod png_plot;
 pub mod scale;
 pub mod wan;

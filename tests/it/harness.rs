@@ -1,15 +1,19 @@
 //! Test harness: real `dynostore` node processes on loopback.
 //!
 //! Every node gets its own directory under one temporary network directory,
-//! its own free port on 127.0.0.1, and its log in `DIR/node.log`. Waiting is
+//! its own free port on 127.0.0.1, and its log in `DIR/node.log`; nodes are
+//! started by the simulator's launcher (`dynostore_sim::launch`), the same
+//! one the simulator and the benches use. Waiting is
 //! always on a condition with a deadline ([`wait_until`]), never a bare sleep.
 
 use std::fs;
 use std::net::TcpListener;
+use std::ops::{Deref, DerefMut};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
+use dynostore_sim::launch::{Init, Node};
 use serde_json::Value;
 
 /// The node binary under test (built from `node/src/main.rs` in this package).
@@ -98,13 +102,21 @@ pub fn cli_with_key(key: Option<&Path>, args: &[&str]) -> Output {
     cmd.output().expect("run dynostore")
 }
 
-/// One node process.
-pub struct NodeProc {
-    pub name: String,
-    pub dir: PathBuf,
-    pub id: String,
-    pub port: u16,
-    child: Option<Child>,
+/// One node process: the simulator's launcher ([`dynostore_sim::launch`])
+/// with the tests' timings, and panics in place of errors.
+pub struct NodeProc(Node);
+
+impl Deref for NodeProc {
+    type Target = Node;
+    fn deref(&self) -> &Node {
+        &self.0
+    }
+}
+
+impl DerefMut for NodeProc {
+    fn deref_mut(&mut self) -> &mut Node {
+        &mut self.0
+    }
 }
 
 /// How to initialise a node.
@@ -121,143 +133,51 @@ pub struct NodeSpec<'a> {
 impl NodeProc {
     /// `dynostore init` in `root/name`.
     pub fn init(root: &Path, name: &str, spec: NodeSpec<'_>) -> NodeProc {
-        let dir = root.join(name);
-        let port = free_port();
-        let listen = format!("/ip4/127.0.0.1/tcp/{port}");
-        let mut args: Vec<String> = vec![
-            "init".into(),
-            "--dir".into(),
-            dir.display().to_string(),
-            "--listen".into(),
-            listen,
-            "--site".into(),
-            spec.site.into(),
-            "--announce-interval-ms".into(),
-            ANNOUNCE_MS.to_string(),
-            "--suspect-after-ms".into(),
-            SUSPECT_MS.to_string(),
-            "--down-after-ms".into(),
-            DOWN_MS.to_string(),
-            "--repair-interval-ms".into(),
-            REPAIR_MS.to_string(),
-        ];
+        let mut args: Vec<String> = Vec::new();
+        for (flag, v) in [
+            ("--announce-interval-ms", ANNOUNCE_MS),
+            ("--suspect-after-ms", SUSPECT_MS),
+            ("--down-after-ms", DOWN_MS),
+            ("--repair-interval-ms", REPAIR_MS),
+        ] {
+            args.extend([flag.to_string(), v.to_string()]);
+        }
         args.extend(spec.extra.iter().map(|s| s.to_string()));
-        for c in &spec.containers {
-            args.push("--container".into());
-            args.push(c.clone());
-        }
-        if let Some(b) = spec.bootstrap {
-            args.push("--bootstrap".into());
-            args.push(b.into());
-        }
-        if let Some(k) = spec.key {
-            args.push("--network-key".into());
-            args.push(k.display().to_string());
-        }
-        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-        let out = cli_with_key(None, &refs);
-        assert!(
-            out.status.success(),
-            "init {name} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
-        NodeProc {
+        let bin = bin();
+        let node = Node::init(Init {
+            bin: &bin,
+            dir: root.join(name),
             name: name.into(),
-            dir,
-            id,
-            port,
-            child: None,
-        }
+            ip: "127.0.0.1",
+            site: spec.site,
+            containers: spec.containers,
+            bootstrap: spec.bootstrap.map(str::to_string),
+            network_key: spec.key,
+            args,
+        })
+        .unwrap_or_else(|e| panic!("{e:#}"));
+        NodeProc(node)
     }
 
     /// A node initialised by hand in `dir`, listening where its config says;
     /// `addr()` is only meaningful for nodes made by [`NodeProc::init`].
     pub fn attach(dir: PathBuf, name: &str, id: String) -> NodeProc {
-        NodeProc {
-            name: name.into(),
-            dir,
-            id,
-            port: 0,
-            child: None,
-        }
+        NodeProc(Node::attach(&bin(), dir, name, id))
     }
 
     /// Starts the process and waits until it has written `node.addr`.
     pub fn start(&mut self) {
-        assert!(self.child.is_none(), "{} is already running", self.name);
-        let addr_file = self.dir.join("node.addr");
-        let _ = fs::remove_file(&addr_file);
-        let log = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.join("node.log"))
-            .expect("open node log");
-        let child = Command::new(bin())
-            .args(["node", "--dir"])
-            .arg(&self.dir)
-            .env("RUST_LOG", "info,libp2p_gossipsub=warn")
-            .env_remove("DYNOSTORE_NETWORK_KEY")
-            .stdout(Stdio::from(log.try_clone().expect("clone log")))
-            .stderr(Stdio::from(log))
-            .spawn()
-            .expect("spawn node");
-        self.child = Some(child);
-        let name = self.name.clone();
-        wait_until(
-            Duration::from_secs(30),
-            &format!("{name} to listen"),
-            || {
-                if let Some(status) = self
-                    .child
-                    .as_mut()
-                    .and_then(|c| c.try_wait().ok().flatten())
-                {
-                    panic!("{name} exited with {status}: {}", self.log_tail());
-                }
-                match fs::read_to_string(&addr_file) {
-                    Ok(s) if s.lines().next().is_some() => Ok(()),
-                    _ => Err("no node.addr yet".into()),
-                }
-            },
-        );
+        self.0.start().unwrap_or_else(|e| panic!("{e:#}"));
     }
 
     /// The node's full multiaddr.
     pub fn addr(&self) -> String {
-        format!("/ip4/127.0.0.1/tcp/{}/p2p/{}", self.port, self.id)
-    }
-
-    /// SIGKILL: a crash.
-    pub fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.0.addr.clone()
     }
 
     /// SIGTERM and wait: a clean stop.
     pub fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = Command::new("kill").arg(c.id().to_string()).status();
-            let _ = c.wait();
-        }
-    }
-
-    pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
-    }
-
-    pub fn log_tail(&self) -> String {
-        let log = fs::read_to_string(self.dir.join("node.log")).unwrap_or_default();
-        let lines: Vec<&str> = log.lines().collect();
-        lines[lines.len().saturating_sub(30)..].join("\n")
-    }
-}
-
-impl Drop for NodeProc {
-    fn drop(&mut self) {
-        self.kill();
+        self.0.terminate(Duration::from_secs(60));
     }
 }
 
@@ -362,11 +282,5 @@ pub fn find_file(root: &Path, name: &str) -> Option<PathBuf> {
 
 /// Peak RSS (VmHWM) of a process, in bytes.
 pub fn peak_rss(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let kb: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmHWM in /proc/PID/status");
-    kb * 1024
+    dynostore_sim::launch::vm_hwm_kib(pid).expect("VmHWM in /proc/PID/status") * 1024
 }

@@ -2,7 +2,7 @@
 //! six-node loopback cluster, in clear and encrypted (`put --encrypt-to`,
 //! `get -i`), in the same run; CPU seconds per GiB of every process.
 //!
-//! `cargo bench -p dynostore-node --bench crypt` prints one markdown table:
+//! `cargo bench -p dynostore-sim --bench crypt` prints one markdown table:
 //! for each operation the wall time, MB/s, the CLI's CPU seconds (polled
 //! from `/proc/PID/stat` every 5 ms until it exits), the six nodes' CPU
 //! seconds (`/proc`, before and after), and each per GiB of plaintext;

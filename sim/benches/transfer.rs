@@ -2,7 +2,7 @@
 //! libp2p-stream, as a ratio to a plain TCP copy of the same bytes on
 //! loopback, all measured in the same run.
 //!
-//! `cargo bench -p dynostore-node --bench transfer` prints a markdown table.
+//! `cargo bench -p dynostore-sim --bench transfer` prints a markdown table.
 //! The bench binary re-executes itself with `DYNOSTORE_BENCH_ROLE=server` to
 //! act as the server side of every measurement, so that client and server
 //! are two OS processes, as between two nodes. The server holds:

@@ -42,8 +42,6 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 pub const SINK_MAX_BYTES: u64 = 1 << 40;
 /// File generation and hashing block size.
 pub const IO_BLOCK: usize = 8 * MIB;
-/// Linux `USER_HZ`: the unit of the CPU times in `/proc/PID/stat`.
-const CLOCK_TICKS: f64 = 100.0;
 /// Attempts of one object operation whose stream the entry peer dropped,
 /// and the wait before the second (the n-th waits n - 1 times as long).
 pub const OBJECT_ATTEMPTS: usize = 5;
@@ -368,26 +366,8 @@ pub fn cpu_delta(before: &[f64], after: &[f64]) -> Vec<f64> {
 
 // ---------------------------------------------------------------- /proc
 
-/// Peak resident set (`VmHWM`) of a live process, in KiB.
-pub fn vm_hwm_kib(pid: u32) -> Option<u64> {
-    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-}
-
-/// User + system CPU seconds of a live process.
-pub fn cpu_secs(pid: u32) -> Option<f64> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the command name, which may hold spaces: state is the
-    // first, utime and stime are the 12th and 13th.
-    let rest = &stat[stat.rfind(')')? + 1..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let utime: f64 = f.get(11)?.parse().ok()?;
-    let stime: f64 = f.get(12)?.parse().ok()?;
-    Some((utime + stime) / CLOCK_TICKS)
-}
+#[allow(unused_imports)] // not every bench reads both
+pub use dynostore_sim::launch::{cpu_secs, vm_hwm_kib};
 
 /// Available bytes of the filesystem holding `path`.
 pub fn free_disk(path: &Path) -> Result<u64> {

@@ -2,7 +2,7 @@
 //! 1 GiB of shards costs, measured in one run on an eight-node loopback
 //! cluster of real `dynostore` node processes.
 //!
-//! `cargo bench -p dynostore-node --bench repair` prints markdown tables:
+//! `cargo bench -p dynostore-sim --bench repair` prints markdown tables:
 //! 1. Eight `dynostore node` processes (this package's binary), each with
 //!    its own directory, a `dir:` container under `TMPDIR`, its own site and
 //!    one fresh network key; announce every 500 ms, suspect after 2.5 s of
@@ -74,7 +74,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context as _, Result};
-use common::cluster::{Cluster, ClusterSpec, ContainerKind, NODE_BIN};
+use common::cluster::{node_bin, Cluster, ClusterSpec, ContainerKind};
 use common::{
     budget, cpu_delta, cpu_secs, env_number, free_disk, get_retrying, mb_per_s, met, note, pool,
     put_retrying, runtime, smoke_note, write_file, MIB,
@@ -907,13 +907,14 @@ fn report(r: &Report<'_>) {
     println!("## Repair after the loss of a node (issue 5)");
     println!();
     println!(
-        "{NODES} `dynostore node` processes ({NODE_BIN}), one site each, `dir:` containers of {} \
+        "{NODES} `dynostore node` processes ({}), one site each, `dir:` containers of {} \
          MiB under {}; announce {ANNOUNCE_MS} ms, suspect after {SUSPECT_MS} ms, down after \
          {DOWN_MS} ms, a repair round every {REPAIR_INTERVAL_MS} ms; **repair rate {rate_mib:.0} \
          MiB/s per node** (`--repair-rate-bytes-per-sec {}`: shard bytes read plus written). \
          Objects k={K}, m={M}, reed-solomon-simd, 1 MiB shards. Converged in {:.1} s. MB = 10^6 \
          bytes, MiB = 2^20. {cpus} CPUs; load average {} at the start, {} at the end. Whole run \
          {:.0} s.{}",
+        node_bin(),
         cfg.quota_mib,
         std::env::temp_dir().display(),
         cfg.rate_bytes_per_sec,

@@ -2,7 +2,7 @@
 //! real `dynostore` node processes, against a raw libp2p stream measured in
 //! the same run.
 //!
-//! `cargo bench -p dynostore-node --bench cluster` prints markdown tables:
+//! `cargo bench -p dynostore-sim --bench cluster` prints markdown tables:
 //! 1. A cluster of six `dynostore node` processes (this package's binary),
 //!    each with its own directory, a `dir:` container (or `mem:`), its own
 //!    site and one fresh network key; announce every 500 ms. The bench
@@ -58,7 +58,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context as _, Result};
-use common::cluster::{Cluster, ClusterSpec, ContainerKind, NODE_BIN};
+use common::cluster::{node_bin, Cluster, ClusterSpec, ContainerKind};
 use common::{
     budget, connect, cpu_delta, cpu_secs, env_number, exit_with_parent, fill, free_disk,
     get_retrying, hash_file, mb_per_s, median, mem_available, met, note, pool, put_retrying,
@@ -365,13 +365,13 @@ fn run_cli(
         let mut c = Command::new(GNU_TIME);
         c.args(["-f", "%M %U %S", "-o"])
             .arg(&time_path)
-            .arg(NODE_BIN)
+            .arg(node_bin())
             .args(args)
             // Its own group, so that a timeout kills GNU time and the CLI.
             .process_group(0);
         c
     } else {
-        let mut c = Command::new(NODE_BIN);
+        let mut c = Command::new(node_bin());
         c.args(args);
         c
     };
@@ -932,11 +932,12 @@ fn report(r: &Report<'_>) {
     println!("## Data path through a six-node loopback cluster (issue 4)");
     println!();
     println!(
-        "{NODES} `dynostore node` processes ({NODE_BIN}), one site each, `{}` containers of {} \
+        "{NODES} `dynostore node` processes ({}), one site each, `{}` containers of {} \
          MiB under {}; announce {ANNOUNCE_MS} ms; converged (every node's `status --json` lists \
          all six alive) in {:.1} s. Objects k={K}, m={M}, codec reed-solomon-simd, default \
          segment size ({K} MiB, so 1 MiB shards). MB = 10^6 bytes, MiB = 2^20. {cpus} CPUs. \
          Whole run {:.0} s.{}",
+        node_bin(),
         match cfg.container {
             ContainerKind::Dir => "dir:",
             ContainerKind::Mem => "mem:",
