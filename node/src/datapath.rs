@@ -327,9 +327,11 @@ async fn answer(
             let r = match r
                 .and_then(|()| entry_geometry(shared, codec, k, m, segment_size, durability))
             {
-                Ok((g, target)) => put(shared, &mut StreamSource(s), object, size, g, meta, target)
-                    .await
-                    .map(ClientResponse::Stored),
+                Ok((g, target)) => {
+                    put(shared, &mut StreamSource(s), object, size, g, meta, target, false)
+                        .await
+                        .map(ClientResponse::Stored)
+                }
                 Err(e) => Err(e),
             };
             timer.finish(r.as_ref().err().map(DataError::kind));
@@ -561,9 +563,10 @@ pub(crate) async fn put_object(
     size: u64,
     g: Geometry,
     meta: Metadata,
+    fresh: bool,
 ) -> Result<PutReceipt, DataError> {
     let timer = shared.metrics.op(Op::Put);
-    let r = put(shared, source, object, size, g, meta, None).await;
+    let r = put(shared, source, object, size, g, meta, None, fresh).await;
     timer.finish(r.as_ref().err().map(DataError::kind));
     r
 }
@@ -573,6 +576,7 @@ type Holders = Vec<(ShardSlot, NodeId)>;
 /// Every copy a put stored, for clean-up.
 type Written = Vec<(ShardSlot, NodeId)>;
 
+#[allow(clippy::too_many_arguments)]
 #[tracing::instrument(skip_all, fields(object = %object.short(), size))]
 async fn put(
     shared: &Arc<Shared>,
@@ -582,6 +586,7 @@ async fn put(
     g: Geometry,
     meta: Metadata,
     target: Option<Durability>,
+    fresh: bool,
 ) -> Result<PutReceipt, DataError> {
     let cost = put_segment_cost(&g, u64::from(g.segment_size));
     if !shared.memory.fits(cost) {
@@ -620,11 +625,15 @@ async fn put(
         // once the new manifest replaces it.
         // A put that must not rest on a collectable generation (a put by
         // ID) writes a new one of its own over such a generation.
-        let adoptable = meta.collectable || !existing.meta.collectable;
+        // `fresh`: the caller needs a generation of its own (the one it
+        // found is being reclaimed).
+        let adoptable = !fresh && (meta.collectable || !existing.meta.collectable);
         if adoptable && object_health(shared, &view, existing).await == Health::Healthy {
             return Ok(receipt(existing, 0, true));
         }
-        if adoptable {
+        if fresh {
+            tracing::info!(generation = %existing.generation, "the stored generation is being reclaimed: writing a new one");
+        } else if adoptable {
             tracing::info!(generation = %existing.generation, "the stored object is not whole: writing it again");
         } else {
             tracing::debug!(generation = %existing.generation, "the stored generation is collectable: writing one that is not");

@@ -531,12 +531,41 @@ impl Gateway {
         }
     }
 
-    /// Stores a spooled body as an object through the data path.
+    /// Names the object a put just stored (`basis`) from `spooled`. When
+    /// the generation the put found turns out to be condemned (a collector
+    /// is about to reclaim it), stores a generation of its own from the
+    /// spool, which the condemnation does not reach, and names that: the
+    /// client never sees the race.
+    #[allow(clippy::too_many_arguments)]
+    async fn name_stored(
+        &self,
+        ns: &str,
+        key: &str,
+        entry: NameEntry,
+        basis: Basis,
+        spooled: Spooled,
+        name: &str,
+        ct: Option<String>,
+    ) -> S3Result<(Spooled, NameVersion)> {
+        match refs::write_name(&self.shared, ns, key, Some(entry.clone()), basis).await {
+            Ok(v) => Ok((spooled, v)),
+            Err(RefError::Condemned(_)) => {
+                let (spooled, basis) = self.store(spooled, name, ct, true).await?;
+                let v = self.write_on(ns, key, Some(entry), basis).await?;
+                Ok((spooled, v))
+            }
+            Err(e) => Err(ref_err(e)),
+        }
+    }
+
+    /// Stores a spooled body as an object through the data path (`fresh`:
+    /// as a generation of its own even if the object is stored whole).
     async fn store(
         &self,
         mut spooled: Spooled,
         name: &str,
         ct: Option<String>,
+        fresh: bool,
     ) -> S3Result<(Spooled, Basis)> {
         let meta = ObjMeta {
             name: Some(
@@ -552,7 +581,7 @@ impl Gateway {
         let g = self.geometry()?;
         let object = spooled.object;
         let size = spooled.size;
-        let receipt = datapath::put_object(&self.shared, &mut spooled, object, size, g, meta)
+        let receipt = datapath::put_object(&self.shared, &mut spooled, object, size, g, meta, fresh)
             .await
             .map_err(data_err)?;
         let basis = receipt.generation.map_or(Basis::Lookup, Basis::Generation);
@@ -697,23 +726,29 @@ impl Gateway {
         }
         let spooled = spool.finish().await?;
         let name = format!("{bucket}/{key}");
-        let (spooled, basis) = self.store(spooled, &name, up.content_type.clone()).await?;
+        let (spooled, basis) = self
+            .store(spooled, &name, up.content_type.clone(), false)
+            .await?;
         let tag = format!("{}-{}", super::hex(&md5s.finalize()), chosen.len());
-        self.write_on(
+        let entry = NameEntry {
+            object: Some(spooled.object),
+            size: spooled.size,
+            etag: tag.clone(),
+            content_type: up.content_type.clone(),
+            meta: up.meta.clone(),
+            owner: up.owner.clone(),
+            blob: None,
+            headers: up.headers.clone(),
+            parts: chosen.iter().map(|p| p.size).collect(),
+        };
+        self.name_stored(
             &bucket,
             &key,
-            Some(NameEntry {
-                object: Some(spooled.object),
-                size: spooled.size,
-                etag: tag.clone(),
-                content_type: up.content_type.clone(),
-                meta: up.meta.clone(),
-                owner: up.owner.clone(),
-                blob: None,
-                headers: up.headers.clone(),
-                parts: chosen.iter().map(|p| p.size).collect(),
-            }),
+            entry,
             basis,
+            spooled,
+            &name,
+            up.content_type.clone(),
         )
         .await?;
         // The parts' records go; the upload's stays, marked complete, for
@@ -779,19 +814,23 @@ impl Gateway {
         spooled: Spooled,
     ) -> S3Result<(String, u64)> {
         let name = format!("{bucket}/{key} part {part_number}");
-        let (spooled, basis) = self.store(spooled, &name, None).await?;
+        let (spooled, basis) = self.store(spooled, &name, None, false).await?;
         let tag = spooled.etag();
-        let v = self
-            .write_on(
+        let entry = NameEntry {
+            object: Some(spooled.object),
+            size: spooled.size,
+            etag: tag.clone(),
+            ..NameEntry::default()
+        };
+        let (_, v) = self
+            .name_stored(
                 &uploads_ns(bucket),
                 &part_key(upload_id, part_number),
-                Some(NameEntry {
-                    object: Some(spooled.object),
-                    size: spooled.size,
-                    etag: tag.clone(),
-                    ..NameEntry::default()
-                }),
+                entry,
                 basis,
+                spooled,
+                &name,
+                None,
             )
             .await?;
         Ok((tag, v.ms))
@@ -1084,24 +1123,28 @@ impl S3 for Gateway {
             input.expires.as_ref(),
         )?;
         let (spooled, basis) = self
-            .store(spooled, &name, input.content_type.clone())
+            .store(spooled, &name, input.content_type.clone(), false)
             .await?;
         let tag = spooled.etag();
-        self.write_on(
+        let entry = NameEntry {
+            object: Some(spooled.object),
+            size: spooled.size,
+            etag: tag.clone(),
+            content_type: input.content_type.clone(),
+            meta: meta_pairs(input.metadata),
+            owner,
+            blob: None,
+            headers,
+            parts: Vec::new(),
+        };
+        self.name_stored(
             &input.bucket,
             &input.key,
-            Some(NameEntry {
-                object: Some(spooled.object),
-                size: spooled.size,
-                etag: tag.clone(),
-                content_type: input.content_type,
-                meta: meta_pairs(input.metadata),
-                owner,
-                blob: None,
-                headers,
-                parts: Vec::new(),
-            }),
+            entry,
             basis,
+            spooled,
+            &name,
+            input.content_type,
         )
         .await?;
         Ok(S3Response::new(PutObjectOutput {
