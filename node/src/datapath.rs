@@ -327,11 +327,18 @@ async fn answer(
             let r = match r
                 .and_then(|()| entry_geometry(shared, codec, k, m, segment_size, durability))
             {
-                Ok((g, target)) => {
-                    put(shared, &mut StreamSource(s), object, size, g, meta, target, false)
-                        .await
-                        .map(ClientResponse::Stored)
-                }
+                Ok((g, target)) => put(
+                    shared,
+                    &mut StreamSource(s),
+                    object,
+                    size,
+                    g,
+                    meta,
+                    target,
+                    false,
+                )
+                .await
+                .map(ClientResponse::Stored),
                 Err(e) => Err(e),
             };
             timer.finish(r.as_ref().err().map(DataError::kind));

@@ -144,17 +144,16 @@ fn unnamed_s3_objects_are_reclaimed_and_named_ones_kept() {
     let p1_id = write(&work, "p1", &p1);
     let p2_id = write(&work, "p2", &p2);
     let whole = write(&work, "m", &[p1.as_slice(), p2.as_slice()].concat());
+    // The CLI, through node 4, with the CLI user's token.
+    let peer4 = c.nodes[4].addr();
+    let cli = |args: &[&str]| {
+        let mut all = args.to_vec();
+        all.extend(["--peer", peer4.as_str(), "--token", tok]);
+        let out = c.net.cli(&all);
+        ok(&format!("dynostore {args:?}"), &out);
+    };
     // e is stored by ID first: that acknowledgement must outlive any name.
-    let out = c.net.cli(&[
-        "put",
-        "--json",
-        work.join("e").to_str().unwrap(),
-        "--peer",
-        &c.nodes[2].addr(),
-        "--token",
-        tok,
-    ]);
-    ok("dynostore put e", &out);
+    cli(&["put", "--json", work.join("e").to_str().unwrap()]);
     let before = stored_bytes(&c).unwrap();
     ok(
         "names",
@@ -175,16 +174,7 @@ fn unnamed_s3_objects_are_reclaimed_and_named_ones_kept() {
     );
     // f is stored through S3 first, then put by ID: the put by ID is
     // acknowledged, so f must outlive its S3 name too.
-    let out = c.net.cli(&[
-        "put",
-        "--json",
-        work.join("f").to_str().unwrap(),
-        "--peer",
-        &c.nodes[2].addr(),
-        "--token",
-        tok,
-    ]);
-    ok("dynostore put f", &out);
+    cli(&["put", "--json", work.join("f").to_str().unwrap()]);
     ok(
         "deletes",
         &boto(
@@ -255,13 +245,6 @@ fn unnamed_s3_objects_are_reclaimed_and_named_ones_kept() {
     // be named, `rm BUCKET/KEY` deletes the name; g was put by ID as well.
     let h = write(&work, "h", &data(270 << 10, 10));
     let g = write(&work, "g", &data(280 << 10, 11));
-    let peer4 = c.nodes[4].addr();
-    let cli = |args: &[&str]| {
-        let mut all = args.to_vec();
-        all.extend(["--peer", peer4.as_str(), "--token", tok]);
-        let out = c.net.cli(&all);
-        ok(&format!("dynostore {args:?}"), &out);
-    };
     let (hp, gp) = (work.join("h"), work.join("g"));
     cli(&["put", "--json", gp.to_str().unwrap()]);
     cli(&["put", "--json", "--name", "keep/h", hp.to_str().unwrap()]);

@@ -581,9 +581,10 @@ impl Gateway {
         let g = self.geometry()?;
         let object = spooled.object;
         let size = spooled.size;
-        let receipt = datapath::put_object(&self.shared, &mut spooled, object, size, g, meta, fresh)
-            .await
-            .map_err(data_err)?;
+        let receipt =
+            datapath::put_object(&self.shared, &mut spooled, object, size, g, meta, fresh)
+                .await
+                .map_err(data_err)?;
         let basis = receipt.generation.map_or(Basis::Lookup, Basis::Generation);
         Ok((spooled, basis))
     }
