@@ -136,7 +136,7 @@ async fn reference(
         shared,
         vec![NameRecord {
             ns: rns.clone(),
-            key: refs::ref_key(ns, key, version),
+            key: refs::ref_key(&object, ns, key, version),
             version: version.clone(),
             entry: Some(NameEntry::default()),
         }],
@@ -155,10 +155,11 @@ async fn reference(
                 m.generation
             }
         };
+        let condemnations = format!("{}{}", refs::object_prefix(&object), refs::CONDEMN_PREFIX);
         let (records, _) = names::list_page(
             shared,
             &rns,
-            refs::CONDEMN_PREFIX,
+            &condemnations,
             None,
             MAX_RECORDS_PER_MESSAGE as u32,
         )
@@ -187,7 +188,7 @@ async fn retire(
 ) {
     let record = NameRecord {
         ns: refs::refs_namespace(&object),
-        key: refs::ref_key(ns, key, version),
+        key: refs::ref_key(&object, ns, key, version),
         version: NameVersion {
             ms: wall_ms().max(version.ms.saturating_add(1)),
             writer: shared.local.clone(),
@@ -199,16 +200,19 @@ async fn retire(
     }
 }
 
-/// Every record (tombstones included) of a references namespace, read
-/// from [`READ_WIDTH`] members with [`NAME_REPLICAS`] answers required.
-async fn read_all(shared: &Arc<Shared>, ns: &str) -> Result<Vec<NameRecord>, NameError> {
+/// Every record (tombstones included) of `object` in its references
+/// namespace, read from [`READ_WIDTH`] members with [`NAME_REPLICAS`]
+/// answers required.
+async fn read_all(shared: &Arc<Shared>, object: &ObjectId) -> Result<Vec<NameRecord>, NameError> {
+    let ns = refs::refs_namespace(object);
+    let prefix = refs::object_prefix(object);
     let mut out = Vec::new();
     let mut after: Option<String> = None;
     loop {
         let (page, more) = names::list_page_wide(
             shared,
-            ns,
-            "",
+            &ns,
+            &prefix,
             after.as_deref(),
             MAX_RECORDS_PER_MESSAGE as u32,
             READ_WIDTH,
@@ -237,8 +241,8 @@ enum Look {
 /// Reclaims unnamed objects forever (see the module header).
 pub(crate) async fn reclaim_loop(shared: Arc<Shared>, grace: Duration, wait: Duration) {
     let every = (grace / 4).clamp(Duration::from_millis(500), Duration::from_secs(60));
-    // Namespaces settled, by the digest of their local records then.
-    let mut settled: HashMap<String, [u8; 32]> = HashMap::new();
+    // Objects settled, by the digest of their local records then.
+    let mut settled: HashMap<ObjectId, [u8; 32]> = HashMap::new();
     loop {
         tokio::time::sleep(every).await;
         if let Err(e) = reclaim_once(&shared, grace, wait, &mut settled).await {
@@ -247,33 +251,76 @@ pub(crate) async fn reclaim_loop(shared: Arc<Shared>, grace: Duration, wait: Dur
     }
 }
 
+/// Each object with records in the references namespaces of which this
+/// node is the first replica, with the digest of its local records.
+fn local_objects(shared: &Arc<Shared>) -> Result<Vec<(ObjectId, [u8; 32])>, NameError> {
+    let view = shared.membership().view();
+    let mut out: Vec<(ObjectId, [u8; 32])> = Vec::new();
+    for ns in shared.names.namespaces()? {
+        if !refs::is_refs_namespace(&ns)
+            || names::ranking(&view, &ns).first() != Some(&shared.local)
+        {
+            continue;
+        }
+        let mut current: Option<(ObjectId, blake3::Hasher)> = None;
+        let mut after: Option<String> = None;
+        loop {
+            let (page, more) =
+                shared
+                    .names
+                    .list(&ns, "", after.as_deref(), MAX_RECORDS_PER_MESSAGE)?;
+            after = page.last().map(|r| r.key.clone());
+            for r in page {
+                let Some(object) = refs::object_of_key(&r.key) else {
+                    continue;
+                };
+                if current.as_ref().is_none_or(|(o, _)| *o != object) {
+                    if let Some((o, h)) = current.take() {
+                        out.push((o, *h.finalize().as_bytes()));
+                    }
+                    current = Some((object, blake3::Hasher::new()));
+                }
+                if let Some((_, h)) = current.as_mut() {
+                    h.update(r.key.as_bytes());
+                    h.update(&r.version.ms.to_le_bytes());
+                    h.update(r.version.writer.as_bytes());
+                    h.update(&[u8::from(r.is_tombstone())]);
+                }
+            }
+            if !more || after.is_none() {
+                break;
+            }
+        }
+        if let Some((o, h)) = current {
+            out.push((o, *h.finalize().as_bytes()));
+        }
+    }
+    Ok(out)
+}
+
 /// One round: condemns every ripe object of which this node is the first
 /// references replica, waits once, then removes or withdraws each.
 async fn reclaim_once(
     shared: &Arc<Shared>,
     grace: Duration,
     wait: Duration,
-    settled: &mut HashMap<String, [u8; 32]>,
+    settled: &mut HashMap<ObjectId, [u8; 32]>,
 ) -> Result<(), NameError> {
-    let mut condemned: Vec<(String, ObjectId, Generation)> = Vec::new();
-    for ns in shared.names.namespaces()? {
-        let Some(object) = refs::object_of(&ns) else {
-            continue;
-        };
-        let view = shared.membership().view();
-        if names::ranking(&view, &ns).first() != Some(&shared.local) {
-            continue;
-        }
-        let (_, digest) = shared.names.digest(&ns)?;
-        if settled.get(&ns) == Some(&digest) {
+    let mut condemned: Vec<(ObjectId, Generation)> = Vec::new();
+    let objects = local_objects(shared)?;
+    // Forget objects whose records this node no longer holds first.
+    let held: std::collections::HashSet<ObjectId> = objects.iter().map(|(o, _)| *o).collect();
+    settled.retain(|o, _| held.contains(o));
+    for (object, digest) in objects {
+        if settled.get(&object) == Some(&digest) {
             continue;
         }
-        match look(shared, &ns, object, grace, wait).await {
+        match look(shared, object, grace, wait).await {
             Ok(Look::Settled) => {
-                settled.insert(ns, digest);
+                settled.insert(object, digest);
             }
             Ok(Look::Later) => {}
-            Ok(Look::Condemned(g)) => condemned.push((ns, object, g)),
+            Ok(Look::Condemned(g)) => condemned.push((object, g)),
             Err(e) => {
                 tracing::debug!(object = %object.short(), error = %e, "an unnamed object's references could not be judged")
             }
@@ -283,16 +330,9 @@ async fn reclaim_once(
         return Ok(());
     }
     tokio::time::sleep(wait).await;
-    for (ns, object, generation) in condemned {
-        match finish(shared, &ns, object, generation).await {
-            Ok(Look::Settled) => {
-                let (_, digest) = shared.names.digest(&ns)?;
-                settled.insert(ns, digest);
-            }
-            Ok(_) => {}
-            Err(e) => {
-                tracing::info!(object = %object.short(), error = %e, "a condemned object was neither removed nor withdrawn: next round")
-            }
+    for (object, generation) in condemned {
+        if let Err(e) = finish(shared, object, generation).await {
+            tracing::info!(object = %object.short(), error = %e, "a condemned object was neither removed nor withdrawn: next round");
         }
     }
     Ok(())
@@ -301,12 +341,12 @@ async fn reclaim_once(
 /// Judges one object; condemns it when it is ripe and collectable.
 async fn look(
     shared: &Arc<Shared>,
-    ns: &str,
     object: ObjectId,
     grace: Duration,
     wait: Duration,
 ) -> Result<Look, RefError> {
-    let records = read_all(shared, ns).await?;
+    let ns = &refs::refs_namespace(&object);
+    let records = read_all(shared, &object).await?;
     let verdict = refs::verdict(&records);
     if verdict == Verdict::Referenced {
         // A condemnation left live over a referenced object (a withdrawal
@@ -314,10 +354,10 @@ async fn look(
         // finishing) would refuse every writer that finds the object:
         // withdraw this node's own, and others' once no collector can
         // still be finishing them.
-        let mine = refs::condemn_key(&shared.local);
+        let mine = refs::condemn_key(&object, &shared.local);
         let abandoned = wall_ms().saturating_sub(STALE_FACTOR * wait.as_millis() as u64 + 60_000);
         for r in records.iter().filter(|r| {
-            r.key.starts_with(refs::CONDEMN_PREFIX)
+            refs::is_condemnation(&r.key)
                 && !r.is_tombstone()
                 && (r.key == mine || r.version.ms < abandoned)
         }) {
@@ -342,7 +382,7 @@ async fn look(
     write_name(
         shared,
         ns,
-        &refs::condemn_key(&shared.local),
+        &refs::condemn_key(&object, &shared.local),
         Some(NameEntry {
             blob: Some(refs::condemn_blob(m.generation)),
             ..NameEntry::default()
@@ -359,11 +399,11 @@ async fn look(
 /// back, else withdraws the condemnation.
 async fn finish(
     shared: &Arc<Shared>,
-    ns: &str,
     object: ObjectId,
     generation: Generation,
 ) -> Result<Look, RefError> {
-    let again = match read_all(shared, ns).await {
+    let ns = &refs::refs_namespace(&object);
+    let again = match read_all(shared, &object).await {
         Ok(r) => Some(r),
         Err(e) => {
             tracing::info!(object = %object.short(), error = %e, "references unreadable after condemning: withdrawing");
@@ -379,7 +419,7 @@ async fn finish(
         write_name(
             shared,
             ns,
-            &refs::condemn_key(&shared.local),
+            &refs::condemn_key(&object, &shared.local),
             None,
             Basis::Lookup,
         )

@@ -260,41 +260,69 @@ pub mod refs {
 
     /// Prefix of every references namespace.
     pub const PREFIX: &str = ".refs/";
-    /// Prefix of the keys of condemnation records.
-    pub const CONDEMN_PREFIX: &str = "~gc/";
-    /// Prefix of the keys of reference records.
+    /// Within an object's keys (after [`object_prefix`]): condemnations.
+    pub const CONDEMN_PREFIX: &str = "gc/";
+    /// Within an object's keys: references.
     pub const REF_PREFIX: &str = "r/";
 
-    /// The namespace of the references to `object`.
+    /// The namespace holding the references to `object`: one of 256, by
+    /// the ID's first byte. A namespace per object would make the names'
+    /// anti-entropy (a digest exchange per namespace every few seconds)
+    /// grow with the number of objects.
     pub fn refs_namespace(object: &ObjectId) -> String {
-        format!("{PREFIX}{object}")
+        format!("{PREFIX}{:02x}", object.as_bytes()[0])
     }
 
-    /// The object whose references `ns` holds, if it is such a namespace.
-    pub fn object_of(ns: &str) -> Option<ObjectId> {
-        ns.strip_prefix(PREFIX)?.parse().ok()
+    /// Whether `ns` is a references namespace.
+    pub fn is_refs_namespace(ns: &str) -> bool {
+        ns.strip_prefix(PREFIX)
+            .is_some_and(|s| s.len() == 2 && s.bytes().all(|b| b.is_ascii_hexdigit()))
+    }
+
+    /// The prefix of every key of `object`'s records in its namespace.
+    pub fn object_prefix(object: &ObjectId) -> String {
+        format!("{object}/")
+    }
+
+    /// The object a references record's key belongs to.
+    pub fn object_of_key(key: &str) -> Option<ObjectId> {
+        key.get(..64)?
+            .parse()
+            .ok()
+            .filter(|_| key.as_bytes().get(64) == Some(&b'/'))
+    }
+
+    /// A key's part after its object's prefix.
+    fn local_part(key: &str) -> &str {
+        key.get(65..).unwrap_or("")
     }
 
     fn hex16(bytes: &[u8]) -> String {
         bytes[..16].iter().map(|b| format!("{b:02x}")).collect()
     }
 
-    /// The key of the reference of version `version` of name `ns`/`key`.
-    pub fn ref_key(ns: &str, key: &str, version: &NameVersion) -> String {
+    /// The key of the reference of version `version` of name `ns`/`key`
+    /// to `object`.
+    pub fn ref_key(object: &ObjectId, ns: &str, key: &str, version: &NameVersion) -> String {
         let mut h = blake3::Hasher::new();
         for part in [ns.as_bytes(), key.as_bytes(), version.writer.as_bytes()] {
             h.update(&(part.len() as u64).to_le_bytes());
             h.update(part);
         }
         h.update(&version.ms.to_le_bytes());
-        format!("{REF_PREFIX}{}", hex16(h.finalize().as_bytes()))
+        format!("{object}/{REF_PREFIX}{}", hex16(h.finalize().as_bytes()))
     }
 
     /// The key of `collector`'s condemnation record: one per collector, so
     /// that one withdrawing its own never hides another's.
-    pub fn condemn_key(collector: &NodeId) -> String {
+    pub fn condemn_key(object: &ObjectId, collector: &NodeId) -> String {
         let h = blake3::hash(collector.as_bytes());
-        format!("{CONDEMN_PREFIX}{}", hex16(h.as_bytes()))
+        format!("{object}/{CONDEMN_PREFIX}{}", hex16(h.as_bytes()))
+    }
+
+    /// Whether `key` is a condemnation's (of any collector).
+    pub fn is_condemnation(key: &str) -> bool {
+        local_part(key).starts_with(CONDEMN_PREFIX)
     }
 
     /// The blob of a condemnation of `generation`.
@@ -309,7 +337,7 @@ pub mod refs {
     pub fn condemned(records: &[NameRecord], generation: Generation) -> bool {
         records
             .iter()
-            .filter(|r| r.key.starts_with(CONDEMN_PREFIX))
+            .filter(|r| is_condemnation(&r.key))
             .filter_map(|r| r.entry.as_ref())
             .any(|e| {
                 match e
@@ -334,10 +362,13 @@ pub mod refs {
         Unreferenced { since_ms: u64 },
     }
 
-    /// The verdict over the merged records of a references namespace.
+    /// The verdict over the merged records of one object (its keys).
     pub fn verdict(records: &[NameRecord]) -> Verdict {
         let mut since: Option<u64> = None;
-        for r in records.iter().filter(|r| r.key.starts_with(REF_PREFIX)) {
+        for r in records
+            .iter()
+            .filter(|r| local_part(&r.key).starts_with(REF_PREFIX))
+        {
             if !r.is_tombstone() {
                 return Verdict::Referenced;
             }
@@ -389,18 +420,22 @@ mod tests {
         };
         // One key per version of a name: retiring the old version's
         // reference never touches a newer write of the same name.
-        let k1 = refs::ref_key("b", "k", &v1);
-        assert_ne!(k1, refs::ref_key("b", "k", &v2));
-        assert_ne!(k1, refs::ref_key("b", "k2", &v1));
-        assert_ne!(refs::ref_key("b", "kx", &v1), refs::ref_key("bk", "x", &v1));
-        assert!(k1.starts_with(refs::REF_PREFIX) && k1.len() < MAX_KEY_LEN);
         let id = ObjectId::of(b"x");
+        let k1 = refs::ref_key(&id, "b", "k", &v1);
+        assert_ne!(k1, refs::ref_key(&id, "b", "k", &v2));
+        assert_ne!(k1, refs::ref_key(&id, "b", "k2", &v1));
+        assert_ne!(
+            refs::ref_key(&id, "b", "kx", &v1),
+            refs::ref_key(&id, "bk", "x", &v1)
+        );
+        assert!(k1.starts_with(&refs::object_prefix(&id)) && k1.len() < MAX_KEY_LEN);
+        assert_eq!(refs::object_of_key(&k1), Some(id));
+        assert_eq!(refs::object_of_key("abc/r/x"), None);
         let ns = refs::refs_namespace(&id);
-        assert!(ns.len() <= MAX_NAMESPACE_LEN);
-        assert_eq!(refs::object_of(&ns), Some(id));
-        assert_eq!(refs::object_of("bucket"), None);
+        assert!(ns.len() <= MAX_NAMESPACE_LEN && refs::is_refs_namespace(&ns));
+        assert!(!refs::is_refs_namespace("bucket") && !refs::is_refs_namespace(".refs/abc"));
 
-        let r = |key: &str, ms: u64, live: bool| rec(key, ms, 1, live);
+        let r = |key: &str, ms: u64, live: bool| rec(&format!("{id}/{key}"), ms, 1, live);
         assert_eq!(refs::verdict(&[]), refs::Verdict::Unknown);
         let dead = [r("r/a", 5, false), r("r/b", 7, false)];
         assert_eq!(
@@ -414,7 +449,7 @@ mod tests {
         assert_eq!(refs::verdict(&one_live), refs::Verdict::Referenced);
         assert!(!refs::ripe(&refs::verdict(&one_live), u64::MAX, 0));
         // A condemnation is not a reference.
-        let mut gc = rec(&refs::condemn_key(&node(2)), 3, 2, true);
+        let mut gc = rec(&refs::condemn_key(&id, &node(2)), 3, 2, true);
         gc.entry = Some(NameEntry {
             blob: Some(refs::condemn_blob(Generation { ms: 50, nonce: 1 })),
             ..NameEntry::default()
@@ -444,7 +479,12 @@ mod tests {
         });
         assert!(refs::condemned(&[garbled], g(u64::MAX, 0)));
         // Keys of two collectors differ, so neither withdraws the other's.
-        assert_ne!(refs::condemn_key(&node(2)), refs::condemn_key(&node(3)));
+        assert_ne!(
+            refs::condemn_key(&id, &node(2)),
+            refs::condemn_key(&id, &node(3))
+        );
+        assert!(refs::is_condemnation(&refs::condemn_key(&id, &node(2))));
+        assert!(!refs::is_condemnation(&k1));
     }
 
     #[test]
