@@ -401,19 +401,16 @@ async fn finish(
     shared: &Arc<Shared>,
     object: ObjectId,
     generation: Generation,
-) -> Result<Look, RefError> {
+) -> Result<(), RefError> {
     let ns = &refs::refs_namespace(&object);
-    let again = match read_all(shared, &object).await {
-        Ok(r) => Some(r),
+    let unreferenced = match read_all(shared, &object).await {
+        Ok(r) => matches!(refs::verdict(&r), Verdict::Unreferenced { .. }),
         Err(e) => {
             tracing::info!(object = %object.short(), error = %e, "references unreadable after condemning: withdrawing");
-            None
+            false
         }
     };
-    if again
-        .as_deref()
-        .is_none_or(|r| !matches!(refs::verdict(r), Verdict::Unreferenced { .. }))
-    {
+    if !unreferenced {
         // Withdrawn: writers that met the condemnation gave up (their
         // clients retry), the one whose reference came back goes on.
         write_name(
@@ -425,11 +422,7 @@ async fn finish(
         )
         .await?;
         shared.metrics.reclaim("withdrawn");
-        return Ok(if again.is_some() {
-            Look::Settled
-        } else {
-            Look::Later
-        });
+        return Ok(());
     }
     // The condemnation stays: a writer that found this generation before
     // it went must still give up.
@@ -437,5 +430,5 @@ async fn finish(
         shared.metrics.reclaim("removed");
         tracing::info!(object = %object.short(), %generation, "reclaimed an object no name refers to");
     }
-    Ok(Look::Settled)
+    Ok(())
 }
