@@ -518,15 +518,8 @@ async fn run(cli: Cli) -> Result<()> {
             }
         }
         Command::Rm { id, conn } => {
-            let Some((bucket, key)) = bucket_key(&id) else {
-                bail!("{id:?} is neither an object ID nor a BUCKET/KEY name");
-            };
-            let client = conn.connect().await?;
-            let req = ClientRequest::Unname {
-                bucket: bucket.to_string(),
-                key: key.to_string(),
-            };
-            match objects::request(&client, req).await? {
+            let unname = |bucket, key| ClientRequest::Unname { bucket, key };
+            match name_request(&conn, &id, unname).await? {
                 ClientResponse::Unnamed => {
                     println!("removed the name {id}");
                     Ok(())
@@ -817,17 +810,23 @@ fn file_md5(path: &Path) -> Result<String> {
     dynostore_node::s3::md5_file(path).with_context(|| format!("cannot read {}", path.display()))
 }
 
-/// Resolves `BUCKET/KEY` to the object it names.
-async fn resolve_name(conn: &ConnArgs, name: &str) -> Result<ObjectId> {
+/// Sends the request `make(bucket, key)` makes of `BUCKET/KEY`.
+async fn name_request(
+    conn: &ConnArgs,
+    name: &str,
+    make: impl FnOnce(String, String) -> ClientRequest,
+) -> Result<ClientResponse> {
     let Some((bucket, key)) = bucket_key(name) else {
         bail!("{name:?} is neither an object ID nor a BUCKET/KEY name");
     };
     let client = conn.connect().await?;
-    let req = ClientRequest::Resolve {
-        bucket: bucket.to_string(),
-        key: key.to_string(),
-    };
-    match objects::request(&client, req).await? {
+    Ok(objects::request(&client, make(bucket.to_string(), key.to_string())).await?)
+}
+
+/// Resolves `BUCKET/KEY` to the object it names.
+async fn resolve_name(conn: &ConnArgs, name: &str) -> Result<ObjectId> {
+    let resolve = |bucket, key| ClientRequest::Resolve { bucket, key };
+    match name_request(conn, name, resolve).await? {
         ClientResponse::Resolved { object, .. } => Ok(object),
         other => bail!("unexpected answer: {other:?}"),
     }
