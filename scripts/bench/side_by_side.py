@@ -478,6 +478,9 @@ def table(rows_by_sys, notes, rss):
             for n in names:
                 row = next(r for r in rows_by_sys[n] if r["phase"] == ph)
                 vals.append(row[k])
+            if len(names) < 2:
+                lines.append(f"| {ph} | {k} | {vals[0]:.2f} | |")
+                continue
             ratio = vals[names.index("dynostore")] / vals[names.index("garage")] if vals[names.index("garage")] else float("nan")
             lines.append(f"| {ph} | {k} | " + " | ".join(f"{v:.2f}" for v in vals) + f" | {ratio:.2f} |")
     lines.append("")
@@ -549,6 +552,8 @@ def main():
                     help="Garage's metadata_fsync and data_fsync (DynoStore syncs before every ack)")
     ap.add_argument("--dynostore-client", choices=["s3", "cli"], default="s3",
                     help="drive DynoStore through its S3 endpoint with the same boto3 client as Garage, or its CLI")
+    ap.add_argument("--only", choices=["garage", "dynostore"], default=None,
+                    help="run one system (for profiling it); the ratios column is then absent")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--inline-sweep", action="store_true",
                     help="only DynoStore: server CPU per put/get inline vs striped, by size")
@@ -575,29 +580,31 @@ def main():
     results, notes, rss = {}, {}, {}
     g = d = None
     try:
-        log("starting three Garage nodes")
-        g = Garage.__new__(Garage)
-        System.__init__(g)
-        g.__init__(args.garage, os.path.join(work, "garage"), args.garage_fsync == "on")
-        drv = Boto3Driver(g.s3_port, g.key_id, g.secret, args.threads)
-        results["garage"] = run_workload(g, drv, big_path, big_bytes, small, args.threads, work)
-        notes["garage"] = drv.note
-        rss["garage"] = g.peak_rss()
-        g.stop()
-        g = None
-        log("starting six DynoStore nodes")
-        d = DynoStore.__new__(DynoStore)
-        System.__init__(d)
-        if args.dynostore_client == "s3":
-            d.__init__(args.dynostore, os.path.join(work, "dynostore"), s3=True)
-            drv = Boto3Driver(d.s3_port, d.key_id, d.secret, args.threads,
-                              region="us-east-1", create_bucket=True)
-        else:
-            d.__init__(args.dynostore, os.path.join(work, "dynostore"))
-            drv = CliDriver(d)
-        results["dynostore"] = run_workload(d, drv, big_path, big_bytes, small, args.threads, work)
-        notes["dynostore"] = drv.note
-        rss["dynostore"] = d.peak_rss()
+        if args.only != "dynostore":
+            log("starting three Garage nodes")
+            g = Garage.__new__(Garage)
+            System.__init__(g)
+            g.__init__(args.garage, os.path.join(work, "garage"), args.garage_fsync == "on")
+            drv = Boto3Driver(g.s3_port, g.key_id, g.secret, args.threads)
+            results["garage"] = run_workload(g, drv, big_path, big_bytes, small, args.threads, work)
+            notes["garage"] = drv.note
+            rss["garage"] = g.peak_rss()
+            g.stop()
+            g = None
+        if args.only != "garage":
+            log("starting six DynoStore nodes")
+            d = DynoStore.__new__(DynoStore)
+            System.__init__(d)
+            if args.dynostore_client == "s3":
+                d.__init__(args.dynostore, os.path.join(work, "dynostore"), s3=True)
+                drv = Boto3Driver(d.s3_port, d.key_id, d.secret, args.threads,
+                                  region="us-east-1", create_bucket=True)
+            else:
+                d.__init__(args.dynostore, os.path.join(work, "dynostore"))
+                drv = CliDriver(d)
+            results["dynostore"] = run_workload(d, drv, big_path, big_bytes, small, args.threads, work)
+            notes["dynostore"] = drv.note
+            rss["dynostore"] = d.peak_rss()
     finally:
         for s in (g, d):
             if s is not None:
