@@ -405,9 +405,7 @@ async fn answer(
         }
         ClientRequest::Resolve { bucket, key } => {
             access.allows(TokenOp::Get, &format!("{bucket}/{key}"))?;
-            crate::s3::ops::resolve(shared, &bucket, &key)
-                .await
-                .map(|(object, size)| ClientResponse::Resolved { object, size })?
+            crate::s3::ops::resolve(shared, &bucket, &key).await?
         }
         ClientRequest::ListNames {
             bucket,

@@ -823,11 +823,13 @@ async fn name_request(
     Ok(objects::request(&client, make(bucket.to_string(), key.to_string())).await?)
 }
 
-/// Resolves `BUCKET/KEY` to the object it names.
-async fn resolve_name(conn: &ConnArgs, name: &str) -> Result<ObjectId> {
+/// Resolves `BUCKET/KEY` to the object it names (or the pieces, in order,
+/// of a multipart object stored as its parts).
+async fn resolve_name(conn: &ConnArgs, name: &str) -> Result<Vec<ObjectId>> {
     let resolve = |bucket, key| ClientRequest::Resolve { bucket, key };
     match name_request(conn, name, resolve).await? {
-        ClientResponse::Resolved { object, .. } => Ok(object),
+        ClientResponse::Resolved { object, .. } => Ok(vec![object]),
+        ClientResponse::ResolvedPieces { pieces, .. } if !pieces.is_empty() => Ok(pieces),
         other => bail!("unexpected answer: {other:?}"),
     }
 }
@@ -854,15 +856,16 @@ async fn ls_names(target: &str, json: bool, conn: ConnArgs) -> Result<()> {
                 all.push(serde_json::json!({
                     "key": r.key, "size": e.size, "etag": e.etag,
                     "id": e.object.map(|o| o.to_string()),
+                    "pieces": e.pieces.iter().map(|o| o.to_string()).collect::<Vec<_>>(),
                     "modified_ms": r.version.ms,
                 }));
             } else {
-                println!(
-                    "{}  {:>12}  {}",
-                    e.object.map(|o| o.to_string()).unwrap_or_default(),
-                    human_bytes(e.size),
-                    r.key
-                );
+                let id = match (e.object, e.pieces.len()) {
+                    (Some(o), _) => o.to_string(),
+                    (None, 0) => String::new(),
+                    (None, n) => format!("({n} parts)"),
+                };
+                println!("{}  {:>12}  {}", id, human_bytes(e.size), r.key);
             }
         }
         if !truncated || after.is_none() {
@@ -914,11 +917,12 @@ async fn get(args: GetArgs) -> Result<()> {
         length,
         conn,
     } = args;
-    let object = match id.parse::<ObjectId>() {
-        Ok(o) => o,
+    let ids = match id.parse::<ObjectId>() {
+        Ok(o) => vec![o],
         Err(_) if id.contains('/') => resolve_name(&conn, &id).await?,
-        Err(_) => parse_object(&id)?,
+        Err(_) => vec![parse_object(&id)?],
     };
+    let object = ids[0];
     let out = if output == Path::new("-") {
         Output::Stdout
     } else {
@@ -931,6 +935,12 @@ async fn get(args: GetArgs) -> Result<()> {
         None if raw => Some(crypt::GetMode::Raw),
         None => None,
     };
+    if ids.len() > 1 && (mode.is_some() || offset.is_some() || length.is_some()) {
+        bail!(
+            "{id} is a multipart object stored as its {} parts: get it whole, or read ranges through S3",
+            ids.len()
+        );
+    }
     if let Some(mode) = mode {
         let range = (offset.is_some() || length.is_some()).then(|| crypt::Range {
             offset: offset.unwrap_or(0),
@@ -945,7 +955,7 @@ async fn get(args: GetArgs) -> Result<()> {
     }
     let client = conn.connect().await?;
     let mut bar = Bar::new(matches!(out, Output::Stdout), &object.short());
-    let r = objects::get_object(&client, object, &out, &mut bar).await;
+    let r = objects::get_objects(&client, &ids, &out, &mut bar).await;
     bar.finish();
     let (_, skipped) = r?;
     for s in skipped {

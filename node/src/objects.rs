@@ -282,18 +282,35 @@ pub async fn get_object(
     output: &Output,
     progress: &mut dyn Progress,
 ) -> Result<(u64, Vec<SkippedShard>), ObjectError> {
-    let mut s = open(client).await?;
-    let size = start_get(&mut s, client, object, progress).await?;
+    get_objects(client, &[object], output, progress).await
+}
+
+/// Fetches objects one after the other into one output (the pieces of a
+/// multipart object stored as its parts), each verified against its ID;
+/// a file appears only once every piece arrived. Returns the total size
+/// and the skipped shards.
+pub async fn get_objects(
+    client: &Client,
+    objects: &[ObjectId],
+    output: &Output,
+    progress: &mut dyn Progress,
+) -> Result<(u64, Vec<SkippedShard>), ObjectError> {
     let (mut sink, partial) = open_output(output).await?;
-    let result = receive(&mut s, &mut sink, object, size, progress).await;
-    let result = match result {
-        Ok(r) => sink
-            .flush()
+    let result = async {
+        let mut total = 0u64;
+        let mut skipped = Vec::new();
+        for &object in objects {
+            let mut s = open(client).await?;
+            let size = start_get(&mut s, client, object, progress).await?;
+            skipped.extend(receive(&mut s, &mut sink, object, size, progress).await?);
+            total += size;
+        }
+        sink.flush()
             .await
-            .map(|()| r)
-            .map_err(|source| write_err(output, source)),
-        Err(e) => Err(e),
-    };
+            .map_err(|source| write_err(output, source))?;
+        Ok((total, skipped))
+    }
+    .await;
     drop(sink);
     match (&result, output, partial) {
         (Ok(_), Output::File(dest), Some(tmp)) => {
@@ -306,7 +323,7 @@ pub async fn get_object(
         }
         _ => {}
     }
-    result.map(|skipped| (size, skipped))
+    result
 }
 
 async fn start_get(

@@ -2,8 +2,9 @@
 //! to any more (the rules are `protocol::names::refs`).
 //!
 //! [`write_name`] is the one way a name record is written: a record that
-//! points at an object first writes its reference in the object's
-//! references namespace and checks that no collector condemned the
+//! points at an object (or at the pieces of a multipart object stored as
+//! its parts: every piece is referenced like an object) first writes its
+//! reference in the object's references namespace and checks that no collector condemned the
 //! generation it relies on; once the record is stored, the reference of
 //! the version it replaced is retired. Every failure leaves a reference
 //! behind rather than retire one too many: a leaked reference keeps bytes,
@@ -21,6 +22,8 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
+
+use futures::StreamExt;
 
 use dynostore_protocol::manifest::Generation;
 use dynostore_protocol::names::refs::{self, Verdict};
@@ -42,6 +45,8 @@ const READ_WIDTH: usize = NAME_REPLICAS + 2;
 /// Another collector's condemnation of a referenced object older than this
 /// many waits (plus a minute) is abandoned: its collector is gone.
 const STALE_FACTOR: u64 = 10;
+/// Pieces of one name referenced at once.
+const PIECES_IN_FLIGHT: usize = 16;
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -95,6 +100,13 @@ pub(crate) async fn write_name(
         seen.as_ref().map(|r| &r.version),
     );
     let object = entry.as_ref().and_then(|e| e.object);
+    let pieces: Vec<ObjectId> = entry
+        .as_ref()
+        .map(|e| e.objects())
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|o| Some(*o) != object)
+        .collect();
     let record = NameRecord {
         ns: ns.to_string(),
         key: key.to_string(),
@@ -102,17 +114,54 @@ pub(crate) async fn write_name(
         entry,
     };
     record.check().map_err(RefError::Invalid)?;
+    if (object.is_some() || !pieces.is_empty()) && shared.fault_ref_delay_ms > 0 {
+        tokio::time::sleep(Duration::from_millis(shared.fault_ref_delay_ms)).await;
+    }
     if let Some(object) = object {
-        if shared.fault_ref_delay_ms > 0 {
-            tokio::time::sleep(Duration::from_millis(shared.fault_ref_delay_ms)).await;
-        }
         reference(shared, ns, key, &version, object, basis).await?;
+    }
+    if !pieces.is_empty() {
+        // The pieces of an object stored as its parts: each referenced
+        // like a whole object. If one fails the name is not written, so
+        // every reference of this version goes (`reference` retired its
+        // own; the others are retired here).
+        let writes: Vec<_> = pieces
+            .iter()
+            .map(|&o| {
+                let (shared, ns, key, version) = (
+                    shared.clone(),
+                    ns.to_string(),
+                    key.to_string(),
+                    version.clone(),
+                );
+                async move {
+                    let r = reference(&shared, &ns, &key, &version, o, Basis::Lookup).await;
+                    (o, r)
+                }
+            })
+            .collect();
+        let results: Vec<(ObjectId, Result<(), RefError>)> = futures::stream::iter(writes)
+            .buffer_unordered(PIECES_IN_FLIGHT)
+            .collect()
+            .await;
+        if let Some(i) = results.iter().position(|(_, r)| r.is_err()) {
+            for (o, r) in &results {
+                if r.is_ok() {
+                    retire(shared, ns, key, &version, *o).await;
+                }
+            }
+            if let Some(o) = object {
+                retire(shared, ns, key, &version, o).await;
+            }
+            let (_, r) = results.into_iter().nth(i).expect("an error at i");
+            return Err(r.expect_err("an error at i"));
+        }
     }
     // A failed write may still have reached a replica and come back
     // through anti-entropy, so its reference stays.
     names::put(shared, vec![record]).await?;
     if let Some(old) = seen {
-        if let Some(o) = old.entry.as_ref().and_then(|e| e.object) {
+        for o in old.entry.as_ref().map(|e| e.objects()).unwrap_or_default() {
             retire(shared, ns, key, &old.version, o).await;
         }
     }

@@ -40,6 +40,12 @@ pub const MAX_HEADER_BYTES: usize = 4 << 10;
 pub const MAX_BLOB_LEN: usize = 20 << 10;
 /// Largest content type or ETag.
 pub const MAX_SHORT_TEXT: usize = 256;
+/// Most parts of a multipart object (S3's limit).
+pub const MAX_PARTS: usize = 10_000;
+/// Most pieces of an object stored as its parts: 1,000 IDs keep a record
+/// near 40 KiB, well inside a control message; an upload of more parts is
+/// stored whole.
+pub const MAX_PIECES: usize = 1_000;
 /// Most records in one message.
 pub const MAX_RECORDS_PER_MESSAGE: usize = 1000;
 
@@ -94,6 +100,32 @@ pub struct NameEntry {
     /// object stored in one piece): what a read by `partNumber` answers.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub parts: Vec<u64>,
+    /// A multipart object stored as its parts: the object of each part,
+    /// in the order of `parts` (whose sizes they have). `object` is then
+    /// absent: the whole is read part by part, each part verified against
+    /// its own ID, and no byte is stored twice. Empty for an object stored
+    /// in one piece.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pieces: Vec<ObjectId>,
+}
+
+impl NameEntry {
+    /// Every object this entry relies on (its object, or its pieces), each
+    /// once, in order of first appearance.
+    pub fn objects(&self) -> Vec<ObjectId> {
+        let mut out: Vec<ObjectId> = Vec::new();
+        for o in self.object.iter().chain(self.pieces.iter()) {
+            if !out.contains(o) {
+                out.push(*o);
+            }
+        }
+        out
+    }
+
+    /// Whether the entry names an object (in one piece or in parts).
+    pub fn names_object(&self) -> bool {
+        self.object.is_some() || !self.pieces.is_empty()
+    }
 }
 
 /// One versioned record; `entry: None` is a tombstone.
@@ -140,6 +172,24 @@ impl NameRecord {
             check_len("headers", e.headers.len(), MAX_HEADERS)?;
             let bytes: usize = e.headers.iter().map(|(k, v)| k.len() + v.len()).sum();
             check_len("header bytes", bytes, MAX_HEADER_BYTES)?;
+            check_len("parts", e.parts.len(), MAX_PARTS)?;
+            check_len("pieces", e.pieces.len(), MAX_PIECES)?;
+            if !e.pieces.is_empty() {
+                if e.object.is_some() {
+                    return Err("an entry has both an object and pieces".into());
+                }
+                if e.pieces.len() != e.parts.len() {
+                    return Err(format!(
+                        "{} pieces for {} parts",
+                        e.pieces.len(),
+                        e.parts.len()
+                    ));
+                }
+                let sum = e.parts.iter().try_fold(0u64, |a, &b| a.checked_add(b));
+                if sum != Some(e.size) {
+                    return Err("the parts' sizes do not add up to the size".into());
+                }
+            }
         }
         Ok(())
     }
@@ -547,6 +597,40 @@ mod tests {
             vec![("cache-control".into(), "x".repeat(MAX_HEADER_BYTES))];
         assert!(r.check().is_err());
         r.entry.as_mut().unwrap().headers = vec![("expires".into(), "x".into()); MAX_HEADERS + 1];
+        assert!(r.check().is_err());
+    }
+
+    #[test]
+    fn pieces_match_their_parts_and_stand_alone() {
+        let a = ObjectId::of(b"a");
+        let b = ObjectId::of(b"b");
+        let mut r = rec("k", 1, 1, true);
+        let e = r.entry.as_mut().unwrap();
+        (e.object, e.size, e.parts, e.pieces) = (None, 5, vec![2, 3], vec![a, b]);
+        assert_eq!(r.check(), Ok(()));
+        assert_eq!(r.entry.as_ref().unwrap().objects(), vec![a, b]);
+        assert!(r.entry.as_ref().unwrap().names_object());
+        // A piece twice is referenced once.
+        let e = r.entry.as_mut().unwrap();
+        e.pieces = vec![a, a];
+        assert_eq!(e.objects(), vec![a]);
+        for broken in [
+            |e: &mut NameEntry| e.object = Some(ObjectId::of(b"c")),
+            |e: &mut NameEntry| e.size = 6,
+            |e: &mut NameEntry| e.parts = vec![5],
+            |e: &mut NameEntry| e.parts = vec![u64::MAX, 6],
+            |e: &mut NameEntry| {
+                e.parts = vec![0; MAX_PIECES + 1];
+                e.pieces = vec![ObjectId::of(b"z"); MAX_PIECES + 1];
+                e.size = 0;
+            },
+        ] {
+            let mut r = r.clone();
+            broken(r.entry.as_mut().unwrap());
+            assert!(r.check().is_err(), "{:?}", r.entry);
+        }
+        let mut r = rec("k", 1, 1, true);
+        r.entry.as_mut().unwrap().parts = vec![0; MAX_PARTS + 1];
         assert!(r.check().is_err());
     }
 }

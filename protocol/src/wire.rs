@@ -1078,6 +1078,12 @@ pub enum ClientResponse {
         object: ObjectId,
         size: u64,
     },
+    /// A name of a multipart object stored as its parts: the objects to
+    /// read one after the other.
+    ResolvedPieces {
+        pieces: Vec<ObjectId>,
+        size: u64,
+    },
     /// Live names in key order; `truncated`: more follow after the last.
     Names {
         names: Vec<NameRecord>,
@@ -1095,6 +1101,9 @@ impl WireMessage for ClientResponse {
             ClientResponse::List { objects, .. } => check_summaries(objects),
             ClientResponse::Error(e) => check_text("error message", &e.message, MAX_TEXT_LEN),
             ClientResponse::Names { names, .. } => check_records(names),
+            ClientResponse::ResolvedPieces { pieces, .. } => {
+                check_count("pieces", pieces.len(), crate::names::MAX_PIECES)
+            }
             ClientResponse::S3Keys { access_key, secret } => {
                 check_text("access key", access_key, MAX_TEXT_LEN)?;
                 check_text("secret", secret, MAX_TEXT_LEN)

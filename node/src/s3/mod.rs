@@ -240,18 +240,22 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 /// A body spooled to an unnamed temporary file: its length, BLAKE3 (the
-/// object ID) and MD5 (the ETag), learnt while it streamed in.
+/// object ID) and MD5 (the ETag, unless the spool was made without one),
+/// learnt while it streamed in.
 #[derive(Debug)]
 pub(crate) struct Spooled {
     pub file: tokio::fs::File,
     pub size: u64,
     pub object: ObjectId,
-    pub md5: [u8; 16],
+    pub md5: Option<[u8; 16]>,
 }
 
 impl Spooled {
-    pub fn etag(&self) -> String {
-        hex(&self.md5)
+    pub fn etag(&self) -> S3Result<String> {
+        self.md5
+            .as_ref()
+            .map(|m| hex(m))
+            .ok_or_else(|| s3_error!(InternalError, "a spool without an MD5 has no ETag"))
     }
 }
 
@@ -260,12 +264,25 @@ pub(crate) struct Spool {
     file: tokio::fs::File,
     size: u64,
     blake: blake3::Hasher,
-    md5: md5::Md5,
+    md5: Option<md5::Md5>,
     limit: u64,
 }
 
 impl Spool {
+    /// A spool that learns the body's MD5 (the ETag of a single-part
+    /// object) as well as its BLAKE3.
     pub async fn new(dir: &std::path::Path, limit: u64) -> S3Result<Spool> {
+        Self::make(dir, limit, true).await
+    }
+
+    /// A spool that learns only the BLAKE3: a completed upload's ETag is
+    /// made of its parts' MD5s, so hashing its bytes with MD5 again would
+    /// be a pass for nothing.
+    pub async fn without_md5(dir: &std::path::Path, limit: u64) -> S3Result<Spool> {
+        Self::make(dir, limit, false).await
+    }
+
+    async fn make(dir: &std::path::Path, limit: u64, md5: bool) -> S3Result<Spool> {
         let dir = dir.to_path_buf();
         let file = tokio::task::spawn_blocking(move || tempfile::tempfile_in(dir))
             .await
@@ -275,7 +292,7 @@ impl Spool {
             file: tokio::fs::File::from_std(file),
             size: 0,
             blake: blake3::Hasher::new(),
-            md5: md5::Md5::new(),
+            md5: md5.then(md5::Md5::new),
             limit,
         })
     }
@@ -290,7 +307,9 @@ impl Spool {
             ));
         }
         self.blake.update(bytes);
-        self.md5.update(bytes);
+        if let Some(m) = &mut self.md5 {
+            m.update(bytes);
+        }
         self.file
             .write_all(bytes)
             .await
@@ -306,8 +325,11 @@ impl Spool {
             .seek(std::io::SeekFrom::Start(0))
             .await
             .map_err(|e| s3_error!(InternalError, "spool seek: {e}"))?;
-        let mut md5 = [0u8; 16];
-        md5.copy_from_slice(&self.md5.finalize());
+        let md5 = self.md5.map(|m| {
+            let mut out = [0u8; 16];
+            out.copy_from_slice(&m.finalize());
+            out
+        });
         Ok(Spooled {
             file: self.file,
             size: self.size,

@@ -11,8 +11,10 @@
 //!   the range covers (each decoded from verified shards).
 //! - Multipart uploads are records of `.uploads/BUCKET`: the upload
 //!   (`ID`) and each part (`ID/NNNNN`, an object of its own, stored as it
-//!   arrives). Complete reads the parts in order into a spool and stores
-//!   the whole as one object, so its ID is still the BLAKE3 of its bytes.
+//!   arrives). Complete names the parts' objects in order
+//!   (`NameEntry::pieces`), so no byte is stored twice; reads go piece by
+//!   piece. Past [`MAX_PIECES`] parts, or when a piece is being reclaimed,
+//!   it reads the parts into a spool and stores the whole as one object.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -29,10 +31,10 @@ use tokio::sync::mpsc;
 use dynostore_protocol::erasure::{CodecKind, Geometry, MAX_SEGMENT_SIZE};
 use dynostore_protocol::manifest::{Manifest, Metadata as ObjMeta};
 use dynostore_protocol::names::{
-    fold_page, Listed, NameEntry, NameRecord, NameVersion, MAX_RECORDS_PER_MESSAGE,
+    fold_page, Listed, NameEntry, NameRecord, NameVersion, MAX_PIECES, MAX_RECORDS_PER_MESSAGE,
 };
 use dynostore_protocol::token::Op;
-use dynostore_protocol::wire::{ErrorKind, SkippedShard};
+use dynostore_protocol::wire::{ClientResponse, ErrorKind, SkippedShard};
 use dynostore_protocol::ObjectId;
 
 use super::auth::{Keys, User};
@@ -52,6 +54,8 @@ const MAX_PARTS: i32 = 10_000;
 const MIN_PART: u64 = 5 << 20;
 /// Segments of a download buffered between the read and the client.
 const DOWNLOAD_BUFFER: usize = 2;
+/// Pieces' manifests looked up at once.
+const PIECES_IN_FLIGHT: usize = 16;
 
 /// An upload's state, in its record's blob.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -193,7 +197,7 @@ fn check_content_md5(
         .ok()
         .filter(|d| d.len() == 16)
         .ok_or_else(|| s3_error!(InvalidDigest, "Content-MD5 is not the base64 of an MD5"))?;
-    if want != spooled.md5 {
+    if spooled.md5.map(|m| m.to_vec()) != Some(want) {
         return Err(s3_error!(
             BadDigest,
             "the body's MD5 is not the Content-MD5 sent"
@@ -701,8 +705,13 @@ impl Gateway {
         .map_err(name_err)
     }
 
-    /// Completes an upload: the whole object, read part by part into a
-    /// spool (its ID is the BLAKE3 of all its bytes), stored, named.
+    /// Completes an upload. The object is named as its parts (`pieces`):
+    /// each part is already an object of its own, stored, verified and
+    /// repaired like any, so no byte moves again. An upload of more than
+    /// [`MAX_PIECES`] parts, or one whose part is being reclaimed (a
+    /// condemnation the name's references met), is read part by part into
+    /// a spool and stored whole, as one object whose ID is the BLAKE3 of
+    /// all its bytes.
     async fn finish_upload(
         self,
         bucket: String,
@@ -711,29 +720,18 @@ impl Gateway {
         up: Upload,
         chosen: Vec<NameEntry>,
     ) -> S3Result<CompleteMultipartUploadOutput> {
-        let mut spool = Spool::new(&self.cfg.spool_dir, u64::MAX).await?;
         let mut md5s = md5::Md5::new();
         for e in &chosen {
-            let object = e.object.ok_or_else(|| s3_error!(InvalidPart))?;
-            datapath::get(
-                &self.shared,
-                &mut SpoolSink(&mut spool),
-                object,
-                &datapath::open_gate,
-            )
-            .await
-            .map_err(data_err)?;
             md5s.update(hex_bytes(&e.etag).unwrap_or_default());
         }
-        let spooled = spool.finish().await?;
-        let name = format!("{bucket}/{key}");
-        let (spooled, basis) = self
-            .store(spooled, &name, up.content_type.clone(), false)
-            .await?;
         let tag = format!("{}-{}", super::hex(&md5s.finalize()), chosen.len());
+        let pieces: Vec<ObjectId> = chosen
+            .iter()
+            .map(|e| e.object.ok_or_else(|| s3_error!(InvalidPart)))
+            .collect::<S3Result<_>>()?;
         let entry = NameEntry {
-            object: Some(spooled.object),
-            size: spooled.size,
+            object: None,
+            size: chosen.iter().map(|p| p.size).sum(),
             etag: tag.clone(),
             content_type: up.content_type.clone(),
             meta: up.meta.clone(),
@@ -741,23 +739,43 @@ impl Gateway {
             blob: None,
             headers: up.headers.clone(),
             parts: chosen.iter().map(|p| p.size).collect(),
+            pieces: Vec::new(),
         };
-        self.name_stored(
-            &bucket,
-            &key,
-            entry,
-            basis,
-            spooled,
-            &name,
-            up.content_type.clone(),
-        )
-        .await?;
+        let as_pieces = NameEntry {
+            pieces: pieces.clone(),
+            ..entry.clone()
+        };
+        let named = pieces.len() <= MAX_PIECES
+            && match refs::write_name(&self.shared, &bucket, &key, Some(as_pieces), Basis::Lookup)
+                .await
+            {
+                Ok(_) => true,
+                Err(RefError::Condemned(o)) => {
+                    tracing::info!(object = %o.short(), "a part is being reclaimed: the upload is stored whole");
+                    false
+                }
+                Err(e) => return Err(ref_err(e)),
+            };
+        if !named {
+            self.store_whole(&bucket, &key, &up, &pieces, entry).await?;
+        }
         // The parts' records go; the upload's stays, marked complete, for
         // retried completions, until the upload expiry removes it.
         let ns = uploads_ns(&bucket);
-        for p in self.parts(&bucket, &upload_id).await? {
-            self.write(&ns, &p.key, None).await?;
-        }
+        let deletes: Vec<_> = self
+            .parts(&bucket, &upload_id)
+            .await?
+            .into_iter()
+            .map(|p| {
+                let (g, ns) = (self.clone(), ns.clone());
+                async move { g.write(&ns, &p.key, None).await }
+            })
+            .collect();
+        let deleted: Vec<S3Result<NameVersion>> = futures::stream::iter(deletes)
+            .buffer_unordered(PIECES_IN_FLIGHT)
+            .collect()
+            .await;
+        deleted.into_iter().try_for_each(|r| r.map(|_| ()))?;
         let owner = up.owner.clone();
         let done = Upload {
             completed: Some(tag.clone()),
@@ -781,6 +799,49 @@ impl Gateway {
             e_tag: Some(etag(&tag)),
             ..Default::default()
         })
+    }
+
+    /// Stores a completed upload's parts as one object (read part by part
+    /// into a spool) and names it with `entry`.
+    async fn store_whole(
+        &self,
+        bucket: &str,
+        key: &str,
+        up: &Upload,
+        pieces: &[ObjectId],
+        entry: NameEntry,
+    ) -> S3Result<()> {
+        let mut spool = Spool::without_md5(&self.cfg.spool_dir, u64::MAX).await?;
+        for &object in pieces {
+            datapath::get(
+                &self.shared,
+                &mut SpoolSink(&mut spool),
+                object,
+                &datapath::open_gate,
+            )
+            .await
+            .map_err(data_err)?;
+        }
+        let spooled = spool.finish().await?;
+        let name = format!("{bucket}/{key}");
+        let (spooled, basis) = self
+            .store(spooled, &name, up.content_type.clone(), false)
+            .await?;
+        let entry = NameEntry {
+            object: Some(spooled.object),
+            ..entry
+        };
+        self.name_stored(
+            bucket,
+            key,
+            entry,
+            basis,
+            spooled,
+            &name,
+            up.content_type.clone(),
+        )
+        .await?;
+        Ok(())
     }
 
     /// The source of a copy (CopyObject, UploadPartCopy): `get` on it
@@ -816,7 +877,7 @@ impl Gateway {
     ) -> S3Result<(String, u64)> {
         let name = format!("{bucket}/{key} part {part_number}");
         let (spooled, basis) = self.store(spooled, &name, None, false).await?;
-        let tag = spooled.etag();
+        let tag = spooled.etag()?;
         let entry = NameEntry {
             object: Some(spooled.object),
             size: spooled.size,
@@ -908,15 +969,105 @@ impl ObjectSink for SpoolSink<'_> {
     }
 }
 
+/// What a read of a name is read from: the manifest of its object, or of
+/// each of its pieces (found before the answer starts, so that an object
+/// that is gone is an error, not a short body).
+enum Source {
+    One(Arc<Manifest>),
+    Pieces(Vec<Arc<Manifest>>),
+}
+
+impl Source {
+    async fn of(shared: &Arc<Shared>, e: &NameEntry) -> S3Result<Source> {
+        if let Some(object) = e.object {
+            let m = datapath::require_manifest(shared, object)
+                .await
+                .map_err(data_err)?;
+            return Ok(Source::One(Arc::new(m)));
+        }
+        if e.pieces.is_empty() {
+            return Err(s3_error!(InternalError, "a name without an object"));
+        }
+        let lookups: Vec<_> = e
+            .pieces
+            .iter()
+            .map(|&o| {
+                let shared = shared.clone();
+                async move { datapath::require_manifest(&shared, o).await }
+            })
+            .collect();
+        let found: Vec<Result<Manifest, DataError>> = futures::stream::iter(lookups)
+            .buffered(PIECES_IN_FLIGHT)
+            .collect()
+            .await;
+        let mut out = Vec::with_capacity(found.len());
+        for (m, want) in found.into_iter().zip(&e.parts) {
+            let m = m.map_err(data_err)?;
+            if m.size != *want {
+                return Err(s3_error!(
+                    InternalError,
+                    "piece {} has {} bytes, its part {want}",
+                    m.object.short(),
+                    m.size
+                ));
+            }
+            out.push(Arc::new(m));
+        }
+        Ok(Source::Pieces(out))
+    }
+
+    /// Sends bytes `[start, end)` into `tx`. A whole object (or piece) is
+    /// read through the data path's `get` (verified against its ID); a
+    /// part of one, segment by segment from verified shards.
+    async fn send(
+        self,
+        shared: Arc<Shared>,
+        start: u64,
+        end: u64,
+        tx: mpsc::Sender<Result<Bytes, std::io::Error>>,
+    ) {
+        let manifests = match self {
+            Source::One(m) => vec![m],
+            Source::Pieces(ms) => ms,
+        };
+        let mut off = 0u64;
+        for m in manifests {
+            let (from, to) = (off, off + m.size);
+            off = to;
+            if to <= start || from >= end || from == to {
+                continue;
+            }
+            let (a, b) = (start.max(from) - from, end.min(to) - from);
+            let sent = if a == 0 && b == m.size {
+                let mut sink = BodySink { tx: tx.clone() };
+                let object = m.object;
+                match datapath::get(&shared, &mut sink, object, &datapath::open_gate).await {
+                    Ok(_) => true,
+                    Err(e) => {
+                        tracing::debug!(object = %object.short(), error = %e, "S3 get failed");
+                        false
+                    }
+                }
+            } else {
+                send_range(shared.clone(), m, a, b, tx.clone()).await
+            };
+            if !sent {
+                return;
+            }
+        }
+    }
+}
+
 /// Sends bytes `[start, end)` of the object of `m` into `tx`, segment by
-/// segment (each decoded from verified shards).
+/// segment (each decoded from verified shards). Returns whether every
+/// byte was sent.
 async fn send_range(
     shared: Arc<Shared>,
     m: Arc<Manifest>,
     start: u64,
     end: u64,
     tx: mpsc::Sender<Result<Bytes, std::io::Error>>,
-) {
+) -> bool {
     if let Some(bytes) = &m.inline {
         // An inline object has no segments: its bytes are in the manifest
         // (checked against the ID when it was decoded; again here, as a
@@ -928,8 +1079,9 @@ async fn send_range(
             .ok_or_else(|| {
                 std::io::Error::other("the inline object does not match its ID or the range")
             });
-        let _ = tokio::time::timeout(SEND_TIMEOUT, tx.send(chunk)).await;
-        return;
+        let ok = chunk.is_ok();
+        let sent = tokio::time::timeout(SEND_TIMEOUT, tx.send(chunk)).await;
+        return ok && matches!(sent, Ok(Ok(())));
     }
     let mut offsets = Vec::with_capacity(m.segments.len());
     let mut off = 0u64;
@@ -958,17 +1110,17 @@ async fn send_range(
             next += 1;
         }
         let Some((idx, r)) = in_flight.next().await else {
-            return;
+            return true;
         };
         let bytes = match r {
             Ok(Ok((b, _))) => b,
             Ok(Err(e)) => {
                 let _ = tx.send(Err(std::io::Error::other(e.to_string()))).await;
-                return;
+                return false;
             }
             Err(e) => {
                 let _ = tx.send(Err(std::io::Error::other(e.to_string()))).await;
-                return;
+                return false;
             }
         };
         let seg_start = offsets[idx];
@@ -977,7 +1129,7 @@ async fn send_range(
         let chunk = Bytes::from(bytes).slice(from..to);
         let sent = tokio::time::timeout(SEND_TIMEOUT, tx.send(Ok(chunk))).await;
         if !matches!(sent, Ok(Ok(()))) {
-            return;
+            return false;
         }
     }
 }
@@ -1126,7 +1278,7 @@ impl S3 for Gateway {
         let (spooled, basis) = self
             .store(spooled, &name, input.content_type.clone(), false)
             .await?;
-        let tag = spooled.etag();
+        let tag = spooled.etag()?;
         let entry = NameEntry {
             object: Some(spooled.object),
             size: spooled.size,
@@ -1137,6 +1289,7 @@ impl S3 for Gateway {
             blob: None,
             headers,
             parts: Vec::new(),
+            pieces: Vec::new(),
         };
         self.name_stored(
             &input.bucket,
@@ -1161,9 +1314,6 @@ impl S3 for Gateway {
         let input = req.input;
         let (r, e) = self.require_key(&input.bucket, &input.key).await?;
         conditions!(input).check(&e.etag, r.version.ms, true)?;
-        let object = e
-            .object
-            .ok_or_else(|| s3_error!(InternalError, "a name without an object"))?;
         let size = e.size;
         let mut parts_count = None;
         let range = match (&input.range, input.part_number) {
@@ -1184,47 +1334,27 @@ impl S3 for Gateway {
             }
         };
         let (tx, rx) = mpsc::channel(DOWNLOAD_BUFFER);
-        let shared = self.shared.clone();
+        let source = Source::of(&self.shared, &e).await?;
+        let (start, end) = range.as_ref().map_or((0, size), |r| (r.start, r.end));
         let (len, content_range) = match range {
-            None => {
-                // The manifest is found before answering, so an object
-                // that is gone is an error, not a short body.
-                datapath::require_manifest(&shared, object)
-                    .await
-                    .map_err(data_err)?;
-                tokio::spawn(async move {
-                    let mut sink = BodySink { tx };
-                    if let Err(e) =
-                        datapath::get(&shared, &mut sink, object, &datapath::open_gate).await
-                    {
-                        tracing::debug!(object = %object.short(), error = %e, "S3 get failed");
-                    }
-                });
-                (size, None)
-            }
-            Some(rg) => {
-                let m = datapath::require_manifest(&shared, object)
-                    .await
-                    .map_err(data_err)?;
-                let (start, end) = (rg.start, rg.end);
-                if start == end {
-                    // An empty part (S3 allows an empty last part).
-                    drop(tx);
-                    return Ok(S3Response::new(GetObjectOutput {
-                        body: Some(ChannelBody::blob(rx, 0)),
-                        content_length: Some(0),
-                        e_tag: Some(etag(&e.etag)),
-                        parts_count,
-                        ..Default::default()
-                    }));
-                }
-                tokio::spawn(send_range(shared, Arc::new(m), start, end, tx));
-                (
-                    end - start,
-                    Some(format!("bytes {}-{}/{}", start, end - 1, size)),
-                )
-            }
+            None => (size, None),
+            Some(_) => (
+                end - start,
+                Some(format!("bytes {}-{}/{}", start, end.max(1) - 1, size)),
+            ),
         };
+        if start == end && range.is_some() {
+            // An empty part (S3 allows an empty last part).
+            drop(tx);
+            return Ok(S3Response::new(GetObjectOutput {
+                body: Some(ChannelBody::blob(rx, 0)),
+                content_length: Some(0),
+                e_tag: Some(etag(&e.etag)),
+                parts_count,
+                ..Default::default()
+            }));
+        }
+        tokio::spawn(source.send(self.shared.clone(), start, end, tx));
         Ok(S3Response::new(GetObjectOutput {
             body: Some(ChannelBody::blob(rx, len)),
             content_length: Some(len as i64),
@@ -1667,17 +1797,12 @@ impl S3 for Gateway {
             None => (0, e.size),
             Some(r) => copy_range(r, e.size)?,
         };
-        let object = e
-            .object
-            .ok_or_else(|| s3_error!(InternalError, "a name without an object"))?;
-        let m = datapath::require_manifest(&self.shared, object)
-            .await
-            .map_err(data_err)?;
+        let source = Source::of(&self.shared, &e).await?;
         // The range is read (each segment decoded from verified shards)
         // into a spool, and stored as the part like an uploaded one.
         let mut spool = Spool::new(&self.cfg.spool_dir, MAX_OBJECT_BYTES).await?;
         let (tx, mut rx) = mpsc::channel(DOWNLOAD_BUFFER);
-        tokio::spawn(send_range(self.shared.clone(), Arc::new(m), start, end, tx));
+        tokio::spawn(source.send(self.shared.clone(), start, end, tx));
         let mut got = 0u64;
         while let Some(chunk) = rx.recv().await {
             let chunk =
@@ -2027,19 +2152,28 @@ pub(crate) async fn unname_object(
     Ok(())
 }
 
-/// `dynostore get BUCKET/KEY`: the object a name points at.
+/// `dynostore get BUCKET/KEY`: the object a name points at, or the pieces
+/// of a multipart object stored as its parts.
 pub(crate) async fn resolve(
     shared: &Arc<Shared>,
     bucket: &str,
     key: &str,
-) -> Result<(ObjectId, u64), DataError> {
+) -> Result<ClientResponse, DataError> {
     let r = names::get(shared, bucket, key)
         .await
         .map_err(names_data_err)?
         .and_then(|r| r.entry);
-    match r.and_then(|e| e.object.map(|o| (o, e.size))) {
-        Some(x) => Ok(x),
-        None => Err(DataError::BadRequest(format!(
+    match r {
+        Some(NameEntry {
+            object: Some(object),
+            size,
+            ..
+        }) => Ok(ClientResponse::Resolved { object, size }),
+        Some(e) if !e.pieces.is_empty() => Ok(ClientResponse::ResolvedPieces {
+            pieces: e.pieces,
+            size: e.size,
+        }),
+        _ => Err(DataError::BadRequest(format!(
             "no object is named {bucket}/{key}"
         ))),
     }
