@@ -969,41 +969,54 @@ impl ObjectSink for SpoolSink<'_> {
     }
 }
 
-/// What a read of a name is read from: the manifest of its object, or of
-/// each of its pieces (found before the answer starts, so that an object
-/// that is gone is an error, not a short body).
-enum Source {
-    One(Arc<Manifest>),
-    Pieces(Vec<Arc<Manifest>>),
+/// What a read of bytes `[start, end)` of a name is read from: the
+/// manifest of its object, or of each of its pieces the range covers, with
+/// the offset where each begins (found before the answer starts, so that
+/// an object that is gone is an error, not a short body).
+struct Source {
+    pieces: Vec<(u64, Arc<Manifest>)>,
 }
 
 impl Source {
-    async fn of(shared: &Arc<Shared>, e: &NameEntry) -> S3Result<Source> {
+    async fn of(shared: &Arc<Shared>, e: &NameEntry, start: u64, end: u64) -> S3Result<Source> {
         if let Some(object) = e.object {
             let m = datapath::require_manifest(shared, object)
                 .await
                 .map_err(data_err)?;
-            return Ok(Source::One(Arc::new(m)));
+            return Ok(Source {
+                pieces: vec![(0, Arc::new(m))],
+            });
         }
         if e.pieces.is_empty() {
             return Err(s3_error!(InternalError, "a name without an object"));
         }
-        let lookups: Vec<_> = e
-            .pieces
-            .iter()
-            .map(|&o| {
+        let mut wanted = Vec::new();
+        let mut from = 0u64;
+        for (&o, &len) in e.pieces.iter().zip(&e.parts) {
+            let to = from + len;
+            if len > 0 && from < end && to > start {
+                wanted.push((from, len, o));
+            }
+            from = to;
+        }
+        let lookups: Vec<_> = wanted
+            .into_iter()
+            .map(|(from, len, o)| {
                 let shared = shared.clone();
-                async move { datapath::require_manifest(&shared, o).await }
+                async move {
+                    let m = datapath::require_manifest(&shared, o).await;
+                    (from, len, m)
+                }
             })
             .collect();
-        let found: Vec<Result<Manifest, DataError>> = futures::stream::iter(lookups)
+        let found: Vec<_> = futures::stream::iter(lookups)
             .buffered(PIECES_IN_FLIGHT)
             .collect()
             .await;
-        let mut out = Vec::with_capacity(found.len());
-        for (m, want) in found.into_iter().zip(&e.parts) {
+        let mut pieces = Vec::with_capacity(found.len());
+        for (from, want, m) in found {
             let m = m.map_err(data_err)?;
-            if m.size != *want {
+            if m.size != want {
                 return Err(s3_error!(
                     InternalError,
                     "piece {} has {} bytes, its part {want}",
@@ -1011,9 +1024,9 @@ impl Source {
                     m.size
                 ));
             }
-            out.push(Arc::new(m));
+            pieces.push((from, Arc::new(m)));
         }
-        Ok(Source::Pieces(out))
+        Ok(Source { pieces })
     }
 
     /// Sends bytes `[start, end)` into `tx`. A whole object (or piece) is
@@ -1026,14 +1039,8 @@ impl Source {
         end: u64,
         tx: mpsc::Sender<Result<Bytes, std::io::Error>>,
     ) {
-        let manifests = match self {
-            Source::One(m) => vec![m],
-            Source::Pieces(ms) => ms,
-        };
-        let mut off = 0u64;
-        for m in manifests {
-            let (from, to) = (off, off + m.size);
-            off = to;
+        for (from, m) in self.pieces {
+            let to = from + m.size;
             if to <= start || from >= end || from == to {
                 continue;
             }
@@ -1334,8 +1341,8 @@ impl S3 for Gateway {
             }
         };
         let (tx, rx) = mpsc::channel(DOWNLOAD_BUFFER);
-        let source = Source::of(&self.shared, &e).await?;
         let (start, end) = range.as_ref().map_or((0, size), |r| (r.start, r.end));
+        let source = Source::of(&self.shared, &e, start, end).await?;
         let (len, content_range) = match range {
             None => (size, None),
             Some(_) => (
@@ -1797,7 +1804,7 @@ impl S3 for Gateway {
             None => (0, e.size),
             Some(r) => copy_range(r, e.size)?,
         };
-        let source = Source::of(&self.shared, &e).await?;
+        let source = Source::of(&self.shared, &e, start, end).await?;
         // The range is read (each segment decoded from verified shards)
         // into a spool, and stored as the part like an uploaded one.
         let mut spool = Spool::new(&self.cfg.spool_dir, MAX_OBJECT_BYTES).await?;
