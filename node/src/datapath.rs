@@ -1201,8 +1201,21 @@ pub(crate) async fn get(
     gate: Gate<'_>,
 ) -> Result<(), DataError> {
     let manifest = require_manifest(shared, object).await?;
+    get_found(shared, sink, Arc::new(manifest), gate).await
+}
+
+/// [`get`] of an object whose manifest the caller found already (S3 finds
+/// it before answering, so that a missing object is an error, not a short
+/// body): a second lookup would cost a small object's get a third of its
+/// control requests.
+pub(crate) async fn get_found(
+    shared: &Arc<Shared>,
+    sink: &mut impl ObjectSink,
+    manifest: Arc<Manifest>,
+    gate: Gate<'_>,
+) -> Result<(), DataError> {
+    let object = manifest.object;
     gate(&manifest)?;
-    let manifest = Arc::new(manifest);
     sink.begin(manifest.size, &manifest.meta).await?;
     if let Some(bytes) = &manifest.inline {
         return get_inline(shared, sink, object, bytes).await;

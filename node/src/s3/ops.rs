@@ -1048,7 +1048,7 @@ impl Source {
             let sent = if a == 0 && b == m.size {
                 let mut sink = BodySink { tx: tx.clone() };
                 let object = m.object;
-                match datapath::get(&shared, &mut sink, object, &datapath::open_gate).await {
+                match datapath::get_found(&shared, &mut sink, m, &datapath::open_gate).await {
                     Ok(_) => true,
                     Err(e) => {
                         tracing::debug!(object = %object.short(), error = %e, "S3 get failed");
