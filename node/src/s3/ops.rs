@@ -759,23 +759,12 @@ impl Gateway {
         if !named {
             self.store_whole(&bucket, &key, &up, &pieces, entry).await?;
         }
-        // The parts' records go; the upload's stays, marked complete, for
-        // retried completions, until the upload expiry removes it.
+        // The upload's record stays, marked complete, for retried
+        // completions, until the upload expiry removes it (and any part
+        // record left by a failure below). It is marked first, so that a
+        // completion that fails while dropping the parts' records is
+        // answered, when retried, with the object it named.
         let ns = uploads_ns(&bucket);
-        let deletes: Vec<_> = self
-            .parts(&bucket, &upload_id)
-            .await?
-            .into_iter()
-            .map(|p| {
-                let (g, ns) = (self.clone(), ns.clone());
-                async move { g.write(&ns, &p.key, None).await }
-            })
-            .collect();
-        let deleted: Vec<S3Result<NameVersion>> = futures::stream::iter(deletes)
-            .buffer_unordered(PIECES_IN_FLIGHT)
-            .collect()
-            .await;
-        deleted.into_iter().try_for_each(|r| r.map(|_| ()))?;
         let owner = up.owner.clone();
         let done = Upload {
             completed: Some(tag.clone()),
@@ -793,6 +782,22 @@ impl Gateway {
             }),
         )
         .await?;
+        // The parts' records go: the completed object's name references
+        // the pieces it is made of.
+        let deletes: Vec<_> = self
+            .parts(&bucket, &upload_id)
+            .await?
+            .into_iter()
+            .map(|p| {
+                let (g, ns) = (self.clone(), ns.clone());
+                async move { g.write(&ns, &p.key, None).await }
+            })
+            .collect();
+        let deleted: Vec<S3Result<NameVersion>> = futures::stream::iter(deletes)
+            .buffer_unordered(PIECES_IN_FLIGHT)
+            .collect()
+            .await;
+        deleted.into_iter().try_for_each(|r| r.map(|_| ()))?;
         Ok(CompleteMultipartUploadOutput {
             bucket: Some(bucket),
             key: Some(key),
