@@ -171,6 +171,12 @@ pub struct Config {
     /// Multipart uploads untouched for this long are aborted.
     #[serde(default = "default_upload_expiry_ms")]
     pub s3_upload_expiry_ms: u64,
+    /// A completed multipart upload of at most this many parts is named as
+    /// its parts (no byte stored twice); one of more is read back and
+    /// stored whole, as one object with one ID. 0: every upload is stored
+    /// whole. At most `names::MAX_PIECES`.
+    #[serde(default = "default_s3_max_pieces")]
+    pub s3_max_pieces: usize,
     /// How long after the last name referring to an object went away its
     /// bytes are reclaimed (objects written through S3 only).
     #[serde(default = "default_reclaim_grace_ms")]
@@ -203,6 +209,10 @@ fn default_reclaim_grace_ms() -> u64 {
 
 fn default_reclaim_wait_ms() -> u64 {
     10_000
+}
+
+fn default_s3_max_pieces() -> usize {
+    dynostore_protocol::names::MAX_PIECES
 }
 
 fn default_upload_expiry_ms() -> u64 {
@@ -313,6 +323,7 @@ const HEADER: &str = "\
 # site_aware_reads         reads ask the cheapest holders by measured RTT first (default true)
 # s3_listen                S3 endpoint IP:PORT (absent = none; needs federation, cert, network_key)
 # s3_upload_expiry_ms      abandoned multipart uploads are aborted after this (default 1 day)
+# s3_max_pieces            uploads of up to this many parts are named as their parts (default 1000; 0 = store whole)
 # reclaim_grace_ms         an S3 object no name refers to is reclaimed this long after (default 1 hour)
 # reclaim_wait_ms          a condemned object's references are read again after this (default 10000)
 # inline_max_bytes         objects up to this size live inside their manifest (default 65536; 0 = off)
@@ -354,6 +365,7 @@ impl Config {
             wan_emulation: None,
             s3_listen: None,
             s3_upload_expiry_ms: default_upload_expiry_ms(),
+            s3_max_pieces: default_s3_max_pieces(),
             reclaim_grace_ms: default_reclaim_grace_ms(),
             reclaim_wait_ms: default_reclaim_wait_ms(),
             fault_ref_delay_ms: 0,

@@ -345,6 +345,10 @@ struct InitArgs {
     /// Abort multipart uploads untouched for this long.
     #[arg(long)]
     s3_upload_expiry_ms: Option<u64>,
+    /// Name multipart uploads of up to this many parts as their parts;
+    /// store larger ones whole (0: store every upload whole, one ID each).
+    #[arg(long)]
+    s3_max_pieces: Option<usize>,
     /// Objects up to this many bytes are stored inside their manifest (0: never).
     #[arg(long)]
     inline_max_bytes: Option<u64>,
@@ -1163,6 +1167,9 @@ fn init(args: InitArgs) -> Result<()> {
     cfg.s3_listen = args.s3_listen;
     if let Some(v) = args.s3_upload_expiry_ms {
         cfg.s3_upload_expiry_ms = v;
+    }
+    if let Some(v) = args.s3_max_pieces {
+        cfg.s3_max_pieces = v;
     }
     if let Some(v) = args.inline_max_bytes {
         cfg.inline_max_bytes = v;

@@ -300,6 +300,7 @@ pub async fn run(
                 k: cfg.default_k,
                 m: cfg.default_m,
                 upload_expiry: Duration::from_millis(cfg.s3_upload_expiry_ms),
+                max_pieces: cfg.s3_max_pieces.min(dynostore_protocol::names::MAX_PIECES),
             };
             Some(tokio::spawn(async move {
                 if let Err(e) = crate::s3::serve(listener, shared, s3cfg).await {

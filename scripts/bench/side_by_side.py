@@ -404,6 +404,7 @@ def phase(system, driver, label, work, total_bytes, ops=1):
         "server_cpu_s_per_gib": server / gib,
         "all_cpu_s_per_gib": (server + client) / gib,
         "server_cpu_ms_per_op": server * 1000.0 / ops,
+        "client_cpu_ms_per_op": client * 1000.0 / ops,
         "p50_ms": percentile(lat, 50) * 1000.0,
         "p99_ms": percentile(lat, 99) * 1000.0,
     }
@@ -469,8 +470,8 @@ def table(rows_by_sys, notes, rss):
     figures = [
         ("big put", ["mb_s", "server_cpu_s_per_gib", "all_cpu_s_per_gib"]),
         ("big get", ["mb_s", "server_cpu_s_per_gib", "all_cpu_s_per_gib"]),
-        ("64K put", ["ops_s", "server_cpu_ms_per_op", "p50_ms", "p99_ms"]),
-        ("64K get", ["ops_s", "server_cpu_ms_per_op", "p50_ms", "p99_ms"]),
+        ("64K put", ["ops_s", "server_cpu_ms_per_op", "client_cpu_ms_per_op", "p50_ms", "p99_ms"]),
+        ("64K get", ["ops_s", "server_cpu_ms_per_op", "client_cpu_ms_per_op", "p50_ms", "p99_ms"]),
     ]
     for ph, keys in figures:
         for k in keys:

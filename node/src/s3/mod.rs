@@ -82,6 +82,9 @@ pub struct S3Config {
     pub m: u16,
     /// Multipart uploads untouched for this long are aborted.
     pub upload_expiry: Duration,
+    /// Completed uploads of at most this many parts are named as their
+    /// parts; larger ones are stored whole (at most `names::MAX_PIECES`).
+    pub max_pieces: usize,
 }
 
 pub async fn bind(addr: SocketAddr) -> Result<TcpListener, S3Error> {

@@ -708,7 +708,7 @@ impl Gateway {
     /// Completes an upload. The object is named as its parts (`pieces`):
     /// each part is already an object of its own, stored, verified and
     /// repaired like any, so no byte moves again. An upload of more than
-    /// [`MAX_PIECES`] parts, or one whose part is being reclaimed (a
+    /// `max_pieces` parts, or one whose part is being reclaimed (a
     /// condemnation the name's references met), is read part by part into
     /// a spool and stored whole, as one object whose ID is the BLAKE3 of
     /// all its bytes.
@@ -745,7 +745,7 @@ impl Gateway {
             pieces: pieces.clone(),
             ..entry.clone()
         };
-        let named = pieces.len() <= MAX_PIECES
+        let named = pieces.len() <= self.cfg.max_pieces.min(MAX_PIECES)
             && match refs::write_name(&self.shared, &bucket, &key, Some(as_pieces), Basis::Lookup)
                 .await
             {
