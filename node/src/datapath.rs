@@ -617,7 +617,7 @@ async fn put(
         });
     }
     let mut meta = meta;
-    let existing = find_manifest(shared, &view, object, manifest_replicas(&g)).await;
+    let (existing, seen) = existing_and_seen(shared, &view, object, manifest_replicas(&g)).await;
     if let Some(existing) = &existing {
         // An acknowledgement by ID rests on a generation that is not
         // collectable; one written over it (a damaged object re-uploaded
@@ -654,7 +654,6 @@ async fn put(
     // held or removed: a tombstone removes its generation and every older
     // one, so an upload after `rm` must not be older than it, whatever the
     // clocks say.
-    let seen = seen_generations(shared, &view, object).await;
     let generation = put_generation(
         crate::manifests::wall_ms(),
         seen.into_iter()
@@ -732,9 +731,29 @@ async fn put_inline(
 /// The generations of `object` that this node and the members of
 /// [`tombstone_askees`] hold or removed (those that answer: a put does not
 /// wait for the silent ones; its generation is a wall-clock time as well).
-async fn seen_generations(shared: &Shared, view: &View, object: ObjectId) -> Vec<Generation> {
+/// What a put needs to know of `object` before writing, from one round of
+/// `ManifestStates` to every member a tombstone may be on (which includes
+/// the top `depth` manifest replicas, and this node): the newest manifest
+/// held (fetched from a member that holds it, newest first), and every
+/// generation seen, held or removed.
+///
+/// A put of a new object used to look for its manifest on the top replicas
+/// one after the other and then ask the same members for its generations:
+/// three round trips and three requests more per small put, answering
+/// nothing the states had not.
+async fn existing_and_seen(
+    shared: &Arc<Shared>,
+    view: &View,
+    object: ObjectId,
+    depth: usize,
+) -> (Option<Manifest>, Vec<Generation>) {
     let peers = shared.peers();
     let mut asked = tombstone_askees(view, &shared.local, &object);
+    for n in manifest_ranking(view, &object).into_iter().take(depth) {
+        if n != shared.local && !asked.contains(&n) {
+            asked.push(n);
+        }
+    }
     asked.push(shared.local.clone());
     let states = futures::future::join_all(
         asked
@@ -742,12 +761,31 @@ async fn seen_generations(shared: &Shared, view: &View, object: ObjectId) -> Vec
             .map(|n| peers.manifest_states(n, std::slice::from_ref(&object))),
     )
     .await;
-    states
-        .into_iter()
-        .flatten()
-        .flatten()
-        .flat_map(|s| s.removed.into_iter().chain(s.held.map(|v| v.generation)))
-        .collect()
+    let mut seen = Vec::new();
+    let mut held: Vec<(ManifestVersion, NodeId)> = Vec::new();
+    for (node, st) in asked.into_iter().zip(states) {
+        let Some(st) = st.ok().and_then(|v| v.into_iter().next()) else {
+            continue;
+        };
+        seen.extend(st.removed);
+        if let Some(v) = st.held {
+            seen.push(v.generation);
+            held.push((v, node));
+        }
+    }
+    held.sort();
+    let mut existing = None;
+    for (_, node) in held.into_iter().rev() {
+        match peers.manifest(&node, object).await {
+            Ok(Some(m)) => {
+                existing = Some(m);
+                break;
+            }
+            Ok(None) => {}
+            Err(e) => tracing::debug!(error = %e, "manifest lookup failed"),
+        }
+    }
+    (existing, seen)
 }
 
 fn receipt(m: &Manifest, replicas: usize, existed: bool) -> PutReceipt {
