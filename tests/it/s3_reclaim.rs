@@ -56,6 +56,21 @@ fn stored_bytes(c: &Cluster) -> Result<f64, String> {
     Ok(total)
 }
 
+/// Python that uploads the files `parts` (in `DATA`) as the parts of
+/// `keep/KEY`, in order, and completes the upload.
+fn multipart(key: &str, parts: &[&str]) -> String {
+    format!(
+        "up = s3.create_multipart_upload(Bucket='keep', Key='{key}')['UploadId']\n\
+         parts = []\n\
+         for n, f in enumerate({parts:?}, 1):\n    \
+             t = s3.upload_part(Bucket='keep', Key='{key}', UploadId=up, PartNumber=n, \
+                                Body=open(f'{{DATA}}/{{f}}', 'rb').read())['ETag']\n    \
+             parts.append({{'PartNumber': n, 'ETag': t}})\n\
+         s3.complete_multipart_upload(Bucket='keep', Key='{key}', UploadId=up, \
+                                      MultipartUpload={{'Parts': parts}})\n"
+    )
+}
+
 fn write(dir: &Path, name: &str, bytes: &[u8]) -> String {
     std::fs::write(dir.join(name), bytes).unwrap();
     blake3::hash(bytes).to_hex().to_string()
@@ -168,35 +183,21 @@ fn unnamed_s3_objects_are_reclaimed_and_named_ones_kept() {
     ok(
         "names",
         &boto(
+            &format!(
             "for k, f in [('a', 'a'), ('b', 'a'), ('c', 'c'), ('d', 'd'), ('e', 'e'), ('f', 'f')]:\n    \
-                 s3.upload_file(f'{DATA}/{f}', 'keep', k)\n\
-             up = s3.create_multipart_upload(Bucket='keep', Key='m')['UploadId']\n\
-             parts = []\n\
-             for n, f in [(1, 'p1'), (2, 'p2')]:\n    \
-                 t = s3.upload_part(Bucket='keep', Key='m', UploadId=up, PartNumber=n, \
-                                    Body=open(f'{DATA}/{f}', 'rb').read())['ETag']\n    \
-                 parts.append({'PartNumber': n, 'ETag': t})\n\
-             s3.complete_multipart_upload(Bucket='keep', Key='m', UploadId=up, \
-                                          MultipartUpload={'Parts': parts})\n\
-             s3.copy_object(Bucket='keep', Key='m2', CopySource={'Bucket': 'keep', 'Key': 'm'})\n\
-             s3.upload_file(f'{DATA}/a2', 'keep', 'a')\n",
+                 s3.upload_file(f'{{DATA}}/{{f}}', 'keep', k)\n\
+             {}\
+             s3.copy_object(Bucket='keep', Key='m2', CopySource={{'Bucket': 'keep', 'Key': 'm'}})\n\
+             s3.upload_file(f'{{DATA}}/a2', 'keep', 'a')\n",
+                multipart("m", &["p1", "p2"])
+            ),
             1,
         ),
     );
     // w is completed through node 3, which stores uploads whole.
     ok(
         "an upload stored whole",
-        &boto(
-            "up = s3.create_multipart_upload(Bucket='keep', Key='w')['UploadId']\n\
-             parts = []\n\
-             for n, f in [(1, 'q1'), (2, 'q2')]:\n    \
-                 t = s3.upload_part(Bucket='keep', Key='w', UploadId=up, PartNumber=n, \
-                                    Body=open(f'{DATA}/{f}', 'rb').read())['ETag']\n    \
-                 parts.append({'PartNumber': n, 'ETag': t})\n\
-             s3.complete_multipart_upload(Bucket='keep', Key='w', UploadId=up, \
-                                          MultipartUpload={'Parts': parts})\n",
-            3,
-        ),
+        &boto(&multipart("w", &["q1", "q2"]), 3),
     );
     // f is stored through S3 first, then put by ID: the put by ID is
     // acknowledged, so f must outlive its S3 name too.
