@@ -581,9 +581,32 @@ type Holders = Vec<(ShardSlot, NodeId)>;
 /// Every copy a put stored, for clean-up.
 type Written = Vec<(ShardSlot, NodeId)>;
 
+/// Stores an object. A put not asked to be collectable (acknowledged by
+/// ID) also pins it (`refs::pin`) before the acknowledgement.
 #[allow(clippy::too_many_arguments)]
 #[tracing::instrument(skip_all, fields(object = %object.short(), size))]
 async fn put(
+    shared: &Arc<Shared>,
+    s: &mut impl PutSource,
+    object: ObjectId,
+    size: u64,
+    g: Geometry,
+    meta: Metadata,
+    target: Option<Durability>,
+    fresh: bool,
+) -> Result<PutReceipt, DataError> {
+    let pinned = !meta.collectable;
+    let receipt = store(shared, s, object, size, g, meta, target, fresh).await?;
+    if pinned {
+        crate::refs::pin(shared, object).await.map_err(|e| {
+            DataError::Internal(format!("the object is stored but not pinned: {e}"))
+        })?;
+    }
+    Ok(receipt)
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn store(
     shared: &Arc<Shared>,
     s: &mut impl PutSource,
     object: ObjectId,

@@ -226,6 +226,26 @@ async fn reference(
     checked
 }
 
+/// Pins `object` ([`refs::pin_key`]): a put acknowledged by ID writes it
+/// before the acknowledgement, so that no collector ever takes the object,
+/// whichever generation of it is stored later.
+pub(crate) async fn pin(shared: &Arc<Shared>, object: ObjectId) -> Result<(), NameError> {
+    names::put(
+        shared,
+        vec![NameRecord {
+            ns: refs::refs_namespace(&object),
+            key: refs::pin_key(&object),
+            version: NameVersion {
+                ms: wall_ms(),
+                writer: shared.local.clone(),
+            },
+            entry: Some(NameEntry::default()),
+        }],
+    )
+    .await
+    .map(|_| ())
+}
+
 /// Retires the reference of `ns`/`key` at `version` to `object` (a
 /// tombstone above the reference's own version). A failure only leaks.
 async fn retire(

@@ -363,6 +363,16 @@ pub mod refs {
         format!("{object}/{REF_PREFIX}{}", hex16(h.finalize().as_bytes()))
     }
 
+    /// The key of `object`'s pin: a reference no name writes and nothing
+    /// retires, written by every put acknowledged by ID. A generation such
+    /// a put rests on is not collectable, but a named put that could not
+    /// see it (across a partition) writes a newer, collectable one, which
+    /// replaces it once the sides meet; the pin keeps the collector off
+    /// whatever generation is stored.
+    pub fn pin_key(object: &ObjectId) -> String {
+        format!("{object}/{REF_PREFIX}pin")
+    }
+
     /// The key of `collector`'s condemnation record: one per collector, so
     /// that one withdrawing its own never hides another's.
     pub fn condemn_key(object: &ObjectId, collector: &NodeId) -> String {

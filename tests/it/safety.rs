@@ -473,3 +473,138 @@ fn a_partition_of_eight_nodes_into_halves_heals_to_one_manifest_per_object() {
         }
     }
 }
+
+/// A put by ID is acknowledged on bytes no collector may take. A named
+/// put of the same bytes on the other side of a partition cannot see that
+/// generation, writes a collectable one, and after the heal that newer
+/// generation replaces it; once the name goes, the collector must still
+/// not take the object the put by ID was acknowledged for.
+#[test]
+fn an_object_put_by_id_outlives_a_name_written_across_a_partition() {
+    let net = Net::new();
+    let root = net.root.path().to_path_buf();
+    let nodes = crate::harness::cluster_with(
+        &net,
+        8,
+        |i| vec![format!("dir:{}/n{i}/shards:128MiB", root.display())],
+        &["--reclaim-grace-ms", "1000", "--reclaim-wait-ms", "1000"],
+    );
+    let ids: Vec<&str> = nodes.iter().map(|n| n.id.as_str()).collect();
+    wait_all_see(&net, &addrs(&nodes), &ids, "alive", Duration::from_secs(60));
+    let dir = root.join("files");
+    let x = write(&dir, "x", &data(5 * SEG + 11, 700));
+    let y = write(&dir, "y", &data(5 * SEG + 13, 701));
+    let xid = put(&net, &nodes[0], &x, (2, 2))["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    all_healthy(
+        &net,
+        &nodes[0],
+        std::slice::from_ref(&xid),
+        Duration::from_secs(60),
+    );
+
+    // The side that names x holds none of its manifest replicas.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let object: ObjectId = xid.parse().unwrap();
+    let mut holds: Vec<bool> = Vec::new();
+    wait_until(
+        Duration::from_secs(30),
+        "every node's manifest states",
+        || {
+            holds = nodes
+                .iter()
+                .map(|n| {
+                    let v = rt.block_on(manifest_versions(&net, n, &[object]))?;
+                    Ok(v.first().copied().flatten().is_some())
+                })
+                .collect::<Result<_, String>>()?;
+            Ok(())
+        },
+    );
+    let (blind, seeing): (Vec<usize>, Vec<usize>) = (0..nodes.len()).partition(|&i| !holds[i]);
+    assert!(
+        blind.len() >= 4,
+        "replicas on {seeing:?}: no side of 4 without one"
+    );
+    let blind: Vec<usize> = blind.into_iter().take(4).collect();
+    let deny = |i: usize, others: &[usize]| {
+        let mut args = vec!["deny".to_string(), "--peer".into(), nodes[i].addr()];
+        args.extend(others.iter().map(|&o| nodes[o].id.clone()));
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = net.cli(&refs);
+        assert!(
+            out.status.success(),
+            "deny on {}: {}",
+            nodes[i].name,
+            text(&out)
+        );
+    };
+    let other: Vec<usize> = (0..nodes.len()).filter(|i| !blind.contains(i)).collect();
+    for &i in &blind {
+        deny(i, &other);
+    }
+    for &i in &other {
+        deny(i, &blind);
+    }
+    let blind_addrs: Vec<String> = blind.iter().map(|&i| nodes[i].addr()).collect();
+    let other_ids: Vec<&str> = other.iter().map(|&i| nodes[i].id.as_str()).collect();
+    let limit = Duration::from_millis(4 * DOWN_MS + 30_000);
+    wait_all_see(&net, &blind_addrs, &other_ids, "down", limit);
+
+    // On the blind side, x and y are stored to be named, and named.
+    let peer = nodes[blind[0]].addr();
+    for (key, file) in [("keep/x", &x), ("keep/y", &y)] {
+        let out = net.cli(&[
+            "put",
+            "--json",
+            "--segment-size",
+            &SEG.to_string(),
+            "--k",
+            "2",
+            "--m",
+            "2",
+            "--name",
+            key,
+            "--peer",
+            &peer,
+            file.to_str().unwrap(),
+        ]);
+        assert!(out.status.success(), "put --name {key}: {}", text(&out));
+    }
+    let yid = blake3::hash(&std::fs::read(&y).unwrap())
+        .to_hex()
+        .to_string();
+
+    // Heal: one manifest per object again.
+    for n in &nodes {
+        let out = net.cli(&["deny", "--peer", &n.addr()]);
+        assert!(out.status.success(), "heal {}: {}", n.name, text(&out));
+    }
+    wait_all_see(&net, &addrs(&nodes), &ids, "alive", Duration::from_secs(60));
+    manifests_converge(&net, &nodes, std::slice::from_ref(&xid), 3);
+
+    // Both names go; y, only ever named, is reclaimed. x was put by ID.
+    for key in ["keep/x", "keep/y"] {
+        let out = net.cli(&["rm", key, "--peer", &nodes[0].addr()]);
+        assert!(out.status.success(), "rm {key}: {}", text(&out));
+    }
+    wait_until(Duration::from_secs(60), "y reclaimed", || {
+        match health(&net, &nodes[1], &yid) {
+            Err(e) if e.contains("no manifest") => Ok(()),
+            other => Err(format!("y: {other:?}")),
+        }
+    });
+    // The collectors took y; they have had x's references as long.
+    let deadline = std::time::Instant::now() + Duration::from_secs(8);
+    while std::time::Instant::now() < deadline {
+        if let Err(e) = reads_back(&net, &nodes[2], &xid, &x) {
+            panic!("x, put by ID, was taken once its name across the partition went: {e}");
+        }
+    }
+    all_healthy(&net, &nodes[3], &[xid], Duration::from_secs(60));
+}
