@@ -13,8 +13,9 @@
 //!   (`ID`) and each part (`ID/NNNNN`, an object of its own, stored as it
 //!   arrives). Complete names the parts' objects in order
 //!   (`NameEntry::pieces`), so no byte is stored twice; reads go piece by
-//!   piece. Past [`MAX_PIECES`] parts, or when a piece is being reclaimed,
-//!   it reads the parts into a spool and stores the whole as one object.
+//!   piece. Past `s3_max_pieces` parts (at most [`MAX_PIECES`]), or when a
+//!   piece is being reclaimed, it reads the parts into a spool and stores
+//!   the whole as one object.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
