@@ -751,14 +751,13 @@ async fn put_inline(
     Ok(receipt(&m, replicas, false))
 }
 
-/// The generations of `object` that this node and the members of
-/// [`tombstone_askees`] hold or removed (those that answer: a put does not
-/// wait for the silent ones; its generation is a wall-clock time as well).
 /// What a put needs to know of `object` before writing, from one round of
 /// `ManifestStates` to every member a tombstone may be on (which includes
 /// the top `depth` manifest replicas, and this node): the newest manifest
 /// held (fetched from a member that holds it, newest first), and every
-/// generation seen, held or removed.
+/// generation seen, held or removed, by the members that answer (a put
+/// does not wait for silent ones; its generation is a wall-clock time as
+/// well).
 ///
 /// A put of a new object used to look for its manifest on the top replicas
 /// one after the other and then ask the same members for its generations:

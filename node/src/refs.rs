@@ -4,8 +4,8 @@
 //! [`write_name`] is the one way a name record is written: a record that
 //! points at an object (or at the pieces of a multipart object stored as
 //! its parts: every piece is referenced like an object) first writes its
-//! reference in the object's references namespace and checks that no collector condemned the
-//! generation it relies on; once the record is stored, the reference of
+//! reference in the object's references namespace and checks that no
+//! collector condemned the generation it relies on; once the record is stored, the reference of
 //! the version it replaced is retired. Every failure leaves a reference
 //! behind rather than retire one too many: a leaked reference keeps bytes,
 //! a missing one could lose an object a name still points at.
@@ -45,7 +45,7 @@ const READ_WIDTH: usize = NAME_REPLICAS + 2;
 /// Another collector's condemnation of a referenced object older than this
 /// many waits (plus a minute) is abandoned: its collector is gone.
 const STALE_FACTOR: u64 = 10;
-/// Pieces of one name referenced at once.
+/// Objects (pieces) of one name referenced at once.
 const PIECES_IN_FLIGHT: usize = 16;
 
 #[derive(Debug, thiserror::Error)]
@@ -99,14 +99,10 @@ pub(crate) async fn write_name(
         shared.local.clone(),
         seen.as_ref().map(|r| &r.version),
     );
-    let object = entry.as_ref().and_then(|e| e.object);
-    let pieces: Vec<ObjectId> = entry
-        .as_ref()
-        .map(|e| e.objects())
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|o| Some(*o) != object)
-        .collect();
+    // The object, or the pieces of an object stored as its parts, each
+    // referenced like a whole object (a piece's generation looked up).
+    let whole = entry.as_ref().and_then(|e| e.object);
+    let objects = entry.as_ref().map(|e| e.objects()).unwrap_or_default();
     let record = NameRecord {
         ns: ns.to_string(),
         key: key.to_string(),
@@ -114,47 +110,44 @@ pub(crate) async fn write_name(
         entry,
     };
     record.check().map_err(RefError::Invalid)?;
-    if (object.is_some() || !pieces.is_empty()) && shared.fault_ref_delay_ms > 0 {
+    if !objects.is_empty() && shared.fault_ref_delay_ms > 0 {
         tokio::time::sleep(Duration::from_millis(shared.fault_ref_delay_ms)).await;
     }
-    if let Some(object) = object {
-        reference(shared, ns, key, &version, object, basis).await?;
-    }
-    if !pieces.is_empty() {
-        // The pieces of an object stored as its parts: each referenced
-        // like a whole object. If one fails the name is not written, so
-        // every reference of this version goes (`reference` retired its
-        // own; the others are retired here).
-        let writes: Vec<_> = pieces
-            .iter()
-            .map(|&o| {
-                let (shared, ns, key, version) = (
-                    shared.clone(),
-                    ns.to_string(),
-                    key.to_string(),
-                    version.clone(),
-                );
-                async move {
-                    let r = reference(&shared, &ns, &key, &version, o, Basis::Lookup).await;
-                    (o, r)
-                }
-            })
-            .collect();
-        let results: Vec<(ObjectId, Result<(), RefError>)> = futures::stream::iter(writes)
-            .buffer_unordered(PIECES_IN_FLIGHT)
-            .collect()
-            .await;
-        if let Some(i) = results.iter().position(|(_, r)| r.is_err()) {
-            for (o, r) in &results {
-                if r.is_ok() {
-                    retire(shared, ns, key, &version, *o).await;
+    let writes: Vec<_> = objects
+        .iter()
+        .map(|&o| {
+            let basis = if whole == Some(o) {
+                basis
+            } else {
+                Basis::Lookup
+            };
+            let (shared, ns, key, version) = (
+                shared.clone(),
+                ns.to_string(),
+                key.to_string(),
+                version.clone(),
+            );
+            async move { (o, reference(&shared, &ns, &key, &version, o, basis).await) }
+        })
+        .collect();
+    let results: Vec<(ObjectId, Result<(), RefError>)> = futures::stream::iter(writes)
+        .buffer_unordered(PIECES_IN_FLIGHT)
+        .collect()
+        .await;
+    if results.iter().any(|(_, r)| r.is_err()) {
+        // The name is not written, so every reference of this version goes
+        // (`reference` retired its own failed one; the others go here).
+        let mut first = None;
+        for (o, r) in results {
+            match r {
+                Ok(()) => retire(shared, ns, key, &version, o).await,
+                Err(e) => {
+                    first.get_or_insert(e);
                 }
             }
-            if let Some(o) = object {
-                retire(shared, ns, key, &version, o).await;
-            }
-            let (_, r) = results.into_iter().nth(i).expect("an error at i");
-            return Err(r.expect_err("an error at i"));
+        }
+        if let Some(e) = first {
+            return Err(e);
         }
     }
     // A failed write may still have reached a replica and come back
