@@ -134,6 +134,7 @@ pub(crate) struct Metrics {
     sent_bytes: Counter,
     in_flight: Family<KindLabels, Gauge>,
     peer_failures: Family<FailureLabels, Counter>,
+    peer_requests: Family<OpLabels, Counter>,
     scrub_runs: Counter,
     scrub_corrupt: Counter,
     admin_requests: Family<RouteLabels, Counter>,
@@ -186,6 +187,7 @@ impl Metrics {
             sent_bytes: Counter::default(),
             in_flight: Family::default(),
             peer_failures: Family::default(),
+            peer_requests: Family::default(),
             scrub_runs: Counter::default(),
             scrub_corrupt: Counter::default(),
             admin_requests: Family::default(),
@@ -264,6 +266,11 @@ impl Metrics {
             "peer_request_failures",
             "Failed shard-stream and control requests to other members, by op and reason",
             self.peer_failures.clone(),
+        );
+        d.register(
+            "peer_requests",
+            "Shard-stream and control requests sent to other members, by op",
+            self.peer_requests.clone(),
         );
         d.register(
             "index_flush_requests",
@@ -438,6 +445,11 @@ impl Metrics {
         self.peer_failures
             .get_or_create(&FailureLabels { op, reason })
             .inc();
+    }
+
+    /// A request to another member was answered or failed.
+    pub(crate) fn peer_request(&self, op: &'static str) {
+        self.peer_requests.get_or_create(&OpLabels { op }).inc();
     }
 
     /// One step of reclaiming an unnamed object (see `refs`).

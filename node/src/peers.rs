@@ -190,8 +190,9 @@ impl Peers<'_> {
         node == self.local
     }
 
-    /// Counts a failed request to another member under `op`.
+    /// Counts a request to another member under `op`, and its failure.
     fn count<T>(self, op: &'static str, r: Result<T, PeerError>) -> Result<T, PeerError> {
+        self.metrics.peer_request(op);
         if let Err(e) = &r {
             self.metrics.peer_failure(op, e.reason());
         }
