@@ -1104,12 +1104,35 @@ async fn store_manifest(
 }
 
 /// The manifest of `object`: from this node if it holds a replica, else
-/// from the first `depth` nodes of the manifest ranking, in order.
+/// from the first `depth` nodes of the manifest ranking, in order; then
+/// the newest of the top `r` replicas.
 pub(crate) async fn find_manifest(
     shared: &Arc<Shared>,
     view: &View,
     object: ObjectId,
     depth: usize,
+) -> Option<Manifest> {
+    find_manifest_for(shared, view, object, depth, Freshness::Newest).await
+}
+
+/// Which replica of a manifest a lookup needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Freshness {
+    /// The newest of the top `r` (placement after a repair, generations
+    /// for references and collection, owners for the gate).
+    Newest,
+    /// Any valid replica when the object is inline: its bytes are checked
+    /// against the object ID, and versions differ only in bookkeeping the
+    /// reader does not use. A striped object still gets the newest.
+    AnyInline,
+}
+
+async fn find_manifest_for(
+    shared: &Arc<Shared>,
+    view: &View,
+    object: ObjectId,
+    depth: usize,
+    freshness: Freshness,
 ) -> Option<Manifest> {
     let ranking = manifest_ranking(view, &object);
     let peers = shared.peers();
@@ -1137,6 +1160,9 @@ pub(crate) async fn find_manifest(
         }
     }
     let mut best = found?;
+    if freshness == Freshness::AnyInline && best.is_inline() {
+        return Some(best);
+    }
     // Replicas can lag behind a repair: read the top r and keep the newest.
     let r = manifest_replicas(&best.geometry);
     let others: Vec<NodeId> = ranking
@@ -1182,6 +1208,20 @@ pub(crate) async fn require_manifest(
 ) -> Result<Manifest, DataError> {
     let view = shared.membership().view();
     find_manifest(shared, &view, object, MANIFEST_SEARCH)
+        .await
+        .ok_or(DataError::UnknownObject(object))
+}
+
+/// [`require_manifest`] for a reader that takes its metadata from
+/// elsewhere (the S3 gateway: a name record): an inline object's first
+/// replica found is returned without asking the others' versions, which
+/// is two of a small get's control requests.
+pub(crate) async fn read_manifest(
+    shared: &Arc<Shared>,
+    object: ObjectId,
+) -> Result<Manifest, DataError> {
+    let view = shared.membership().view();
+    find_manifest_for(shared, &view, object, MANIFEST_SEARCH, Freshness::AnyInline)
         .await
         .ok_or(DataError::UnknownObject(object))
 }

@@ -601,6 +601,44 @@ step("copy and delete ok")
         "rclone check of the multipart object",
         &rclone(&["check", big.to_str().unwrap(), "dyno:data/big"]),
     );
+
+    // What a small get costs its entry in requests to other members: the
+    // key's name replicas and one manifest replica; not the S3 key's
+    // registration (decoded once per node) nor the other manifest
+    // replicas' versions (an inline object's bytes are checked against
+    // its ID, whichever replica they come from).
+    let gets = 100;
+    let small = format!(
+        "{BOTO3_PREAMBLE}\n\
+         s3.put_object(Bucket='data', Key='count/small', Body=b'x' * 4096)\n\
+         assert s3.get_object(Bucket='data', Key='count/small')['Body'].read() == b'x' * 4096\n"
+    );
+    ok("small put", &python(&small, &c.s3[2], &keys, &work));
+    let requests = |op: &str| {
+        let m = crate::admin::scrape(&c.nodes[2]).expect("scrape node 2");
+        crate::admin::sum(&m, "dynostore_peer_requests_total", &[("op", op)])
+    };
+    let (names0, states0) = (requests("list_names"), requests("manifest_states"));
+    let many = format!(
+        "{BOTO3_PREAMBLE}\n\
+         for _ in range({gets}):\n    \
+             assert s3.get_object(Bucket='data', Key='count/small')['Body'].read() == b'x' * 4096\n"
+    );
+    ok("small gets", &python(&many, &c.s3[2], &keys, &work));
+    let names = requests("list_names") - names0;
+    let states = requests("manifest_states") - states0;
+    eprintln!("{gets} small gets: {names} list_names, {states} manifest_states requests");
+    // At most 3 name replicas per get, with room for background rounds.
+    // Reading the key's registration every time added 2 or 3 per get, and
+    // the versions round 2 or 3 manifest_states.
+    assert!(
+        names <= (3 * gets + gets / 2) as f64,
+        "{names} list_names requests for {gets} small gets"
+    );
+    assert!(
+        states <= (gets / 2) as f64,
+        "{states} manifest_states requests for {gets} small gets"
+    );
 }
 
 /// Wrong secret, unknown key, another bucket, an expired token; and a

@@ -33,8 +33,10 @@ use crate::shared::Shared;
 
 /// The namespace of S3 key registrations.
 pub const KEYS_NS: &str = ".s3keys";
-/// Tokens kept decoded in memory (a registration never changes, so the
-/// cache is never stale; it is emptied when full).
+/// Registrations kept decoded in memory. An access key ID is a hash of
+/// its token and a registration is never rewritten or removed, so the
+/// cache is never stale; it is emptied when full. Revocation and expiry
+/// are checked per request, not cached.
 const CACHE_MAX: usize = 4096;
 
 /// Whether a token's revocation ID is revoked, by the node's kept and
@@ -71,7 +73,14 @@ pub struct User(pub String);
 #[derive(Clone)]
 pub struct Keys {
     shared: Arc<Shared>,
-    cache: Arc<Mutex<HashMap<String, Arc<Token>>>>,
+    cache: Arc<Mutex<HashMap<String, Registered>>>,
+}
+
+/// A registration, decoded: the token and the secret derived from it.
+#[derive(Clone)]
+struct Registered {
+    token: Arc<Token>,
+    secret: Option<Arc<str>>,
 }
 
 impl std::fmt::Debug for Keys {
@@ -96,14 +105,20 @@ impl Keys {
             .ok_or_else(|| s3_error!(NotImplemented, "this node has no federation: no S3 keys"))
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Token>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Registered>> {
         self.cache
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// The token registered under `access_key`, with its bytes.
-    async fn lookup(&self, access_key: &str) -> S3Result<(Arc<Token>, Vec<u8>)> {
+    /// The registration of `access_key`: from the cache, or read from the
+    /// key's name replicas and verified against the federation (once per
+    /// key: every S3 request needs it twice, for its signature and for its
+    /// rights, and the read costs a quorum of name requests).
+    async fn registered(&self, access_key: &str) -> S3Result<Registered> {
+        if let Some(r) = self.lock().get(access_key) {
+            return Ok(r.clone());
+        }
         if access_key.len() > 64 || !access_key.starts_with("DS") {
             return Err(s3_error!(InvalidAccessKeyId));
         }
@@ -116,21 +131,24 @@ impl Keys {
             .ok_or_else(|| s3_error!(InvalidAccessKeyId))?;
         let token = Token::decode(&bytes, self.federation()?)
             .map_err(|e| s3_error!(InvalidAccessKeyId, "the registered token: {e}"))?;
-        Ok((Arc::new(token), bytes))
-    }
-
-    /// The token of `access_key` (cached).
-    pub async fn token(&self, access_key: &str) -> S3Result<Arc<Token>> {
-        if let Some(t) = self.lock().get(access_key) {
-            return Ok(t.clone());
-        }
-        let (token, _) = self.lookup(access_key).await?;
+        let r = Registered {
+            token: Arc::new(token),
+            secret: self
+                .shared
+                .s3_secret_base
+                .map(|base| secret_for(&base, &bytes).into()),
+        };
         let mut cache = self.lock();
         if cache.len() >= CACHE_MAX {
             cache.clear();
         }
-        cache.insert(access_key.to_string(), token.clone());
-        Ok(token)
+        cache.insert(access_key.to_string(), r.clone());
+        Ok(r)
+    }
+
+    /// The token of `access_key` (cached).
+    pub async fn token(&self, access_key: &str) -> S3Result<Arc<Token>> {
+        Ok(self.registered(access_key).await?.token)
     }
 
     /// Authorizes `op` on `resource` for the request's key; returns the user.
@@ -159,12 +177,11 @@ fn now_secs() -> u64 {
 #[async_trait::async_trait]
 impl S3Auth for Keys {
     async fn get_secret_key(&self, access_key: &str) -> S3Result<SecretKey> {
-        let base = self
-            .shared
-            .s3_secret_base
-            .ok_or_else(|| s3_error!(NotImplemented, "this node has no network key: no S3 keys"))?;
-        let (_, bytes) = self.lookup(access_key).await?;
-        Ok(SecretKey::from(secret_for(&base, &bytes)))
+        let secret =
+            self.registered(access_key).await?.secret.ok_or_else(|| {
+                s3_error!(NotImplemented, "this node has no network key: no S3 keys")
+            })?;
+        Ok(SecretKey::from(secret.to_string()))
     }
 }
 

@@ -986,7 +986,7 @@ struct Source {
 impl Source {
     async fn of(shared: &Arc<Shared>, e: &NameEntry, start: u64, end: u64) -> S3Result<Source> {
         if let Some(object) = e.object {
-            let m = datapath::require_manifest(shared, object)
+            let m = datapath::read_manifest(shared, object)
                 .await
                 .map_err(data_err)?;
             return Ok(Source {
@@ -1010,7 +1010,7 @@ impl Source {
             .map(|(from, len, o)| {
                 let shared = shared.clone();
                 async move {
-                    let m = datapath::require_manifest(&shared, o).await;
+                    let m = datapath::read_manifest(&shared, o).await;
                     (from, len, m)
                 }
             })
