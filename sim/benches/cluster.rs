@@ -31,7 +31,19 @@
 //!    of writing the input file (fresh page-cache pages), which a `dir:`
 //!    container and a get into a file pay too.
 //!
+//! 7. With `DYNOSTORE_BENCH_GARAGE` set (the path of a Garage 2.5.0
+//!    binary, see `scripts/garage.sh`), once the cluster has stopped:
+//!    `scripts/bench/side_by_side.py` runs three Garage nodes and six
+//!    DynoStore nodes (this binary, S3 on its first node) one after the
+//!    other under the same boto3 client, with this run's file size and
+//!    small objects; then issue 15's table is printed with the three
+//!    columns side by side (DynoStore, the raw stream, Garage), the
+//!    ratios, and whether each target is met.
+//!
 //! Environment:
+//! - `DYNOSTORE_BENCH_GARAGE`: a Garage binary: adds step 7.
+//! - `DYNOSTORE_BENCH_PYTHON`: the Python with boto3 for step 7 (default
+//!   `/opt/dynostore-s3-venv/bin/python`, from `scripts/s3-clients.sh`).
 //! - `DYNOSTORE_BENCH_FILE_MB`: the throughput file, MiB (default 1024);
 //!   the reference copies as many bytes.
 //! - `DYNOSTORE_BENCH_BIG_MB`: the memory-target file, MiB (default 2048;
@@ -82,6 +94,9 @@ const OBJECT_KIB_ENV: &str = "DYNOSTORE_BENCH_OBJECT_KIB";
 const CONCURRENCY_ENV: &str = "DYNOSTORE_BENCH_CONCURRENCY";
 const CONTAINER_ENV: &str = "DYNOSTORE_BENCH_CONTAINER";
 const QUOTA_ENV: &str = "DYNOSTORE_BENCH_QUOTA_MIB";
+const GARAGE_ENV: &str = "DYNOSTORE_BENCH_GARAGE";
+const PYTHON_ENV: &str = "DYNOSTORE_BENCH_PYTHON";
+const DEFAULT_PYTHON: &str = "/opt/dynostore-s3-venv/bin/python";
 
 const GNU_TIME: &str = "/usr/bin/time";
 
@@ -851,6 +866,9 @@ fn coordinator_main(bench: bool) -> Result<()> {
     drop(sink);
     drop(rt);
     note("stopped");
+    // After the cluster, so that the two systems do not share the machine
+    // with it; the run's figures are then read side by side.
+    let s3 = if bench { side_by_side(&cfg)? } else { None };
 
     report(&Report {
         cfg: &cfg,
@@ -864,6 +882,7 @@ fn coordinator_main(bench: bool) -> Result<()> {
         bench_hwm,
         sink_hwm,
         total: started.elapsed(),
+        s3: s3.as_ref(),
     });
     drop(cluster);
     note("removing the temporary directory");
@@ -887,6 +906,272 @@ struct Report<'a> {
     bench_hwm: Option<u64>,
     sink_hwm: Option<u64>,
     total: Duration,
+    s3: Option<&'a SideBySide>,
+}
+
+/// Garage and DynoStore through S3 in this run: each system's figures by
+/// phase ("big put", "big get", "64K put", "64K get"), as
+/// `side_by_side.py --json` prints them.
+#[derive(Debug)]
+struct SideBySide {
+    garage: Vec<serde_json::Value>,
+    dynostore: Vec<serde_json::Value>,
+}
+
+impl SideBySide {
+    fn figure(&self, garage: bool, phase: &str, name: &str) -> f64 {
+        let phases = if garage {
+            &self.garage
+        } else {
+            &self.dynostore
+        };
+        phases
+            .iter()
+            .find(|p| p["phase"] == phase)
+            .and_then(|p| p[name].as_f64())
+            .unwrap_or(f64::NAN)
+    }
+}
+
+/// Step 7: `side_by_side.py` with this run's sizes, when
+/// `DYNOSTORE_BENCH_GARAGE` names a Garage binary.
+fn side_by_side(cfg: &Settings) -> Result<Option<SideBySide>> {
+    let Ok(garage) = std::env::var(GARAGE_ENV) else {
+        return Ok(None);
+    };
+    let python = std::env::var(PYTHON_ENV).unwrap_or_else(|_| DEFAULT_PYTHON.to_string());
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/bench/side_by_side.py");
+    note("Garage and DynoStore through S3 (scripts/bench/side_by_side.py, about 5 minutes)");
+    let out = Command::new(&python)
+        .arg(&script)
+        .args(["--dynostore", node_bin(), "--garage", &garage, "--json"])
+        .args(["--big-mib", &(cfg.file_bytes / MIB as u64).to_string()])
+        .args(["--small", &cfg.objects.to_string()])
+        .args(["--small-kib", &(cfg.object_bytes / 1024).to_string()])
+        .stderr(Stdio::inherit())
+        .output()
+        .with_context(|| format!("cannot run {python} {}", script.display()))?;
+    if !out.status.success() {
+        bail!("{} failed ({})", script.display(), out.status);
+    }
+    let v: serde_json::Value =
+        serde_json::from_slice(&out.stdout).context("side_by_side.py's JSON")?;
+    let phases = |name: &str| -> Result<Vec<serde_json::Value>> {
+        v["results"][name]
+            .as_array()
+            .cloned()
+            .ok_or_else(|| anyhow!("side_by_side.py printed no results for {name}"))
+    };
+    Ok(Some(SideBySide {
+        garage: phases("garage")?,
+        dynostore: phases("dynostore")?,
+    }))
+}
+
+/// Issue 15's table: this run's DynoStore (CLI and in-process client for
+/// the crossings and CPU per object, S3 for the comparison), the raw
+/// stream and Garage, side by side.
+fn issue15_table(r: &Report<'_>, s3: &SideBySide, crossing: f64) {
+    let gib = |bytes: u64| bytes as f64 / (1u64 << 30) as f64;
+    let crossings = |op: &LargeOp| {
+        let all = op.measured.cpu.unwrap_or(f64::NAN) + op.node_cpu.iter().sum::<f64>();
+        all / gib(op.bytes) / crossing
+    };
+    let per_object_ms =
+        |s: &SmallOps| s.node_cpu.iter().sum::<f64>() * 1000.0 / s.latencies.len().max(1) as f64;
+    let f = |garage: bool, phase: &str, name: &str| s3.figure(garage, phase, name);
+    let ratio = |phase: &str, name: &str| f(false, phase, name) / f(true, phase, name);
+    println!();
+    println!(
+        "### Issue 15's targets in one run: DynoStore, the raw stream ({crossing:.2} CPU-s/GiB \
+         = one crossing) and Garage (three nodes, replication 3)"
+    );
+    println!();
+    println!("| figure | DynoStore | raw stream | Garage | DynoStore / Garage | target | met |");
+    println!("|---|---:|---:|---:|---:|---|---|");
+    let row = |what: &str,
+               ours: String,
+               raw: &str,
+               theirs: String,
+               ratio: String,
+               target: &str,
+               ok: Option<bool>| {
+        println!(
+            "| {what} | {ours} | {raw} | {theirs} | {ratio} | {target} | {} |",
+            ok.map_or("-", met)
+        );
+    };
+    let put = crossings(&r.first.put);
+    let get = crossings(&r.first.get);
+    let s3_cross = |garage: bool, phase: &str| f(garage, phase, "all_cpu_s_per_gib") / crossing;
+    row(
+        "1 GiB put (CLI), crossings",
+        format!("{put:.2}"),
+        "1.00",
+        "-".into(),
+        "-".into(),
+        "<= 3",
+        Some(put <= 3.0),
+    );
+    row(
+        "1 GiB get (CLI), crossings",
+        format!("{get:.2}"),
+        "1.00",
+        "-".into(),
+        "-".into(),
+        "<= 2.5",
+        Some(get <= 2.5),
+    );
+    for (phase, what) in [("big put", "1 GiB put"), ("big get", "1 GiB get")] {
+        row(
+            &format!("{what} through S3, crossings (client included)"),
+            format!("{:.2}", s3_cross(false, phase)),
+            "1.00",
+            format!("{:.2}", s3_cross(true, phase)),
+            format!("{:.2}", s3_cross(false, phase) / s3_cross(true, phase)),
+            "-",
+            None,
+        );
+    }
+    let small_put = per_object_ms(r.small[0]);
+    let small_get = per_object_ms(r.small[1]);
+    row(
+        "64 KiB put, CPU ms per object, all node processes (client library)",
+        format!("{small_put:.2}"),
+        "-",
+        "-".into(),
+        "-".into(),
+        "<= 5",
+        Some(small_put <= 5.0),
+    );
+    row(
+        "64 KiB get, CPU ms per object, all node processes (client library)",
+        format!("{small_get:.2}"),
+        "-",
+        "-".into(),
+        "-".into(),
+        "<= 2",
+        Some(small_get <= 2.0),
+    );
+    let targets: [(&str, &str, &str, &str, f64, bool); 12] = [
+        (
+            "1 GiB put through S3, MB/s",
+            "big put",
+            "mb_s",
+            ">= 2.5x Garage",
+            2.5,
+            true,
+        ),
+        (
+            "1 GiB put through S3, server CPU-s/GiB",
+            "big put",
+            "server_cpu_s_per_gib",
+            "-",
+            0.0,
+            true,
+        ),
+        (
+            "1 GiB get through S3, MB/s",
+            "big get",
+            "mb_s",
+            ">= 0.8x Garage",
+            0.8,
+            true,
+        ),
+        (
+            "1 GiB get through S3, server CPU-s/GiB",
+            "big get",
+            "server_cpu_s_per_gib",
+            "-",
+            0.0,
+            true,
+        ),
+        (
+            "64 KiB put through S3, ops/s",
+            "64K put",
+            "ops_s",
+            ">= 2x Garage",
+            2.0,
+            true,
+        ),
+        (
+            "64 KiB put through S3, server CPU ms/object",
+            "64K put",
+            "server_cpu_ms_per_op",
+            "-",
+            0.0,
+            true,
+        ),
+        (
+            "64 KiB put through S3, client CPU ms/object",
+            "64K put",
+            "client_cpu_ms_per_op",
+            "-",
+            0.0,
+            true,
+        ),
+        (
+            "64 KiB put through S3, p99 ms",
+            "64K put",
+            "p99_ms",
+            "<= Garage's",
+            1.0,
+            false,
+        ),
+        (
+            "64 KiB get through S3, ops/s",
+            "64K get",
+            "ops_s",
+            ">= 1.5x Garage",
+            1.5,
+            true,
+        ),
+        (
+            "64 KiB get through S3, server CPU ms/object",
+            "64K get",
+            "server_cpu_ms_per_op",
+            "-",
+            0.0,
+            true,
+        ),
+        (
+            "64 KiB get through S3, client CPU ms/object",
+            "64K get",
+            "client_cpu_ms_per_op",
+            "-",
+            0.0,
+            true,
+        ),
+        (
+            "64 KiB get through S3, p99 ms",
+            "64K get",
+            "p99_ms",
+            "<= Garage's",
+            1.0,
+            false,
+        ),
+    ];
+    for (what, phase, name, target, bound, at_least) in targets {
+        let x = ratio(phase, name);
+        let ok = (bound > 0.0).then_some(if at_least { x >= bound } else { x <= bound });
+        row(
+            what,
+            format!("{:.2}", f(false, phase, name)),
+            "-",
+            format!("{:.2}", f(true, phase, name)),
+            format!("{x:.2}"),
+            target,
+            ok,
+        );
+    }
+    println!();
+    println!(
+        "The CLI rows are steps 2 and 3 of this run; the S3 rows come from \
+         `scripts/bench/side_by_side.py` run after the cluster stopped, one system at a time, \
+         the same boto3 client (16 threads for small objects) against both. A boto3 client \
+         spends about 1 ms of CPU per small operation in one Python process, which bounds \
+         small-object ops/s on both sides (its rows above)."
+    );
 }
 
 fn fmt_mib(kib: Option<u64>) -> String {
@@ -1222,5 +1507,8 @@ fn report(r: &Report<'_>) {
         );
     } else {
         println!("- peak RSS: not judged ({BIG_MB_ENV}=0 skipped the big file)");
+    }
+    if let Some(s3) = r.s3 {
+        issue15_table(r, s3, crossing);
     }
 }
