@@ -140,6 +140,41 @@ async fn open(client: &Client) -> Result<Stream, ObjectError> {
         .map_err(|e| ObjectError::Stream(e.to_string()))
 }
 
+/// Attempts of a request whose stream fails before the entry peer answers.
+const ATTEMPTS: u32 = 4;
+
+/// Opens a stream, sends `request` and reads the entry peer's first
+/// answer; on a new stream again while the stream fails before any answer.
+/// A node takes inbound streams from libp2p-stream's queue of one, so a
+/// stream that arrives while the previous one is not yet taken (a burst
+/// of requests, a busy node) is reset before its request is read: nothing
+/// was done, and asking again is what the operation needs. Each request
+/// here can be asked twice: puts are content-addressed, the rest read or
+/// remove.
+async fn exchange(
+    client: &Client,
+    request: &ClientRequest,
+) -> Result<(Stream, ClientResponse), ObjectError> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let tried = async {
+            let mut s = open(client).await?;
+            send_request(&mut s, client, request.clone()).await?;
+            let first = read_frame::<ClientResponse, _>(&mut s).await?;
+            Ok((s, first))
+        }
+        .await;
+        match tried {
+            Err(ObjectError::Stream(e)) if attempt < ATTEMPTS => {
+                tracing::debug!(error = %e, attempt, "the stream failed before an answer; asking again");
+                tokio::time::sleep(std::time::Duration::from_millis(10 << attempt)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
 /// BLAKE3 of a file, read in 1 MiB blocks.
 pub async fn hash_file(
     path: &Path,
@@ -181,7 +216,6 @@ pub async fn put_file(
     let (codec, k, m, segment_size) = params.request_geometry()?;
     let (object, size) = hash_file(path, &mut NoProgress).await?;
     progress.set_len(size);
-    let mut s = open(client).await?;
     let meta = Metadata {
         name: params.name.clone(),
         content_type: None,
@@ -202,8 +236,8 @@ pub async fn put_file(
         meta,
         durability: params.durability,
     };
-    send_request(&mut s, client, req).await?;
-    match read_frame::<ClientResponse, _>(&mut s).await? {
+    let (s, first) = exchange(client, &req).await?;
+    match first {
         ClientResponse::Ready => {}
         ClientResponse::Stored(r) => return Ok(r),
         ClientResponse::Error(e) => return Err(ObjectError::Remote(e)),
@@ -300,8 +334,7 @@ pub async fn get_objects(
         let mut total = 0u64;
         let mut skipped = Vec::new();
         for &object in objects {
-            let mut s = open(client).await?;
-            let size = start_get(&mut s, client, object, progress).await?;
+            let (mut s, size) = start_get(client, object, progress).await?;
             skipped.extend(receive(&mut s, &mut sink, object, size, progress).await?);
             total += size;
         }
@@ -327,19 +360,18 @@ pub async fn get_objects(
 }
 
 async fn start_get(
-    s: &mut Stream,
     client: &Client,
     object: ObjectId,
     progress: &mut dyn Progress,
-) -> Result<u64, ObjectError> {
-    send_request(s, client, ClientRequest::Get { object }).await?;
-    let size = match read_frame::<ClientResponse, _>(s).await? {
+) -> Result<(Stream, u64), ObjectError> {
+    let (s, first) = exchange(client, &ClientRequest::Get { object }).await?;
+    let size = match first {
         ClientResponse::Object { size, .. } => size,
         ClientResponse::Error(e) => return Err(ObjectError::Remote(e)),
         other => return Err(ObjectError::Protocol(format!("{other:?}"))),
     };
     progress.set_len(size);
-    Ok(size)
+    Ok((s, size))
 }
 
 /// Fetches an object into `sink` (flushed at the end, not shut down) and
@@ -353,8 +385,7 @@ pub async fn get_into(
     sink: &mut Sink,
     progress: &mut dyn Progress,
 ) -> Result<(u64, Vec<SkippedShard>), ObjectError> {
-    let mut s = open(client).await?;
-    let size = start_get(&mut s, client, object, progress).await?;
+    let (mut s, size) = start_get(client, object, progress).await?;
     let skipped = receive(&mut s, sink, object, size, progress).await?;
     sink.flush()
         .await
@@ -458,9 +489,7 @@ async fn receive(
 
 /// Sends a one-shot request (stat, rm, ls) and returns the answer.
 pub async fn request(client: &Client, req: ClientRequest) -> Result<ClientResponse, ObjectError> {
-    let mut s = open(client).await?;
-    send_request(&mut s, client, req).await?;
-    let resp = read_frame::<ClientResponse, _>(&mut s).await?;
+    let (mut s, resp) = exchange(client, &req).await?;
     let _ = s.close().await;
     match resp {
         ClientResponse::Error(e) => Err(ObjectError::Remote(e)),
