@@ -330,12 +330,14 @@ async fn answer(
                 Ok((g, target)) => put(
                     shared,
                     &mut StreamSource(s),
-                    object,
-                    size,
-                    g,
-                    meta,
-                    target,
-                    false,
+                    Put {
+                        object,
+                        size,
+                        g,
+                        meta,
+                        target,
+                        fresh: false,
+                    },
                 )
                 .await
                 .map(ClientResponse::Stored),
@@ -571,7 +573,15 @@ pub(crate) async fn put_object(
     fresh: bool,
 ) -> Result<PutReceipt, DataError> {
     let timer = shared.metrics.op(Op::Put);
-    let r = put(shared, source, object, size, g, meta, None, fresh).await;
+    let args = Put {
+        object,
+        size,
+        g,
+        meta,
+        target: None,
+        fresh,
+    };
+    let r = put(shared, source, args).await;
     timer.finish(r.as_ref().err().map(DataError::kind));
     r
 }
@@ -581,22 +591,29 @@ type Holders = Vec<(ShardSlot, NodeId)>;
 /// Every copy a put stored, for clean-up.
 type Written = Vec<(ShardSlot, NodeId)>;
 
-/// Stores an object. A put not asked to be collectable (acknowledged by
-/// ID) also pins it (`refs::pin`) before the acknowledgement.
-#[allow(clippy::too_many_arguments)]
-#[tracing::instrument(skip_all, fields(object = %object.short(), size))]
-async fn put(
-    shared: &Arc<Shared>,
-    s: &mut impl PutSource,
+/// What a put stores.
+struct Put {
     object: ObjectId,
     size: u64,
     g: Geometry,
     meta: Metadata,
+    /// The durability asked for, when the entry peer chose the geometry.
     target: Option<Durability>,
+    /// The caller needs a generation of its own (see [`store`]).
     fresh: bool,
+}
+
+/// Stores an object. A put not asked to be collectable (acknowledged by
+/// ID) also pins it (`refs::pin`) before the acknowledgement, whichever
+/// way [`store`] succeeds.
+#[tracing::instrument(skip_all, fields(object = %args.object.short(), size = args.size))]
+async fn put(
+    shared: &Arc<Shared>,
+    s: &mut impl PutSource,
+    args: Put,
 ) -> Result<PutReceipt, DataError> {
-    let pinned = !meta.collectable;
-    let receipt = store(shared, s, object, size, g, meta, target, fresh).await?;
+    let (object, pinned) = (args.object, !args.meta.collectable);
+    let receipt = store(shared, s, args).await?;
     if pinned {
         crate::refs::pin(shared, object).await.map_err(|e| {
             DataError::Internal(format!("the object is stored but not pinned: {e}"))
@@ -605,17 +622,19 @@ async fn put(
     Ok(receipt)
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn store(
     shared: &Arc<Shared>,
     s: &mut impl PutSource,
-    object: ObjectId,
-    size: u64,
-    g: Geometry,
-    meta: Metadata,
-    target: Option<Durability>,
-    fresh: bool,
+    args: Put,
 ) -> Result<PutReceipt, DataError> {
+    let Put {
+        object,
+        size,
+        g,
+        meta,
+        target,
+        fresh,
+    } = args;
     let cost = put_segment_cost(&g, u64::from(g.segment_size));
     if !shared.memory.fits(cost) {
         return Err(DataError::BadRequest(format!(
