@@ -15,7 +15,7 @@ use dynostore_protocol::manifest::ShardRef;
 use dynostore_protocol::wire::{ClientRequest, ClientResponse, ShardRequest, WireMessage};
 use dynostore_protocol::{ObjectId, ShardId};
 
-use crate::harness::{addrs, bin, cluster_with, data, peak_rss, wait_all_see, Net, NodeProc};
+use crate::harness::{addrs, bin, cluster_with, data, peak_rss, wait_all_see, Net};
 
 /// The nodes' request timeout here: the shard streams' deadline and the
 /// client streams' idle deadline (the first client frame has 10 s).
@@ -62,32 +62,11 @@ async fn closed_after(mut s: libp2p::Stream, limit: Duration) -> Option<Duration
     }
 }
 
-/// Three nodes with 256 MiB `dir:` containers and `extra` arguments, all
-/// seeing each other alive; returns them and the first one's address.
-fn three_nodes(net: &Net, extra: &[&str]) -> (Vec<NodeProc>, String) {
-    let root = net.root.path().to_path_buf();
-    let nodes = cluster_with(
-        net,
-        3,
-        |i| {
-            vec![format!(
-                "dir:{}:256MiB",
-                root.join(format!("n{i}")).join("shards").display()
-            )]
-        },
-        extra,
-    );
-    let ids: Vec<&str> = nodes.iter().map(|n| n.id.as_str()).collect();
-    let peers = addrs(&nodes);
-    wait_all_see(net, &peers, &ids, "alive", Duration::from_secs(60));
-    let entry = peers[0].clone();
-    (nodes, entry)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stalled_streams_do_not_stop_a_normal_put_and_are_cut() {
     let net = Net::new();
-    let (_nodes, entry) = three_nodes(&net, &["--request-timeout-ms", TIMEOUT_MS]);
+    let nodes = crate::ownership::nodes(&net, 3, &["--request-timeout-ms", TIMEOUT_MS]);
+    let entry = nodes[0].addr();
     let root = net.root.path().to_path_buf();
 
     // The attacker: one peer, 32 silent client streams and 40 shard
@@ -388,28 +367,16 @@ async fn a_burst_of_requests_on_one_connection_is_answered() {
     const ROUNDS: usize = 10;
     const { assert!(BURST < dynostore_node::node::MAX_CLIENT_STREAMS_PER_PEER) };
     let net = Net::new();
-    let (_nodes, entry) = three_nodes(&net, &[]);
-    let root = net.root.path().to_path_buf();
-    let file = root.join("one.bin");
+    let nodes = crate::ownership::nodes(&net, 3, &[]);
+    let entry = nodes[0].addr();
+    let file = net.root.path().join("one.bin");
     std::fs::write(&file, data(100 << 10, 7)).unwrap();
-    let id = tokio::task::block_in_place(|| {
-        cli_within(
-            &net,
-            &[
-                "put",
-                "--k",
-                "2",
-                "--m",
-                "1",
-                "--peer",
-                &entry,
-                file.to_str().unwrap(),
-            ],
-            Duration::from_secs(60),
-        )
-    })
-    .expect("a put");
-    let object: ObjectId = id.trim().parse().unwrap();
+    let put = tokio::task::block_in_place(|| crate::ownership::put(&net, &nodes[0], &file, (2, 1)));
+    let object: ObjectId = put["id"]
+        .as_str()
+        .expect("put --json names the id")
+        .parse()
+        .unwrap();
     let psk = keys::load_network_key(&net.key).unwrap();
     let client = Client::connect(entry.parse().unwrap(), Some(&psk), Duration::from_secs(10))
         .await

@@ -23,7 +23,9 @@ pub(crate) fn text(o: &Output) -> String {
     )
 }
 
-fn nodes(net: &Net, n: usize, extra: &[&str]) -> Vec<NodeProc> {
+/// `n` nodes with 256 MiB `dir:` containers and `extra` arguments, all
+/// seeing each other alive.
+pub(crate) fn nodes(net: &Net, n: usize, extra: &[&str]) -> Vec<NodeProc> {
     let root = net.root.path().to_path_buf();
     let nodes = cluster_with(
         net,
