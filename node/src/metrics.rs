@@ -77,6 +77,26 @@ struct OpLabels {
     op: &'static str,
 }
 
+/// What a request to another member was sent for: `cause` is `s3` or
+/// `client` when the task of a user's request sent it, `internal` for
+/// everything else (repair, scrub, collection, anti-entropy, and tasks a
+/// user's request spawned off).
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    op: &'static str,
+    cause: &'static str,
+}
+
+tokio::task_local! {
+    static CAUSE: &'static str;
+}
+
+/// Runs `fut` with the requests to other members it sends counted under
+/// `cause` (see [`RequestLabels`]).
+pub(crate) async fn on_behalf_of<F: std::future::Future>(cause: &'static str, fut: F) -> F::Output {
+    CAUSE.scope(cause, fut).await
+}
+
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OutcomeLabels {
     op: &'static str,
@@ -134,7 +154,7 @@ pub(crate) struct Metrics {
     sent_bytes: Counter,
     in_flight: Family<KindLabels, Gauge>,
     peer_failures: Family<FailureLabels, Counter>,
-    peer_requests: Family<OpLabels, Counter>,
+    peer_requests: Family<RequestLabels, Counter>,
     scrub_runs: Counter,
     scrub_corrupt: Counter,
     admin_requests: Family<RouteLabels, Counter>,
@@ -269,7 +289,7 @@ impl Metrics {
         );
         d.register(
             "peer_requests",
-            "Shard-stream and control requests sent to other members, by op",
+            "Shard-stream and control requests sent to other members, by op and by cause (s3 or client: a user's request; internal: background work)",
             self.peer_requests.clone(),
         );
         d.register(
@@ -449,7 +469,10 @@ impl Metrics {
 
     /// A request to another member was answered or failed.
     pub(crate) fn peer_request(&self, op: &'static str) {
-        self.peer_requests.get_or_create(&OpLabels { op }).inc();
+        let cause = CAUSE.try_with(|c| *c).unwrap_or("internal");
+        self.peer_requests
+            .get_or_create(&RequestLabels { op, cause })
+            .inc();
     }
 
     /// One step of reclaiming an unnamed object (see `refs`).

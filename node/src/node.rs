@@ -500,7 +500,11 @@ fn spawn_servers(
                 let Ok(permit) = permits.acquire_owned().await else {
                     return;
                 };
-                crate::datapath::serve_client(stream, peer, shared).await;
+                crate::metrics::on_behalf_of(
+                    "client",
+                    crate::datapath::serve_client(stream, peer, shared),
+                )
+                .await;
                 drop(permit);
             });
         }

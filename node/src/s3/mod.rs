@@ -130,7 +130,11 @@ pub(crate) async fn serve(
                 let body_may_be_unread = has_body(&req);
                 let service = service.clone();
                 async move {
-                    let mut resp = hyper::service::Service::call(&service, req).await?;
+                    let mut resp = crate::metrics::on_behalf_of(
+                        "s3",
+                        hyper::service::Service::call(&service, req),
+                    )
+                    .await?;
                     tag_request_id(&mut resp);
                     if body_may_be_unread && !resp.status().is_success() {
                         // An error can be answered before the body is read (a
