@@ -634,4 +634,41 @@ mod tests {
             assert!(out.contains(want), "{want} missing from:\n{out}");
         }
     }
+
+    #[tokio::test]
+    async fn a_peer_request_counts_under_the_cause_of_the_task_that_sent_it() {
+        let m = Metrics::new();
+        on_behalf_of("s3", async {
+            m.peer_request("list_names");
+            m.peer_request("list_names");
+        })
+        .await;
+        on_behalf_of("client", async { m.peer_request("get_shard") }).await;
+        // Outside any user's request, and in a task spawned off one.
+        m.peer_request("list_names");
+        on_behalf_of("s3", async {
+            let m2 = Metrics::new();
+            let spawned = tokio::spawn(async move {
+                m2.peer_request("x");
+                let mut out = String::new();
+                prometheus_client::encoding::text::encode(&mut out, &m2.registry).unwrap();
+                out
+            });
+            let out = spawned.await.unwrap();
+            assert!(
+                out.contains("dynostore_peer_requests_total{op=\"x\",cause=\"internal\"} 1"),
+                "{out}"
+            );
+        })
+        .await;
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &m.registry).unwrap();
+        for want in [
+            "dynostore_peer_requests_total{op=\"list_names\",cause=\"s3\"} 2",
+            "dynostore_peer_requests_total{op=\"get_shard\",cause=\"client\"} 1",
+            "dynostore_peer_requests_total{op=\"list_names\",cause=\"internal\"} 1",
+        ] {
+            assert!(out.contains(want), "{want} missing from:\n{out}");
+        }
+    }
 }
