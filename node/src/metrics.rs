@@ -611,6 +611,15 @@ impl Drop for OpTimer<'_> {
 mod tests {
     use super::*;
 
+    /// Asserts that `m`'s text encoding holds each of `want`.
+    fn assert_encodes(m: &Metrics, want: &[&str]) {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &m.registry).unwrap();
+        for w in want {
+            assert!(out.contains(w), "{w} missing from:\n{out}");
+        }
+    }
+
     #[test]
     fn names_follow_the_conventions() {
         let m = Metrics::new();
@@ -619,56 +628,44 @@ mod tests {
         drop(m.op(Op::Stat));
         m.received(10);
         m.peer_failure("get_shard", "unreachable");
-        let mut out = String::new();
-        prometheus_client::encoding::text::encode(&mut out, &m.registry).unwrap();
-        for want in [
-            "dynostore_operations_total{op=\"put\",outcome=\"ok\"} 1",
-            "dynostore_operations_total{op=\"get\",outcome=\"not-found\"} 1",
-            "dynostore_operations_total{op=\"stat\",outcome=\"cancelled\"} 1",
-            "dynostore_client_received_bytes_total 10",
-            "dynostore_operation_duration_seconds_bucket{",
-            "dynostore_peer_request_failures_total{op=\"get_shard\",reason=\"unreachable\"} 1",
-            "dynostore_requests_in_flight{kind=\"client\"} 0",
-            "# EOF",
-        ] {
-            assert!(out.contains(want), "{want} missing from:\n{out}");
-        }
+        assert_encodes(
+            &m,
+            &[
+                "dynostore_operations_total{op=\"put\",outcome=\"ok\"} 1",
+                "dynostore_operations_total{op=\"get\",outcome=\"not-found\"} 1",
+                "dynostore_operations_total{op=\"stat\",outcome=\"cancelled\"} 1",
+                "dynostore_client_received_bytes_total 10",
+                "dynostore_operation_duration_seconds_bucket{",
+                "dynostore_peer_request_failures_total{op=\"get_shard\",reason=\"unreachable\"} 1",
+                "dynostore_requests_in_flight{kind=\"client\"} 0",
+                "# EOF",
+            ],
+        );
     }
 
     #[tokio::test]
     async fn a_peer_request_counts_under_the_cause_of_the_task_that_sent_it() {
-        let m = Metrics::new();
+        let m = std::sync::Arc::new(Metrics::new());
         on_behalf_of("s3", async {
             m.peer_request("list_names");
             m.peer_request("list_names");
+            // A task spawned off a user's request is background work.
+            let m2 = m.clone();
+            tokio::spawn(async move { m2.peer_request("put_names") })
+                .await
+                .unwrap();
         })
         .await;
         on_behalf_of("client", async { m.peer_request("get_shard") }).await;
-        // Outside any user's request, and in a task spawned off one.
         m.peer_request("list_names");
-        on_behalf_of("s3", async {
-            let m2 = Metrics::new();
-            let spawned = tokio::spawn(async move {
-                m2.peer_request("x");
-                let mut out = String::new();
-                prometheus_client::encoding::text::encode(&mut out, &m2.registry).unwrap();
-                out
-            });
-            let out = spawned.await.unwrap();
-            assert!(
-                out.contains("dynostore_peer_requests_total{op=\"x\",cause=\"internal\"} 1"),
-                "{out}"
-            );
-        })
-        .await;
-        let mut out = String::new();
-        prometheus_client::encoding::text::encode(&mut out, &m.registry).unwrap();
-        for want in [
-            "dynostore_peer_requests_total{op=\"list_names\",cause=\"s3\"} 2",
-            "dynostore_peer_requests_total{op=\"get_shard\",cause=\"client\"} 1",
-            "dynostore_peer_requests_total{op=\"list_names\",cause=\"internal\"} 1",
-        ] {
-            assert!(out.contains(want), "{want} missing from:\n{out}");
-        }
+        assert_encodes(
+            &m,
+            &[
+                "dynostore_peer_requests_total{op=\"list_names\",cause=\"s3\"} 2",
+                "dynostore_peer_requests_total{op=\"put_names\",cause=\"internal\"} 1",
+                "dynostore_peer_requests_total{op=\"get_shard\",cause=\"client\"} 1",
+                "dynostore_peer_requests_total{op=\"list_names\",cause=\"internal\"} 1",
+            ],
+        );
     }
 }
